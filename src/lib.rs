@@ -1,1 +1,12 @@
+//! hotexec: zero-downtime binary upgrades for Rust servers.
+#![deny(unsafe_op_in_unsafe_fn)]
 
+pub use hotexec_macros::{listen, main};
+
+#[doc(hidden)]
+pub mod __private {
+    //! What `#[hotexec::main]` expands to calls only these paths. Not a public API.
+    pub use hotexec_runtime::private::*;
+    #[cfg(feature = "tokio")]
+    pub use tokio;
+}

@@ -3,3 +3,6 @@
 #![warn(missing_docs)]
 
 pub mod syntax;
+#[cfg(feature = "process")]
+#[doc(hidden)]
+pub mod private;
