@@ -1,7 +1,58 @@
-//! hotexec: zero-downtime binary upgrades for Rust servers.
+//! # hotexec — zero-downtime binary upgrades for Rust servers
+//!
+//! Two attributes give a server nginx-style upgrades: on `SIGUSR2` the running process starts
+//! the binary on disk with its listening sockets, waits until the new process reports ready,
+//! and only then stops accepting, drains in-flight work and exits. The sockets are the same
+//! kernel objects in both processes, so no connection waiting in the accept queue is lost, and
+//! a new binary that fails to start never disturbs the one that is serving.
+//!
+//! ```no_run
+//! use std::io::{Read, Write};
+//!
+//! #[hotexec::main(drain_timeout = "5s")]
+//! #[listen("127.0.0.1:9999", name = "echo")]
+//! fn main(listeners: hotexec::Listeners, shutdown: hotexec::Shutdown) -> std::io::Result<()> {
+//!     let listener = listeners.take_tcp("echo")?;
+//!     // Accepts until an upgrade (or SIGTERM) says stop; the connection in hand is finished.
+//!     while let Some((mut conn, _peer)) = shutdown.accept(&listener)? {
+//!         let mut buf = [0; 1024];
+//!         let n = conn.read(&mut buf)?;
+//!         conn.write_all(&buf[..n])?;
+//!     }
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Then `kill -USR2 <pid>` (or `HOTEXEC_PID_FILE=app.pid` and `kill -USR2 $(cat app.pid)`)
+//! replaces the process with the binary now on disk.
+//!
+//! ## Options and their environment overrides
+//!
+//! | attribute option | environment variable | default | meaning |
+//! |---|---|---|---|
+//! | `drain_timeout = "30s"` | `HOTEXEC_DRAIN_TIMEOUT` | `30s` | time `main` has to return once shutdown resolves |
+//! | `ready_timeout = "30s"` | `HOTEXEC_READY_TIMEOUT` | `30s` | time a new generation has to report ready |
+//! | `upgrade_signal = "SIGUSR2"` | `HOTEXEC_UPGRADE_SIGNAL` | `SIGUSR2` | `SIGUSR2`, `SIGUSR1` or `SIGHUP` |
+//! | `pid_file = "/run/app.pid"` | `HOTEXEC_PID_FILE` | none | written atomically; names the serving generation (empty variable: none) |
+//! | `#[listen("ADDR", name = "N")]` | `HOTEXEC_LISTEN_<N>` | — | the listener's address (`N` upper-cased, `-` → `_`) |
+//! | `ready = "manual"` | — | `auto` | the app calls [`ready()`] itself after its warm-up |
+//!
+//! Durations are a whole number and a unit: `500ms`, `2s`, `1m`, `1h`. Addresses are
+//! `127.0.0.1:8080`, `[::1]:8080`, `tcp:…`, `udp:…` or `unix:/path`. A malformed variable stops
+//! the program at start with a message naming it.
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
 
 pub use hotexec_macros::{listen, main};
+pub use hotexec_runtime::{
+    Listeners, Shutdown, ShutdownReason, UpgradeError, ready,
+    syntax::{ListenAddr, parse_duration},
+    upgrade,
+};
+
+/// The hand-over protocol between generations (environment variable names and fd layout), for
+/// tools and tests that speak it.
+pub use hotexec_runtime::protocol;
 
 #[doc(hidden)]
 pub mod __private {

@@ -5,50 +5,76 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-pub struct Listeners;
-pub struct Shutdown;
+use crate::config::Declared;
+use crate::socket::ListenOptions;
+pub use crate::{Listeners, Shutdown};
 
 /// Options of one `#[listen]`.
 pub struct ListenSpec {
-    pub name: &'static str,
-    pub addr: &'static str,
-    pub backlog: Option<u32>,
+    name: &'static str,
+    addr: &'static str,
+    opts: ListenOptions,
 }
 
 impl ListenSpec {
     pub fn new(name: &'static str, addr: &'static str) -> Self {
-        ListenSpec { name, addr, backlog: None }
+        ListenSpec { name, addr, opts: ListenOptions::default() }
     }
     pub fn backlog(mut self, n: u32) -> Self {
-        self.backlog = Some(n);
+        self.opts.backlog = Some(n);
         self
     }
 }
 
+/// What the attribute declared; `run` applies the environment over it and starts.
 #[derive(Default)]
-pub struct Builder {}
+pub struct Builder {
+    declared: Declared,
+}
 
 impl Builder {
     pub fn new() -> Self {
         Builder::default()
     }
-    pub fn drain_timeout_ms(self, _ms: u64) -> Self { self }
-    pub fn ready_timeout_ms(self, _ms: u64) -> Self { self }
-    pub fn upgrade_signal(self, _canonical: &'static str) -> Self { self }
-    pub fn pid_file(self, _path: &'static str) -> Self { self }
-    pub fn manual_ready(self) -> Self { self }
-    pub fn listen(self, _spec: ListenSpec) -> Self { self }
+    pub fn drain_timeout_ms(mut self, ms: u64) -> Self {
+        self.declared.drain_timeout = Some(Duration::from_millis(ms));
+        self
+    }
+    pub fn ready_timeout_ms(mut self, ms: u64) -> Self {
+        self.declared.ready_timeout = Some(Duration::from_millis(ms));
+        self
+    }
+    pub fn upgrade_signal(mut self, canonical: &'static str) -> Self {
+        self.declared.upgrade_signal = Some(canonical);
+        self
+    }
+    pub fn pid_file(mut self, path: &'static str) -> Self {
+        self.declared.pid_file = Some(path);
+        self
+    }
+    pub fn manual_ready(mut self) -> Self {
+        self.declared.manual_ready = true;
+        self
+    }
+    pub fn listen(mut self, spec: ListenSpec) -> Self {
+        self.declared.listeners.push((spec.name, spec.addr, spec.opts));
+        self
+    }
     pub fn run<R>(self, f: impl FnOnce(Listeners, Shutdown) -> R) -> R {
-        f(Listeners, Shutdown)
+        crate::start::run(self.declared, f)
     }
 }
 
 /// Called by generated code once the user's main is running (sync: before the body; async:
 /// after the first poll). Reports readiness unless the app asked for `ready = "manual"`.
-pub fn main_started() {}
+pub fn main_started() {
+    crate::ready::main_started();
+}
 
-/// Wraps the user's async main: calls [`main_started`] after its first poll.
+/// Wraps the user's async main: calls [`main_started`] after its first poll, i.e. once the
+/// app has run up to its first `.await` (typically: its accept loop is waiting).
 pub struct Started<F> {
     fut: Pin<Box<F>>,
     first: bool,

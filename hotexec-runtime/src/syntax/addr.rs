@@ -31,7 +31,11 @@ pub struct AddrError {
 
 impl fmt::Display for AddrError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid listen address `{}`: {}", self.input, self.reason)
+        write!(
+            f,
+            "invalid listen address `{}`: {}",
+            self.input, self.reason
+        )
     }
 }
 
@@ -49,10 +53,14 @@ impl ListenAddr {
         };
         if let Some(path) = input.strip_prefix("unix:") {
             if path.is_empty() {
-                return Err(err("expected a path after `unix:`, e.g. `unix:/run/app.sock`"));
+                return Err(err(
+                    "expected a path after `unix:`, e.g. `unix:/run/app.sock`",
+                ));
             }
             if !path.starts_with('/') {
-                return Err(err("a unix socket path must be absolute, e.g. `unix:/run/app.sock`"));
+                return Err(err(
+                    "a unix socket path must be absolute, e.g. `unix:/run/app.sock`",
+                ));
             }
             if path.len() > UNIX_PATH_MAX {
                 return Err(err("a unix socket path is at most 107 bytes long"));

@@ -24,9 +24,7 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
     let err = || DurationError {
         input: input.to_owned(),
     };
-    let split = input
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(err)?;
+    let split = input.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
     let (digits, unit) = input.split_at(split);
     if digits.is_empty() {
         return Err(err());
@@ -59,7 +57,17 @@ mod tests {
 
     #[test]
     fn refusals_name_the_input() {
-        for bad in ["", "s", "2", "2 s", "-1s", "1.5s", "2sec", "99999999999999999999s", "1d"] {
+        for bad in [
+            "",
+            "s",
+            "2",
+            "2 s",
+            "-1s",
+            "1.5s",
+            "2sec",
+            "99999999999999999999s",
+            "1d",
+        ] {
             let e = parse_duration(bad).unwrap_err().to_string();
             assert!(e.contains(&format!("`{bad}`")), "{e}");
         }

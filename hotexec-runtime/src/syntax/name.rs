@@ -38,7 +38,13 @@ pub fn check_listener_name(name: &str) -> Result<(), NameError> {
 /// The suffix of a listener's override variable: `http-alt` → `HTTP_ALT`.
 pub fn env_suffix(name: &str) -> String {
     name.chars()
-        .map(|c| if c == '-' { '_' } else { c.to_ascii_uppercase() })
+        .map(|c| {
+            if c == '-' {
+                '_'
+            } else {
+                c.to_ascii_uppercase()
+            }
+        })
         .collect()
 }
 

@@ -1,0 +1,70 @@
+//! Why an upgrade did not happen.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Why an upgrade failed. In every case the running generation keeps serving as if nothing had
+/// happened, the pid file is unchanged, and a later upgrade can be tried.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UpgradeError {
+    /// Another upgrade is running, or this generation is already draining.
+    Busy(&'static str),
+    /// The runtime could not start the new process (pipe or fork failed).
+    Spawn(String),
+    /// `execve` of the binary failed (missing, not executable, bad format…).
+    Exec {
+        /// The binary.
+        path: PathBuf,
+        /// The `errno` of `execve`.
+        errno: i32,
+    },
+    /// The new process exited before it reported ready.
+    ExitedBeforeReady {
+        /// Its pid.
+        pid: u32,
+        /// How it ended: `exit status 1`, `killed by SIGSEGV`, …
+        status: String,
+    },
+    /// The new process did not report ready in time; it was killed and reaped.
+    ReadyTimeout {
+        /// Its pid.
+        pid: u32,
+        /// The `ready_timeout` in force.
+        timeout: Duration,
+    },
+    /// A stop signal arrived during the upgrade: the new process was killed and reaped, and this
+    /// generation is stopping.
+    Aborted,
+    /// `hotexec::upgrade()` was called outside a `#[hotexec::main]` program.
+    NotRunning,
+}
+
+impl fmt::Display for UpgradeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpgradeError::Busy(why) => write!(f, "upgrade refused: {why}"),
+            UpgradeError::Spawn(e) => write!(f, "could not start the new process: {e}"),
+            UpgradeError::Exec { path, errno } => write!(
+                f,
+                "could not execute {}: {}",
+                path.display(),
+                nix::errno::Errno::from_raw(*errno).desc()
+            ),
+            UpgradeError::ExitedBeforeReady { pid, status } => {
+                write!(f, "new process {pid} exited before it was ready ({status})")
+            }
+            UpgradeError::ReadyTimeout { pid, timeout } => write!(
+                f,
+                "new process {pid} did not report ready within {timeout:?}; it was killed"
+            ),
+            UpgradeError::Aborted => write!(f, "upgrade aborted by a stop signal"),
+            UpgradeError::NotRunning => {
+                write!(f, "no hotexec runtime is running in this process")
+            }
+        }
+    }
+}
+
+impl std::error::Error for UpgradeError {}

@@ -1,0 +1,189 @@
+//! Start-up: taking the protocol variables out of the environment, and adopting the inherited
+//! fds they describe after checking each one.
+
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
+
+use crate::config::ListenDecl;
+use crate::protocol::{self, Handover, Parsed, Snapshot};
+use crate::socket::{self, SocketInfo};
+use crate::syntax::ListenAddr;
+
+/// Filled by the constructor below, before `main`.
+static SNAPSHOT: Mutex<Option<Snapshot>> = Mutex::new(None);
+
+/// Takes the protocol variables out of the environment and, if they are meant for this process,
+/// marks the fds they name CLOEXEC, so no child the application spawns can inherit either.
+///
+/// Runs as a constructor, before `main` and so before any thread exists: the only moment
+/// `remove_var` is sound, and earlier than any code of the application could spawn a child.
+#[ctor::ctor]
+fn scrub_at_start() {
+    // SAFETY: constructors run before `main`, on the only thread of the process.
+    let snap = unsafe { take_from_env() };
+    *SNAPSHOT.lock().unwrap_or_else(|p| p.into_inner()) = Some(snap);
+}
+
+/// # Safety
+/// Mutates the environment: no other thread may be reading or writing it.
+unsafe fn take_from_env() -> Snapshot {
+    let get = |k| std::env::var_os(k);
+    let snap = Snapshot {
+        listen_pid: get(protocol::LISTEN_PID),
+        listen_fds: get(protocol::LISTEN_FDS),
+        listen_fdnames: get(protocol::LISTEN_FDNAMES),
+        ready_fd: get(protocol::READY_FD),
+    };
+    for var in protocol::ALL {
+        // SAFETY: guaranteed by the caller.
+        unsafe { std::env::remove_var(var) };
+    }
+    if let Ok(Parsed::ForUs(h)) = snap.parse(std::process::id()) {
+        for fd in h.fds.iter().map(|(fd, _)| *fd).chain(h.ready_fd) {
+            // SAFETY: F_SETFD on a number we do not own is harmless: it fails with EBADF when
+            // closed, and otherwise only sets the close-on-exec flag the fd must have anyway.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    }
+    snap
+}
+
+/// The variables as they were at start. If the constructor was stripped by the linker, they are
+/// taken now (the runtime calls this first thing in `main`, before it starts any thread).
+pub(crate) fn snapshot() -> Snapshot {
+    let mut guard = SNAPSHOT.lock().unwrap_or_else(|p| p.into_inner());
+    guard
+        .get_or_insert_with(|| {
+            // SAFETY: called at the top of the generated `main`, before the runtime or the
+            // application start threads.
+            unsafe { take_from_env() }
+        })
+        .clone()
+}
+
+/// An inherited socket, checked.
+pub(crate) struct Inherited {
+    pub fd: OwnedFd,
+    pub name: Option<String>,
+    pub info: SocketInfo,
+}
+
+/// The outcome of adoption.
+pub(crate) struct Adoption {
+    /// For each declared listener (same order), the inherited socket that serves it, if any.
+    pub claimed: Vec<Option<Inherited>>,
+    /// The readiness pipe of the upgrade that started us.
+    pub ready_fd: Option<OwnedFd>,
+    /// Log lines for what was ignored or closed.
+    pub notes: Vec<String>,
+}
+
+/// Checks every fd of the hand-over and matches it to the declarations (by name, else by
+/// address). A malformed variable, an fd that is closed, not a socket, or not a listener of the
+/// declared kind is an error that names it; nothing is adopted then.
+pub(crate) fn adopt(snap: &Snapshot, decls: &[ListenDecl]) -> Result<Adoption, String> {
+    let mut notes = Vec::new();
+    let handover = match snap.parse(std::process::id()).map_err(|e| e.to_string())? {
+        Parsed::Absent => Handover { fds: Vec::new(), ready_fd: None },
+        Parsed::NotForUs(why) => {
+            notes.push(why);
+            Handover { fds: Vec::new(), ready_fd: None }
+        }
+        Parsed::ForUs(h) => h,
+    };
+    let borrow = |fd: RawFd| {
+        // SAFETY: only inspected (fstat/getsockopt) while the number is not owned by anything
+        // in this process; EBADF is reported as "not open".
+        unsafe { BorrowedFd::borrow_raw(fd) }
+    };
+    // Check everything before taking ownership of anything.
+    let mut found = Vec::new();
+    for (fd, name) in &handover.fds {
+        let info = socket::inspect(borrow(*fd)).map_err(|e| {
+            format!("inherited {}: {e}", describe(*fd, name.as_deref()))
+        })?;
+        found.push((*fd, name.clone(), info));
+    }
+    let ready_fd = match handover.ready_fd {
+        Some(fd) => {
+            let st = nix::sys::stat::fstat(borrow(fd)).map_err(|e| {
+                format!("{}={fd}: the fd is not open ({})", protocol::READY_FD, e.desc())
+            })?;
+            let kind = nix::sys::stat::SFlag::from_bits_truncate(st.st_mode)
+                & nix::sys::stat::SFlag::S_IFMT;
+            if kind != nix::sys::stat::SFlag::S_IFIFO {
+                return Err(format!("{}={fd}: the fd is not a pipe", protocol::READY_FD));
+            }
+            // SAFETY: checked open above; the hand-over gives this process sole ownership.
+            Some(unsafe { OwnedFd::from_raw_fd(fd) })
+        }
+        None => None,
+    };
+    // SAFETY: each fd was checked to be an open socket, and the hand-over (LISTEN_PID equal to
+    // our pid) makes this process its owner; each number appears once (3, 4, 5, …).
+    let mut pool: Vec<Option<Inherited>> = found
+        .into_iter()
+        .map(|(fd, name, info)| Some(Inherited { fd: unsafe { OwnedFd::from_raw_fd(fd) }, name, info }))
+        .collect();
+    let mut claimed = Vec::with_capacity(decls.len());
+    for decl in decls {
+        let by_name = pool.iter().position(|s| {
+            s.as_ref().is_some_and(|s| s.name.as_deref() == Some(decl.name.as_str()))
+        });
+        let pick = match by_name {
+            Some(i) => {
+                let s = pool[i].as_ref().expect("position found it");
+                if s.info.addr.kind() != decl.addr.kind() {
+                    return Err(format!(
+                        "inherited {} is {} but listener {:?} is declared as {}",
+                        describe(s.fd_raw(), s.name.as_deref()),
+                        s.info.addr,
+                        decl.name,
+                        decl.addr
+                    ));
+                }
+                if socket::matches(&decl.addr, &s.info.addr) {
+                    Some(i)
+                } else {
+                    notes.push(format!(
+                        "inherited listener {:?} is on {} but it is now declared on {}: binding the new address, closing the inherited socket",
+                        decl.name, s.info.addr, decl.addr
+                    ));
+                    None
+                }
+            }
+            None => pool.iter().position(|s| {
+                s.as_ref()
+                    .is_some_and(|s| s.name.is_none() && socket::matches(&decl.addr, &s.info.addr))
+            }),
+        };
+        claimed.push(pick.and_then(|i| pool[i].take()));
+    }
+    for s in pool.into_iter().flatten() {
+        notes.push(format!(
+            "inherited {} ({}) is claimed by no #[listen]: closed",
+            describe(s.fd_raw(), s.name.as_deref()),
+            s.info.addr
+        ));
+    }
+    Ok(Adoption { claimed, ready_fd, notes })
+}
+
+impl Inherited {
+    fn fd_raw(&self) -> RawFd {
+        use std::os::fd::AsRawFd;
+        self.fd.as_fd().as_raw_fd()
+    }
+}
+
+fn describe(fd: RawFd, name: Option<&str>) -> String {
+    match name {
+        Some(n) => format!("fd {fd} (named {n:?})"),
+        None => format!("fd {fd}"),
+    }
+}
+
+/// The address in the form of the declarations, for logging.
+pub(crate) fn addr_of(s: &Inherited) -> &ListenAddr {
+    &s.info.addr
+}

@@ -1,0 +1,271 @@
+//! The hand-over protocol between two generations, defined once for both sides.
+//!
+//! hotexec passes listening sockets in the systemd socket-activation convention, so a new binary
+//! can be any program that understands `sd_listen_fds(3)`, and a hotexec binary started by
+//! `systemd` (or `systemd-socket-activate`) adopts its sockets through the same code:
+//!
+//! | variable | value |
+//! |---|---|
+//! | `LISTEN_PID` | pid of the process the fds are meant for; any other process ignores them |
+//! | `LISTEN_FDS` | number of fds, numbered from 3 (`SD_LISTEN_FDS_START`) |
+//! | `LISTEN_FDNAMES` | colon-separated names, one per fd (the `name` of each `#[listen]`) |
+//! | `HOTEXEC_READY_FD` | write end of a pipe: the new generation writes [`READY`] to it once its listeners are held and its `main` runs |
+//!
+//! All four are removed from the environment before `main` runs, so nothing the application
+//! spawns sees them.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::os::fd::RawFd;
+
+/// `LISTEN_PID`: the pid the fds are meant for.
+pub const LISTEN_PID: &str = "LISTEN_PID";
+/// `LISTEN_FDS`: how many fds, from [`FDS_START`].
+pub const LISTEN_FDS: &str = "LISTEN_FDS";
+/// `LISTEN_FDNAMES`: their names, colon-separated.
+pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
+/// `HOTEXEC_READY_FD`: the readiness pipe of an upgrade.
+pub const READY_FD: &str = "HOTEXEC_READY_FD";
+/// Every protocol variable, for scrubbing.
+pub const ALL: [&str; 4] = [LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES, READY_FD];
+
+/// First inherited fd, as in systemd.
+pub const FDS_START: RawFd = 3;
+/// More fds than this in `LISTEN_FDS` is refused as garbage (the default hard `RLIMIT_NOFILE`).
+pub const MAX_FDS: usize = 1 << 20;
+
+/// Byte the new generation writes on the readiness pipe when it is serving.
+pub const READY: u8 = b'R';
+/// Byte the forked child writes, followed by a native-endian `i32` errno, when `execve` failed.
+pub const EXEC_FAILED: u8 = b'E';
+
+/// The raw values of the protocol variables, taken from the environment once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// `LISTEN_PID`
+    pub listen_pid: Option<OsString>,
+    /// `LISTEN_FDS`
+    pub listen_fds: Option<OsString>,
+    /// `LISTEN_FDNAMES`
+    pub listen_fdnames: Option<OsString>,
+    /// `HOTEXEC_READY_FD`
+    pub ready_fd: Option<OsString>,
+}
+
+/// What the variables say, once checked for form and for being meant for this process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Handover {
+    /// Inherited fds in order, each with its name if one was given.
+    pub fds: Vec<(RawFd, Option<String>)>,
+    /// The readiness pipe, when this process is the new generation of an upgrade.
+    pub ready_fd: Option<RawFd>,
+}
+
+/// Why the protocol variables were refused. Each names the variable and the value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProtocolError {
+    /// The variable at fault.
+    pub var: &'static str,
+    /// Its value, lossily decoded.
+    pub value: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "environment variable {}={:?} refused: {}",
+            self.var, self.value, self.reason
+        )
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+/// The result of reading the variables.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// No protocol variable was set: a fresh start.
+    Absent,
+    /// Variables were set for another process (a grandchild that inherited them, or `LISTEN_PID`
+    /// missing): they are ignored, and the message says why.
+    NotForUs(String),
+    /// Meant for this process.
+    ForUs(Handover),
+}
+
+fn refuse(var: &'static str, value: &OsString, reason: impl Into<String>) -> ProtocolError {
+    ProtocolError {
+        var,
+        value: value.to_string_lossy().into_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Strict decimal: digits only, no sign, no blanks (`"+3"`, `" 3"`, `"3 "` are garbage).
+fn decimal(var: &'static str, value: &OsString) -> Result<u64, ProtocolError> {
+    let s = value
+        .to_str()
+        .ok_or_else(|| refuse(var, value, "not valid UTF-8"))?;
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(refuse(var, value, "expected a decimal number"));
+    }
+    s.parse::<u64>()
+        .map_err(|_| refuse(var, value, "number out of range"))
+}
+
+impl Snapshot {
+    /// True when no protocol variable was set.
+    pub fn is_empty(&self) -> bool {
+        *self == Snapshot::default()
+    }
+
+    /// Checks the variables against `my_pid`. Pure, so it can be fuzzed.
+    pub fn parse(&self, my_pid: u32) -> Result<Parsed, ProtocolError> {
+        if self.is_empty() {
+            return Ok(Parsed::Absent);
+        }
+        let Some(pid_value) = &self.listen_pid else {
+            return Ok(Parsed::NotForUs(format!(
+                "{LISTEN_PID} is not set, so the other protocol variables are not meant for this process"
+            )));
+        };
+        let pid = decimal(LISTEN_PID, pid_value)?;
+        if pid == 0 || pid > i32::MAX as u64 {
+            return Err(refuse(LISTEN_PID, pid_value, "not a valid pid"));
+        }
+        if pid != u64::from(my_pid) {
+            return Ok(Parsed::NotForUs(format!(
+                "{LISTEN_PID}={pid} names another process (this is pid {my_pid}): inherited variables ignored"
+            )));
+        }
+        let count = match &self.listen_fds {
+            None => 0,
+            Some(v) => {
+                let n = decimal(LISTEN_FDS, v)?;
+                if n > MAX_FDS as u64 {
+                    return Err(refuse(
+                        LISTEN_FDS,
+                        v,
+                        format!("more than {MAX_FDS} fds cannot have been passed"),
+                    ));
+                }
+                n as usize
+            }
+        };
+        let names: Vec<Option<String>> = match &self.listen_fdnames {
+            None => vec![None; count],
+            Some(v) => {
+                let s = v
+                    .to_str()
+                    .ok_or_else(|| refuse(LISTEN_FDNAMES, v, "not valid UTF-8"))?;
+                let parts: Vec<&str> = if s.is_empty() && count == 0 {
+                    Vec::new()
+                } else {
+                    s.split(':').collect()
+                };
+                if parts.len() != count {
+                    return Err(refuse(
+                        LISTEN_FDNAMES,
+                        v,
+                        format!(
+                            "{} names for {LISTEN_FDS}={count} fds: there must be exactly one name per fd",
+                            parts.len()
+                        ),
+                    ));
+                }
+                // systemd names unnamed fds "unknown"; an empty name is unnamed too.
+                parts
+                    .into_iter()
+                    .map(|p| (!p.is_empty() && p != "unknown").then(|| p.to_owned()))
+                    .collect()
+            }
+        };
+        let last = FDS_START as u64 + count as u64;
+        let ready_fd = match &self.ready_fd {
+            None => None,
+            Some(v) => {
+                let fd = decimal(READY_FD, v)?;
+                if fd < FDS_START as u64 || fd > i32::MAX as u64 {
+                    return Err(refuse(READY_FD, v, "not a usable fd number (it must be 3 or more)"));
+                }
+                if fd < last {
+                    return Err(refuse(
+                        READY_FD,
+                        v,
+                        format!("fd {fd} is one of the {LISTEN_FDS} listening fds"),
+                    ));
+                }
+                Some(fd as RawFd)
+            }
+        };
+        let fds = names
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| (FDS_START + i as RawFd, name))
+            .collect();
+        Ok(Parsed::ForUs(Handover { fds, ready_fd }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(pid: Option<&str>, fds: Option<&str>, names: Option<&str>, ready: Option<&str>) -> Snapshot {
+        Snapshot {
+            listen_pid: pid.map(Into::into),
+            listen_fds: fds.map(Into::into),
+            listen_fdnames: names.map(Into::into),
+            ready_fd: ready.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn a_well_formed_handover() {
+        let p = snap(Some("42"), Some("2"), Some("http:admin"), Some("5")).parse(42);
+        assert_eq!(
+            p,
+            Ok(Parsed::ForUs(Handover {
+                fds: vec![(3, Some("http".into())), (4, Some("admin".into()))],
+                ready_fd: Some(5),
+            }))
+        );
+        let unnamed = snap(Some("42"), Some("1"), None, None).parse(42);
+        assert_eq!(
+            unnamed,
+            Ok(Parsed::ForUs(Handover { fds: vec![(3, None)], ready_fd: None }))
+        );
+    }
+
+    #[test]
+    fn not_for_us() {
+        assert_eq!(Snapshot::default().parse(1), Ok(Parsed::Absent));
+        assert!(matches!(snap(Some("41"), Some("1"), None, None).parse(42), Ok(Parsed::NotForUs(_))));
+        assert!(matches!(snap(None, Some("1"), None, None).parse(42), Ok(Parsed::NotForUs(_))));
+    }
+
+    #[test]
+    fn garbage_is_refused_by_name() {
+        for (s, var) in [
+            (snap(Some("x"), Some("1"), None, None), LISTEN_PID),
+            (snap(Some("-1"), Some("1"), None, None), LISTEN_PID),
+            (snap(Some("0"), Some("1"), None, None), LISTEN_PID),
+            (snap(Some("42"), Some("-1"), None, None), LISTEN_FDS),
+            (snap(Some("42"), Some(" 1"), None, None), LISTEN_FDS),
+            (snap(Some("42"), Some("99999999999999999999999"), None, None), LISTEN_FDS),
+            (snap(Some("42"), Some("2000000"), None, None), LISTEN_FDS),
+            (snap(Some("42"), Some("2"), Some("a"), None), LISTEN_FDNAMES),
+            (snap(Some("42"), Some("1"), Some("a:b"), None), LISTEN_FDNAMES),
+            (snap(Some("42"), Some("2"), None, Some("4")), READY_FD),
+            (snap(Some("42"), Some("0"), None, Some("1")), READY_FD),
+            (snap(Some("42"), Some("0"), None, Some("z")), READY_FD),
+        ] {
+            let e = s.parse(42).unwrap_err();
+            assert_eq!(e.var, var, "{s:?}: {e}");
+            assert!(e.to_string().contains(var));
+        }
+    }
+}

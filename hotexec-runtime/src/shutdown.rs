@@ -1,0 +1,184 @@
+//! The `Shutdown` handle: resolves when this generation must stop accepting.
+
+use std::future::Future;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+/// Why this generation is shutting down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShutdownReason {
+    /// A new generation (this pid) is ready and serving: stop accepting, finish in-flight work.
+    Upgrade {
+        /// Pid of the process that took over.
+        new_pid: u32,
+    },
+    /// SIGTERM or SIGINT: a final, graceful stop.
+    Stop {
+        /// The signal number that asked for it.
+        signal: i32,
+    },
+}
+
+struct Inner {
+    state: Mutex<State>,
+    cond: Condvar,
+    // Becomes readable when shutdown is triggered, for sync servers that poll(2) it with their
+    // listener (`Shutdown::accept`).
+    pipe_r: OwnedFd,
+    pipe_w: OwnedFd,
+}
+
+struct State {
+    reason: Option<ShutdownReason>,
+    wakers: Vec<Waker>,
+}
+
+/// Resolves when this generation must stop accepting: either a new generation has reported
+/// ready (an upgrade) or a stop signal arrived. Cheap to clone; every clone resolves together.
+///
+/// In async code, `.await` it (or `&mut shutdown` in `tokio::select!`). In sync code, use
+/// [`Shutdown::wait`], [`Shutdown::is_triggered`] or the [`Shutdown::accept`] helper.
+///
+/// Once it has resolved, stop accepting, let in-flight work finish, and return from `main`.
+/// The process exits when `main` returns or when the drain timeout expires, whichever comes first.
+#[derive(Clone)]
+pub struct Shutdown {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Shutdown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shutdown").field("reason", &self.reason()).finish()
+    }
+}
+
+impl Shutdown {
+    pub(crate) fn new() -> io::Result<Shutdown> {
+        let (pipe_r, pipe_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| io::Error::other(format!("pipe2: {}", e.desc())))?;
+        Ok(Shutdown {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State { reason: None, wakers: Vec::new() }),
+                cond: Condvar::new(),
+                pipe_r,
+                pipe_w,
+            }),
+        })
+    }
+
+    /// Resolves every clone. The first reason wins; returns false if it was already triggered.
+    pub(crate) fn trigger(&self, reason: ShutdownReason) -> bool {
+        let wakers = {
+            let mut st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+            if st.reason.is_some() {
+                return false;
+            }
+            st.reason = Some(reason);
+            std::mem::take(&mut st.wakers)
+        };
+        self.inner.cond.notify_all();
+        let _ = nix::unistd::write(&self.inner.pipe_w, b"x");
+        for w in wakers {
+            w.wake();
+        }
+        true
+    }
+
+    /// The reason, once triggered.
+    pub fn reason(&self) -> Option<ShutdownReason> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner()).reason
+    }
+
+    /// True once shutdown has been triggered.
+    pub fn is_triggered(&self) -> bool {
+        self.reason().is_some()
+    }
+
+    /// Blocks the calling thread until shutdown is triggered.
+    pub fn wait(&self) -> ShutdownReason {
+        let mut st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(r) = st.reason {
+                return r;
+            }
+            st = self.inner.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Blocks up to `timeout`; `None` if shutdown was not triggered by then.
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<ShutdownReason> {
+        let st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (st, _) = self
+            .inner
+            .cond
+            .wait_timeout_while(st, timeout, |s| s.reason.is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        st.reason
+    }
+
+    /// Accepts the next connection on `listener`, or returns `Ok(None)` once shutdown is
+    /// triggered: the accept loop of a sync server in one call.
+    ///
+    /// It waits with `poll(2)` on both the listener and the shutdown, so a thread blocked here
+    /// wakes up for either. The listening socket is shared with the other generation during an
+    /// upgrade and both are woken by a new connection, so this switches the listener to
+    /// non-blocking mode and goes back to waiting when the other process won the race.
+    pub fn accept(&self, listener: &TcpListener) -> io::Result<Option<(TcpStream, SocketAddr)>> {
+        listener.set_nonblocking(true)?;
+        loop {
+            if self.is_triggered() {
+                return Ok(None);
+            }
+            let mut fds = [
+                PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.inner.pipe_r.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(io::Error::other(format!("poll: {}", e.desc()))),
+            }
+            if self.is_triggered() {
+                return Ok(None);
+            }
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    stream.set_nonblocking(false)?;
+                    return Ok(Some((stream, peer)));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // A connection reset before it was accepted: not the server's failure.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The read end of a pipe that becomes readable when shutdown is triggered, for event loops
+    /// of their own (`poll`, `mio`).
+    pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.inner.pipe_r.as_raw_fd()
+    }
+}
+
+impl Future for Shutdown {
+    type Output = ShutdownReason;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ShutdownReason> {
+        let mut st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = st.reason {
+            return Poll::Ready(r);
+        }
+        if !st.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            st.wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}

@@ -1,0 +1,216 @@
+//! Binding fresh sockets and checking inherited ones.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+use nix::sys::socket::{
+    self, AddressFamily, Backlog, SockFlag, SockType, SockaddrLike, SockaddrStorage, sockopt,
+};
+use nix::sys::stat::{SFlag, fstat};
+
+use crate::syntax::ListenAddr;
+
+/// Listen options of one `#[listen]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListenOptions {
+    /// `listen(2)` backlog; `SOMAXCONN` when not set.
+    pub backlog: Option<u32>,
+}
+
+/// What an inherited fd turned out to be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketInfo {
+    /// Its address, in the listen grammar.
+    pub addr: ListenAddr,
+    /// For stream sockets: whether `listen(2)` was called on it.
+    pub listening: bool,
+}
+
+fn errno_io(call: &str, e: Errno) -> io::Error {
+    io::Error::new(io::Error::from(e).kind(), format!("{call}: {}", e.desc()))
+}
+
+/// Checks that `fd` is an open socket of a kind hotexec can hand to the application, and says
+/// what it is. Each refusal names the fd and what was found instead.
+pub fn inspect(fd: BorrowedFd<'_>) -> Result<SocketInfo, String> {
+    let n = fd.as_raw_fd();
+    let st = fstat(fd).map_err(|e| match e {
+        Errno::EBADF => format!("fd {n} is not open"),
+        e => format!("fd {n}: fstat failed: {}", e.desc()),
+    })?;
+    let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+    if kind != SFlag::S_IFSOCK {
+        let what = match kind {
+            SFlag::S_IFREG => "a regular file",
+            SFlag::S_IFDIR => "a directory",
+            SFlag::S_IFIFO => "a pipe",
+            SFlag::S_IFCHR => "a character device",
+            _ => "not a socket",
+        };
+        return Err(format!("fd {n} is not a socket: it is {what}"));
+    }
+    let ty = socket::getsockopt(&fd, sockopt::SockType)
+        .map_err(|e| format!("fd {n}: getsockopt(SO_TYPE) failed: {}", e.desc()))?;
+    let local: SockaddrStorage = socket::getsockname(n)
+        .map_err(|e| format!("fd {n}: getsockname failed: {}", e.desc()))?;
+    let ip: Option<SocketAddr> = if let Some(v4) = local.as_sockaddr_in() {
+        Some(SocketAddr::V4((*v4).into()))
+    } else {
+        local.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
+    };
+    let addr = match (ty, ip, local.as_unix_addr()) {
+        (SockType::Stream, Some(sa), _) => ListenAddr::Tcp(sa),
+        (SockType::Datagram, Some(sa), _) => ListenAddr::Udp(sa),
+        (SockType::Stream, None, Some(un)) => match un.path() {
+            Some(p) => ListenAddr::Unix(PathBuf::from(std::ffi::OsStr::from_bytes(
+                p.as_os_str().as_bytes(),
+            ))),
+            None => return Err(format!("fd {n} is an unnamed or abstract unix socket")),
+        },
+        (ty, _, _) => {
+            let fam = local.family().map(|f| format!("{f:?}")).unwrap_or("unknown".into());
+            return Err(format!(
+                "fd {n} is a socket of an unsupported kind ({ty:?}, family {fam})"
+            ));
+        }
+    };
+    let listening = ty == SockType::Stream
+        && socket::getsockopt(&fd, sockopt::AcceptConn)
+            .map_err(|e| format!("fd {n}: getsockopt(SO_ACCEPTCONN) failed: {}", e.desc()))?;
+    if ty == SockType::Stream && !listening {
+        return Err(format!(
+            "fd {n} is a connected or unlistened stream socket ({addr}), not a listener"
+        ));
+    }
+    Ok(SocketInfo { addr, listening })
+}
+
+/// Sets `FD_CLOEXEC` on `fd`, so no program the application execs inherits it.
+pub fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
+        .map(drop)
+        .map_err(|e| errno_io("fcntl(F_SETFD, FD_CLOEXEC)", e))
+}
+
+/// Binds a fresh socket for `addr`, CLOEXEC from birth.
+pub fn bind(addr: &ListenAddr, opts: &ListenOptions) -> io::Result<OwnedFd> {
+    let backlog = match opts.backlog {
+        Some(n) => Backlog::new(i32::try_from(n).unwrap_or(i32::MAX))
+            .map_err(|e| errno_io("listen backlog", e))?,
+        None => Backlog::MAXCONN,
+    };
+    match addr {
+        ListenAddr::Tcp(sa) | ListenAddr::Udp(sa) => {
+            let family = if sa.is_ipv4() {
+                AddressFamily::Inet
+            } else {
+                AddressFamily::Inet6
+            };
+            let ty = if matches!(addr, ListenAddr::Tcp(_)) {
+                SockType::Stream
+            } else {
+                SockType::Datagram
+            };
+            let fd = socket::socket(family, ty, SockFlag::SOCK_CLOEXEC, None)
+                .map_err(|e| errno_io("socket", e))?;
+            if ty == SockType::Stream {
+                // A restarted server must be able to bind while old connections sit in
+                // TIME_WAIT; SO_REUSEADDR does not let two live listeners share the port.
+                socket::setsockopt(&fd, sockopt::ReuseAddr, &true)
+                    .map_err(|e| errno_io("setsockopt(SO_REUSEADDR)", e))?;
+            }
+            if sa.is_ipv6() {
+                // Explicit, not left to the net.ipv6.bindv6only sysctl: `[::]:80` means IPv6 only.
+                socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)
+                    .map_err(|e| errno_io("setsockopt(IPV6_V6ONLY)", e))?;
+            }
+            let storage = SockaddrStorage::from(*sa);
+            socket::bind(fd.as_raw_fd(), &storage).map_err(|e| errno_io("bind", e))?;
+            if ty == SockType::Stream {
+                socket::listen(&fd, backlog).map_err(|e| errno_io("listen", e))?;
+            }
+            Ok(fd)
+        }
+        ListenAddr::Unix(path) => {
+            let fd = socket::socket(
+                AddressFamily::Unix,
+                SockType::Stream,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+            .map_err(|e| errno_io("socket(AF_UNIX)", e))?;
+            let un = socket::UnixAddr::new(path.as_path()).map_err(|e| errno_io("unix address", e))?;
+            socket::bind(fd.as_raw_fd(), &un).map_err(|e| errno_io("bind", e))?;
+            socket::listen(&fd, backlog).map_err(|e| errno_io("listen", e))?;
+            Ok(fd)
+        }
+    }
+}
+
+/// True when a socket found at `found` may serve a listener declared at `declared`: same kind,
+/// and the same address, where a declared port 0 or an unspecified IP accepts any.
+pub fn matches(declared: &ListenAddr, found: &ListenAddr) -> bool {
+    match (declared, found) {
+        (ListenAddr::Tcp(d), ListenAddr::Tcp(f)) | (ListenAddr::Udp(d), ListenAddr::Udp(f)) => {
+            d.is_ipv4() == f.is_ipv4()
+                && (d.port() == 0 || d.port() == f.port())
+                && (d.ip().is_unspecified() || d.ip() == f.ip())
+        }
+        (ListenAddr::Unix(d), ListenAddr::Unix(f)) => d == f,
+        _ => false,
+    }
+}
+
+/// The address a bound fd really has (port 0 resolved).
+pub fn local_addr(fd: BorrowedFd<'_>) -> io::Result<ListenAddr> {
+    inspect(fd.as_fd()).map(|i| i.addr).map_err(io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn inspect_tells_kinds_apart() {
+        let tcp = bind(&ListenAddr::parse("127.0.0.1:0").unwrap(), &Default::default()).unwrap();
+        let info = inspect(tcp.as_fd()).unwrap();
+        assert!(matches!(info.addr, ListenAddr::Tcp(sa) if sa.port() != 0));
+        assert!(info.listening);
+
+        let udp = bind(&ListenAddr::parse("udp:127.0.0.1:0").unwrap(), &Default::default()).unwrap();
+        assert!(matches!(inspect(udp.as_fd()).unwrap().addr, ListenAddr::Udp(_)));
+
+        let file = std::fs::File::open("/proc/self/exe").unwrap();
+        let e = inspect(file.as_fd()).unwrap_err();
+        assert!(e.contains("regular file"), "{e}");
+
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let e = inspect(a.as_fd()).unwrap_err();
+        assert!(e.contains("unnamed") || e.contains("not a listener"), "{e}");
+
+        // An fd number that is certainly closed.
+        let closed = {
+            let f = std::fs::File::open("/dev/null").unwrap();
+            f.as_raw_fd()
+        };
+        // SAFETY: only used for fstat, which reports EBADF; never closed or owned.
+        let b = unsafe { BorrowedFd::borrow_raw(closed) };
+        assert!(inspect(b).unwrap_err().contains("not open"));
+    }
+
+    #[test]
+    fn matching_rules() {
+        let p = |s| ListenAddr::parse(s).unwrap();
+        assert!(matches(&p("127.0.0.1:0"), &p("127.0.0.1:4000")));
+        assert!(matches(&p("0.0.0.0:4000"), &p("0.0.0.0:4000")));
+        assert!(!matches(&p("127.0.0.1:4001"), &p("127.0.0.1:4000")));
+        assert!(!matches(&p("udp:127.0.0.1:4000"), &p("127.0.0.1:4000")));
+        assert!(!matches(&p("[::1]:4000"), &p("127.0.0.1:4000")));
+    }
+}

@@ -1,0 +1,108 @@
+//! What `#[hotexec::main]` does before and after the application's `main`.
+
+use std::os::fd::AsFd;
+use std::sync::{Arc, OnceLock};
+
+use crate::config::{Config, Declared};
+use crate::error::UpgradeError;
+use crate::listeners::Listeners;
+use crate::shutdown::{Shutdown, ShutdownReason};
+use crate::upgrade::Ctx;
+use crate::{inherit, pidfile, ready, socket};
+
+static CTX: OnceLock<Arc<Ctx>> = OnceLock::new();
+
+/// Refuses to start: the message goes to the app's tracing subscriber if it has one, and to
+/// stderr otherwise, then the process exits 1. In a new generation this makes the upgrade fail
+/// cleanly: the old generation sees it exit before ready and keeps serving.
+fn fatal(msg: String) -> ! {
+    if tracing::dispatcher::has_been_set() {
+        tracing::error!("hotexec: cannot start: {msg}");
+    }
+    eprintln!("hotexec: cannot start: {msg}");
+    std::process::exit(1)
+}
+
+/// Runs `f` as the application's main, inside the hotexec runtime.
+pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> R) -> R {
+    // First: the protocol variables, before anything could start a thread.
+    let snap = inherit::snapshot();
+    let config = Config::resolve(&declared, std::env::vars_os()).unwrap_or_else(|e| fatal(e));
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    // Resolved once, now: `./app`, a relative argv[0] or a later rename over the binary on disk
+    // must not change what the next upgrade executes.
+    let exe = std::env::current_exe()
+        .and_then(|p| p.canonicalize())
+        .unwrap_or_else(|e| fatal(format!("cannot resolve the path of this binary: {e}")));
+    let argv: Vec<_> = std::env::args_os().collect();
+    let pid = std::process::id();
+
+    let adoption = inherit::adopt(&snap, &config.listeners).unwrap_or_else(|e| fatal(e));
+    for note in &adoption.notes {
+        tracing::info!("{note}");
+    }
+    let upgraded = adoption.ready_fd.is_some();
+    let mut sockets = Vec::new();
+    let mut handed = Vec::new();
+    for (decl, inherited) in config.listeners.iter().zip(adoption.claimed) {
+        let (fd, addr, was_inherited) = match inherited {
+            Some(s) => {
+                tracing::info!(listener = %decl.name, addr = %inherit::addr_of(&s), "adopted inherited listener");
+                let addr = s.info.addr.clone();
+                (s.fd, addr, true)
+            }
+            None => {
+                let fd = socket::bind(&decl.addr, &decl.opts).unwrap_or_else(|e| {
+                    let via = decl
+                        .overridden_by
+                        .as_deref()
+                        .map(|v| format!(" (from {v})"))
+                        .unwrap_or_default();
+                    fatal(format!("listener {:?}: cannot listen on {}{via}: {e}", decl.name, decl.addr))
+                });
+                let addr = socket::local_addr(fd.as_fd()).unwrap_or_else(|_| decl.addr.clone());
+                tracing::info!(listener = %decl.name, %addr, "listening");
+                (fd, addr, false)
+            }
+        };
+        let user = fd
+            .try_clone()
+            .unwrap_or_else(|e| fatal(format!("listener {:?}: dup failed: {e}", decl.name)));
+        handed.push((decl.name.clone(), addr, user, was_inherited));
+        sockets.push((decl.name.clone(), fd));
+    }
+    // The new generation of an upgrade leaves the pid file to the old one, which writes it
+    // only once this process has reported ready.
+    if let (Some(p), false) = (&config.pid_file, upgraded) {
+        pidfile::write(p, pid).unwrap_or_else(|e| fatal(e.to_string()));
+    }
+    let shutdown = Shutdown::new().unwrap_or_else(|e| fatal(format!("shutdown pipe: {e}")));
+    ready::arm(adoption.ready_fd, config.manual_ready);
+    let pid_file = config.pid_file.clone();
+    let ctx = crate::upgrade::start(config, exe, argv, sockets, shutdown.clone())
+        .unwrap_or_else(|e| fatal(format!("cannot install signal handling: {e}")));
+    let _ = CTX.set(ctx.clone());
+    tracing::info!(pid, upgraded, "serving");
+
+    let result = f(Listeners::new(handed), shutdown.clone());
+
+    ctx.kill_pending();
+    if !matches!(shutdown.reason(), Some(ShutdownReason::Upgrade { .. })) {
+        if let Some(p) = &pid_file {
+            pidfile::remove_if_ours(p, pid);
+        }
+    }
+    result
+}
+
+/// Triggers an upgrade, as the upgrade signal does, and waits for its outcome: the new pid, or
+/// why it failed (then this generation keeps serving). Blocks up to `ready_timeout`; from async
+/// code call it in `spawn_blocking`.
+pub fn upgrade() -> Result<u32, UpgradeError> {
+    match CTX.get() {
+        Some(ctx) => ctx.request_upgrade(),
+        None => Err(UpgradeError::NotRunning),
+    }
+}

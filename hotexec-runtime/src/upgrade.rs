@@ -1,0 +1,343 @@
+//! The supervisor thread: waits for signals and upgrade requests, runs one upgrade at a time,
+//! and hands over to the new generation only once it has reported ready.
+
+use std::ffi::OsString;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use crate::config::Config;
+use crate::error::UpgradeError;
+use crate::protocol::{EXEC_FAILED, READY};
+use crate::shutdown::{Shutdown, ShutdownReason};
+use crate::{drain, pidfile, signals, spawn};
+
+type Reply = mpsc::Sender<Result<u32, UpgradeError>>;
+
+/// What the supervisor shares with the rest of the runtime.
+pub(crate) struct Ctx {
+    pub config: Config,
+    pub exe: PathBuf,
+    pub argv: Vec<OsString>,
+    /// The runtime's own copy of each listener, passed to every new generation.
+    pub sockets: Vec<(String, OwnedFd)>,
+    pub shutdown: Shutdown,
+    requests: Mutex<Vec<Reply>>,
+    wake_w: OwnedFd,
+    /// Pid of a new generation that has not reported ready yet (0: none).
+    pub pending: AtomicI32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Serving,
+    Draining(ShutdownReason),
+}
+
+/// Starts the supervisor thread.
+pub(crate) fn start(
+    config: Config,
+    exe: PathBuf,
+    argv: Vec<OsString>,
+    sockets: Vec<(String, OwnedFd)>,
+    shutdown: Shutdown,
+) -> std::io::Result<Arc<Ctx>> {
+    let sig_r = signals::install(&[config.upgrade_signal, Signal::SIGTERM, Signal::SIGINT])?;
+    let (wake_r, wake_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+        .map_err(|e| std::io::Error::other(format!("pipe2: {}", e.desc())))?;
+    let ctx = Arc::new(Ctx {
+        config,
+        exe,
+        argv,
+        sockets,
+        shutdown,
+        requests: Mutex::new(Vec::new()),
+        wake_w,
+        pending: AtomicI32::new(0),
+    });
+    let c = ctx.clone();
+    std::thread::Builder::new()
+        .name("hotexec-supervisor".into())
+        .spawn(move || Supervisor { ctx: c, sig_r, wake_r, phase: Phase::Serving }.run())?;
+    Ok(ctx)
+}
+
+impl Ctx {
+    /// Asks the supervisor for an upgrade and waits for its outcome.
+    pub(crate) fn request_upgrade(&self) -> Result<u32, UpgradeError> {
+        let (tx, rx) = mpsc::channel();
+        self.requests.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
+        let _ = nix::unistd::write(&self.wake_w, b"u");
+        rx.recv().unwrap_or(Err(UpgradeError::NotRunning))
+    }
+
+    /// Kills and reaps a new generation that has not reported ready (used when `main` returns
+    /// during an upgrade, so no child outlives us half-started).
+    pub(crate) fn kill_pending(&self) {
+        let pid = self.pending.swap(0, Ordering::SeqCst);
+        if pid > 0 {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = waitpid(Pid::from_raw(pid), None);
+        }
+    }
+}
+
+struct Supervisor {
+    ctx: Arc<Ctx>,
+    sig_r: OwnedFd,
+    wake_r: OwnedFd,
+    phase: Phase,
+}
+
+/// What woke the supervisor during an upgrade.
+enum Event {
+    Ready,
+    ExecFailed(i32),
+    Eof,
+    Timeout,
+    Stop(Signal),
+}
+
+fn describe(status: WaitStatus) -> String {
+    match status {
+        WaitStatus::Exited(_, code) => format!("exit status {code}"),
+        WaitStatus::Signaled(_, sig, _) => format!("killed by {sig}"),
+        other => format!("{other:?}"),
+    }
+}
+
+impl Supervisor {
+    fn run(mut self) {
+        loop {
+            // While draining, also watch the new generation so it never lingers as a zombie.
+            let timeout = match self.phase {
+                Phase::Serving => PollTimeout::NONE,
+                Phase::Draining(_) => PollTimeout::from(200u16),
+            };
+            let mut fds = [
+                PollFd::new(self.sig_r.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.wake_r.as_fd(), PollFlags::POLLIN),
+            ];
+            if let Err(e) = poll(&mut fds, timeout) {
+                if e != nix::errno::Errno::EINTR {
+                    tracing::error!("supervisor poll failed: {}", e.desc());
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            for sig in signals::drain(&self.sig_r) {
+                self.on_signal(sig);
+            }
+            self.drain_wake();
+            for reply in self.take_requests() {
+                let result = match self.phase {
+                    Phase::Serving => self.upgrade("api"),
+                    Phase::Draining(_) => Err(UpgradeError::Busy("this generation is draining")),
+                };
+                let _ = reply.send(result);
+            }
+            if let Phase::Draining(ShutdownReason::Upgrade { new_pid }) = self.phase {
+                self.watch_successor(new_pid);
+            }
+        }
+    }
+
+    fn drain_wake(&self) {
+        let mut buf = [0u8; 64];
+        while matches!(nix::unistd::read(&self.wake_r, &mut buf), Ok(n) if n > 0) {}
+    }
+
+    fn take_requests(&self) -> Vec<Reply> {
+        std::mem::take(&mut *self.ctx.requests.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn on_signal(&mut self, sig: Signal) {
+        let upgrade_sig = self.ctx.config.upgrade_signal;
+        match (sig, self.phase) {
+            (s, Phase::Serving) if s == upgrade_sig => {
+                let _ = self.upgrade("signal");
+            }
+            (s, Phase::Draining(_)) if s == upgrade_sig => {
+                tracing::warn!(signal = %s, "upgrade signal ignored: this generation has handed over and is draining");
+            }
+            (s, Phase::Serving) => self.stop(s),
+            (s, Phase::Draining(ShutdownReason::Stop { signal })) if s as i32 == signal => {
+                tracing::warn!(signal = %s, "second stop signal while draining: exiting now");
+                if let Some(p) = &self.ctx.config.pid_file {
+                    pidfile::remove_if_ours(p, std::process::id());
+                }
+                std::process::exit(1);
+            }
+            (s, Phase::Draining(reason)) => {
+                tracing::info!(signal = %s, ?reason, "stop signal while draining: already stopping");
+            }
+        }
+    }
+
+    fn stop(&mut self, sig: Signal) {
+        let reason = ShutdownReason::Stop { signal: sig as i32 };
+        tracing::info!(signal = %sig, drain_timeout = ?self.ctx.config.drain_timeout, "stopping: draining in-flight work");
+        self.phase = Phase::Draining(reason);
+        self.ctx.shutdown.trigger(reason);
+        drain::start(self.ctx.config.drain_timeout, reason, self.ctx.config.pid_file.clone());
+    }
+
+    /// Reaps the new generation if it died while we drain, and says so loudly.
+    fn watch_successor(&self, pid: u32) {
+        match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => {}
+            Ok(status) => tracing::error!(
+                new_pid = pid,
+                "the new generation exited while this one was draining ({}): nothing is serving new connections",
+                describe(status)
+            ),
+        }
+    }
+
+    /// One upgrade, start to finish. The old generation keeps accepting throughout; it only
+    /// stops once the new one has reported ready.
+    fn upgrade(&mut self, trigger: &'static str) -> Result<u32, UpgradeError> {
+        let old_pid = std::process::id();
+        let span = tracing::info_span!("upgrade", old_pid, new_pid = tracing::field::Empty, trigger);
+        let _enter = span.enter();
+        let started = Instant::now();
+        tracing::info!(exe = %self.ctx.exe.display(), "upgrade: starting the new generation");
+        let fds: Vec<BorrowedFd<'_>> = self.ctx.sockets.iter().map(|(_, fd)| fd.as_fd()).collect();
+        let names: Vec<&str> = self.ctx.sockets.iter().map(|(n, _)| n.as_str()).collect();
+        let child = match spawn::spawn(&self.ctx.exe, &self.ctx.argv, &fds, &names) {
+            Ok(c) => c,
+            Err(e) => {
+                let err = UpgradeError::Spawn(e.to_string());
+                tracing::error!("upgrade failed: {err}; still serving");
+                return Err(err);
+            }
+        };
+        let pid = child.pid;
+        span.record("new_pid", pid.as_raw());
+        self.ctx.pending.store(pid.as_raw(), Ordering::SeqCst);
+        let deadline = started + self.ctx.config.ready_timeout;
+        let event = self.wait_ready(&child.ready_r, deadline);
+        let result = match event {
+            Event::Ready => {
+                self.ctx.pending.store(0, Ordering::SeqCst);
+                let new_pid = pid.as_raw() as u32;
+                if let Some(p) = &self.ctx.config.pid_file {
+                    if let Err(e) = pidfile::write(p, new_pid) {
+                        tracing::error!("{e}");
+                    }
+                }
+                let reason = ShutdownReason::Upgrade { new_pid };
+                self.phase = Phase::Draining(reason);
+                self.ctx.shutdown.trigger(reason);
+                drain::start(self.ctx.config.drain_timeout, reason, None);
+                tracing::info!(
+                    elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                    drain_timeout = ?self.ctx.config.drain_timeout,
+                    "upgrade: new generation is ready; this one stops accepting and drains"
+                );
+                return Ok(new_pid);
+            }
+            Event::ExecFailed(errno) => {
+                let _ = waitpid(pid, None);
+                Err(UpgradeError::Exec { path: self.ctx.exe.clone(), errno })
+            }
+            Event::Eof => {
+                // The child closed its end: it is exiting (or closed the fd and went on, which
+                // is a failure too). Give it until the deadline to be reaped, then kill it.
+                let status = reap_by(pid, deadline.max(Instant::now() + Duration::from_millis(200)));
+                Err(UpgradeError::ExitedBeforeReady { pid: pid.as_raw() as u32, status })
+            }
+            Event::Timeout => {
+                let _ = kill(pid, Signal::SIGKILL);
+                let _ = waitpid(pid, None);
+                Err(UpgradeError::ReadyTimeout {
+                    pid: pid.as_raw() as u32,
+                    timeout: self.ctx.config.ready_timeout,
+                })
+            }
+            Event::Stop(sig) => {
+                let _ = kill(pid, Signal::SIGKILL);
+                let _ = waitpid(pid, None);
+                tracing::warn!(signal = %sig, "stop signal during the upgrade: new process killed, stopping");
+                self.ctx.pending.store(0, Ordering::SeqCst);
+                self.stop(sig);
+                return Err(UpgradeError::Aborted);
+            }
+        };
+        self.ctx.pending.store(0, Ordering::SeqCst);
+        if let Err(e) = &result {
+            tracing::error!("upgrade failed: {e}; this generation keeps serving");
+        }
+        result
+    }
+
+    /// Waits for the readiness byte, handling signals and requests that arrive meanwhile.
+    fn wait_ready(&mut self, ready_r: &OwnedFd, deadline: Instant) -> Event {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Event::Timeout;
+            }
+            let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+            let mut fds = [
+                PollFd::new(ready_r.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.sig_r.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.wake_r.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::from(ms)) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => tracing::error!("poll during upgrade failed: {}", e.desc()),
+            }
+            if fds[0].any().unwrap_or(false) {
+                let mut buf = [0u8; 5];
+                match nix::unistd::read(ready_r, &mut buf) {
+                    Ok(0) => return Event::Eof,
+                    Ok(_) if buf[0] == READY => return Event::Ready,
+                    Ok(n) if buf[0] == EXEC_FAILED && n == 5 => {
+                        let errno = i32::from_ne_bytes([buf[1], buf[2], buf[3], buf[4]]);
+                        return Event::ExecFailed(errno);
+                    }
+                    Ok(_) => return Event::Eof,
+                    Err(nix::errno::Errno::EINTR) => {}
+                    Err(_) => return Event::Eof,
+                }
+            }
+            for sig in signals::drain(&self.sig_r) {
+                if sig == self.ctx.config.upgrade_signal {
+                    tracing::warn!(signal = %sig, "upgrade signal ignored: an upgrade is already running");
+                } else {
+                    return Event::Stop(sig);
+                }
+            }
+            self.drain_wake();
+            for reply in self.take_requests() {
+                let _ = reply.send(Err(UpgradeError::Busy("an upgrade is already running")));
+            }
+        }
+    }
+}
+
+/// Waits for `pid` to exit until `deadline`, then kills it; returns how it ended.
+fn reap_by(pid: Pid, deadline: Instant) -> String {
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(status) => return describe(status),
+            Err(e) => return format!("unknown ({})", e.desc()),
+        }
+        if Instant::now() >= deadline {
+            let _ = kill(pid, Signal::SIGKILL);
+            return match waitpid(pid, None) {
+                Ok(s) => format!("closed its readiness pipe without reporting ready, then {}", describe(s)),
+                Err(e) => format!("unknown ({})", e.desc()),
+            };
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}

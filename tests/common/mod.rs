@@ -1,0 +1,452 @@
+//! Test harness: real processes, real sockets on 127.0.0.1, real signals.
+//!
+//! Every wait has a deadline. The test process makes itself a child subreaper, so generations
+//! orphaned by an upgrade are re-parented to it, and `App`'s `Drop` kills and reaps every pid it
+//! has seen, also when the test fails.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+/// Makes this test process adopt orphaned descendants (PID 1 here does not reap them).
+pub fn subreaper() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes integer arguments and touches no memory.
+        let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        assert_eq!(r, 0, "prctl(PR_SET_CHILD_SUBREAPER) failed");
+    });
+}
+
+/// Path of a built example (cargo builds examples before integration tests).
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let p = dir.join("examples").join(name);
+    assert!(p.exists(), "example binary {} not built", p.display());
+    p
+}
+
+/// A free port on 127.0.0.1 (bound and released; the kernel does not hand it out again soon).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` every 5 ms until it returns Some or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A scratch directory, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        let p = std::env::temp_dir().join(format!(
+            "hotexec-{tag}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Scratch(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A server under test: a copy of an example binary in a scratch dir (so the test can replace
+/// it on disk), its pid file and its log.
+pub struct App {
+    pub dir: Scratch,
+    pub bin: PathBuf,
+    pub pid_file: PathBuf,
+    pub log: PathBuf,
+    pub addr: SocketAddr,
+    pub first: Option<Child>,
+    pub pids: Arc<Mutex<Vec<u32>>>,
+    good_copy: PathBuf,
+}
+
+impl App {
+    /// Copies example `name` and starts it on a free port with `env` on top of the defaults.
+    pub fn start(name: &str, listener_var: &str, env: &[(&str, &str)]) -> App {
+        subreaper();
+        let dir = Scratch::new(name);
+        let bin = dir.0.join("app");
+        let good_copy = dir.0.join("app.good");
+        std::fs::copy(example(name), &good_copy).unwrap();
+        std::fs::copy(&good_copy, &bin).unwrap();
+        let pid_file = dir.0.join("app.pid");
+        let log = dir.0.join("app.log");
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let logf = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(&bin);
+        cmd.env(listener_var, addr.to_string())
+            .env("HOTEXEC_PID_FILE", &pid_file)
+            .env("HOTEXEC_READY_TIMEOUT", "5s")
+            .env("HOTEXEC_DRAIN_TIMEOUT", "10s")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let pid = child.id();
+        let app = App {
+            dir,
+            bin,
+            pid_file,
+            log,
+            addr,
+            first: Some(child),
+            pids: Arc::new(Mutex::new(vec![pid])),
+            good_copy,
+        };
+        app.wait_pid_file(pid);
+        wait_for(Duration::from_secs(10), "the server to accept", || {
+            TcpStream::connect(app.addr).ok()
+        });
+        app
+    }
+
+    pub fn first_pid(&self) -> u32 {
+        self.pids.lock().unwrap()[0]
+    }
+
+    pub fn pid_in_file(&self) -> Option<u32> {
+        std::fs::read_to_string(&self.pid_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Waits until the pid file names `pid`, and remembers the pid for clean-up.
+    pub fn wait_pid_file(&self, pid: u32) {
+        wait_for(Duration::from_secs(10), "the pid file", || {
+            (self.pid_in_file() == Some(pid)).then_some(())
+        });
+        self.track(pid);
+    }
+
+    pub fn track(&self, pid: u32) {
+        let mut p = self.pids.lock().unwrap();
+        if !p.contains(&pid) {
+            p.push(pid);
+        }
+    }
+
+    /// Sends the upgrade signal to the pid in the pid file; returns that pid.
+    pub fn signal_upgrade(&self) -> u32 {
+        let pid = self.pid_in_file().expect("pid file");
+        kill(Pid::from_raw(pid as i32), Signal::SIGUSR2).unwrap();
+        pid
+    }
+
+    /// Signals an upgrade and waits until the pid file names a new pid; returns (old, new).
+    pub fn upgrade(&self) -> (u32, u32) {
+        let old = self.signal_upgrade();
+        let new = wait_for(
+            Duration::from_secs(10),
+            "the pid file to name a new pid",
+            || self.pid_in_file().filter(|p| *p != old),
+        );
+        self.track(new);
+        (old, new)
+    }
+
+    /// Replaces the binary on disk atomically with `contents` (a script) or the good binary.
+    pub fn replace_binary(&self, script: Option<&str>) {
+        let tmp = self.dir.0.join("app.next");
+        match script {
+            Some(s) => {
+                std::fs::write(&tmp, s).unwrap();
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+            None => {
+                std::fs::copy(&self.good_copy, &tmp).unwrap();
+            }
+        }
+        std::fs::rename(&tmp, &self.bin).unwrap();
+    }
+
+    pub fn remove_binary(&self) {
+        std::fs::remove_file(&self.bin).unwrap();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log holds `needle` `count` times.
+    pub fn wait_log(&self, needle: &str, count: usize, timeout: Duration) {
+        wait_for(timeout, &format!("{count} x {needle:?} in the log"), || {
+            (self.log_text().matches(needle).count() >= count).then_some(())
+        });
+    }
+
+    /// Waits for `pid` to exit and reaps it (it is our child, or was re-parented to us).
+    pub fn wait_exit(&mut self, pid: u32, timeout: Duration) -> WaitStatus {
+        if let Some(c) = self.first.as_mut().filter(|c| c.id() == pid) {
+            let deadline = Instant::now() + timeout;
+            loop {
+                if let Some(st) = c.try_wait().unwrap() {
+                    self.first = None;
+                    use std::os::unix::process::ExitStatusExt;
+                    return match (st.code(), st.signal()) {
+                        (Some(code), _) => WaitStatus::Exited(Pid::from_raw(pid as i32), code),
+                        (None, Some(sig)) => WaitStatus::Signaled(
+                            Pid::from_raw(pid as i32),
+                            Signal::try_from(sig).unwrap(),
+                            false,
+                        ),
+                        _ => unreachable!(),
+                    };
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "pid {pid} did not exit within {timeout:?}"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        wait_for(timeout, &format!("pid {pid} to exit"), || {
+            match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => None,
+                Ok(st) => Some(st),
+                // Not (yet) our child: its parent is alive. Or already gone.
+                Err(nix::errno::Errno::ECHILD) => {
+                    (!alive(pid)).then_some(WaitStatus::Exited(Pid::from_raw(pid as i32), -1))
+                }
+                Err(e) => panic!("waitpid({pid}): {e}"),
+            }
+        })
+    }
+
+    /// Children of `pid` (any state), from /proc.
+    pub fn children_of(pid: u32) -> Vec<(u32, char)> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if let Some((ppid, state)) = stat(p) {
+                if ppid == pid {
+                    out.push((p, state));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// (ppid, state) of a process.
+pub fn stat(pid: u32) -> Option<(u32, char)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let mut it = rest.split_whitespace();
+    let state = it.next()?.chars().next()?;
+    let ppid = it.next()?.parse().ok()?;
+    Some((ppid, state))
+}
+
+/// True while `pid` exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    matches!(stat(pid), Some((_, s)) if s != 'Z')
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let pids = self.pids.lock().unwrap().clone();
+        for &p in &pids {
+            let _ = kill(Pid::from_raw(p as i32), Signal::SIGKILL);
+        }
+        if let Some(mut c) = self.first.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for &p in &pids {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                match waitpid(Pid::from_raw(p as i32), Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(5)),
+                    Err(nix::errno::Errno::ECHILD) if alive(p) => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    _ => break,
+                }
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- server log ({}) ----\n{}",
+                self.log.display(),
+                self.log_text()
+            );
+        }
+    }
+}
+
+/// How one request ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok { pid: u32 },
+    Refused,
+    Reset,
+    Eof,
+    Timeout,
+    BadStatus(String),
+    Other(String),
+}
+
+/// One `GET path` on a new connection with `Connection: close`; a full response or a class of
+/// failure. Nothing counts as ok without a 200 status line and a complete `pid=` body.
+pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Outcome {
+    let mut s = match TcpStream::connect_timeout(&addr, timeout) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Outcome::Refused,
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Outcome::Timeout,
+        Err(e) => return Outcome::Other(format!("connect: {e}")),
+    };
+    s.set_read_timeout(Some(timeout)).unwrap();
+    s.set_write_timeout(Some(timeout)).unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    if let Err(e) = s.write_all(req.as_bytes()) {
+        return classify(e);
+    }
+    let mut buf = Vec::new();
+    if let Err(e) = s.read_to_end(&mut buf) {
+        return classify(e);
+    }
+    let text = String::from_utf8_lossy(&buf);
+    if text.is_empty() {
+        return Outcome::Eof;
+    }
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return Outcome::Eof;
+    };
+    if !head.starts_with("HTTP/1.1 200") {
+        return Outcome::BadStatus(head.lines().next().unwrap_or("").to_string());
+    }
+    let len: Option<usize> = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_string())
+        })
+        .and_then(|v| v.parse().ok());
+    if len.is_some_and(|n| n != body.len()) {
+        return Outcome::Eof;
+    }
+    match body
+        .strip_prefix("pid=")
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+    {
+        Some(pid) if body.ends_with('\n') => Outcome::Ok { pid },
+        _ => Outcome::BadStatus(format!("body {body:?}")),
+    }
+}
+
+fn classify(e: std::io::Error) -> Outcome {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        ConnectionReset | ConnectionAborted | BrokenPipe => Outcome::Reset,
+        WouldBlock | TimedOut => Outcome::Timeout,
+        UnexpectedEof => Outcome::Eof,
+        _ => Outcome::Other(e.to_string()),
+    }
+}
+
+/// Clients hammering `GET /` with a new connection per request until stopped.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Vec<(Instant, Outcome)>>>,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..clients)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut out = Vec::new();
+                    // Bounded in count and time whatever happens.
+                    let hard_stop = Instant::now() + Duration::from_secs(120);
+                    while !stop.load(Ordering::Relaxed)
+                        && out.len() < 1_000_000
+                        && Instant::now() < hard_stop
+                    {
+                        let o = get(addr, "/", Duration::from_secs(5));
+                        out.push((Instant::now(), o));
+                    }
+                    out
+                })
+            })
+            .collect();
+        Load { stop, threads }
+    }
+
+    /// Stops the clients and returns every request's (completion time, outcome), in time order.
+    pub fn finish(self) -> Vec<(Instant, Outcome)> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all: Vec<_> = self
+            .threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        all.sort_by_key(|(t, _)| *t);
+        all
+    }
+}
+
+/// Failed requests, for assertion messages.
+pub fn failures(results: &[(Instant, Outcome)]) -> Vec<&Outcome> {
+    results
+        .iter()
+        .map(|(_, o)| o)
+        .filter(|o| !matches!(o, Outcome::Ok { .. }))
+        .collect()
+}
+
+/// Writes `text` to a scratch script path and makes it executable.
+pub fn script(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
