@@ -17,9 +17,15 @@ use crate::parse::{
 pub(crate) fn main(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut input: MainFn = match syn::parse2(item.clone()) {
         Ok(input) => input,
-        // Not a function (or a signature that does not parse): give the item back untouched so
-        // that the rest of the file still resolves, and say why.
-        Err(e) => return with_error(item, e),
+        // rustc hands attribute macros only items that parse, so this is not a function: give
+        // it back untouched, so that the rest of the file still resolves, and say why.
+        Err(e) => {
+            let e = syn::Error::new(
+                e.span(),
+                format!("{e}: `#[hotexec::main]` goes on a function, e.g. `fn main()`"),
+            );
+            return with_error(item, e);
+        }
     };
     let mut errors = Errors::default();
     // Every check runs even when an earlier one failed, so that all mistakes show at once; a
