@@ -68,7 +68,10 @@ fn inner_fn(input: &MainFn) -> (Ident, TokenStream) {
     let ident = Ident::new("__hotexec_main", input.sig.ident.span());
     let mut sig = input.sig.clone();
     sig.ident = ident.clone();
-    let mut tokens = sig.into_token_stream();
+    // The macro imposes this shape: `async` picks the runtime even if `main` only spawns, and
+    // `Listeners`/`Shutdown` come by value. Lints about the shape are not the user's to fix.
+    let mut tokens = quote!(#[allow(clippy::unused_async, clippy::needless_pass_by_value)]);
+    sig.to_tokens(&mut tokens);
     input.brace_token.surround(&mut tokens, |body| {
         for attr in &input.inner_attrs {
             attr.to_tokens(body);
@@ -199,5 +202,92 @@ fn expand_unusable_signature(input: &MainFn) -> TokenStream {
             #[allow(dead_code)]
             #inner_fn
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The generated code, as the runtime contract (`hotexec::__private`) expects it.
+    #[test]
+    fn expands_to_the_private_contract() {
+        let expanded = main(
+            quote!(
+                drain_timeout = "30s",
+                ready = "manual",
+                init = telemetry::install
+            ),
+            quote! {
+                /// Docs stay on the generated function.
+                #[listen("127.0.0.1:8080", name = "http")]
+                #[hotexec::listen("[::1]:9090", name = "admin", backlog = 128)]
+                async fn main(shutdown: Shutdown, listeners: hotexec::Listeners) -> std::io::Result<()> {
+                    Ok(())
+                }
+            },
+        );
+        let expected = quote! {
+            #[doc = r" Docs stay on the generated function."]
+            fn main() -> std::io::Result<()> {
+                #[allow(clippy::unused_async, clippy::needless_pass_by_value)]
+                async fn __hotexec_main(shutdown: Shutdown, listeners: hotexec::Listeners) -> std::io::Result<()> {
+                    Ok(())
+                }
+                let __hotexec_init: fn() = telemetry::install;
+                __hotexec_init();
+                ::hotexec::__private::Builder::new()
+                    .drain_timeout_ms(30000u64)
+                    .manual_ready()
+                    .listen(::hotexec::__private::ListenSpec::new("http", "127.0.0.1:8080"))
+                    .listen(::hotexec::__private::ListenSpec::new("admin", "[::1]:9090").backlog(128u32))
+                    .run(|__hotexec_listeners, __hotexec_shutdown| {
+                        ::hotexec::__private::tokio::runtime::Builder::new_multi_thread()
+                            .enable_all()
+                            .build()
+                            .expect("hotexec: failed to build the tokio runtime")
+                            .block_on(::hotexec::__private::Started::new(
+                                __hotexec_main(__hotexec_shutdown, __hotexec_listeners)
+                            ))
+                    })
+            }
+        };
+        assert_eq!(expanded.to_string(), expected.to_string());
+    }
+
+    #[test]
+    fn sync_main_reports_started_then_calls_the_body() {
+        let expanded = main(
+            quote!(),
+            quote!(
+                fn main() {}
+            ),
+        )
+        .to_string();
+        let expected = quote! {
+            ::hotexec::__private::Builder::new()
+                .run(|__hotexec_listeners, __hotexec_shutdown| {
+                    ::hotexec::__private::main_started();
+                    __hotexec_main()
+                })
+        };
+        assert!(expanded.contains(&expected.to_string()), "{expanded}");
+    }
+
+    #[test]
+    fn errors_still_emit_the_function() {
+        let expanded = main(
+            quote!(drain_timeout = "soon"),
+            quote!(
+                fn main(port: u16) {
+                    let _ = port;
+                }
+            ),
+        )
+        .to_string();
+        // The body is still there for rust-analyzer, uncalled, beside both errors.
+        assert!(expanded.contains("fn __hotexec_main (port : u16) { let _ = port ; }"));
+        assert!(!expanded.contains("Builder"));
+        assert_eq!(expanded.matches("compile_error").count(), 2, "{expanded}");
     }
 }

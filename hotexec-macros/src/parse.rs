@@ -796,7 +796,10 @@ mod tests {
         let args = main_args(quote!(flavor = "current_thread", worker_threads = 2)).unwrap();
         let m = messages(args.check_flavor(None).unwrap_err());
         assert_eq!(m.len(), 2);
-        let m = messages(args.check_flavor(Some(Default::default())).unwrap_err());
+        let m = messages(
+            args.check_flavor(Some(<Token![async]>::default()))
+                .unwrap_err(),
+        );
         assert_eq!(m.len(), 1);
         assert!(m[0].contains("needs `flavor = \"multi_thread\"`"));
     }
