@@ -31,7 +31,8 @@ pub(crate) fn main(args: TokenStream, item: TokenStream) -> TokenStream {
     // Every check runs even when an earlier one failed, so that all mistakes show at once; a
     // part that failed falls back to what is closest to the real expansion (default options, no
     // such listener), as tokio does, so that rust-analyzer keeps working inside `main`.
-    let args = errors.ok(syn::parse2::<MainArgs>(args)).unwrap_or_default();
+    let mut args = errors.ok(syn::parse2::<MainArgs>(args)).unwrap_or_default();
+    errors.extend(std::mem::take(&mut args.errors));
     errors.ok(args.check_flavor(input.sig.asyncness));
     let listeners = take_listeners(&mut input.attrs, &mut errors);
     let params = errors.ok(check_signature(&input.sig));

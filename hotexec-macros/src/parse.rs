@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 use hotexec_runtime::syntax;
 use proc_macro2::{Span, TokenStream};
+use quote::ToTokens;
 use syn::ext::IdentExt;
 use syn::parse::{Parse, ParseStream};
 use syn::spanned::Spanned;
@@ -47,6 +48,16 @@ impl Errors {
     /// Keeps the value of `Ok`, records the error of `Err`.
     pub(crate) fn ok<T>(&mut self, result: syn::Result<T>) -> Option<T> {
         result.map_err(|e| self.push(e)).ok()
+    }
+
+    pub(crate) fn extend(&mut self, other: Errors) {
+        if let Some(e) = other.0 {
+            self.push(e);
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_none()
     }
 
     pub(crate) fn finish(self) -> syn::Result<()> {
@@ -145,10 +156,12 @@ pub(crate) enum Flavor {
     CurrentThread,
 }
 
-/// The validated options of `#[hotexec::main(…)]`. `None` means "not given": the runtime's
-/// default applies and the generated code does not mention the option.
+/// The options of `#[hotexec::main(…)]`. Parsing fails only on a syntax error; what is wrong in
+/// an option that parsed is in `errors`, and that option is left out, as if not given. `None`
+/// means "not given": the runtime's default applies and the generated code does not mention it.
 #[derive(Default)]
 pub(crate) struct MainArgs {
+    pub(crate) errors: Errors,
     pub(crate) drain_timeout_ms: Option<u64>,
     pub(crate) ready_timeout_ms: Option<u64>,
     /// Canonical name, e.g. `SIGUSR2`.
@@ -188,7 +201,7 @@ impl Parse for MainArgs {
             }
             input.parse::<Token![,]>()?;
         }
-        errors.finish()?;
+        args.errors = errors;
         Ok(args)
     }
 }
@@ -430,11 +443,24 @@ impl Parse for Key<ListenKey> {
     }
 }
 
-/// The arguments of one `#[listen("ADDR", name = "…", backlog = N)]`, validated.
+/// The arguments of one `#[listen("ADDR", name = "…", backlog = N)]`. As for [`MainArgs`],
+/// parsing fails only on a syntax error and the rest is in `errors`; the listener is usable only
+/// if `errors` is empty, but its name is still checked against the others.
 pub(crate) struct ListenArgs {
+    pub(crate) errors: Errors,
     pub(crate) addr: LitStr,
-    pub(crate) name: Option<LitStr>,
+    pub(crate) name: ListenerName,
     pub(crate) backlog: Option<u32>,
+}
+
+/// The `name` of a `#[listen]`.
+pub(crate) enum ListenerName {
+    /// No `name = …`: the listener is called [`DEFAULT_LISTENER_NAME`].
+    Default,
+    /// A valid name.
+    Given(LitStr),
+    /// A name that was refused (the error is in `errors`).
+    Invalid,
 }
 
 impl Parse for ListenArgs {
@@ -452,7 +478,7 @@ impl Parse for ListenArgs {
                  `#[listen(\"127.0.0.1:8080\", name = \"http\")]`",
             ));
         };
-        let mut name = None;
+        let mut name = ListenerName::Default;
         let mut backlog = None;
         let mut seen = HashMap::new();
         while !input.is_empty() {
@@ -480,11 +506,14 @@ impl Parse for ListenArgs {
             }
             match key {
                 ListenKey::Name => {
-                    name = errors.ok(lit_str("name", &value, "\"http\"").and_then(|lit| {
+                    let lit = lit_str("name", &value, "\"http\"").and_then(|lit| {
                         syntax::check_listener_name(&lit.value())
                             .map_err(|e| syn::Error::new_spanned(&lit, e))?;
                         Ok(lit)
-                    }));
+                    });
+                    name = errors
+                        .ok(lit)
+                        .map_or(ListenerName::Invalid, ListenerName::Given);
                 }
                 ListenKey::Backlog => {
                     backlog =
@@ -500,8 +529,8 @@ impl Parse for ListenArgs {
                 }
             }
         }
-        errors.finish()?;
         Ok(ListenArgs {
+            errors,
             addr,
             name,
             backlog,
@@ -537,19 +566,19 @@ pub(crate) fn take_listeners(attrs: &mut Vec<Attribute>, errors: &mut Errors) ->
     let (ours, others): (Vec<_>, Vec<_>) = attrs.drain(..).partition(is_listen);
     *attrs = others;
     for attr in ours {
-        let Some(args) = errors.ok(attr.parse_args::<ListenArgs>()) else {
+        let Some(mut args) = errors.ok(attr.parse_args::<ListenArgs>()) else {
             continue;
         };
-        let name = args
-            .name
-            .as_ref()
-            .map_or_else(|| DEFAULT_LISTENER_NAME.to_owned(), LitStr::value);
-        // Spanned on the name, or on the whole attribute when it has none.
-        let error_at_fault = |message: String| match &args.name {
-            Some(lit) => syn::Error::new_spanned(lit, message),
-            None => syn::Error::new_spanned(&attr, message),
+        let usable = args.errors.is_empty();
+        errors.extend(std::mem::take(&mut args.errors));
+        // A clash is reported on the name, or on the whole attribute when it has none.
+        let (name, at_fault) = match &args.name {
+            ListenerName::Invalid => continue,
+            ListenerName::Given(lit) => (lit.value(), lit.to_token_stream()),
+            ListenerName::Default => (DEFAULT_LISTENER_NAME.to_owned(), attr.to_token_stream()),
         };
-        let unnamed_note = if args.name.is_none() {
+        let error_at_fault = |message: String| syn::Error::new_spanned(&at_fault, message);
+        let unnamed_note = if matches!(args.name, ListenerName::Default) {
             " (a `#[listen]` without `name` is named `default`)"
         } else {
             ""
@@ -574,11 +603,13 @@ pub(crate) fn take_listeners(attrs: &mut Vec<Attribute>, errors: &mut Errors) ->
             None => {}
         }
         names.insert(syntax::env_suffix(&name), name.clone());
-        listeners.push(Listener {
-            name,
-            addr: args.addr.value(),
-            backlog: args.backlog,
-        });
+        if usable {
+            listeners.push(Listener {
+                name,
+                addr: args.addr.value(),
+                backlog: args.backlog,
+            });
+        }
     }
     listeners
 }
@@ -736,8 +767,11 @@ mod tests {
     use super::*;
     use quote::quote;
 
+    /// Parses, then fails if any option was wrong.
     fn main_args(tokens: TokenStream) -> syn::Result<MainArgs> {
-        syn::parse2(tokens)
+        let mut args: MainArgs = syn::parse2(tokens)?;
+        std::mem::take(&mut args.errors).finish()?;
+        Ok(args)
     }
 
     fn messages(e: syn::Error) -> Vec<String> {
@@ -856,6 +890,27 @@ mod tests {
         assert!(errors[2].contains("from 1 to 65535"));
         assert!(errors[3].contains("expected one of `name`, `backlog`"));
         assert!(errors[4].contains("`name` is given twice"));
+    }
+
+    #[test]
+    fn a_wrong_option_is_left_out_and_the_others_kept() {
+        let args: MainArgs =
+            syn::parse2(quote!(drain_timeout = "soon", ready_timeout = "5s")).unwrap();
+        assert_eq!(args.drain_timeout_ms, None);
+        assert_eq!(args.ready_timeout_ms, Some(5_000));
+        assert!(!args.errors.is_empty());
+    }
+
+    #[test]
+    fn a_broken_listener_still_has_its_name_checked() {
+        let (ls, _, errors) = listeners(vec![
+            syn::parse_quote!(#[listen("127.0.0.1:1", name = "web")]),
+            syn::parse_quote!(#[listen("127.0.0.1:2", name = "web", backlog = 0)]),
+        ]);
+        assert_eq!(ls.len(), 1);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].contains("from 1 to 65535"));
+        assert!(errors[1].starts_with("duplicate listener name `web`"));
     }
 
     #[test]
