@@ -83,11 +83,34 @@ enum MainKey {
 }
 
 /// The name of an option key, as the user writes it.
-trait KeyName: Copy {
+trait KeyName: Copy + 'static {
+    /// Every key, in the order they are listed in messages.
+    const ALL: &'static [Self];
+
     fn as_str(self) -> &'static str;
+
+    /// "`a`, `b`, `c`", for "expected one of …".
+    fn list() -> String {
+        let names: Vec<String> = Self::ALL
+            .iter()
+            .map(|k| format!("`{}`", k.as_str()))
+            .collect();
+        names.join(", ")
+    }
 }
 
 impl KeyName for MainKey {
+    const ALL: &'static [Self] = &[
+        MainKey::DrainTimeout,
+        MainKey::ReadyTimeout,
+        MainKey::UpgradeSignal,
+        MainKey::PidFile,
+        MainKey::Ready,
+        MainKey::Init,
+        MainKey::Flavor,
+        MainKey::WorkerThreads,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
             MainKey::DrainTimeout => "drain_timeout",
@@ -101,10 +124,6 @@ impl KeyName for MainKey {
         }
     }
 }
-
-const MAIN_KEYS: &str = "`drain_timeout`, `ready_timeout`, `upgrade_signal`, `pid_file`, `ready`, \
-                         `init`, `flavor`, `worker_threads`";
-const LISTEN_KEYS: &str = "`name`, `backlog`";
 
 /// An option key: a known one, or an identifier that is none of them (reported, then skipped).
 enum Key<K> {
@@ -186,7 +205,10 @@ impl Parse for MainArgs {
             match key {
                 Key::Unknown(ident) => errors.push(syn::Error::new_spanned(
                     &ident,
-                    format!("unknown option `{ident}`: expected one of {MAIN_KEYS}"),
+                    format!(
+                        "unknown option `{ident}`: expected one of {}",
+                        MainKey::list()
+                    ),
                 )),
                 Key::Known(key, span) => {
                     if seen.insert(key, span).is_some() {
@@ -418,6 +440,8 @@ enum ListenKey {
 }
 
 impl KeyName for ListenKey {
+    const ALL: &'static [Self] = &[ListenKey::Name, ListenKey::Backlog];
+
     fn as_str(self) -> &'static str {
         match self {
             ListenKey::Name => "name",
@@ -493,7 +517,8 @@ impl Parse for ListenArgs {
                     errors.push(syn::Error::new_spanned(
                         &ident,
                         format!(
-                            "unknown `#[listen]` option `{ident}`: expected one of {LISTEN_KEYS}"
+                            "unknown `#[listen]` option `{ident}`: expected one of {}",
+                            ListenKey::list()
                         ),
                     ));
                     continue;
