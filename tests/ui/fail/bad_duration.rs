@@ -1,0 +1,2 @@
+#[hotexec::main(drain_timeout = "30 seconds")]
+fn main() {}

@@ -1,0 +1,2 @@
+#[hotexec::main(ready = "later")]
+fn main() {}

@@ -1,0 +1,4 @@
+#[hotexec::main]
+fn main<T: Default>() {
+    let _ = T::default();
+}

@@ -1,0 +1,3 @@
+#[hotexec::main]
+#[listen("::1:8080")]
+fn main() {}

@@ -1,0 +1,4 @@
+#[hotexec::main]
+struct Server;
+
+fn main() {}

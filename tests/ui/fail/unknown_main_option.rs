@@ -1,0 +1,2 @@
+#[hotexec::main(drain_timout = "30s")]
+fn main() {}

@@ -1,0 +1,2 @@
+#[hotexec::main(worker_threads = 4)]
+fn main() {}
