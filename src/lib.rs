@@ -54,9 +54,6 @@ pub use hotexec_runtime::{
 /// tools and tests that speak it.
 pub use hotexec_runtime::protocol;
 
-// TEMPORARY (macros branch): drop when the runtime side re-exports its own API at the root.
-pub use __private::{Listeners, Shutdown};
-
 #[doc(hidden)]
 pub mod __private {
     //! What `#[hotexec::main]` expands to calls only these paths. Not a public API.

@@ -136,7 +136,8 @@ fn failed_upgrades_leave_the_service_untouched() {
     let mut app = App::start("http", HTTP, &[("HOTEXEC_READY_TIMEOUT", "1s")]);
     let pid = app.first_pid();
     let load = Load::start(app.addr, 4);
-    let cases: [(&str, Box<dyn Fn(&App)>, &str); 4] = [
+    type BreakIt = Box<dyn Fn(&App)>;
+    let cases: [(&str, BreakIt, &str); 4] = [
         (
             "exits 1",
             Box::new(|a: &App| a.replace_binary(Some("#!/bin/sh\nexit 1\n"))),
