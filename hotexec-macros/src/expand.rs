@@ -127,11 +127,17 @@ fn expand_main(
         name,
         addr,
         backlog,
+        v6only,
+        reuseport,
+        mode,
     } in listeners
     {
         let backlog = backlog.map(|n| quote!(.backlog(#n)));
+        let v6only = v6only.map(|b| quote!(.v6only(#b)));
+        let reuseport = reuseport.map(|b| quote!(.reuseport(#b)));
+        let mode = mode.map(|m| quote!(.mode(#m)));
         options.extend(quote! {
-            .listen(::hotexec::__private::ListenSpec::new(#name, #addr) #backlog)
+            .listen(::hotexec::__private::ListenSpec::new(#name, #addr) #backlog #v6only #reuseport #mode)
         });
     }
 

@@ -55,7 +55,14 @@ use proc_macro::TokenStream;
 /// Each `#[listen("ADDR", name = "…", backlog = N)]` **below** `#[hotexec::main]` declares one
 /// listening socket; `main` reads and removes them, so they need no `use`. `ADDR` is
 /// `IP:PORT` (`[IPv6]:PORT`), `tcp:IP:PORT`, `udp:IP:PORT` or `unix:/absolute/path`. `name`
-/// defaults to `"default"` and must be unique; `backlog` is 1 to 65535.
+/// defaults to `"default"` and must be unique; `backlog` is 1 to 65535. Socket options, applied
+/// when the socket is bound (an inherited one keeps its own):
+///
+/// | option | applies to | default |
+/// |---|---|---|
+/// | `v6only = true \| false` | IPv6 addresses (`IPV6_V6ONLY`) | `true`: `[::]` is IPv6 only |
+/// | `reuseport = true \| false` | TCP and UDP (`SO_REUSEPORT`) | `false` |
+/// | `mode = 0o660` | `unix:` paths (`chmod` before `listen`) | the umask's |
 ///
 /// # What this expands to
 ///

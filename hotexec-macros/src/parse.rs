@@ -31,6 +31,9 @@ mod kw {
 
     syn::custom_keyword!(name);
     syn::custom_keyword!(backlog);
+    syn::custom_keyword!(v6only);
+    syn::custom_keyword!(reuseport);
+    syn::custom_keyword!(mode);
 }
 
 /// Collects errors so that all of them are reported at once (serde's `Ctxt`, in small).
@@ -404,6 +407,18 @@ fn lit_int(key: &str, value: &Expr, example: &str) -> syn::Result<LitInt> {
     }
 }
 
+fn lit_bool(key: &str, value: &Expr) -> syn::Result<bool> {
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Bool(b), ..
+        }) => Ok(b.value),
+        _ => Err(syn::Error::new_spanned(
+            value,
+            format!("`{key}` expects `true` or `false`"),
+        )),
+    }
+}
+
 /// A duration option, checked with the runtime's own parser.
 fn duration_ms(key: &str, value: &Expr) -> syn::Result<u64> {
     if let Expr::Lit(ExprLit {
@@ -437,15 +452,27 @@ pub(crate) const DEFAULT_LISTENER_NAME: &str = "default";
 enum ListenKey {
     Name,
     Backlog,
+    V6Only,
+    ReusePort,
+    Mode,
 }
 
 impl KeyName for ListenKey {
-    const ALL: &'static [Self] = &[ListenKey::Name, ListenKey::Backlog];
+    const ALL: &'static [Self] = &[
+        ListenKey::Name,
+        ListenKey::Backlog,
+        ListenKey::V6Only,
+        ListenKey::ReusePort,
+        ListenKey::Mode,
+    ];
 
     fn as_str(self) -> &'static str {
         match self {
             ListenKey::Name => "name",
             ListenKey::Backlog => "backlog",
+            ListenKey::V6Only => "v6only",
+            ListenKey::ReusePort => "reuseport",
+            ListenKey::Mode => "mode",
         }
     }
 }
@@ -453,21 +480,29 @@ impl KeyName for ListenKey {
 impl Parse for Key<ListenKey> {
     fn parse(input: ParseStream) -> syn::Result<Self> {
         let lookahead = input.lookahead1();
-        if lookahead.peek(kw::name) {
-            let kw: kw::name = input.parse()?;
-            Ok(Key::Known(ListenKey::Name, kw.span))
-        } else if lookahead.peek(kw::backlog) {
-            let kw: kw::backlog = input.parse()?;
-            Ok(Key::Known(ListenKey::Backlog, kw.span))
-        } else if input.peek(Ident::peek_any) {
-            Ok(Key::Unknown(input.call(Ident::parse_any)?))
-        } else {
-            Err(lookahead.error())
+        macro_rules! keys {
+            ($($kw:ident => $key:ident),* $(,)?) => {$(
+                if lookahead.peek(kw::$kw) {
+                    let kw: kw::$kw = input.parse()?;
+                    return Ok(Key::Known(ListenKey::$key, kw.span));
+                }
+            )*};
         }
+        keys! {
+            name => Name,
+            backlog => Backlog,
+            v6only => V6Only,
+            reuseport => ReusePort,
+            mode => Mode,
+        }
+        if input.peek(Ident::peek_any) {
+            return Ok(Key::Unknown(input.call(Ident::parse_any)?));
+        }
+        Err(lookahead.error())
     }
 }
 
-/// The arguments of one `#[listen("ADDR", name = "…", backlog = N)]`. As for [`MainArgs`],
+/// The arguments of one `#[listen("ADDR", name = "…", backlog = N, …)]`. As for [`MainArgs`],
 /// parsing fails only on a syntax error and the rest is in `errors`; the listener is usable only
 /// if `errors` is empty, but its name is still checked against the others.
 pub(crate) struct ListenArgs {
@@ -475,6 +510,9 @@ pub(crate) struct ListenArgs {
     pub(crate) addr: LitStr,
     pub(crate) name: ListenerName,
     pub(crate) backlog: Option<u32>,
+    pub(crate) v6only: Option<bool>,
+    pub(crate) reuseport: Option<bool>,
+    pub(crate) mode: Option<u32>,
 }
 
 /// The `name` of a `#[listen]`.
@@ -490,10 +528,12 @@ pub(crate) enum ListenerName {
 impl Parse for ListenArgs {
     fn parse(input: ParseStream) -> syn::Result<Self> {
         let mut errors = Errors::default();
+        let mut parsed_addr = None;
         let addr = if input.peek(LitStr) {
             let addr: LitStr = input.parse()?;
-            if let Err(e) = syntax::ListenAddr::parse(&addr.value()) {
-                errors.push(syn::Error::new_spanned(&addr, e));
+            match syntax::ListenAddr::parse(&addr.value()) {
+                Ok(a) => parsed_addr = Some(a),
+                Err(e) => errors.push(syn::Error::new_spanned(&addr, e)),
             }
             addr
         } else {
@@ -504,6 +544,7 @@ impl Parse for ListenArgs {
         };
         let mut name = ListenerName::Default;
         let mut backlog = None;
+        let (mut v6only, mut reuseport, mut mode) = (None, None, None);
         let mut seen = HashMap::new();
         while !input.is_empty() {
             input.parse::<Token![,]>()?;
@@ -552,6 +593,61 @@ impl Parse for ListenArgs {
                             }
                         }));
                 }
+                ListenKey::V6Only => {
+                    let checked = lit_bool("v6only", &value).and_then(|b| match &parsed_addr {
+                        Some(syntax::ListenAddr::Tcp(sa) | syntax::ListenAddr::Udp(sa))
+                            if sa.is_ipv4() =>
+                        {
+                            Err(syn::Error::new_spanned(
+                                &value,
+                                format!(
+                                    "`v6only` applies to IPv6 addresses only, and `{}` is IPv4",
+                                    addr.value()
+                                ),
+                            ))
+                        }
+                        Some(syntax::ListenAddr::Unix(_)) => Err(syn::Error::new_spanned(
+                            &value,
+                            "`v6only` applies to IPv6 addresses only, not to a Unix socket",
+                        )),
+                        _ => Ok(b),
+                    });
+                    v6only = errors.ok(checked);
+                }
+                ListenKey::ReusePort => {
+                    let checked = lit_bool("reuseport", &value).and_then(|b| match &parsed_addr {
+                        Some(syntax::ListenAddr::Unix(_)) => Err(syn::Error::new_spanned(
+                            &value,
+                            "`reuseport` (SO_REUSEPORT) applies to TCP and UDP sockets, not to a Unix socket",
+                        )),
+                        _ => Ok(b),
+                    });
+                    reuseport = errors.ok(checked);
+                }
+                ListenKey::Mode => {
+                    let checked = lit_int("mode", &value, "0o660").and_then(|lit| {
+                        let bits = match lit.base10_parse::<u32>() {
+                            Ok(n @ 0..=0o777) => n,
+                            _ => {
+                                return Err(syn::Error::new_spanned(
+                                    &lit,
+                                    "`mode` takes permission bits from 0o000 to 0o777, e.g. `mode = 0o660`",
+                                ));
+                            }
+                        };
+                        match &parsed_addr {
+                            Some(syntax::ListenAddr::Unix(_)) | None => Ok(bits),
+                            Some(_) => Err(syn::Error::new_spanned(
+                                &value,
+                                format!(
+                                    "`mode` sets the permissions of a Unix socket's file; `{}` is not a `unix:` address",
+                                    addr.value()
+                                ),
+                            )),
+                        }
+                    });
+                    mode = errors.ok(checked);
+                }
             }
         }
         Ok(ListenArgs {
@@ -559,6 +655,9 @@ impl Parse for ListenArgs {
             addr,
             name,
             backlog,
+            v6only,
+            reuseport,
+            mode,
         })
     }
 }
@@ -568,6 +667,9 @@ pub(crate) struct Listener {
     pub(crate) name: String,
     pub(crate) addr: String,
     pub(crate) backlog: Option<u32>,
+    pub(crate) v6only: Option<bool>,
+    pub(crate) reuseport: Option<bool>,
+    pub(crate) mode: Option<u32>,
 }
 
 /// Whether `attr` is one of ours: `#[listen(…)]` or `#[hotexec::listen(…)]`.
@@ -633,6 +735,9 @@ pub(crate) fn take_listeners(attrs: &mut Vec<Attribute>, errors: &mut Errors) ->
                 name,
                 addr: args.addr.value(),
                 backlog: args.backlog,
+                v6only: args.v6only,
+                reuseport: args.reuseport,
+                mode: args.mode,
             });
         }
     }
@@ -913,7 +1018,9 @@ mod tests {
         assert!(errors[0].contains("brackets"));
         assert!(errors[1].contains("invalid listener name `9`"));
         assert!(errors[2].contains("from 1 to 65535"));
-        assert!(errors[3].contains("expected one of `name`, `backlog`"));
+        assert!(
+            errors[3].contains("expected one of `name`, `backlog`, `v6only`, `reuseport`, `mode`")
+        );
         assert!(errors[4].contains("`name` is given twice"));
     }
 

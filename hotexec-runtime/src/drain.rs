@@ -19,6 +19,9 @@ pub(crate) fn start(timeout: Duration, reason: ShutdownReason, pid_file: Option<
             if let (ShutdownReason::Stop { .. }, Some(p)) = (reason, &pid_file) {
                 pidfile::remove_if_ours(p, std::process::id());
             }
+            if let ShutdownReason::Stop { .. } = reason {
+                crate::socket::remove_owned_paths();
+            }
             std::process::exit(0);
         });
     if let Err(e) = spawned {

@@ -11,6 +11,14 @@ use crate::syntax::ListenAddr;
 
 /// Filled by the constructor below, before `main`.
 static SNAPSHOT: Mutex<Option<Snapshot>> = Mutex::new(None);
+/// `HOTEXEC_OWNED_FDNAMES` of the hand-over meant for this process.
+static OWNED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Whether the inherited Unix listener `name` was bound by a hotexec generation (so its path is
+/// ours to remove on a final stop) rather than by a socket activator.
+pub(crate) fn path_is_owned(name: &str) -> bool {
+    OWNED.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|n| n == name)
+}
 
 /// Takes the protocol variables out of the environment and, if they are meant for this process,
 /// marks the fds they name CLOEXEC, so no child the application spawns can inherit either.
@@ -34,11 +42,21 @@ unsafe fn take_from_env() -> Snapshot {
         listen_fdnames: get(protocol::LISTEN_FDNAMES),
         ready_fd: get(protocol::READY_FD),
     };
+    let parsed = snap.parse(std::process::id());
+    let for_us = matches!(parsed, Ok(Parsed::ForUs(_)));
+    let upgraded = matches!(&parsed, Ok(Parsed::ForUs(h)) if h.ready_fd.is_some());
+    // SAFETY: guaranteed by the caller.
+    unsafe { crate::notify::take_from_env(upgraded) };
+    let owned = get(protocol::OWNED_FDNAMES).filter(|_| for_us);
+    *OWNED.lock().unwrap_or_else(|p| p.into_inner()) = owned
+        .and_then(|v| v.into_string().ok())
+        .map(|v| v.split(':').filter(|n| !n.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default();
     for var in protocol::ALL {
         // SAFETY: guaranteed by the caller.
         unsafe { std::env::remove_var(var) };
     }
-    if let Ok(Parsed::ForUs(h)) = snap.parse(std::process::id()) {
+    if let Ok(Parsed::ForUs(h)) = parsed {
         for fd in h.fds.iter().map(|(fd, _)| *fd).chain(h.ready_fd) {
             // SAFETY: F_SETFD on a number we do not own is harmless: it fails with EBADF when
             // closed, and otherwise only sets the close-on-exec flag the fd must have anyway.

@@ -3,7 +3,8 @@
 //!
 //! Where to look: [`protocol`] (the hand-over between generations), `inherit.rs` (start-up
 //! checks), `spawn.rs` (fork/exec of the new generation), `upgrade.rs` (the supervisor and its
-//! state machine), `drain.rs` (the drain deadline), `ready.rs`, `pidfile.rs`, `signals.rs`.
+//! state machine), `drain.rs` (the drain deadline), `ready.rs`, `notify.rs` (`sd_notify` to the service manager, and from a
+//! new generation), `pidfile.rs`, `signals.rs`.
 //!
 //! Without the default `process` feature only [`syntax`] is built: the grammar that
 //! `hotexec-macros` checks literals with at compile time.
@@ -22,6 +23,7 @@ process_modules! {
     mod error;
     mod inherit;
     mod listeners;
+    mod notify;
     pub mod pidfile;
     pub mod protocol;
     mod ready;

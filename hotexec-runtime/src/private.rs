@@ -26,6 +26,18 @@ impl ListenSpec {
         self.opts.backlog = Some(n);
         self
     }
+    pub fn v6only(mut self, on: bool) -> Self {
+        self.opts.v6only = Some(on);
+        self
+    }
+    pub fn reuseport(mut self, on: bool) -> Self {
+        self.opts.reuseport = on;
+        self
+    }
+    pub fn mode(mut self, bits: u32) -> Self {
+        self.opts.mode = Some(bits);
+        self
+    }
 }
 
 /// What the attribute declared; `run` applies the environment over it and starts.

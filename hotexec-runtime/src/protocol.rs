@@ -10,9 +10,12 @@
 //! | `LISTEN_FDS` | number of fds, numbered from 3 (`SD_LISTEN_FDS_START`) |
 //! | `LISTEN_FDNAMES` | colon-separated names, one per fd (the `name` of each `#[listen]`) |
 //! | `HOTEXEC_READY_FD` | write end of a pipe: the new generation writes [`READY`] to it once its listeners are held and its `main` runs |
+//! | `NOTIFY_SOCKET` | during an upgrade, a private `AF_UNIX` datagram socket of the old generation: a new binary that is not built on hotexec reports ready with `sd_notify("READY=1")` on it instead of the pipe (only datagrams sent by the new pid count) |
+//! | `HOTEXEC_NOTIFY_SOCKET` | the service manager's real `NOTIFY_SOCKET` (empty: none), which a hotexec new generation puts back as its `NOTIFY_SOCKET` |
+//! | `HOTEXEC_OWNED_FDNAMES` | colon-separated names of the passed Unix listeners whose path a hotexec generation bound (not a socket activator): the generation that stops for good removes those paths |
 //!
-//! All four are removed from the environment before `main` runs, so nothing the application
-//! spawns sees them.
+//! All but `NOTIFY_SOCKET` are removed from the environment before `main` runs, so nothing the
+//! application spawns sees them; `NOTIFY_SOCKET` is left as the service manager set it.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -26,8 +29,22 @@ pub const LISTEN_FDS: &str = "LISTEN_FDS";
 pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
 /// `HOTEXEC_READY_FD`: the readiness pipe of an upgrade.
 pub const READY_FD: &str = "HOTEXEC_READY_FD";
-/// Every protocol variable, for scrubbing.
-pub const ALL: [&str; 4] = [LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES, READY_FD];
+/// `NOTIFY_SOCKET`: where `sd_notify(3)` messages go (systemd's variable, see `notify.rs`).
+pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+/// `HOTEXEC_NOTIFY_SOCKET`: the real `NOTIFY_SOCKET` while the new generation's `NOTIFY_SOCKET`
+/// is the old generation's private one.
+pub const UPSTREAM_NOTIFY_SOCKET: &str = "HOTEXEC_NOTIFY_SOCKET";
+/// `HOTEXEC_OWNED_FDNAMES`: Unix listeners whose path is hotexec's to remove on a final stop.
+pub const OWNED_FDNAMES: &str = "HOTEXEC_OWNED_FDNAMES";
+/// Every hotexec protocol variable, for scrubbing (`NOTIFY_SOCKET` is systemd's and stays).
+pub const ALL: [&str; 6] = [
+    LISTEN_PID,
+    LISTEN_FDS,
+    LISTEN_FDNAMES,
+    READY_FD,
+    UPSTREAM_NOTIFY_SOCKET,
+    OWNED_FDNAMES,
+];
 
 /// First inherited fd, as in systemd.
 pub const FDS_START: RawFd = 3;

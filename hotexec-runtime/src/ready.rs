@@ -8,14 +8,19 @@ use crate::protocol::READY;
 
 static READY_PIPE: Mutex<Option<OwnedFd>> = Mutex::new(None);
 static MANUAL: AtomicBool = AtomicBool::new(false);
+/// Started by an upgrade: readiness goes to the previous generation, which tells the service
+/// manager; this process does not (it is not the main pid yet).
+static UPGRADED: AtomicBool = AtomicBool::new(false);
 
 pub(crate) fn arm(pipe: Option<OwnedFd>, manual: bool) {
     MANUAL.store(manual, Ordering::SeqCst);
+    UPGRADED.store(pipe.is_some(), Ordering::SeqCst);
     *READY_PIPE.lock().unwrap_or_else(|p| p.into_inner()) = pipe;
 }
 
 /// Reports this generation ready: the previous generation (if this process was started by an
-/// upgrade) stops accepting and drains. Idempotent.
+/// upgrade) stops accepting and drains; after a fresh start, `READY=1` goes to the service
+/// manager if `NOTIFY_SOCKET` is set. Idempotent.
 ///
 /// With the default `ready = "auto"`, `#[hotexec::main]` calls it once `main` is running
 /// (sync: before the body; async: after the first poll). Apps with a long warm-up use
@@ -30,6 +35,8 @@ pub fn ready() {
                 e.desc()
             ),
         }
+    } else if !UPGRADED.load(Ordering::SeqCst) {
+        crate::notify::ready();
     }
 }
 

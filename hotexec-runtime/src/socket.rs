@@ -15,11 +15,22 @@ use nix::sys::stat::{SFlag, fstat};
 
 use crate::syntax::ListenAddr;
 
-/// Listen options of one `#[listen]`.
+/// Listen options of one `#[listen]`. Each applies when a socket is bound; an inherited socket
+/// keeps the options it was created with. An option that does not apply to the address (after a
+/// `HOTEXEC_LISTEN_<NAME>` override changed its kind) is ignored.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ListenOptions {
     /// `listen(2)` backlog; `SOMAXCONN` when not set.
     pub backlog: Option<u32>,
+    /// `IPV6_V6ONLY` for IPv6 addresses; `true` (IPv6 only) when not set, whatever the
+    /// `net.ipv6.bindv6only` sysctl says. `false` makes `[::]:80` accept IPv4 too.
+    pub v6only: Option<bool>,
+    /// `SO_REUSEPORT` (TCP/UDP); off by default, so a second server on the same port is an error
+    /// rather than a silent load-balancing partner.
+    pub reuseport: bool,
+    /// Permission bits of a Unix socket's path (`chmod` after `bind`, before `listen`, so no
+    /// client can connect under the umask's bits); the umask's result when not set.
+    pub mode: Option<u32>,
 }
 
 /// What an inherited fd turned out to be.
@@ -124,9 +135,15 @@ pub fn bind(addr: &ListenAddr, opts: &ListenOptions) -> io::Result<OwnedFd> {
                 socket::setsockopt(&fd, sockopt::ReuseAddr, &true)
                     .map_err(|e| errno_io("setsockopt(SO_REUSEADDR)", e))?;
             }
+            if opts.reuseport {
+                socket::setsockopt(&fd, sockopt::ReusePort, &true)
+                    .map_err(|e| errno_io("setsockopt(SO_REUSEPORT)", e))?;
+            }
             if sa.is_ipv6() {
-                // Explicit, not left to the net.ipv6.bindv6only sysctl: `[::]:80` means IPv6 only.
-                socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)
+                // Explicit, not left to the net.ipv6.bindv6only sysctl: by default `[::]:80`
+                // means IPv6 only.
+                let only = opts.v6only.unwrap_or(true);
+                socket::setsockopt(&fd, sockopt::Ipv6V6Only, &only)
                     .map_err(|e| errno_io("setsockopt(IPV6_V6ONLY)", e))?;
             }
             let storage = SockaddrStorage::from(*sa);
@@ -145,9 +162,120 @@ pub fn bind(addr: &ListenAddr, opts: &ListenOptions) -> io::Result<OwnedFd> {
             )
             .map_err(|e| errno_io("socket(AF_UNIX)", e))?;
             let un = socket::UnixAddr::new(path.as_path()).map_err(|e| errno_io("unix address", e))?;
-            socket::bind(fd.as_raw_fd(), &un).map_err(|e| errno_io("bind", e))?;
-            socket::listen(&fd, backlog).map_err(|e| errno_io("listen", e))?;
+            match socket::bind(fd.as_raw_fd(), &un) {
+                Err(Errno::EADDRINUSE) => {
+                    remove_stale(path)?;
+                    socket::bind(fd.as_raw_fd(), &un).map_err(|e| errno_io("bind", e))?;
+                }
+                r => r.map_err(|e| errno_io("bind", e))?,
+            }
+            let bound = || -> io::Result<()> {
+                if let Some(mode) = opts.mode {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                        .map_err(|e| io::Error::new(e.kind(), format!("chmod {mode:o}: {e}")))?;
+                }
+                socket::listen(&fd, backlog).map_err(|e| errno_io("listen", e))
+            };
+            if let Err(e) = bound() {
+                // Ours, just created: do not leave it behind.
+                let _ = std::fs::remove_file(path);
+                return Err(e);
+            }
             Ok(fd)
+        }
+    }
+}
+
+/// `bind` found `path` in use: removes it if it is a stale socket (a crashed server's: nothing
+/// accepts on it), and refuses to touch a live socket or anything that is not a socket.
+fn remove_stale(path: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} exists and is not a socket ({:?}): refusing to remove it",
+                path.display(),
+                meta.file_type()
+            ),
+        ));
+    }
+    let probe = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .map_err(|e| errno_io("socket(AF_UNIX)", e))?;
+    let un = socket::UnixAddr::new(path).map_err(|e| errno_io("unix address", e))?;
+    match socket::connect(probe.as_raw_fd(), &un) {
+        Err(Errno::ECONNREFUSED) => {
+            tracing::warn!(path = %path.display(), "removing a stale socket file (nothing accepts on it: left by a crash?)");
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot remove the stale socket {}: {e}", path.display()),
+                )),
+                _ => Ok(()),
+            }
+        }
+        Err(Errno::ENOENT) => Ok(()),
+        // Connected, or in progress (EAGAIN: a full backlog), or anything else: someone is there.
+        r => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "another process is listening on {} ({}): not removing a live socket",
+                path.display(),
+                match r {
+                    Ok(()) => "a connection succeeded".to_owned(),
+                    Err(e) => e.desc().to_owned(),
+                }
+            ),
+        )),
+    }
+}
+
+/// Unix socket paths this process must remove on a final stop, each with the (device, inode)
+/// the path had when bound or adopted, so a path that someone has since replaced is left alone.
+static OWNED_PATHS: std::sync::Mutex<Vec<(PathBuf, u64, u64)>> = std::sync::Mutex::new(Vec::new());
+
+/// Records `path` (a Unix listener bound by a hotexec generation) for [`remove_owned_paths`].
+pub(crate) fn own_path(path: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        OWNED_PATHS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((path.to_owned(), m.dev(), m.ino()));
+    }
+}
+
+/// The Unix socket paths this process owns (their listeners' names go in
+/// `HOTEXEC_OWNED_FDNAMES` when they are passed on).
+pub(crate) fn owned_paths() -> Vec<PathBuf> {
+    OWNED_PATHS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(p, _, _)| p.clone())
+        .collect()
+}
+
+/// On a final stop (never on an upgrade): removes the Unix socket paths this process owns, each
+/// only while it is still the file that was bound.
+pub(crate) fn remove_owned_paths() {
+    use std::os::unix::fs::MetadataExt;
+    let paths = std::mem::take(&mut *OWNED_PATHS.lock().unwrap_or_else(|p| p.into_inner()));
+    for (path, dev, ino) in paths {
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.dev() == dev && m.ino() == ino => match std::fs::remove_file(&path) {
+                Ok(()) => tracing::info!(path = %path.display(), "removed the socket file"),
+                Err(e) => tracing::warn!(path = %path.display(), "cannot remove the socket file: {e}"),
+            },
+            Ok(_) => tracing::info!(path = %path.display(), "socket file was replaced by another: left alone"),
+            Err(_) => {}
         }
     }
 }

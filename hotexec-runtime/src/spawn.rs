@@ -24,12 +24,14 @@ pub struct Spawned {
 const PID_VAR: &[u8] = b"LISTEN_PID=";
 
 /// Forks and executes `exe` with `argv` and this process's environment plus the protocol
-/// variables; `fds[i]` becomes fd `3 + i` in the child, named `names[i]`.
+/// variables; `fds[i]` becomes fd `3 + i` in the child, named `names[i]`. `env` is set on top
+/// (replacing a variable of the same name).
 pub fn spawn(
     exe: &Path,
     argv: &[OsString],
     fds: &[BorrowedFd<'_>],
     names: &[&str],
+    env: &[(&str, OsString)],
 ) -> io::Result<Spawned> {
     let n = fds.len();
     let ready_target = FDS_START + n as RawFd;
@@ -46,7 +48,7 @@ pub fn spawn(
         .collect::<io::Result<Vec<_>>>()?;
     let mut envp_c = Vec::new();
     for (k, v) in std::env::vars_os() {
-        if protocol::ALL.iter().any(|p| k.as_bytes() == p.as_bytes()) {
+        if protocol::ALL.iter().chain(env.iter().map(|(k, _)| k)).any(|p| k.as_bytes() == p.as_bytes()) {
             continue;
         }
         let mut kv = k.as_bytes().to_vec();
@@ -57,6 +59,12 @@ pub fn spawn(
     envp_c.push(cstr(format!("{}={n}", protocol::LISTEN_FDS).as_bytes())?);
     envp_c.push(cstr(format!("{}={}", protocol::LISTEN_FDNAMES, names.join(":")).as_bytes())?);
     envp_c.push(cstr(format!("{}={ready_target}", protocol::READY_FD).as_bytes())?);
+    for (k, v) in env {
+        let mut kv = k.as_bytes().to_vec();
+        kv.push(b'=');
+        kv.extend_from_slice(v.as_bytes());
+        envp_c.push(cstr(&kv)?);
+    }
     // LISTEN_PID must be the child's own pid, known only after fork: reserve room for it.
     let mut pid_var = PID_VAR.to_vec();
     pid_var.resize(PID_VAR.len() + 24, 0);

@@ -7,6 +7,7 @@ use crate::config::{Config, Declared};
 use crate::error::UpgradeError;
 use crate::listeners::Listeners;
 use crate::shutdown::{Shutdown, ShutdownReason};
+use crate::syntax::ListenAddr;
 use crate::upgrade::Ctx;
 use crate::{inherit, pidfile, ready, socket};
 
@@ -51,6 +52,12 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
             Some(s) => {
                 tracing::info!(listener = %decl.name, addr = %inherit::addr_of(&s), "adopted inherited listener");
                 let addr = s.info.addr.clone();
+                // A path a socket activator bound is the activator's to remove, not ours.
+                if let (ListenAddr::Unix(p), Some(name)) = (&addr, &s.name) {
+                    if inherit::path_is_owned(name) {
+                        socket::own_path(p);
+                    }
+                }
                 (s.fd, addr, true)
             }
             None => {
@@ -63,6 +70,9 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
                     fatal(format!("listener {:?}: cannot listen on {}{via}: {e}", decl.name, decl.addr))
                 });
                 let addr = socket::local_addr(fd.as_fd()).unwrap_or_else(|_| decl.addr.clone());
+                if let ListenAddr::Unix(p) = &addr {
+                    socket::own_path(p);
+                }
                 tracing::info!(listener = %decl.name, %addr, "listening");
                 (fd, addr, false)
             }
@@ -93,6 +103,7 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
         if let Some(p) = &pid_file {
             pidfile::remove_if_ours(p, pid);
         }
+        socket::remove_owned_paths();
     }
     result
 }

@@ -15,9 +15,10 @@ use nix::unistd::Pid;
 
 use crate::config::Config;
 use crate::error::UpgradeError;
-use crate::protocol::{EXEC_FAILED, READY};
+use crate::protocol::{self, EXEC_FAILED, READY};
+use crate::syntax::ListenAddr;
 use crate::shutdown::{Shutdown, ShutdownReason};
-use crate::{drain, pidfile, signals, spawn};
+use crate::{drain, notify, pidfile, signals, spawn};
 
 type Reply = mpsc::Sender<Result<u32, UpgradeError>>;
 
@@ -172,6 +173,7 @@ impl Supervisor {
                 if let Some(p) = &self.ctx.config.pid_file {
                     pidfile::remove_if_ours(p, std::process::id());
                 }
+                crate::socket::remove_owned_paths();
                 std::process::exit(1);
             }
             (s, Phase::Draining(reason)) => {
@@ -184,6 +186,7 @@ impl Supervisor {
         let reason = ShutdownReason::Stop { signal: sig as i32 };
         tracing::info!(signal = %sig, drain_timeout = ?self.ctx.config.drain_timeout, "stopping: draining in-flight work");
         self.phase = Phase::Draining(reason);
+        notify::stopping();
         self.ctx.shutdown.trigger(reason);
         drain::start(self.ctx.config.drain_timeout, reason, self.ctx.config.pid_file.clone());
     }
@@ -208,13 +211,20 @@ impl Supervisor {
         let _enter = span.enter();
         let started = Instant::now();
         tracing::info!(exe = %self.ctx.exe.display(), "upgrade: starting the new generation");
+        notify::reloading();
         let fds: Vec<BorrowedFd<'_>> = self.ctx.sockets.iter().map(|(_, fd)| fd.as_fd()).collect();
         let names: Vec<&str> = self.ctx.sockets.iter().map(|(n, _)| n.as_str()).collect();
-        let child = match spawn::spawn(&self.ctx.exe, &self.ctx.argv, &fds, &names) {
+        // A new binary that is not built on hotexec reports ready with sd_notify on this socket.
+        let notify_sock = notify::ChildSocket::bind()
+            .inspect_err(|e| tracing::warn!("no notify socket for the new generation ({e}): only the readiness pipe will count"))
+            .ok();
+        let env = self.child_env(notify_sock.as_ref());
+        let child = match spawn::spawn(&self.ctx.exe, &self.ctx.argv, &fds, &names, &env) {
             Ok(c) => c,
             Err(e) => {
                 let err = UpgradeError::Spawn(e.to_string());
                 tracing::error!("upgrade failed: {err}; still serving");
+                notify::upgrade_failed();
                 return Err(err);
             }
         };
@@ -222,7 +232,8 @@ impl Supervisor {
         span.record("new_pid", pid.as_raw());
         self.ctx.pending.store(pid.as_raw(), Ordering::SeqCst);
         let deadline = started + self.ctx.config.ready_timeout;
-        let event = self.wait_ready(&child.ready_r, deadline);
+        let event = self.wait_ready(&child.ready_r, notify_sock.as_ref(), pid, deadline);
+        drop(notify_sock);
         let result = match event {
             Event::Ready => {
                 self.ctx.pending.store(0, Ordering::SeqCst);
@@ -233,6 +244,7 @@ impl Supervisor {
                     }
                 }
                 let reason = ShutdownReason::Upgrade { new_pid };
+                notify::handed_over(new_pid);
                 self.phase = Phase::Draining(reason);
                 self.ctx.shutdown.trigger(reason);
                 drain::start(self.ctx.config.drain_timeout, reason, None);
@@ -273,26 +285,64 @@ impl Supervisor {
         self.ctx.pending.store(0, Ordering::SeqCst);
         if let Err(e) = &result {
             tracing::error!("upgrade failed: {e}; this generation keeps serving");
+            notify::upgrade_failed();
         }
         result
     }
 
-    /// Waits for the readiness byte, handling signals and requests that arrive meanwhile.
-    fn wait_ready(&mut self, ready_r: &OwnedFd, deadline: Instant) -> Event {
+    /// The variables a new generation gets on top of the protocol's fd variables: the private
+    /// notify socket, the real one, and which Unix socket paths are hotexec's to remove.
+    fn child_env(&self, notify_sock: Option<&notify::ChildSocket>) -> Vec<(&'static str, OsString)> {
+        let owned = crate::socket::owned_paths();
+        let owned_names: Vec<&str> = self
+            .ctx
+            .sockets
+            .iter()
+            .filter(|(_, fd)| {
+                matches!(crate::socket::local_addr(fd.as_fd()), Ok(ListenAddr::Unix(p)) if owned.contains(&p))
+            })
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let mut env = vec![(protocol::OWNED_FDNAMES, OsString::from(owned_names.join(":")))];
+        if let Some(s) = notify_sock {
+            env.push((protocol::NOTIFY_SOCKET, s.addr.clone()));
+            env.push((protocol::UPSTREAM_NOTIFY_SOCKET, notify::upstream()));
+        }
+        env
+    }
+
+    /// Waits for the readiness byte (or `READY=1` from `pid` on the notify socket), handling
+    /// signals and requests that arrive meanwhile.
+    fn wait_ready(
+        &mut self,
+        ready_r: &OwnedFd,
+        notify_sock: Option<&notify::ChildSocket>,
+        pid: Pid,
+        deadline: Instant,
+    ) -> Event {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Event::Timeout;
             }
             let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
-            let mut fds = [
+            let mut fds = vec![
                 PollFd::new(ready_r.as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.sig_r.as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.wake_r.as_fd(), PollFlags::POLLIN),
             ];
+            if let Some(s) = notify_sock {
+                fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
+            }
             match poll(&mut fds, PollTimeout::from(ms)) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => tracing::error!("poll during upgrade failed: {}", e.desc()),
+            }
+            if fds.get(3).is_some_and(|f| f.any().unwrap_or(false))
+                && notify_sock.is_some_and(|s| s.ready_from(pid.as_raw()))
+            {
+                tracing::info!("the new generation reported READY=1 on its notify socket");
+                return Event::Ready;
             }
             if fds[0].any().unwrap_or(false) {
                 let mut buf = [0u8; 5];

@@ -1,0 +1,252 @@
+//! `sd_notify(3)`, both ways.
+//!
+//! **Out, to the service manager** (when `NOTIFY_SOCKET` is set), always sent by the process that
+//! is the service's main pid at that moment, so the default `NotifyAccess=main` accepts it:
+//!
+//! | when | message | sent by |
+//! |---|---|---|
+//! | a fresh (or socket-activated) start is serving | `READY=1` | the process itself |
+//! | an upgrade starts | `RELOADING=1` + `MONOTONIC_USEC=…` | the old generation |
+//! | the new generation is ready | `MAINPID=<new>` + `READY=1` (one datagram) | the old generation, still main until systemd reads it |
+//! | an upgrade failed | `READY=1` (leave the reloading state; same main pid) | the old generation |
+//! | a final stop (SIGTERM/SIGINT) | `STOPPING=1` | the main pid |
+//!
+//! A generation that has handed over is no longer the main pid and sends nothing more.
+//!
+//! **In, from a new generation**: for each upgrade the old generation binds a private `AF_UNIX`
+//! datagram socket (abstract, kernel-chosen name, CLOEXEC, `SO_PASSCRED`) and gives it to the new
+//! binary as its `NOTIFY_SOCKET`. A `READY=1` on it whose kernel-attested sender pid is the new
+//! pid counts as ready, exactly like the hotexec readiness pipe; so any program that reads
+//! `LISTEN_FDS` and calls `sd_notify("READY=1")` can be the new generation. A hotexec new
+//! generation uses the pipe, and restores the real `NOTIFY_SOCKET` from
+//! `HOTEXEC_NOTIFY_SOCKET` before `main` (see [`crate::protocol`]).
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixDatagram;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::sys::socket::{
+    self, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr, sockopt,
+};
+
+use crate::protocol;
+
+/// The service manager's socket, as found at start (`None`: not run under a notifying manager).
+static TARGET: Mutex<Option<OsString>> = Mutex::new(None);
+/// `READY=1` of a fresh start is sent once.
+static SENT_READY: AtomicBool = AtomicBool::new(false);
+
+/// Reads `NOTIFY_SOCKET` (and, in the new generation of an upgrade, the real one from
+/// `HOTEXEC_NOTIFY_SOCKET`, which is put back as `NOTIFY_SOCKET` for the application).
+///
+/// # Safety
+/// Mutates the environment: no other thread may be reading or writing it (called from the
+/// start-up constructor, see `inherit.rs`).
+pub(crate) unsafe fn take_from_env(upgraded: bool) {
+    let upstream = std::env::var_os(protocol::UPSTREAM_NOTIFY_SOCKET);
+    let target = match upstream {
+        Some(real) if upgraded => {
+            // SAFETY: guaranteed by the caller.
+            unsafe {
+                if real.is_empty() {
+                    std::env::remove_var(protocol::NOTIFY_SOCKET);
+                } else {
+                    std::env::set_var(protocol::NOTIFY_SOCKET, &real);
+                }
+            }
+            Some(real)
+        }
+        _ => std::env::var_os(protocol::NOTIFY_SOCKET),
+    };
+    *TARGET.lock().unwrap_or_else(|p| p.into_inner()) = target.filter(|t| !t.is_empty());
+}
+
+/// The real `NOTIFY_SOCKET` ("" when there is none), for `HOTEXEC_NOTIFY_SOCKET`.
+pub(crate) fn upstream() -> OsString {
+    TARGET
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .unwrap_or_default()
+}
+
+/// Sends one datagram to `addr` in the `NOTIFY_SOCKET` syntax: an absolute path, or `@name` for
+/// an abstract address.
+pub fn send_to(addr: &OsStr, state: &str) -> io::Result<()> {
+    let sock = UnixDatagram::unbound()?;
+    let bytes = addr.as_bytes();
+    match bytes.first() {
+        Some(b'/') => sock.send_to(state.as_bytes(), addr)?,
+        Some(b'@') => {
+            use std::os::linux::net::SocketAddrExt;
+            let sa = std::os::unix::net::SocketAddr::from_abstract_name(&bytes[1..])?;
+            sock.send_to_addr(state.as_bytes(), &sa)?
+        }
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{}={:?}: expected an absolute path or an @abstract name",
+                    protocol::NOTIFY_SOCKET,
+                    addr
+                ),
+            ));
+        }
+    };
+    Ok(())
+}
+
+/// Sends `state` to the service manager, if there is one. A failure is logged, never fatal: the
+/// server serves whether or not its manager hears about it.
+fn notify(state: &str) {
+    let target = TARGET.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some(addr) = target {
+        match send_to(&addr, state) {
+            Ok(()) => tracing::debug!(state = %state.replace('\n', " "), "sd_notify"),
+            Err(e) => tracing::warn!(
+                "sd_notify to {}={:?} failed ({e}): the service manager was not told {:?}",
+                protocol::NOTIFY_SOCKET,
+                addr,
+                state
+            ),
+        }
+    }
+}
+
+/// A fresh start is serving.
+pub(crate) fn ready() {
+    if !SENT_READY.swap(true, Ordering::SeqCst) {
+        notify("READY=1");
+    }
+}
+
+/// An upgrade starts.
+pub(crate) fn reloading() {
+    notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+}
+
+/// The new generation is ready and becomes the main pid.
+pub(crate) fn handed_over(new_pid: u32) {
+    notify(&format!("MAINPID={new_pid}\nREADY=1"));
+}
+
+/// An upgrade failed: this process stays the main pid and is ready again.
+pub(crate) fn upgrade_failed() {
+    notify("READY=1");
+}
+
+/// A final stop begins.
+pub(crate) fn stopping() {
+    notify("STOPPING=1");
+}
+
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into `ts`, which lives for the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}
+
+/// The private notify socket of one upgrade (see the module docs).
+pub(crate) struct ChildSocket {
+    fd: OwnedFd,
+    /// `@name`, for the new generation's `NOTIFY_SOCKET`.
+    pub addr: OsString,
+}
+
+impl ChildSocket {
+    /// Binds a fresh socket to a kernel-chosen abstract name (autobind: no name to collide
+    /// with, nothing on disk to clean up).
+    pub(crate) fn bind() -> io::Result<ChildSocket> {
+        let err = |call: &str, e: nix::errno::Errno| io::Error::other(format!("{call}: {}", e.desc()));
+        let fd = socket::socket(
+            AddressFamily::Unix,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .map_err(|e| err("socket(AF_UNIX, SOCK_DGRAM)", e))?;
+        socket::setsockopt(&fd, sockopt::PassCred, &true)
+            .map_err(|e| err("setsockopt(SO_PASSCRED)", e))?;
+        socket::bind(fd.as_raw_fd(), &UnixAddr::new_unnamed())
+            .map_err(|e| err("bind (autobind)", e))?;
+        let local: UnixAddr =
+            socket::getsockname(fd.as_raw_fd()).map_err(|e| err("getsockname", e))?;
+        let name = local
+            .as_abstract()
+            .ok_or_else(|| io::Error::other("autobind gave no abstract name"))?;
+        let mut addr = b"@".to_vec();
+        addr.extend_from_slice(name);
+        Ok(ChildSocket { fd, addr: OsString::from(std::ffi::OsStr::from_bytes(&addr)) })
+    }
+
+    pub(crate) fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Reads every pending datagram; true if one of them, sent by `pid`, says `READY=1`.
+    /// Datagrams from any other sender are dropped with a log line.
+    pub(crate) fn ready_from(&self, pid: i32) -> bool {
+        let mut ready = false;
+        loop {
+            let mut buf = [0u8; 4096];
+            let mut cmsg = nix::cmsg_space!(socket::UnixCredentials);
+            let mut iov = [io::IoSliceMut::new(&mut buf)];
+            let (len, sender) = match socket::recvmsg::<()>(
+                self.fd.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(msg) => {
+                    let sender = msg.cmsgs().ok().and_then(|mut c| {
+                        c.find_map(|m| match m {
+                            ControlMessageOwned::ScmCredentials(cred) => Some(cred.pid()),
+                            _ => None,
+                        })
+                    });
+                    (msg.bytes, sender)
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return ready,
+            };
+            let text = String::from_utf8_lossy(&buf[..len]);
+            if sender == Some(pid) {
+                if text.lines().any(|l| l == "READY=1") {
+                    ready = true;
+                }
+                tracing::debug!(new_pid = pid, message = %text.replace('\n', " "), "sd_notify from the new generation");
+            } else {
+                tracing::warn!(
+                    ?sender,
+                    new_pid = pid,
+                    "dropped a datagram on the upgrade's notify socket: not sent by the new generation"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn child_socket_counts_only_ready_from_the_given_pid() {
+        let s = ChildSocket::bind().unwrap();
+        assert!(s.addr.as_bytes().starts_with(b"@"));
+        send_to(&s.addr, "STATUS=warming up").unwrap();
+        assert!(!s.ready_from(std::process::id() as i32));
+        send_to(&s.addr, "READY=1").unwrap();
+        // Sent by this process, so not by "the new generation" pid 1.
+        assert!(!s.ready_from(1));
+        send_to(&s.addr, "STATUS=x\nREADY=1").unwrap();
+        assert!(s.ready_from(std::process::id() as i32));
+        let e = send_to(OsStr::new("relative"), "READY=1").unwrap_err();
+        assert!(e.to_string().contains("NOTIFY_SOCKET"), "{e}");
+    }
+}
