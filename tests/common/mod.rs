@@ -101,6 +101,17 @@ pub struct App {
 impl App {
     /// Copies example `name` and starts it on a free port with `env` on top of the defaults.
     pub fn start(name: &str, listener_var: &str, env: &[(&str, &str)]) -> App {
+        App::start_via(name, listener_var, env, &[])
+    }
+
+    /// As [`App::start`], but runs `wrapper… <binary>` (e.g. `systemd-socket-activate -l
+    /// {addr}`), with `{addr}` in the wrapper's arguments replaced by the chosen address.
+    pub fn start_via(
+        name: &str,
+        listener_var: &str,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> App {
         subreaper();
         let dir = Scratch::new(name);
         let bin = dir.0.join("app");
@@ -112,7 +123,15 @@ impl App {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let logf = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(&bin);
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(&bin),
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args.iter().map(|a| a.replace("{addr}", &addr.to_string())))
+                    .arg(&bin);
+                c
+            }
+        };
         cmd.env(listener_var, addr.to_string())
             .env("HOTEXEC_PID_FILE", &pid_file)
             .env("HOTEXEC_READY_TIMEOUT", "5s")
@@ -136,10 +155,20 @@ impl App {
             pids: Arc::new(Mutex::new(vec![pid])),
             good_copy,
         };
-        app.wait_pid_file(pid);
+        if wrapper.is_empty() {
+            app.wait_pid_file(pid);
+        }
         wait_for(Duration::from_secs(10), "the server to accept", || {
             TcpStream::connect(app.addr).ok()
         });
+        if !wrapper.is_empty() {
+            // The wrapper's child is the server (a socket activator starts it on the first
+            // connection, which the wait above made).
+            let server = wait_for(Duration::from_secs(10), "the pid file", || {
+                app.pid_in_file().filter(|p| *p != pid)
+            });
+            app.track(server);
+        }
         app
     }
 
@@ -201,6 +230,13 @@ impl App {
                 std::fs::copy(&self.good_copy, &tmp).unwrap();
             }
         }
+        std::fs::rename(&tmp, &self.bin).unwrap();
+    }
+
+    /// Replaces the binary on disk atomically with a copy of `path` (another program).
+    pub fn install_binary(&self, path: &Path) {
+        let tmp = self.dir.0.join("app.next");
+        std::fs::copy(path, &tmp).unwrap();
         std::fs::rename(&tmp, &self.bin).unwrap();
     }
 
