@@ -162,10 +162,10 @@ impl App {
             TcpStream::connect(app.addr).ok()
         });
         if !wrapper.is_empty() {
-            // The wrapper's child is the server (a socket activator starts it on the first
-            // connection, which the wait above made).
+            // The server is the wrapper (exec'ed in place) or its child; a socket activator
+            // starts it on the first connection, which the wait above made.
             let server = wait_for(Duration::from_secs(10), "the pid file", || {
-                app.pid_in_file().filter(|p| *p != pid)
+                app.pid_in_file()
             });
             app.track(server);
         }
