@@ -35,16 +35,16 @@ fn main() -> std::io::Result<()> {
             std::env::var("LISTENFD_SERVER_ADDR").unwrap_or_else(|_| "127.0.0.1:8082".into()),
         )?,
     };
-    // listenfd leaves the socket as it was; the previous owner may have made it non-blocking.
-    listener.set_nonblocking(false)?;
     let pid = std::process::id();
     eprintln!(
         "listenfd_server {pid} serving on {}",
         listener.local_addr()?
     );
     sd_notify("READY=1")?;
-    for stream in listener.incoming() {
-        let Ok(mut s) = stream else { continue };
+    loop {
+        let Some(mut s) = accept(&listener)? else {
+            continue;
+        };
         std::thread::spawn(move || {
             let mut head = Vec::new();
             let mut b = [0u8; 1024];
@@ -62,5 +62,38 @@ fn main() -> std::io::Result<()> {
             );
         });
     }
-    Ok(())
+}
+
+/// Accepts whether or not the socket is non-blocking, without changing that: `O_NONBLOCK`
+/// belongs to the open file description, which this process shares with the previous
+/// generation until it has drained. Clearing it here (`set_nonblocking(false)`) would make the
+/// old generation's event loop block inside `accept(2)` and keep taking connections after it
+/// was told to stop.
+fn accept(listener: &TcpListener) -> std::io::Result<Option<std::net::TcpStream>> {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is one valid pollfd that lives for the call.
+    unsafe { libc::poll(&mut pfd, 1, -1) };
+    match listener.accept() {
+        Ok((s, _)) => {
+            s.set_nonblocking(false)?;
+            Ok(Some(s))
+        }
+        // The other generation took it, or the client left.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock
+                    | std::io::ErrorKind::Interrupted
+                    | std::io::ErrorKind::ConnectionAborted
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }

@@ -219,6 +219,11 @@ fn socket_activated_by_systemd_socket_activate_then_upgraded() {
     std::thread::sleep(Duration::from_millis(500));
     let results = load.finish();
     let failed = failures(&results);
+    eprintln!(
+        "socket-activated upgrade under load: {} requests, {} failed",
+        results.len(),
+        failed.len()
+    );
     assert!(
         failed.is_empty(),
         "{} of {} failed: {:?}",
@@ -269,6 +274,11 @@ fn a_listenfd_program_with_sd_notify_can_be_the_new_generation() {
     std::thread::sleep(Duration::from_millis(500));
     let results = load.finish();
     let failed = failures(&results);
+    eprintln!(
+        "upgrade to the listenfd program under load: {} requests, {} failed",
+        results.len(),
+        failed.len()
+    );
     assert!(
         failed.is_empty(),
         "{} of {} failed: {:?}",
