@@ -96,6 +96,13 @@ impl Config {
         };
         let drain_timeout = duration(ENV_DRAIN_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, declared.drain_timeout)?;
         let ready_timeout = duration(ENV_READY_TIMEOUT, DEFAULT_READY_TIMEOUT, declared.ready_timeout)?;
+        if ready_timeout.is_zero() {
+            // Same rule as the attribute: a zero timeout would fail every upgrade.
+            return Err(format!(
+                "{ENV_READY_TIMEOUT}: `{}` is not allowed: it must be more than 0, or no upgrade could ever succeed",
+                get(ENV_READY_TIMEOUT).unwrap_or_default().to_string_lossy()
+            ));
+        }
         let signal_name = match get(ENV_UPGRADE_SIGNAL) {
             Some(v) => {
                 let s = env_str(ENV_UPGRADE_SIGNAL, v)?;
@@ -121,10 +128,19 @@ impl Config {
                 Some(v) => {
                     let s = env_str(&var, v)?;
                     let a = ListenAddr::parse(&s).map_err(|e| format!("{var}: {e}"))?;
-                    (a, Some(var))
+                    (a, Some(var.clone()))
                 }
                 None => (ListenAddr::parse(addr).map_err(|e| e.to_string())?, None),
             };
+            if let Some(other) = listeners
+                .iter()
+                .find(|l: &&ListenDecl| syntax::env_suffix(&l.name) == syntax::env_suffix(name))
+            {
+                return Err(format!(
+                    "listeners {:?} and {name:?} would share the variable {var}",
+                    other.name
+                ));
+            }
             listeners.push(ListenDecl {
                 name: name.to_string(),
                 addr,
@@ -208,6 +224,7 @@ mod tests {
             ("HOTEXEC_READY_TIMEOUT", "5"),
             ("HOTEXEC_UPGRADE_SIGNAL", "SIGKILL"),
             ("HOTEXEC_LISTEN_HTTP", "localhost:80"),
+            ("HOTEXEC_READY_TIMEOUT", "0s"),
         ] {
             let e = Config::resolve(&declared(), env(&[(var, value)])).unwrap_err();
             assert!(e.starts_with(var), "{e}");
