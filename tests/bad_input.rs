@@ -278,3 +278,92 @@ fn an_fd_opened_by_the_app_itself_is_never_adopted() {
         "{out}"
     );
 }
+
+/// Starts the http example with only `HOTEXEC_PID_FILE=path`: it must refuse at start (not at
+/// the first upgrade), naming the path.
+fn pid_file_refused(path: &std::path::Path, needle: &str) {
+    let addr = declared();
+    let p = path.to_str().unwrap();
+    let env = [("HOTEXEC_PID_FILE", p), (HTTP, addr.as_str())];
+    let mut c = Crafted::start(&example("http"), &env, vec![], ListenPid::AsGiven);
+    assert_eq!(c.wait_exit(T), Some(1), "{}", c.log_text());
+    let out = c.log_text();
+    assert!(out.contains("hotexec: cannot start"), "{out}");
+    assert!(out.contains(p), "the message must name {p}:\n{out}");
+    assert!(
+        out.contains(needle),
+        "the message must say {needle:?}:\n{out}"
+    );
+}
+
+#[test]
+fn a_pid_file_that_cannot_be_written_stops_the_start() {
+    let dir = Scratch::new("pidfile");
+    pid_file_refused(&dir.0.join("missing/app.pid"), "does not exist");
+    // Unwritable for everyone, root included.
+    pid_file_refused(std::path::Path::new("/proc/hotexec-test.pid"), "pid file");
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    if unsafe { libc::geteuid() } == 0 {
+        eprintln!("running as root: a mode 0555 directory is writable, checked through /proc only");
+    } else {
+        let ro = dir.0.join("ro");
+        std::fs::create_dir(&ro).unwrap();
+        std::fs::set_permissions(&ro, std::os::unix::fs::PermissionsExt::from_mode(0o555)).unwrap();
+        pid_file_refused(&ro.join("app.pid"), "ermission denied");
+    }
+}
+
+/// A symlink planted at the pid file path (at start, and again before an upgrade) is replaced,
+/// never followed: the file it points to is untouched.
+#[test]
+fn a_symlink_at_the_pid_file_path_is_not_followed() {
+    let dir = Scratch::new("pidlink");
+    let victim = dir.0.join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    let link = dir.0.join("app.pid");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let addr = declared();
+    let env = [
+        ("HOTEXEC_PID_FILE", link.to_str().unwrap()),
+        (HTTP, addr.as_str()),
+    ];
+    let c = Crafted::start(&example("http"), &env, vec![], ListenPid::AsGiven);
+    c.wait_log("http example serving", T);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    let meta = std::fs::symlink_metadata(&link).unwrap();
+    assert!(
+        meta.file_type().is_file(),
+        "the pid file must be a regular file now"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&link).unwrap().trim(),
+        c.child.id().to_string()
+    );
+    drop(c);
+
+    let app = App::start("http", HTTP, &[]);
+    let victim2 = app.dir.0.join("victim");
+    std::fs::write(&victim2, "precious\n").unwrap();
+    std::fs::remove_file(&app.pid_file).unwrap();
+    std::os::unix::fs::symlink(&victim2, &app.pid_file).unwrap();
+    let old = app.first_pid();
+    kill_upgrade(old);
+    let new = wait_for(T, "the pid file to be replaced", || {
+        let meta = std::fs::symlink_metadata(&app.pid_file).ok()?;
+        meta.file_type()
+            .is_file()
+            .then(|| app.pid_in_file())
+            .flatten()
+    });
+    app.track(new);
+    assert_ne!(new, old);
+    assert_eq!(std::fs::read_to_string(&victim2).unwrap(), "precious\n");
+}
+
+fn kill_upgrade(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGUSR2,
+    )
+    .unwrap();
+}
