@@ -124,6 +124,17 @@ impl App {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        // Whatever the test runner left open without CLOEXEC (a jobserver or a shell's pipe)
+        // must not reach the server: tests check which fds it holds and passes on.
+        // SAFETY: only fcntl(2), async-signal-safe, on plain integers.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                for fd in 3..1024 {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+                Ok(())
+            });
+        }
         let child = cmd.spawn().unwrap();
         let pid = child.id();
         let app = App {
@@ -602,7 +613,7 @@ impl Crafted {
                     }
                 }
                 // Anything else the test process has open (a jobserver pipe, …) stays behind.
-                for fd in 3..200 {
+                for fd in 3..1024 {
                     if !plan.iter().any(|&(_, dst)| dst == fd) {
                         libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
                     }
