@@ -16,14 +16,17 @@ static SNAPSHOT: Mutex<Option<Snapshot>> = Mutex::new(None);
 /// when the number was not open then. `adopt` only takes an fd that is still that same file: a
 /// number that was closed at exec and then reused by the application's `init` (a log file, a
 /// metrics socket) was not received from the parent and is never adopted, nor closed.
-static AT_START: Mutex<Vec<(RawFd, Option<(u64, u64)>)>> = Mutex::new(Vec::new());
+static AT_START: Mutex<Vec<(RawFd, Option<FileId>)>> = Mutex::new(Vec::new());
 
-fn identity(fd: RawFd) -> Option<(u64, u64)> {
+/// `(st_dev, st_ino)`: which open file an fd number refers to.
+type FileId = (libc::dev_t, libc::ino_t);
+
+fn identity(fd: RawFd) -> Option<FileId> {
     // SAFETY: fstat on a number only reads its metadata; EBADF when it is not open.
     let b = unsafe { BorrowedFd::borrow_raw(fd) };
     nix::sys::stat::fstat(b)
         .ok()
-        .map(|st| (st.st_dev as u64, st.st_ino as u64))
+        .map(|st| (st.st_dev, st.st_ino))
 }
 
 /// Takes the protocol variables out of the environment and, if they are meant for this process,
