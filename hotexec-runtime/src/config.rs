@@ -17,6 +17,8 @@ pub const ENV_READY_TIMEOUT: &str = "HOTEXEC_READY_TIMEOUT";
 pub const ENV_UPGRADE_SIGNAL: &str = "HOTEXEC_UPGRADE_SIGNAL";
 /// `HOTEXEC_PID_FILE`
 pub const ENV_PID_FILE: &str = "HOTEXEC_PID_FILE";
+/// `HOTEXEC_PROBATION`
+pub const ENV_PROBATION: &str = "HOTEXEC_PROBATION";
 /// Prefix of `HOTEXEC_LISTEN_<NAME>`.
 pub const ENV_LISTEN_PREFIX: &str = "HOTEXEC_LISTEN_";
 
@@ -24,6 +26,8 @@ pub const ENV_LISTEN_PREFIX: &str = "HOTEXEC_LISTEN_";
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `ready_timeout`.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default probation: how long a generation that handed over stays able to roll back.
+pub const DEFAULT_PROBATION: Duration = Duration::from_secs(2);
 
 /// One declared listener.
 #[derive(Clone, Debug)]
@@ -47,6 +51,9 @@ pub struct Config {
     pub ready_timeout: Duration,
     /// The signal that triggers an upgrade.
     pub upgrade_signal: Signal,
+    /// How long a generation that handed over stays alive (at most `drain_timeout`) to roll
+    /// back if its successor crashes.
+    pub probation: Duration,
     /// Where the pid file goes, if anywhere.
     pub pid_file: Option<PathBuf>,
     /// The app calls `hotexec::ready()` itself.
@@ -103,6 +110,7 @@ impl Config {
                 get(ENV_READY_TIMEOUT).unwrap_or_default().to_string_lossy()
             ));
         }
+        let probation = duration(ENV_PROBATION, DEFAULT_PROBATION, None)?;
         let signal_name = match get(ENV_UPGRADE_SIGNAL) {
             Some(v) => {
                 let s = env_str(ENV_UPGRADE_SIGNAL, v)?;
@@ -165,6 +173,7 @@ impl Config {
             drain_timeout,
             ready_timeout,
             upgrade_signal,
+            probation,
             pid_file,
             manual_ready: declared.manual_ready,
             listeners,
