@@ -93,7 +93,7 @@ pub fn subreaper() {
 
 /// Raises the soft limit of open files to the hard limit (inherited by the servers started
 /// after it); returns the new limit.
-pub fn raise_nofile() -> u64 {
+pub fn raise_nofile() -> libc::rlim_t {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -105,7 +105,7 @@ pub fn raise_nofile() -> u64 {
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }
 
 /// A free port on 127.0.0.1 (bound and released).
