@@ -10,7 +10,8 @@
 //! Targets: hotexec's `http` example (SIGUSR2); a naive restart (a second copy binding the same
 //! port with `SO_REUSEPORT`, then SIGTERM to the old one); nginx's binary upgrade (USR2, then
 //! WINCH and QUIT to the old master; skipped with a note when `/usr/sbin/nginx` is absent); and
-//! the same server without hotexec and without upgrades, the ceiling. Each in two modes: a new
+//! the same server without hotexec and without upgrades, the ceiling (and the `http` example
+//! without upgrades, to compare the request path alone). Each in two modes: a new
 //! connection per request, and keep-alive. Then two scale checks: an upgrade passing 1,000
 //! listeners, and 10,000 idle keep-alive connections open during an upgrade.
 //!
@@ -37,13 +38,14 @@ use targets::{Kind, Target, Tracker, Upgrade};
 
 const HELP: &str = "\
 usage: bench [--quick] [--clients N] [--upgrades N] [--interval-ms MS] [--modes close,keepalive]
-             [--targets hotexec,naive,nginx,plain] [--no-scale] [--listeners N] [--idle N]
+             [--targets hotexec,naive,nginx,plain,hotexec-steady] [--no-scale] [--listeners N] [--idle N]
 
   --clients N       concurrent clients per scenario (default 64)
   --upgrades N      upgrades per scenario (default 50; --quick: 10)
   --interval-ms MS  time from one upgrade signal to the next, at least (default 200)
   --modes           close = new connection per request, keepalive = reuse connections
-  --targets         which servers to measure (nginx is skipped when /usr/sbin/nginx is absent)
+  --targets         which servers to measure: hotexec,naive,nginx,plain,hotexec-steady
+                    (nginx is skipped when /usr/sbin/nginx is absent)
   --no-scale        skip the scale checks
   --listeners N     listeners passed in the scale check (default 1000)
   --idle N          idle keep-alive connections in the scale check (default 10000)
@@ -66,7 +68,13 @@ fn parse_args() -> Result<Opts, String> {
         upgrades: 50,
         interval: Duration::from_millis(200),
         modes: vec![Mode::Close, Mode::KeepAlive],
-        kinds: vec![Kind::Hotexec, Kind::Naive, Kind::Nginx, Kind::Plain],
+        kinds: vec![
+            Kind::Hotexec,
+            Kind::Naive,
+            Kind::Nginx,
+            Kind::Plain,
+            Kind::HotexecSteady,
+        ],
         scale: true,
         listeners: 1000,
         idle: 10_000,
@@ -108,6 +116,7 @@ fn parse_args() -> Result<Opts, String> {
                         "naive" => Ok(Kind::Naive),
                         "nginx" => Ok(Kind::Nginx),
                         "plain" => Ok(Kind::Plain),
+                        "hotexec-steady" => Ok(Kind::HotexecSteady),
                         _ => Err(format!("--targets: unknown target {m:?}")),
                     })
                     .collect::<Result<_, _>>()?

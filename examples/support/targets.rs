@@ -29,6 +29,8 @@ pub enum Kind {
     Nginx,
     /// The same server without hotexec, never upgraded: the ceiling.
     Plain,
+    /// The `http` example, never upgraded: what hotexec costs on the request path.
+    HotexecSteady,
     /// A hotexec server with this many listeners (the scale check), SIGUSR2.
     Many(usize),
 }
@@ -40,11 +42,12 @@ impl Kind {
             Kind::Naive => "naive restart (SO_REUSEPORT + SIGTERM)",
             Kind::Nginx => "nginx binary upgrade (USR2, WINCH+QUIT)",
             Kind::Plain => "same server without hotexec, no upgrades",
+            Kind::HotexecSteady => "hotexec `http` example, no upgrades",
             Kind::Many(_) => "hotexec, many listeners",
         }
     }
     pub fn upgrades(self) -> bool {
-        self != Kind::Plain
+        !matches!(self, Kind::Plain | Kind::HotexecSteady)
     }
 }
 
@@ -276,7 +279,7 @@ impl Target {
                 .collect(),
         };
         t.current = match kind {
-            Kind::Hotexec => {
+            Kind::Hotexec | Kind::HotexecSteady => {
                 let mut cmd = t.command("hotexec");
                 cmd.env("HOTEXEC_LISTEN_HTTP", addr.to_string())
                     .env("HOTEXEC_PID_FILE", t.pid_file());
@@ -406,7 +409,9 @@ impl Target {
     pub fn upgrade(&mut self) -> std::io::Result<Upgrade> {
         let old = self.current;
         let (new, signal) = match self.kind {
-            Kind::Plain => return Err(std::io::Error::other("the ceiling is never upgraded")),
+            Kind::Plain | Kind::HotexecSteady => {
+                return Err(std::io::Error::other("this target is never upgraded"));
+            }
             Kind::Hotexec | Kind::Many(_) => {
                 let signal = Instant::now();
                 kill(Pid::from_raw(old as i32), Signal::SIGUSR2)?;
