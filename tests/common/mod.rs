@@ -690,3 +690,127 @@ impl Drop for Crafted {
         }
     }
 }
+
+/// One `GET path` on the keep-alive connection in `conn` (connecting first when there is
+/// none), classified as [`get`] does. The connection is kept for the next request unless the
+/// server said `Connection: close` or anything failed. Returns the outcome and whether the
+/// request went out on a reused connection.
+pub fn get_keepalive(
+    conn: &mut Option<std::io::BufReader<TcpStream>>,
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> (Outcome, bool) {
+    use std::io::BufRead;
+    let reused = conn.is_some();
+    if conn.is_none() {
+        let s = match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                return (Outcome::Refused, false);
+            }
+            Err(e) => return (classify(e), false),
+        };
+        s.set_read_timeout(Some(timeout)).unwrap();
+        s.set_write_timeout(Some(timeout)).unwrap();
+        s.set_nodelay(true).unwrap();
+        *conn = Some(std::io::BufReader::new(s));
+    }
+    let mut result = || -> Result<(Outcome, bool), Outcome> {
+        let r = conn.as_mut().unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
+        r.get_mut().write_all(req.as_bytes()).map_err(classify)?;
+        let mut status = String::new();
+        if r.read_line(&mut status).map_err(classify)? == 0 {
+            return Err(Outcome::Eof);
+        }
+        let (mut len, mut close) = (None, false);
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).map_err(classify)? == 0 {
+                return Err(Outcome::Eof);
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            let lower = line.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                len = v.trim().parse::<usize>().ok();
+            } else if let Some(v) = lower.strip_prefix("connection:") {
+                close = v.trim() == "close";
+            }
+        }
+        if !status.starts_with("HTTP/1.1 200") {
+            return Err(Outcome::BadStatus(status.trim_end().to_string()));
+        }
+        let len = len.ok_or_else(|| Outcome::BadStatus("no content-length".into()))?;
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).map_err(classify)?;
+        let body = String::from_utf8_lossy(&body);
+        let pid = body
+            .strip_prefix("pid=")
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| Outcome::BadStatus(format!("body {body:?}")))?;
+        Ok((Outcome::Ok { pid }, close))
+    };
+    match result() {
+        Ok((outcome, close)) => {
+            if close {
+                *conn = None;
+            }
+            (outcome, reused)
+        }
+        Err(outcome) => {
+            *conn = None;
+            (outcome, reused)
+        }
+    }
+}
+
+/// Keep-alive clients hammering `GET /` until stopped: each reuses its connection and opens a
+/// new one only after the server closed it (`Connection: close`) or a request failed.
+pub struct KeepAliveLoad {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Vec<(Instant, Outcome, bool)>>>,
+}
+
+impl KeepAliveLoad {
+    pub fn start(addr: SocketAddr, clients: usize) -> KeepAliveLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..clients)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut out = Vec::new();
+                    let mut conn = None;
+                    let hard_stop = Instant::now() + Duration::from_secs(120);
+                    while !stop.load(Ordering::Relaxed)
+                        && out.len() < 1_000_000
+                        && Instant::now() < hard_stop
+                    {
+                        let (o, reused) =
+                            get_keepalive(&mut conn, addr, "/", Duration::from_secs(5));
+                        out.push((Instant::now(), o, reused));
+                    }
+                    out
+                })
+            })
+            .collect();
+        KeepAliveLoad { stop, threads }
+    }
+
+    /// Stops the clients; every request's (completion time, outcome, on a reused connection),
+    /// in time order.
+    pub fn finish(self) -> Vec<(Instant, Outcome, bool)> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all: Vec<_> = self
+            .threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        all.sort_by_key(|(t, _, _)| *t);
+        all
+    }
+}
