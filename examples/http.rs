@@ -7,6 +7,10 @@
 //!                                   # the slow request finishes on the old pid; new ones go to the new pid
 //! ```
 //!
+//! A second, localhost-only listener serves the admin endpoint: `curl -X POST
+//! 127.0.0.1:8081/upgrade` upgrades and answers `upgraded: new pid N` (200) or why it failed
+//! (500, the old process keeps serving). See the `admin` module.
+//!
 //! Draining is graceful for keep-alive clients too: once shutdown resolves, every response
 //! carries `Connection: close` for a short grace phase (`HTTP_CLOSE_GRACE`, default 500ms), so
 //! busy clients leave at a request boundary and reconnect to the new process; only then are the
@@ -50,10 +54,12 @@ fn init_tracing() {
 
 #[hotexec::main(drain_timeout = "30s", init = init_tracing)]
 #[listen("127.0.0.1:8080", name = "http")]
+#[listen("127.0.0.1:8081", name = "admin")]
 async fn main(listeners: hotexec::Listeners, shutdown: hotexec::Shutdown) -> std::io::Result<()> {
     let listener = listeners.take_tokio_tcp("http")?;
     tracing::info!(pid = std::process::id(), addr = %listener.local_addr()?, "http example serving");
     let drain = Arc::new(Drain::default());
+    admin::spawn(listeners.take_tokio_tcp("admin")?, shutdown.clone(), drain.clone());
     let mut shutdown = shutdown;
     let reason = loop {
         tokio::select! {
@@ -150,4 +156,55 @@ async fn handle(
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
     Ok(resp)
+}
+
+/// The admin endpoint: `POST /upgrade` triggers an upgrade with [`hotexec::upgrade`] and answers
+/// with its outcome. Bound to 127.0.0.1 only: whoever can reach it can replace the process.
+mod admin {
+    use super::*;
+
+    /// Serves the admin listener until shutdown. Its connections count in `drain.open`, so the
+    /// old generation answers the `POST /upgrade` that replaced it before it exits.
+    pub fn spawn(listener: tokio::net::TcpListener, shutdown: hotexec::Shutdown, drain: Arc<Drain>) {
+        tokio::spawn(async move {
+            let mut shutdown = shutdown;
+            loop {
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else { continue };
+                        drain.open.fetch_add(1, Ordering::SeqCst);
+                        let d = drain.clone();
+                        tokio::spawn(async move {
+                            let conn = http1::Builder::new()
+                                .keep_alive(false)
+                                .serve_connection(TokioIo::new(stream), service_fn(handle));
+                            let _ = conn.await;
+                            if d.open.fetch_sub(1, Ordering::SeqCst) == 1 {
+                                d.all_closed.notify_waiters();
+                            }
+                        });
+                    }
+                }
+            }
+        });
+    }
+
+    async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+        let (status, body) = match (req.method(), req.uri().path()) {
+            (&hyper::Method::POST, "/upgrade") => {
+                // `upgrade()` blocks until the new generation is ready or has failed.
+                match tokio::task::spawn_blocking(hotexec::upgrade).await {
+                    Ok(Ok(pid)) => (StatusCode::OK, format!("upgraded: new pid {pid}\n")),
+                    Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("upgrade failed: {e}\n")),
+                    Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("upgrade failed: {e}\n")),
+                }
+            }
+            (_, "/upgrade") => (StatusCode::METHOD_NOT_ALLOWED, "use POST /upgrade\n".to_string()),
+            _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
+        };
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        Ok(r)
+    }
 }

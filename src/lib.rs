@@ -50,6 +50,10 @@ pub use hotexec_runtime::{
     upgrade,
 };
 
+/// The control socket (`@hotexec/<pid>`) and its client: trigger an upgrade of a running server
+/// and get the outcome, as the `hotexec upgrade` command does.
+pub use hotexec_runtime::control;
+
 /// The hand-over protocol between generations (environment variable names and fd layout), for
 /// tools and tests that speak it.
 pub use hotexec_runtime::protocol;

@@ -17,6 +17,8 @@ pub const ENV_READY_TIMEOUT: &str = "HOTEXEC_READY_TIMEOUT";
 pub const ENV_UPGRADE_SIGNAL: &str = "HOTEXEC_UPGRADE_SIGNAL";
 /// `HOTEXEC_PID_FILE`
 pub const ENV_PID_FILE: &str = "HOTEXEC_PID_FILE";
+/// `HOTEXEC_KEEPER`: `1` turns keeper mode on, `0` off (see `keeper.rs`).
+pub const ENV_KEEPER: &str = "HOTEXEC_KEEPER";
 /// Prefix of `HOTEXEC_LISTEN_<NAME>`.
 pub const ENV_LISTEN_PREFIX: &str = "HOTEXEC_LISTEN_";
 
@@ -53,6 +55,9 @@ pub struct Config {
     pub manual_ready: bool,
     /// The listeners.
     pub listeners: Vec<ListenDecl>,
+    /// Keeper mode: `Some(true)` / `Some(false)` when the attribute or `HOTEXEC_KEEPER` said so,
+    /// `None` when nothing did (then it is on in the foreground of a terminal).
+    pub keeper: Option<bool>,
     /// Warnings to log once logging is possible (unknown override variables).
     pub warnings: Vec<String>,
 }
@@ -65,6 +70,7 @@ pub struct Declared {
     pub(crate) upgrade_signal: Option<&'static str>,
     pub(crate) pid_file: Option<&'static str>,
     pub(crate) manual_ready: bool,
+    pub(crate) keeper: bool,
     pub(crate) listeners: Vec<(&'static str, &'static str, ListenOptions)>,
 }
 
@@ -113,6 +119,18 @@ impl Config {
             Some(v) => Some(PathBuf::from(v)),
             None => declared.pid_file.map(PathBuf::from),
         };
+        let keeper = match get(ENV_KEEPER) {
+            Some(v) => match env_str(ENV_KEEPER, v)?.as_str() {
+                "1" | "true" | "yes" | "on" => Some(true),
+                "0" | "false" | "no" | "off" => Some(false),
+                other => {
+                    return Err(format!(
+                        "{ENV_KEEPER}={other:?}: expected 1 (keeper mode on) or 0 (off)"
+                    ));
+                }
+            },
+            None => declared.keeper.then_some(true),
+        };
         let mut listeners = Vec::new();
         for (name, addr, opts) in &declared.listeners {
             syntax::check_listener_name(name).map_err(|e| e.to_string())?;
@@ -152,6 +170,7 @@ impl Config {
             pid_file,
             manual_ready: declared.manual_ready,
             listeners,
+            keeper,
             warnings,
         })
     }
@@ -199,6 +218,17 @@ mod tests {
         assert_eq!(d.drain_timeout, Duration::from_secs(5));
         assert_eq!(d.ready_timeout, DEFAULT_READY_TIMEOUT);
         assert_eq!(d.upgrade_signal, Signal::SIGUSR2);
+        assert_eq!(d.keeper, None);
+    }
+
+    #[test]
+    fn keeper_from_the_attribute_or_the_environment() {
+        let on = Declared { keeper: true, ..declared() };
+        assert_eq!(Config::resolve(&on, env(&[])).unwrap().keeper, Some(true));
+        let off = Config::resolve(&on, env(&[("HOTEXEC_KEEPER", "0")])).unwrap();
+        assert_eq!(off.keeper, Some(false));
+        let by_env = Config::resolve(&declared(), env(&[("HOTEXEC_KEEPER", "1")])).unwrap();
+        assert_eq!(by_env.keeper, Some(true));
     }
 
     #[test]
@@ -208,6 +238,7 @@ mod tests {
             ("HOTEXEC_READY_TIMEOUT", "5"),
             ("HOTEXEC_UPGRADE_SIGNAL", "SIGKILL"),
             ("HOTEXEC_LISTEN_HTTP", "localhost:80"),
+            ("HOTEXEC_KEEPER", "maybe"),
         ] {
             let e = Config::resolve(&declared(), env(&[(var, value)])).unwrap_err();
             assert!(e.starts_with(var), "{e}");

@@ -3,7 +3,7 @@
 //!
 //! Where to look: [`protocol`] (the hand-over between generations), `inherit.rs` (start-up
 //! checks), `spawn.rs` (fork/exec of the new generation), `upgrade.rs` (the supervisor and its
-//! state machine), `drain.rs` (the drain deadline), `ready.rs`, `pidfile.rs`, `signals.rs`.
+//! state machine), `keeper.rs` (keeper mode), [`control`] (the control socket), `drain.rs` (the drain deadline), `ready.rs`, `pidfile.rs`, `signals.rs`.
 //!
 //! Without the default `process` feature only [`syntax`] is built: the grammar that
 //! `hotexec-macros` checks literals with at compile time.
@@ -18,9 +18,11 @@ macro_rules! process_modules {
 
 process_modules! {
     mod config;
+    pub mod control;
     mod drain;
     mod error;
     mod inherit;
+    mod keeper;
     mod listeners;
     pub mod pidfile;
     pub mod protocol;
@@ -37,7 +39,7 @@ process_modules! {
 #[cfg(feature = "process")]
 pub use crate::{
     config::{
-        DEFAULT_DRAIN_TIMEOUT, DEFAULT_READY_TIMEOUT, ENV_DRAIN_TIMEOUT, ENV_LISTEN_PREFIX,
+        DEFAULT_DRAIN_TIMEOUT, DEFAULT_READY_TIMEOUT, ENV_DRAIN_TIMEOUT, ENV_KEEPER, ENV_LISTEN_PREFIX,
         ENV_PID_FILE, ENV_READY_TIMEOUT, ENV_UPGRADE_SIGNAL,
     },
     error::UpgradeError,

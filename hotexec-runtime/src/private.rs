@@ -58,6 +58,10 @@ impl Builder {
         self.declared.manual_ready = true;
         self
     }
+    pub fn keeper(mut self) -> Self {
+        self.declared.keeper = true;
+        self
+    }
     pub fn listen(mut self, spec: ListenSpec) -> Self {
         self.declared.listeners.push((spec.name, spec.addr, spec.opts));
         self

@@ -11,7 +11,9 @@
 //! | `LISTEN_FDNAMES` | colon-separated names, one per fd (the `name` of each `#[listen]`) |
 //! | `HOTEXEC_READY_FD` | write end of a pipe: the new generation writes [`READY`] to it once its listeners are held and its `main` runs |
 //!
-//! All four are removed from the environment before `main` runs, so nothing the application
+//! | `HOTEXEC_KEEPER_FD` | keeper mode only: this process is a generation under a keeper, and this fd is its channel to the keeper (a `SOCK_SEQPACKET` socket; see [`KEEPER_SERVING`]) |
+//!
+//! All of them are removed from the environment before `main` runs, so nothing the application
 //! spawns sees them.
 
 use std::ffi::OsString;
@@ -26,6 +28,11 @@ pub const LISTEN_FDS: &str = "LISTEN_FDS";
 pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
 /// `HOTEXEC_READY_FD`: the readiness pipe of an upgrade.
 pub const READY_FD: &str = "HOTEXEC_READY_FD";
+/// `HOTEXEC_KEEPER_FD`: the channel to the keeper, in keeper mode. Scrubbed by the keeper module
+/// (it is not part of [`ALL`], which is the systemd hand-over).
+pub const KEEPER_FD: &str = "HOTEXEC_KEEPER_FD";
+/// Message a generation sends to the keeper when it hands over: `serving <new pid>`.
+pub const KEEPER_SERVING: &str = "serving";
 /// Every protocol variable, for scrubbing.
 pub const ALL: [&str; 4] = [LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES, READY_FD];
 

@@ -8,7 +8,7 @@ use crate::error::UpgradeError;
 use crate::listeners::Listeners;
 use crate::shutdown::{Shutdown, ShutdownReason};
 use crate::upgrade::Ctx;
-use crate::{inherit, pidfile, ready, socket};
+use crate::{control, inherit, keeper, pidfile, ready, socket};
 
 static CTX: OnceLock<Arc<Ctx>> = OnceLock::new();
 
@@ -27,7 +27,7 @@ fn fatal(msg: String) -> ! {
 pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> R) -> R {
     // First: the protocol variables, before anything could start a thread.
     let snap = inherit::snapshot();
-    let config = Config::resolve(&declared, std::env::vars_os()).unwrap_or_else(|e| fatal(e));
+    let mut config = Config::resolve(&declared, std::env::vars_os()).unwrap_or_else(|e| fatal(e));
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
@@ -38,6 +38,12 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
         .unwrap_or_else(|e| fatal(format!("cannot resolve the path of this binary: {e}")));
     let argv: Vec<_> = std::env::args_os().collect();
     let pid = std::process::id();
+    match keeper::role(&config, &snap).unwrap_or_else(|e| fatal(e)) {
+        keeper::Role::Keeper => keeper::run(config, &snap, exe, argv),
+        // The pid file names the keeper, which stays: generations leave it alone.
+        keeper::Role::Generation => config.pid_file = None,
+        keeper::Role::Plain => {}
+    }
 
     let adoption = inherit::adopt(&snap, &config.listeners).unwrap_or_else(|e| fatal(e));
     for note in &adoption.notes {
@@ -84,6 +90,9 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
     let ctx = crate::upgrade::start(config, exe, argv, sockets, shutdown.clone())
         .unwrap_or_else(|e| fatal(format!("cannot install signal handling: {e}")));
     let _ = CTX.set(ctx.clone());
+    if let Err(e) = control::start(control::generation_handler()) {
+        tracing::warn!("no control socket ({e}): `hotexec upgrade` cannot reach this process; the upgrade signal still works");
+    }
     tracing::info!(pid, upgraded, "serving");
 
     let result = f(Listeners::new(handed), shutdown.clone());

@@ -210,7 +210,8 @@ impl Supervisor {
         tracing::info!(exe = %self.ctx.exe.display(), "upgrade: starting the new generation");
         let fds: Vec<BorrowedFd<'_>> = self.ctx.sockets.iter().map(|(_, fd)| fd.as_fd()).collect();
         let names: Vec<&str> = self.ctx.sockets.iter().map(|(n, _)| n.as_str()).collect();
-        let child = match spawn::spawn(&self.ctx.exe, &self.ctx.argv, &fds, &names) {
+        let extra = spawn::Extra { keeper: crate::keeper::channel(), new_group: false };
+        let child = match spawn::spawn(&self.ctx.exe, &self.ctx.argv, &fds, &names, extra) {
             Ok(c) => c,
             Err(e) => {
                 let err = UpgradeError::Spawn(e.to_string());
@@ -232,6 +233,7 @@ impl Supervisor {
                         tracing::error!("{e}");
                     }
                 }
+                crate::keeper::handed_over(new_pid);
                 let reason = ShutdownReason::Upgrade { new_pid };
                 self.phase = Phase::Draining(reason);
                 self.ctx.shutdown.trigger(reason);

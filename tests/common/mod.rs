@@ -95,12 +95,33 @@ pub struct App {
     pub addr: SocketAddr,
     pub first: Option<Child>,
     pub pids: Arc<Mutex<Vec<u32>>>,
+    /// The other listeners, each on a free port of its own: (variable, address).
+    pub extra: Vec<(String, SocketAddr)>,
     good_copy: PathBuf,
+}
+
+/// The listeners an example declares besides its main one (each gets a free port, so that
+/// servers started in parallel never collide).
+pub fn extra_listeners(example: &str) -> &'static [&'static str] {
+    match example {
+        "http" => &["HOTEXEC_LISTEN_ADMIN"],
+        _ => &[],
+    }
 }
 
 impl App {
     /// Copies example `name` and starts it on a free port with `env` on top of the defaults.
     pub fn start(name: &str, listener_var: &str, env: &[(&str, &str)]) -> App {
+        App::start_with(name, listener_var, extra_listeners(name), env)
+    }
+
+    /// As [`App::start`], with the variables of the other listeners given.
+    pub fn start_with(
+        name: &str,
+        listener_var: &str,
+        extra_vars: &[&str],
+        env: &[(&str, &str)],
+    ) -> App {
         subreaper();
         let dir = Scratch::new(name);
         let bin = dir.0.join("app");
@@ -121,6 +142,12 @@ impl App {
             .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
             .stderr(logf);
+        let mut extra = Vec::new();
+        for var in extra_vars {
+            let a: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            cmd.env(var, a.to_string());
+            extra.push((var.to_string(), a));
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -134,6 +161,7 @@ impl App {
             addr,
             first: Some(child),
             pids: Arc::new(Mutex::new(vec![pid])),
+            extra,
             good_copy,
         };
         app.wait_pid_file(pid);
@@ -141,6 +169,15 @@ impl App {
             TcpStream::connect(app.addr).ok()
         });
         app
+    }
+
+    /// The address of the listener set by `var` (see [`extra_listeners`]).
+    pub fn listener(&self, var: &str) -> SocketAddr {
+        self.extra
+            .iter()
+            .find(|(v, _)| v == var)
+            .unwrap_or_else(|| panic!("no listener {var}"))
+            .1
     }
 
     pub fn first_pid(&self) -> u32 {
