@@ -104,9 +104,9 @@ fn trigger_reports_success_and_each_failure() {
     let run = cli_upgrade(&app, &["--timeout", "200ms"]);
     assert_eq!(run.code, 3, "{run:?}");
     assert!(run.stderr.contains("within 200ms"), "{run:?}");
-    wait_for(Duration::from_secs(5), "the abandoned attempt to be reaped", || {
-        App::children_of(serving).is_empty().then_some(())
-    });
+    // Failed attempts so far: 2 per failure kind, the busy case's first, and this one.
+    app.wait_log("upgrade failed", 2 * 3 + 2, Duration::from_secs(10));
+    assert!(App::children_of(serving).is_empty(), "{:?}", App::children_of(serving));
 
     // Back to a good binary: the command upgrades again.
     app.replace_binary(None);

@@ -106,6 +106,19 @@ impl Reply {
     }
 }
 
+/// Control connections being served, process-wide.
+static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// Waits (up to `limit`) until no control connection is being served. Called when `main` has
+/// returned: the `upgrade` request that replaced this generation gets its reply before the
+/// process exits.
+pub(crate) fn wait_idle(limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while ACTIVE.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// What a server does with one request line; returns the reply.
 pub(crate) type Handler = Arc<dyn Fn(&str) -> Reply + Send + Sync>;
 
@@ -124,7 +137,6 @@ pub(crate) fn start(handler: Handler) -> io::Result<()> {
     // std creates the socket with SOCK_CLOEXEC: it never crosses an execve.
     let listener = UnixListener::bind_addr(&addr)
         .map_err(|e| io::Error::new(e.kind(), format!("bind @{}: {e}", name(pid))))?;
-    let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new().name("hotexec-control".into()).spawn(move || {
         for conn in listener.incoming() {
             let conn = match conn {
@@ -135,20 +147,20 @@ pub(crate) fn start(handler: Handler) -> io::Result<()> {
                     continue;
                 }
             };
-            if active.fetch_add(1, Ordering::SeqCst) >= MAX_ACTIVE {
-                active.fetch_sub(1, Ordering::SeqCst);
+            if ACTIVE.fetch_add(1, Ordering::SeqCst) >= MAX_ACTIVE {
+                ACTIVE.fetch_sub(1, Ordering::SeqCst);
                 let _ = reply(&conn, &Reply::error("busy", "too many control connections"));
                 continue;
             }
-            let (h, a) = (handler.clone(), active.clone());
+            let h = handler.clone();
             let spawned = std::thread::Builder::new()
                 .name("hotexec-control-conn".into())
                 .spawn(move || {
                     serve(conn, &h);
-                    a.fetch_sub(1, Ordering::SeqCst);
+                    ACTIVE.fetch_sub(1, Ordering::SeqCst);
                 });
             if let Err(e) = spawned {
-                active.fetch_sub(1, Ordering::SeqCst);
+                ACTIVE.fetch_sub(1, Ordering::SeqCst);
                 tracing::warn!("control socket: cannot start a thread: {e}");
             }
         }

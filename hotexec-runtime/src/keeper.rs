@@ -206,9 +206,6 @@ pub(crate) fn run(config: Config, snap: &Snapshot, exe: PathBuf, argv: Vec<OsStr
             passed.push((unsafe { OwnedFd::from_raw_fd(fd) }, name.unwrap_or_default()));
         }
     }
-    if let Some(p) = &config.pid_file {
-        pidfile::write(p, pid).unwrap_or_else(|e| fatal(e.to_string()));
-    }
     let fds: Vec<BorrowedFd<'_>> = passed.iter().map(|(fd, _)| fd.as_fd()).collect();
     let names: Vec<&str> = passed.iter().map(|(_, n)| n.as_str()).collect();
     let extra = spawn::Extra { keeper: Some(theirs.as_fd()), new_group: true };
@@ -233,6 +230,10 @@ pub(crate) fn run(config: Config, snap: &Snapshot, exe: PathBuf, argv: Vec<OsStr
     });
     if let Err(e) = control::start(relay) {
         tracing::warn!("keeper: no control socket ({e}); signals still work");
+    }
+    // Once signals are handled and the control socket is up: whoever reads it can upgrade.
+    if let Some(p) = &config.pid_file {
+        pidfile::write(p, pid).unwrap_or_else(|e| fatal(e.to_string()));
     }
 
     Keeper {

@@ -79,11 +79,6 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
         handed.push((decl.name.clone(), addr, user, was_inherited));
         sockets.push((decl.name.clone(), fd));
     }
-    // The new generation of an upgrade leaves the pid file to the old one, which writes it
-    // only once this process has reported ready.
-    if let (Some(p), false) = (&config.pid_file, upgraded) {
-        pidfile::write(p, pid).unwrap_or_else(|e| fatal(e.to_string()));
-    }
     let shutdown = Shutdown::new().unwrap_or_else(|e| fatal(format!("shutdown pipe: {e}")));
     ready::arm(adoption.ready_fd, config.manual_ready);
     let pid_file = config.pid_file.clone();
@@ -93,11 +88,19 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
     if let Err(e) = control::start(control::generation_handler()) {
         tracing::warn!("no control socket ({e}): `hotexec upgrade` cannot reach this process; the upgrade signal still works");
     }
+    // Written once the signal handlers and the control socket are in place, so whoever reads
+    // the pid can upgrade at once. The new generation of an upgrade leaves the pid file to the
+    // old one, which writes it only once this process has reported ready.
+    if let (Some(p), false) = (&pid_file, upgraded) {
+        pidfile::write(p, pid).unwrap_or_else(|e| fatal(e.to_string()));
+    }
     tracing::info!(pid, upgraded, "serving");
 
     let result = f(Listeners::new(handed), shutdown.clone());
 
     ctx.kill_pending();
+    // The request that replaced this generation (`hotexec upgrade`) gets its answer first.
+    control::wait_idle(std::time::Duration::from_secs(2));
     if !matches!(shutdown.reason(), Some(ShutdownReason::Upgrade { .. })) {
         if let Some(p) = &pid_file {
             pidfile::remove_if_ours(p, pid);

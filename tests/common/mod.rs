@@ -151,7 +151,18 @@ impl App {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().unwrap();
+        // ETXTBSY: a child forked meanwhile by another test thread may still hold the copy open
+        // for writing until it execs; that passes within milliseconds.
+        let mut tries = 0;
+        let child = loop {
+            match cmd.spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 200 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                r => break r.unwrap(),
+            }
+        };
         let pid = child.id();
         let app = App {
             dir,
