@@ -59,7 +59,11 @@ async fn main(listeners: hotexec::Listeners, shutdown: hotexec::Shutdown) -> std
     let listener = listeners.take_tokio_tcp("http")?;
     tracing::info!(pid = std::process::id(), addr = %listener.local_addr()?, "http example serving");
     let drain = Arc::new(Drain::default());
-    admin::spawn(listeners.take_tokio_tcp("admin")?, shutdown.clone(), drain.clone());
+    admin::spawn(
+        listeners.take_tokio_tcp("admin")?,
+        shutdown.clone(),
+        drain.clone(),
+    );
     let mut shutdown = shutdown;
     let reason = loop {
         tokio::select! {
@@ -165,7 +169,11 @@ mod admin {
 
     /// Serves the admin listener until shutdown. Its connections count in `drain.open`, so the
     /// old generation answers the `POST /upgrade` that replaced it before it exits.
-    pub fn spawn(listener: tokio::net::TcpListener, shutdown: hotexec::Shutdown, drain: Arc<Drain>) {
+    pub fn spawn(
+        listener: tokio::net::TcpListener,
+        shutdown: hotexec::Shutdown,
+        drain: Arc<Drain>,
+    ) {
         tokio::spawn(async move {
             let mut shutdown = shutdown;
             loop {
@@ -196,11 +204,20 @@ mod admin {
                 // `upgrade()` blocks until the new generation is ready or has failed.
                 match tokio::task::spawn_blocking(hotexec::upgrade).await {
                     Ok(Ok(pid)) => (StatusCode::OK, format!("upgraded: new pid {pid}\n")),
-                    Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("upgrade failed: {e}\n")),
-                    Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("upgrade failed: {e}\n")),
+                    Ok(Err(e)) => (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("upgrade failed: {e}\n"),
+                    ),
+                    Err(e) => (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("upgrade failed: {e}\n"),
+                    ),
                 }
             }
-            (_, "/upgrade") => (StatusCode::METHOD_NOT_ALLOWED, "use POST /upgrade\n".to_string()),
+            (_, "/upgrade") => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "use POST /upgrade\n".to_string(),
+            ),
             _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
         };
         let mut r = Response::new(Full::new(Bytes::from(body)));

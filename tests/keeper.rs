@@ -28,12 +28,14 @@ fn serving(app: &App) -> u32 {
 
 /// Waits until a generation other than `old` answers; returns it.
 fn wait_new_generation(app: &App, old: u32) -> u32 {
-    let pid = wait_for(Duration::from_secs(10), "a new generation to answer", || {
-        match get(app.addr, "/", Duration::from_secs(5)) {
+    let pid = wait_for(
+        Duration::from_secs(10),
+        "a new generation to answer",
+        || match get(app.addr, "/", Duration::from_secs(5)) {
             Outcome::Ok { pid } if pid != old => Some(pid),
             _ => None,
-        }
-    });
+        },
+    );
     app.track(pid);
     pid
 }
@@ -44,20 +46,32 @@ fn signal(pid: u32, sig: Signal) {
 
 /// No zombie among the keeper's children, and only `generation` left once the old ones drained.
 fn wait_only_child(keeper: u32, generation: u32) {
-    wait_for(Duration::from_secs(15), "old generations to be reaped", || {
-        let kids = App::children_of(keeper);
-        (kids == vec![(generation, kids.first().map_or('?', |k| k.1))] && kids[0].1 != 'Z')
-            .then_some(())
-    });
+    wait_for(
+        Duration::from_secs(15),
+        "old generations to be reaped",
+        || {
+            let kids = App::children_of(keeper);
+            (kids == vec![(generation, kids.first().map_or('?', |k| k.1))] && kids[0].1 != 'Z')
+                .then_some(())
+        },
+    );
 }
 
 #[test]
 fn keeper_pid_is_unchanged_across_upgrades_under_load() {
-    let mut app = App::start("http", HTTP, &[("HOTEXEC_KEEPER", "1"), ("HTTP_CLOSE_GRACE", "200ms")]);
+    let mut app = App::start(
+        "http",
+        HTTP,
+        &[("HOTEXEC_KEEPER", "1"), ("HTTP_CLOSE_GRACE", "200ms")],
+    );
     let keeper = app.first_pid();
     let mut current = serving(&app);
     assert_ne!(current, keeper, "the keeper serves nothing itself");
-    assert_eq!(app.pid_in_file(), Some(keeper), "the pid file names the keeper");
+    assert_eq!(
+        app.pid_in_file(),
+        Some(keeper),
+        "the pid file names the keeper"
+    );
     let load = Load::start(app.addr, 6);
     std::thread::sleep(Duration::from_millis(300));
     let mut generations = vec![current];
@@ -95,7 +109,11 @@ fn keeper_pid_is_unchanged_across_upgrades_under_load() {
     // Every old generation was reaped by the keeper: no zombie, only the serving one is left.
     wait_only_child(keeper, current);
     for old in &generations[..generations.len() - 1] {
-        assert!(stat(*old).is_none(), "old generation {old} still exists: {:?}", stat(*old));
+        assert!(
+            stat(*old).is_none(),
+            "old generation {old} still exists: {:?}",
+            stat(*old)
+        );
     }
     assert!(App::children_of(current).is_empty());
 
@@ -106,7 +124,11 @@ fn keeper_pid_is_unchanged_across_upgrades_under_load() {
     assert!(!alive(current));
     assert!(!app.pid_file.exists(), "the keeper removes its pid file");
     let log = app.log_text();
-    assert_eq!(log.matches("stopping: draining").count(), 1, "one SIGTERM reached the generation");
+    assert_eq!(
+        log.matches("stopping: draining").count(),
+        1,
+        "one SIGTERM reached the generation"
+    );
 }
 
 #[test]
@@ -135,9 +157,16 @@ fn keeper_exits_with_the_status_of_the_last_generation() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let st = wait_for(Duration::from_secs(10), "the keeper to exit", || child.try_wait().unwrap());
+    let st = wait_for(Duration::from_secs(10), "the keeper to exit", || {
+        child.try_wait().unwrap()
+    });
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert_eq!(st.code(), Some(1), "{err}");
     assert!(err.contains("cannot listen"), "{err}");
 }
@@ -206,14 +235,21 @@ fn ctrl_c_in_a_terminal_stops_the_serving_generation() {
         (std::fs::read_to_string(&pid_file).ok()?.trim() == keeper.to_string()).then_some(())
     });
     let pid_of = || {
-        wait_for(Duration::from_secs(10), "a generation to answer", || match get(addr, "/", Duration::from_secs(5)) {
-            Outcome::Ok { pid } => Some(pid),
-            _ => None,
-        })
+        wait_for(
+            Duration::from_secs(10),
+            "a generation to answer",
+            || match get(addr, "/", Duration::from_secs(5)) {
+                Outcome::Ok { pid } => Some(pid),
+                _ => None,
+            },
+        )
     };
     let first = pid_of();
     guard.1 = Some(KillGroup(first));
-    assert_ne!(first, keeper, "keeper mode is on by itself in the foreground of a terminal");
+    assert_ne!(
+        first, keeper,
+        "keeper mode is on by itself in the foreground of a terminal"
+    );
     kill(Pid::from_raw(keeper as i32), Signal::SIGUSR2).unwrap();
     let second = wait_for(Duration::from_secs(10), "the upgrade", || {
         match get(addr, "/", Duration::from_secs(5)) {
@@ -221,21 +257,33 @@ fn ctrl_c_in_a_terminal_stops_the_serving_generation() {
             _ => None,
         }
     });
-    wait_for(Duration::from_secs(10), "generation 1 to exit", || (!alive(first)).then_some(()));
-    // The new generation writes to the same terminal.
-    wait_for(Duration::from_secs(5), "the new generation's log on the terminal", || {
-        terminal()
-            .lines()
-            .any(|l| l.contains("http example serving") && l.contains(&second.to_string()))
-            .then_some(())
+    wait_for(Duration::from_secs(10), "generation 1 to exit", || {
+        (!alive(first)).then_some(())
     });
+    // The new generation writes to the same terminal.
+    wait_for(
+        Duration::from_secs(5),
+        "the new generation's log on the terminal",
+        || {
+            terminal()
+                .lines()
+                .any(|l| l.contains("http example serving") && l.contains(&second.to_string()))
+                .then_some(())
+        },
+    );
 
     master.write_all(b"\x03").unwrap(); // Ctrl-C
-    let st = wait_for(Duration::from_secs(15), "the keeper to exit", || child.try_wait().unwrap());
+    let st = wait_for(Duration::from_secs(15), "the keeper to exit", || {
+        child.try_wait().unwrap()
+    });
     let text = terminal();
     assert_eq!(st.code(), Some(0), "{text}");
     assert!(!alive(second), "the serving generation stopped");
-    assert_eq!(text.matches("stopping: draining").count(), 1, "one SIGINT reached it:\n{text}");
+    assert_eq!(
+        text.matches("stopping: draining").count(),
+        1,
+        "one SIGINT reached it:\n{text}"
+    );
     assert!(!text.contains("second stop signal"), "{text}");
     guard.0 = 0;
 }
@@ -260,7 +308,13 @@ fn openpty() -> (std::fs::File, std::fs::File) {
     // SAFETY: openpty writes two fds into the integers given; name, termios and winsize are null
     // (defaults). The fds are owned right after.
     let r = unsafe {
-        libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), std::ptr::null())
+        libc::openpty(
+            &mut m,
+            &mut s,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
     };
     assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
     // SAFETY: both were just opened by openpty and are owned by nothing else.

@@ -36,7 +36,10 @@ fn trigger_reports_success_and_each_failure() {
     app.track(new);
     assert_ne!(new, before);
     assert_eq!(app.pid_in_file(), Some(new));
-    assert_eq!(get(app.addr, "/", Duration::from_secs(5)), Outcome::Ok { pid: new });
+    assert_eq!(
+        get(app.addr, "/", Duration::from_secs(5)),
+        Outcome::Ok { pid: new }
+    );
 
     // Success through the admin endpoint (hotexec::upgrade() in the serving process).
     let (status, body) = admin_upgrade(&app);
@@ -47,15 +50,25 @@ fn trigger_reports_success_and_each_failure() {
         .unwrap_or_else(|| panic!("body {body:?}"));
     app.track(serving);
     assert_eq!(app.pid_in_file(), Some(serving));
-    assert_eq!(get(app.addr, "/", Duration::from_secs(5)), Outcome::Ok { pid: serving });
-    wait_for(Duration::from_secs(15), "the old generations to exit", || {
-        (!alive(before) && !alive(new)).then_some(())
-    });
+    assert_eq!(
+        get(app.addr, "/", Duration::from_secs(5)),
+        Outcome::Ok { pid: serving }
+    );
+    wait_for(
+        Duration::from_secs(15),
+        "the old generations to exit",
+        || (!alive(before) && !alive(new)).then_some(()),
+    );
 
     // Each failure kind, through both triggers: the reason comes back, the server is untouched.
     type Break = fn(&App);
     let cases: [(&str, Break, &str, &str); 3] = [
-        ("removed binary", |a| a.remove_binary(), "exec", "No such file"),
+        (
+            "removed binary",
+            |a| a.remove_binary(),
+            "exec",
+            "No such file",
+        ),
         (
             "exits before ready",
             |a| a.replace_binary(Some("#!/bin/sh\nexit 3\n")),
@@ -73,7 +86,10 @@ fn trigger_reports_success_and_each_failure() {
         break_it(&app);
         let (status, body) = admin_upgrade(&app);
         assert_eq!(status, 500, "{what}: {body}");
-        assert!(body.contains(reason), "{what}: admin said {body:?}, expected {reason:?}");
+        assert!(
+            body.contains(reason),
+            "{what}: admin said {body:?}, expected {reason:?}"
+        );
         let run = cli_upgrade(&app, &[]);
         assert_eq!(run.code, 1, "{what}: {run:?}");
         assert!(
@@ -81,19 +97,27 @@ fn trigger_reports_success_and_each_failure() {
             "{what}: {run:?}"
         );
         assert_eq!(app.pid_in_file(), Some(serving), "{what}: pid file changed");
-        assert!(App::children_of(serving).is_empty(), "{what}: {:?}", App::children_of(serving));
+        assert!(
+            App::children_of(serving).is_empty(),
+            "{what}: {:?}",
+            App::children_of(serving)
+        );
     }
 
     // Busy: while an upgrade runs (the binary hangs until the 1 s ready timeout), a second
     // request is refused at once, through either trigger.
     let pid_file = app.pid_file.to_str().unwrap().to_string();
-    let first = std::thread::spawn(move || hotexec_cli(&["upgrade", "--pid-file", &pid_file], LIMIT));
+    let first =
+        std::thread::spawn(move || hotexec_cli(&["upgrade", "--pid-file", &pid_file], LIMIT));
     wait_for(Duration::from_secs(5), "the upgrade to start", || {
         (!App::children_of(serving).is_empty()).then_some(())
     });
     let run = cli_upgrade(&app, &[]);
     assert_eq!(run.code, 5, "{run:?}");
-    assert!(run.stderr.contains("an upgrade is already running"), "{run:?}");
+    assert!(
+        run.stderr.contains("an upgrade is already running"),
+        "{run:?}"
+    );
     let (status, body) = admin_upgrade(&app);
     assert_eq!(status, 500);
     assert!(body.contains("an upgrade is already running"), "{body}");
@@ -106,7 +130,11 @@ fn trigger_reports_success_and_each_failure() {
     assert!(run.stderr.contains("within 200ms"), "{run:?}");
     // Failed attempts so far: 2 per failure kind, the busy case's first, and this one.
     app.wait_log("upgrade failed", 2 * 3 + 2, Duration::from_secs(10));
-    assert!(App::children_of(serving).is_empty(), "{:?}", App::children_of(serving));
+    assert!(
+        App::children_of(serving).is_empty(),
+        "{:?}",
+        App::children_of(serving)
+    );
 
     // Back to a good binary: the command upgrades again.
     app.replace_binary(None);
@@ -117,7 +145,11 @@ fn trigger_reports_success_and_each_failure() {
     std::thread::sleep(Duration::from_millis(300));
     let results = load.finish();
     let failed = failures(&results);
-    eprintln!("trigger: {} requests during the test, {} failed", results.len(), failed.len());
+    eprintln!(
+        "trigger: {} requests during the test, {} failed",
+        results.len(),
+        failed.len()
+    );
     assert!(failed.is_empty(), "{:?}", &failed[..failed.len().min(10)]);
     assert!(results.iter().any(|(_, o)| *o == Outcome::Ok { pid: last }));
 }
@@ -140,8 +172,17 @@ fn command_usage_and_unreachable_servers() {
     }
     let help = hotexec_cli(&["--help"], LIMIT);
     assert_eq!(help.code, 0);
-    for code in ["0  upgraded", "1  the upgrade failed", "3  no outcome", "4  cannot reach", "5  busy"] {
-        assert!(help.stdout.contains(code), "--help must document exit code {code:?}");
+    for code in [
+        "0  upgraded",
+        "1  the upgrade failed",
+        "3  no outcome",
+        "4  cannot reach",
+        "5  busy",
+    ] {
+        assert!(
+            help.stdout.contains(code),
+            "--help must document exit code {code:?}"
+        );
     }
     // Unreachable: 4. A missing pid file, a pid file without a pid, a process that is no
     // hotexec server (this test process has no control socket).

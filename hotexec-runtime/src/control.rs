@@ -78,7 +78,10 @@ impl Reply {
 
     /// An `error` reply; newlines in `reason` are flattened to keep it one line.
     pub fn error(kind: &str, reason: impl Into<String>) -> Reply {
-        Reply::Error { kind: kind.to_owned(), reason: reason.into().replace('\n', " ") }
+        Reply::Error {
+            kind: kind.to_owned(),
+            reason: reason.into().replace('\n', " "),
+        }
     }
 
     /// The reply line, without its newline.
@@ -102,7 +105,9 @@ impl Reply {
             let (kind, reason) = rest.split_once(' ').unwrap_or((rest, ""));
             return Ok(Reply::error(kind, reason));
         }
-        Err(format!("malformed reply {line:?}: expected `ok <pid>` or `error <kind> <reason>`"))
+        Err(format!(
+            "malformed reply {line:?}: expected `ok <pid>` or `error <kind> <reason>`"
+        ))
     }
 }
 
@@ -126,7 +131,10 @@ pub(crate) type Handler = Arc<dyn Fn(&str) -> Reply + Send + Sync>;
 pub(crate) fn generation_handler() -> Handler {
     Arc::new(|request| match request {
         "upgrade" => Reply::from_upgrade(crate::start::upgrade()),
-        other => Reply::error("bad-request", format!("unknown request {other:?}: expected `upgrade`")),
+        other => Reply::error(
+            "bad-request",
+            format!("unknown request {other:?}: expected `upgrade`"),
+        ),
     })
 }
 
@@ -137,34 +145,36 @@ pub(crate) fn start(handler: Handler) -> io::Result<()> {
     // std creates the socket with SOCK_CLOEXEC: it never crosses an execve.
     let listener = UnixListener::bind_addr(&addr)
         .map_err(|e| io::Error::new(e.kind(), format!("bind @{}: {e}", name(pid))))?;
-    std::thread::Builder::new().name("hotexec-control".into()).spawn(move || {
-        for conn in listener.incoming() {
-            let conn = match conn {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!("control socket: accept: {e}");
-                    std::thread::sleep(Duration::from_millis(50));
+    std::thread::Builder::new()
+        .name("hotexec-control".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let conn = match conn {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!("control socket: accept: {e}");
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    }
+                };
+                if ACTIVE.fetch_add(1, Ordering::SeqCst) >= MAX_ACTIVE {
+                    ACTIVE.fetch_sub(1, Ordering::SeqCst);
+                    let _ = reply(&conn, &Reply::error("busy", "too many control connections"));
                     continue;
                 }
-            };
-            if ACTIVE.fetch_add(1, Ordering::SeqCst) >= MAX_ACTIVE {
-                ACTIVE.fetch_sub(1, Ordering::SeqCst);
-                let _ = reply(&conn, &Reply::error("busy", "too many control connections"));
-                continue;
-            }
-            let h = handler.clone();
-            let spawned = std::thread::Builder::new()
-                .name("hotexec-control-conn".into())
-                .spawn(move || {
-                    serve(conn, &h);
+                let h = handler.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("hotexec-control-conn".into())
+                    .spawn(move || {
+                        serve(conn, &h);
+                        ACTIVE.fetch_sub(1, Ordering::SeqCst);
+                    });
+                if let Err(e) = spawned {
                     ACTIVE.fetch_sub(1, Ordering::SeqCst);
-                });
-            if let Err(e) = spawned {
-                ACTIVE.fetch_sub(1, Ordering::SeqCst);
-                tracing::warn!("control socket: cannot start a thread: {e}");
+                    tracing::warn!("control socket: cannot start a thread: {e}");
+                }
             }
-        }
-    })?;
+        })?;
     tracing::debug!(socket = %format!("@{}", name(pid)), "control socket listening");
     Ok(())
 }
@@ -180,8 +190,18 @@ fn serve(conn: UnixStream, handler: &Handler) {
     match peer {
         Ok(c) if c.uid() == me || c.uid() == 0 => {}
         Ok(c) => {
-            tracing::warn!(peer_pid = c.pid(), peer_uid = c.uid(), "control socket: request from another user refused");
-            let _ = reply(&conn, &Reply::error("refused", "only the same user or root may control this process"));
+            tracing::warn!(
+                peer_pid = c.pid(),
+                peer_uid = c.uid(),
+                "control socket: request from another user refused"
+            );
+            let _ = reply(
+                &conn,
+                &Reply::error(
+                    "refused",
+                    "only the same user or root may control this process",
+                ),
+            );
             return;
         }
         Err(e) => {
@@ -212,15 +232,31 @@ fn read_line(mut conn: &UnixStream, deadline: Instant) -> io::Result<String> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "no complete line in time"));
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no complete line in time",
+            ));
         }
         conn.set_read_timeout(Some(left))?;
         let n = match conn.read(&mut chunk) {
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before a complete line")),
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed before a complete line",
+                ));
+            }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "no complete line in time"));
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no complete line in time",
+                ));
             }
             Err(e) => return Err(e),
         };
@@ -276,7 +312,9 @@ pub fn request(pid: u32, request: &str, timeout: Duration) -> Result<Reply, Requ
     match read_line(&conn, deadline) {
         Ok(line) => Reply::parse(&line).map_err(RequestError::Protocol),
         Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(RequestError::Timeout(timeout)),
-        Err(e) => Err(RequestError::Protocol(format!("{sock}: reading the reply: {e}"))),
+        Err(e) => Err(RequestError::Protocol(format!(
+            "{sock}: reading the reply: {e}"
+        ))),
     }
 }
 
@@ -296,10 +334,22 @@ mod tests {
         assert!(Reply::parse("ok x").is_err());
         assert!(Reply::parse("hello").is_err());
         assert_eq!(
-            Reply::from_upgrade(Err(UpgradeError::ReadyTimeout { pid: 7, timeout: Duration::from_secs(1) })),
-            Reply::error("ready-timeout", "new process 7 did not report ready within 1s; it was killed")
+            Reply::from_upgrade(Err(UpgradeError::ReadyTimeout {
+                pid: 7,
+                timeout: Duration::from_secs(1)
+            })),
+            Reply::error(
+                "ready-timeout",
+                "new process 7 did not report ready within 1s; it was killed"
+            )
         );
-        assert_eq!(Reply::error("x", "a\nb"), Reply::Error { kind: "x".into(), reason: "a b".into() });
+        assert_eq!(
+            Reply::error("x", "a\nb"),
+            Reply::Error {
+                kind: "x".into(),
+                reason: "a b".into()
+            }
+        );
     }
 
     /// A real socket in this process: the handler's reply reaches the client, a request that
@@ -317,7 +367,10 @@ mod tests {
         }))
         .unwrap();
         let me = std::process::id();
-        assert_eq!(request(me, "upgrade", Duration::from_secs(5)).unwrap(), Reply::Ok(4242));
+        assert_eq!(
+            request(me, "upgrade", Duration::from_secs(5)).unwrap(),
+            Reply::Ok(4242)
+        );
         assert_eq!(
             request(me, "what", Duration::from_secs(5)).unwrap(),
             Reply::error("bad-request", "what")
@@ -332,14 +385,22 @@ mod tests {
             Err(RequestError::Unreachable(_))
         ));
         // The socket does not survive an exec: it is close-on-exec.
-        let fds: Vec<_> = std::fs::read_dir("/proc/self/fd").unwrap().flatten().collect();
+        let fds: Vec<_> = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .collect();
         for fd in fds {
-            let Ok(n) = fd.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let Ok(n) = fd.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
             let target = std::fs::read_link(fd.path()).unwrap_or_default();
             if target.to_string_lossy().starts_with("socket:") {
                 // SAFETY: F_GETFD only reads the flags of a number; a closed one gives -1.
                 let flags = unsafe { libc::fcntl(n, libc::F_GETFD) };
-                assert!(flags < 0 || flags & libc::FD_CLOEXEC != 0, "socket fd {n} is not CLOEXEC");
+                assert!(
+                    flags < 0 || flags & libc::FD_CLOEXEC != 0,
+                    "socket fd {n} is not CLOEXEC"
+                );
             }
         }
     }

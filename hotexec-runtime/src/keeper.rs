@@ -61,7 +61,9 @@ fn take_at_start() {
 /// Mutates the environment: no other thread may be reading or writing it.
 unsafe fn take() {
     TAKEN.call_once(|| {
-        let Some(value) = std::env::var_os(KEEPER_FD) else { return };
+        let Some(value) = std::env::var_os(KEEPER_FD) else {
+            return;
+        };
         // SAFETY: guaranteed by the caller.
         unsafe { std::env::remove_var(KEEPER_FD) };
         match adopt(&value) {
@@ -82,15 +84,26 @@ fn adopt(value: &OsString) -> Result<OwnedFd, String> {
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| refuse("expected a decimal fd number".into()))?;
     if fd < FDS_START {
-        return Err(refuse("not a usable fd number (it must be 3 or more)".into()));
+        return Err(refuse(
+            "not a usable fd number (it must be 3 or more)".into(),
+        ));
     }
     // SAFETY: only inspected with getsockopt while nothing in this process owns the number;
     // EBADF is reported as "not open".
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     match socket::getsockopt(&borrowed, sockopt::SockType) {
         Ok(SockType::SeqPacket) => {}
-        Ok(other) => return Err(refuse(format!("fd {fd} is a {other:?} socket, not the keeper's SOCK_SEQPACKET channel"))),
-        Err(e) => return Err(refuse(format!("fd {fd} is not an open socket ({})", e.desc()))),
+        Ok(other) => {
+            return Err(refuse(format!(
+                "fd {fd} is a {other:?} socket, not the keeper's SOCK_SEQPACKET channel"
+            )));
+        }
+        Err(e) => {
+            return Err(refuse(format!(
+                "fd {fd} is not an open socket ({})",
+                e.desc()
+            )));
+        }
     }
     // SAFETY: checked open above; the variable hands it to this process, and nothing else in it
     // has taken this number (it is above the listening fds and the readiness pipe).
@@ -109,8 +122,16 @@ pub(crate) fn channel() -> Option<BorrowedFd<'static>> {
 pub(crate) fn handed_over(new_pid: u32) {
     if let Some(fd) = CHANNEL.get() {
         let msg = format!("{KEEPER_SERVING} {new_pid}");
-        if let Err(e) = socket::send(std::os::fd::AsRawFd::as_raw_fd(fd), msg.as_bytes(), MsgFlags::MSG_NOSIGNAL) {
-            tracing::error!(new_pid, "could not tell the keeper which generation serves: {}", e.desc());
+        if let Err(e) = socket::send(
+            std::os::fd::AsRawFd::as_raw_fd(fd),
+            msg.as_bytes(),
+            MsgFlags::MSG_NOSIGNAL,
+        ) {
+            tracing::error!(
+                new_pid,
+                "could not tell the keeper which generation serves: {}",
+                e.desc()
+            );
         }
     }
 }
@@ -147,7 +168,9 @@ pub(crate) fn role(config: &Config, snap: &Snapshot) -> Result<Role, String> {
     if snap.ready_fd.is_some() {
         // Started by an upgrade from a process without a keeper: the supervisor tracks the old
         // pid already, and a keeper cannot be put in between now.
-        tracing::warn!("keeper mode is on, but this process was started by an upgrade from a process without a keeper: it serves directly; the keeper starts with the next fresh start");
+        tracing::warn!(
+            "keeper mode is on, but this process was started by an upgrade from a process without a keeper: it serves directly; the keeper starts with the next fresh start"
+        );
         return Ok(Role::Plain);
     }
     Ok(Role::Keeper)
@@ -181,16 +204,31 @@ pub(crate) fn run(config: Config, snap: &Snapshot, exe: PathBuf, argv: Vec<OsStr
     if pid != 1 {
         // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes integer arguments and touches no memory.
         if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-            fatal(format!("prctl(PR_SET_CHILD_SUBREAPER): {}", std::io::Error::last_os_error()));
+            fatal(format!(
+                "prctl(PR_SET_CHILD_SUBREAPER): {}",
+                std::io::Error::last_os_error()
+            ));
         }
     }
-    let (mine, theirs) = socket::socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
-        .unwrap_or_else(|e| fatal(format!("socketpair(AF_UNIX, SOCK_SEQPACKET): {}", e.desc())));
-    let mut forwarded = vec![config.upgrade_signal, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT];
+    let (mine, theirs) = socket::socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .unwrap_or_else(|e| fatal(format!("socketpair(AF_UNIX, SOCK_SEQPACKET): {}", e.desc())));
+    let mut forwarded = vec![
+        config.upgrade_signal,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ];
     forwarded.dedup();
     let mut handled = forwarded.clone();
     handled.push(Signal::SIGCHLD);
-    let sig_r = signals::install(&handled).unwrap_or_else(|e| fatal(format!("signal handling: {e}")));
+    let sig_r =
+        signals::install(&handled).unwrap_or_else(|e| fatal(format!("signal handling: {e}")));
 
     // Sockets handed to the keeper itself (systemd socket activation) go on to generation 1.
     let mut passed: Vec<(OwnedFd, String)> = Vec::new();
@@ -203,20 +241,36 @@ pub(crate) fn run(config: Config, snap: &Snapshot, exe: PathBuf, argv: Vec<OsStr
             }
             // SAFETY: open (checked above) and handed to this process by LISTEN_PID; each
             // number appears once in the hand-over.
-            passed.push((unsafe { OwnedFd::from_raw_fd(fd) }, name.unwrap_or_default()));
+            passed.push((
+                unsafe { OwnedFd::from_raw_fd(fd) },
+                name.unwrap_or_default(),
+            ));
         }
     }
     let fds: Vec<BorrowedFd<'_>> = passed.iter().map(|(fd, _)| fd.as_fd()).collect();
     let names: Vec<&str> = passed.iter().map(|(_, n)| n.as_str()).collect();
-    let extra = spawn::Extra { keeper: Some(theirs.as_fd()), new_group: true };
-    let child = spawn::spawn(&exe, &argv, &fds, &names, extra)
-        .unwrap_or_else(|e| fatal(format!("cannot start generation 1 ({}): {e}", exe.display())));
+    let extra = spawn::Extra {
+        keeper: Some(theirs.as_fd()),
+        new_group: true,
+    };
+    let child = spawn::spawn(&exe, &argv, &fds, &names, extra).unwrap_or_else(|e| {
+        fatal(format!(
+            "cannot start generation 1 ({}): {e}",
+            exe.display()
+        ))
+    });
     drop(fds);
     drop(passed);
     drop(theirs);
     // Read only when there is something: the keeper's loop must never block on it.
-    let _ = nix::fcntl::fcntl(&child.ready_r, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
-    tracing::info!(generation = child.pid.as_raw(), "keeper: started generation 1");
+    let _ = nix::fcntl::fcntl(
+        &child.ready_r,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    );
+    tracing::info!(
+        generation = child.pid.as_raw(),
+        "keeper: started generation 1"
+    );
 
     let serving = Arc::new(AtomicI32::new(child.pid.as_raw()));
     let relay_to = serving.clone();
@@ -225,7 +279,10 @@ pub(crate) fn run(config: Config, snap: &Snapshot, exe: PathBuf, argv: Vec<OsStr
         let target = relay_to.load(Ordering::SeqCst) as u32;
         match control::request(target, request, relay_timeout) {
             Ok(r) => r,
-            Err(e) => Reply::error("unreachable", format!("the keeper could not reach the serving generation {target}: {e}")),
+            Err(e) => Reply::error(
+                "unreachable",
+                format!("the keeper could not reach the serving generation {target}: {e}"),
+            ),
         }
     });
     if let Err(e) = control::start(relay) {
@@ -303,20 +360,31 @@ impl Keeper {
                 if kill(Pid::from_raw(target), None) == Err(Errno::ESRCH) {
                     self.read_channel();
                     if self.serving.load(Ordering::SeqCst) == target {
-                        tracing::error!(generation = target, "keeper: the serving generation is gone (reaped by the generation it replaced)");
-                        ending = Some((1, Instant::now() + self.drain_timeout + Duration::from_secs(5)));
+                        tracing::error!(
+                            generation = target,
+                            "keeper: the serving generation is gone (reaped by the generation it replaced)"
+                        );
+                        ending = Some((
+                            1,
+                            Instant::now() + self.drain_timeout + Duration::from_secs(5),
+                        ));
                     }
                 }
             }
             if let Some((code, wait_until)) = ending {
                 if !children_left || Instant::now() >= wait_until {
                     if children_left {
-                        tracing::warn!("keeper: exiting with generations still running (drain timeout passed)");
+                        tracing::warn!(
+                            "keeper: exiting with generations still running (drain timeout passed)"
+                        );
                     }
                     if let Some(p) = &self.pid_file {
                         pidfile::remove_if_ours(p, std::process::id());
                     }
-                    tracing::info!(code, "keeper: the serving generation has exited; exiting with its status");
+                    tracing::info!(
+                        code,
+                        "keeper: the serving generation has exited; exiting with its status"
+                    );
                     std::process::exit(code);
                 }
             }
@@ -336,8 +404,15 @@ impl Keeper {
                         self.read_channel();
                         if self.serving.load(Ordering::SeqCst) == serving {
                             let code = exit_code(status);
-                            tracing::info!(generation = serving, ?status, "keeper: the serving generation exited");
-                            *ending = Some((code, Instant::now() + self.drain_timeout + Duration::from_secs(5)));
+                            tracing::info!(
+                                generation = serving,
+                                ?status,
+                                "keeper: the serving generation exited"
+                            );
+                            *ending = Some((
+                                code,
+                                Instant::now() + self.drain_timeout + Duration::from_secs(5),
+                            ));
                             continue;
                         }
                     }
@@ -358,7 +433,11 @@ impl Keeper {
         let Some(c) = &self.channel else { return };
         let mut buf = [0u8; 128];
         loop {
-            match socket::recv(std::os::fd::AsRawFd::as_raw_fd(c), &mut buf, MsgFlags::MSG_DONTWAIT) {
+            match socket::recv(
+                std::os::fd::AsRawFd::as_raw_fd(c),
+                &mut buf,
+                MsgFlags::MSG_DONTWAIT,
+            ) {
                 Ok(0) => {
                     // Every generation has closed its end: nothing more will come.
                     self.channel = None;
@@ -373,9 +452,15 @@ impl Keeper {
                     {
                         Some(new) => {
                             let old = self.serving.swap(new, Ordering::SeqCst);
-                            tracing::info!(old_generation = old, new_generation = new, "keeper: a new generation serves");
+                            tracing::info!(
+                                old_generation = old,
+                                new_generation = new,
+                                "keeper: a new generation serves"
+                            );
                         }
-                        None => tracing::warn!(message = %msg, "keeper: unknown message on the keeper channel"),
+                        None => {
+                            tracing::warn!(message = %msg, "keeper: unknown message on the keeper channel")
+                        }
                     }
                 }
                 Err(Errno::EINTR) => continue,
@@ -390,12 +475,18 @@ impl Keeper {
         let mut buf = [0u8; 5];
         match nix::unistd::read(r, &mut buf) {
             Ok(n) if n > 0 && buf[0] == READY => {
-                tracing::info!(generation = self.serving.load(Ordering::SeqCst), "keeper: generation 1 is ready");
+                tracing::info!(
+                    generation = self.serving.load(Ordering::SeqCst),
+                    "keeper: generation 1 is ready"
+                );
                 self.ready = None;
             }
             Ok(5) if buf[0] == EXEC_FAILED => {
                 let errno = i32::from_ne_bytes([buf[1], buf[2], buf[3], buf[4]]);
-                tracing::error!("keeper: could not execute generation 1: {}", Errno::from_raw(errno).desc());
+                tracing::error!(
+                    "keeper: could not execute generation 1: {}",
+                    Errno::from_raw(errno).desc()
+                );
                 self.ready = None;
             }
             Err(Errno::EAGAIN) | Err(Errno::EINTR) => {}
@@ -412,7 +503,10 @@ mod tests {
     fn exit_codes_as_a_shell_reports_them() {
         let p = Pid::from_raw(5);
         assert_eq!(exit_code(WaitStatus::Exited(p, 3)), 3);
-        assert_eq!(exit_code(WaitStatus::Signaled(p, Signal::SIGKILL, false)), 137);
+        assert_eq!(
+            exit_code(WaitStatus::Signaled(p, Signal::SIGKILL, false)),
+            137
+        );
     }
 
     #[test]

@@ -39,8 +39,8 @@ process_modules! {
 #[cfg(feature = "process")]
 pub use crate::{
     config::{
-        DEFAULT_DRAIN_TIMEOUT, DEFAULT_READY_TIMEOUT, ENV_DRAIN_TIMEOUT, ENV_KEEPER, ENV_LISTEN_PREFIX,
-        ENV_PID_FILE, ENV_READY_TIMEOUT, ENV_UPGRADE_SIGNAL,
+        DEFAULT_DRAIN_TIMEOUT, DEFAULT_READY_TIMEOUT, ENV_DRAIN_TIMEOUT, ENV_KEEPER,
+        ENV_LISTEN_PREFIX, ENV_PID_FILE, ENV_READY_TIMEOUT, ENV_UPGRADE_SIGNAL,
     },
     error::UpgradeError,
     listeners::Listeners,

@@ -144,6 +144,8 @@ unsafe fn fail(fd: RawFd) -> ! {
 /// the fds to pass (the readiness pipe at `ready_index`, then the keeper channel if any), `tmp`
 /// has the same length, `pid_var` points to the reserved `LISTEN_PID=` buffer that `envp`
 /// references.
+// Everything the child needs, prepared before fork, passed as is: no allocation after fork.
+#[allow(clippy::too_many_arguments)]
 unsafe fn exec_child(
     path: &CString,
     argv: &[*const libc::c_char],

@@ -89,7 +89,11 @@ fn parse(args: &[String]) -> Result<Cmd, String> {
             "--pid-file" => target = Some(Target::PidFile(PathBuf::from(value()?))),
             "--pid" => {
                 let v = value()?;
-                let pid = v.parse().ok().filter(|p| *p > 0).ok_or_else(|| format!("--pid {v:?}: not a pid"))?;
+                let pid = v
+                    .parse()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| format!("--pid {v:?}: not a pid"))?;
                 target = Some(Target::Pid(pid));
             }
             "--timeout" => {
@@ -110,12 +114,19 @@ fn upgrade(target: Target, timeout: Duration) -> u8 {
             Ok(s) => match s.trim().parse::<u32>() {
                 Ok(p) if p > 0 => p,
                 _ => {
-                    eprintln!("hotexec: pid file {}: no pid in it ({:?})", path.display(), s.trim());
+                    eprintln!(
+                        "hotexec: pid file {}: no pid in it ({:?})",
+                        path.display(),
+                        s.trim()
+                    );
                     return UNREACHABLE;
                 }
             },
             Err(e) => {
-                eprintln!("hotexec: pid file {}: {e} (is the server running?)", path.display());
+                eprintln!(
+                    "hotexec: pid file {}: {e} (is the server running?)",
+                    path.display()
+                );
                 return UNREACHABLE;
             }
         },
@@ -135,7 +146,9 @@ fn upgrade(target: Target, timeout: Duration) -> u8 {
             }
         }
         Err(RequestError::Timeout(t)) => {
-            eprintln!("hotexec: no outcome from pid {pid} within {t:?}; the upgrade may still complete");
+            eprintln!(
+                "hotexec: no outcome from pid {pid} within {t:?}; the upgrade may still complete"
+            );
             TIMEOUT
         }
         Err(RequestError::Unreachable(e)) => {

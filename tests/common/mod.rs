@@ -503,13 +503,17 @@ pub fn script(path: &Path, text: &str) {
 pub fn post(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String), String> {
     let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(timeout)).unwrap();
-    let req =
-        format!("POST {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).map_err(|e| format!("write: {e}"))?;
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).map_err(|e| format!("read: {e}"))?;
     let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or(format!("no header end in {text:?}"))?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or(format!("no header end in {text:?}"))?;
     let status = head
         .split_whitespace()
         .nth(1)
@@ -549,7 +553,21 @@ pub fn hotexec_cli(args: &[&str], limit: Duration) -> CliRun {
     };
     let mut stdout = String::new();
     let mut stderr = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-    CliRun { code: status.code().unwrap_or(-1), stdout, stderr }
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    CliRun {
+        code: status.code().unwrap_or(-1),
+        stdout,
+        stderr,
+    }
 }
