@@ -35,6 +35,7 @@
 //! | `upgrade_signal = "SIGUSR2"` | `HOTEXEC_UPGRADE_SIGNAL` | `SIGUSR2` | `SIGUSR2`, `SIGUSR1` or `SIGHUP` |
 //! | `pid_file = "/run/app.pid"` | `HOTEXEC_PID_FILE` | none | written atomically; names the serving generation (empty variable: none) |
 //! | `#[listen("ADDR", name = "N")]` | `HOTEXEC_LISTEN_<N>` | — | the listener's address (`N` upper-cased, `-` → `_`) |
+//! | — | `HOTEXEC_PROBATION` | `2s` | how long the old process watches its successor after a hand-over, rolling back if it crashes |
 //! | `ready = "manual"` | — | `auto` | the app calls [`ready()`] itself after its warm-up |
 //!
 //! Durations are a whole number and a unit: `500ms`, `2s`, `1m`, `1h`. Addresses are

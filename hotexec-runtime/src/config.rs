@@ -19,6 +19,8 @@ pub const ENV_UPGRADE_SIGNAL: &str = "HOTEXEC_UPGRADE_SIGNAL";
 pub const ENV_PID_FILE: &str = "HOTEXEC_PID_FILE";
 /// `HOTEXEC_KEEPER`: `1` turns keeper mode on, `0` off (see `keeper.rs`).
 pub const ENV_KEEPER: &str = "HOTEXEC_KEEPER";
+/// `HOTEXEC_PROBATION`
+pub const ENV_PROBATION: &str = "HOTEXEC_PROBATION";
 /// Prefix of `HOTEXEC_LISTEN_<NAME>`.
 pub const ENV_LISTEN_PREFIX: &str = "HOTEXEC_LISTEN_";
 
@@ -26,6 +28,8 @@ pub const ENV_LISTEN_PREFIX: &str = "HOTEXEC_LISTEN_";
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `ready_timeout`.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default probation: how long a generation that handed over stays able to roll back.
+pub const DEFAULT_PROBATION: Duration = Duration::from_secs(2);
 
 /// One declared listener.
 #[derive(Clone, Debug)]
@@ -49,6 +53,9 @@ pub struct Config {
     pub ready_timeout: Duration,
     /// The signal that triggers an upgrade.
     pub upgrade_signal: Signal,
+    /// How long a generation that handed over stays alive (at most `drain_timeout`) to roll
+    /// back if its successor crashes.
+    pub probation: Duration,
     /// Where the pid file goes, if anywhere.
     pub pid_file: Option<PathBuf>,
     /// The app calls `hotexec::ready()` itself.
@@ -102,6 +109,14 @@ impl Config {
         };
         let drain_timeout = duration(ENV_DRAIN_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, declared.drain_timeout)?;
         let ready_timeout = duration(ENV_READY_TIMEOUT, DEFAULT_READY_TIMEOUT, declared.ready_timeout)?;
+        if ready_timeout.is_zero() {
+            // Same rule as the attribute: a zero timeout would fail every upgrade.
+            return Err(format!(
+                "{ENV_READY_TIMEOUT}: `{}` is not allowed: it must be more than 0, or no upgrade could ever succeed",
+                get(ENV_READY_TIMEOUT).unwrap_or_default().to_string_lossy()
+            ));
+        }
+        let probation = duration(ENV_PROBATION, DEFAULT_PROBATION, None)?;
         let signal_name = match get(ENV_UPGRADE_SIGNAL) {
             Some(v) => {
                 let s = env_str(ENV_UPGRADE_SIGNAL, v)?;
@@ -139,10 +154,19 @@ impl Config {
                 Some(v) => {
                     let s = env_str(&var, v)?;
                     let a = ListenAddr::parse(&s).map_err(|e| format!("{var}: {e}"))?;
-                    (a, Some(var))
+                    (a, Some(var.clone()))
                 }
                 None => (ListenAddr::parse(addr).map_err(|e| e.to_string())?, None),
             };
+            if let Some(other) = listeners
+                .iter()
+                .find(|l: &&ListenDecl| syntax::env_suffix(&l.name) == syntax::env_suffix(name))
+            {
+                return Err(format!(
+                    "listeners {:?} and {name:?} would share the variable {var}",
+                    other.name
+                ));
+            }
             listeners.push(ListenDecl {
                 name: name.to_string(),
                 addr,
@@ -167,6 +191,7 @@ impl Config {
             drain_timeout,
             ready_timeout,
             upgrade_signal,
+            probation,
             pid_file,
             manual_ready: declared.manual_ready,
             listeners,
@@ -239,6 +264,7 @@ mod tests {
             ("HOTEXEC_UPGRADE_SIGNAL", "SIGKILL"),
             ("HOTEXEC_LISTEN_HTTP", "localhost:80"),
             ("HOTEXEC_KEEPER", "maybe"),
+            ("HOTEXEC_READY_TIMEOUT", "0s"),
         ] {
             let e = Config::resolve(&declared(), env(&[(var, value)])).unwrap_err();
             assert!(e.starts_with(var), "{e}");

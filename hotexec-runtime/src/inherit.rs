@@ -12,6 +12,23 @@ use crate::syntax::ListenAddr;
 /// Filled by the constructor below, before `main`.
 static SNAPSHOT: Mutex<Option<Snapshot>> = Mutex::new(None);
 
+/// Identity (`st_dev`, `st_ino`) of each fd the hand-over names, as found before `main`; `None`
+/// when the number was not open then. `adopt` only takes an fd that is still that same file: a
+/// number that was closed at exec and then reused by the application's `init` (a log file, a
+/// metrics socket) was not received from the parent and is never adopted, nor closed.
+static AT_START: Mutex<Vec<(RawFd, Option<FileId>)>> = Mutex::new(Vec::new());
+
+/// `(st_dev, st_ino)`: which open file an fd number refers to.
+type FileId = (libc::dev_t, libc::ino_t);
+
+fn identity(fd: RawFd) -> Option<FileId> {
+    // SAFETY: fstat on a number only reads its metadata; EBADF when it is not open.
+    let b = unsafe { BorrowedFd::borrow_raw(fd) };
+    nix::sys::stat::fstat(b)
+        .ok()
+        .map(|st| (st.st_dev, st.st_ino))
+}
+
 /// Takes the protocol variables out of the environment and, if they are meant for this process,
 /// marks the fds they name CLOEXEC, so no child the application spawns can inherit either.
 ///
@@ -39,7 +56,9 @@ unsafe fn take_from_env() -> Snapshot {
         unsafe { std::env::remove_var(var) };
     }
     if let Ok(Parsed::ForUs(h)) = snap.parse(std::process::id()) {
+        let mut at_start = AT_START.lock().unwrap_or_else(|p| p.into_inner());
         for fd in h.fds.iter().map(|(fd, _)| *fd).chain(h.ready_fd) {
+            at_start.push((fd, identity(fd)));
             // SAFETY: F_SETFD on a number we do not own is harmless: it fails with EBADF when
             // closed, and otherwise only sets the close-on-exec flag the fd must have anyway.
             unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
@@ -96,9 +115,23 @@ pub(crate) fn adopt(snap: &Snapshot, decls: &[ListenDecl]) -> Result<Adoption, S
         // in this process; EBADF is reported as "not open".
         unsafe { BorrowedFd::borrow_raw(fd) }
     };
+    // Only numbers that were open before `main`, and still are the same file.
+    let at_start = AT_START.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let received = |fd: RawFd, what: String| -> Result<(), String> {
+        match at_start.iter().find(|(n, _)| *n == fd) {
+            Some((_, None)) => Err(format!(
+                "{what}: the fd was not open when this process started, so it was not passed by the parent"
+            )),
+            Some((_, Some(id))) if identity(fd) != Some(*id) => Err(format!(
+                "{what}: the fd was closed or replaced since this process started"
+            )),
+            _ => Ok(()),
+        }
+    };
     // Check everything before taking ownership of anything.
     let mut found = Vec::new();
     for (fd, name) in &handover.fds {
+        received(*fd, format!("inherited {}", describe(*fd, name.as_deref())))?;
         let info = socket::inspect(borrow(*fd)).map_err(|e| {
             format!("inherited {}: {e}", describe(*fd, name.as_deref()))
         })?;
@@ -106,6 +139,7 @@ pub(crate) fn adopt(snap: &Snapshot, decls: &[ListenDecl]) -> Result<Adoption, S
     }
     let ready_fd = match handover.ready_fd {
         Some(fd) => {
+            received(fd, format!("{}={fd}", protocol::READY_FD))?;
             let st = nix::sys::stat::fstat(borrow(fd)).map_err(|e| {
                 format!("{}={fd}: the fd is not open ({})", protocol::READY_FD, e.desc())
             })?;
@@ -113,6 +147,15 @@ pub(crate) fn adopt(snap: &Snapshot, decls: &[ListenDecl]) -> Result<Adoption, S
                 & nix::sys::stat::SFlag::S_IFMT;
             if kind != nix::sys::stat::SFlag::S_IFIFO {
                 return Err(format!("{}={fd}: the fd is not a pipe", protocol::READY_FD));
+            }
+            let writable = nix::fcntl::fcntl(borrow(fd), nix::fcntl::FcntlArg::F_GETFL)
+                .map(|fl| fl & libc::O_ACCMODE != libc::O_RDONLY)
+                .unwrap_or(false);
+            if !writable {
+                return Err(format!(
+                    "{}={fd}: the fd is the read end of a pipe, not the write end",
+                    protocol::READY_FD
+                ));
             }
             // SAFETY: checked open above; the hand-over gives this process sole ownership.
             Some(unsafe { OwnedFd::from_raw_fd(fd) })

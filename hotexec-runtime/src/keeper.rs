@@ -301,6 +301,7 @@ pub(crate) fn run(config: Config, snap: &Snapshot, exe: PathBuf, argv: Vec<OsStr
         forwarded,
         pid_file: config.pid_file.clone(),
         drain_timeout: config.drain_timeout,
+        ending: None,
     }
     .run()
 }
@@ -313,13 +314,14 @@ struct Keeper {
     forwarded: Vec<Signal>,
     pid_file: Option<PathBuf>,
     drain_timeout: Duration,
+    /// Set once the serving generation is gone with no successor: the exit code, and until when
+    /// the other children (generations still draining) are waited for. Cleared if a generation
+    /// reports a successor after all (a rollback by the generation it replaced).
+    ending: Option<(i32, Instant)>,
 }
 
 impl Keeper {
     fn run(mut self) -> ! {
-        // Set once the serving generation is gone with no successor: the exit code, and until
-        // when the other children (generations still draining) are waited for.
-        let mut ending: Option<(i32, Instant)> = None;
         loop {
             let mut fds = vec![PollFd::new(self.sig_r.as_fd(), PollFlags::POLLIN)];
             if let Some(c) = &self.channel {
@@ -343,7 +345,7 @@ impl Keeper {
                     continue; // SIGCHLD: reaping follows.
                 }
                 let target = self.serving.load(Ordering::SeqCst);
-                if ending.is_some() {
+                if self.ending.is_some() {
                     tracing::info!(signal = %sig, "keeper: no generation serves any more; signal not forwarded");
                     continue;
                 }
@@ -352,8 +354,8 @@ impl Keeper {
                     tracing::warn!(signal = %sig, generation = target, "keeper: forwarding failed: {}", e.desc());
                 }
             }
-            let children_left = self.reap(&mut ending);
-            if ending.is_none() {
+            let children_left = self.reap();
+            if self.ending.is_none() {
                 // The serving generation may have been reaped by its own parent (it died while
                 // that parent was draining): then it is gone without the keeper seeing it exit.
                 let target = self.serving.load(Ordering::SeqCst);
@@ -364,14 +366,14 @@ impl Keeper {
                             generation = target,
                             "keeper: the serving generation is gone (reaped by the generation it replaced)"
                         );
-                        ending = Some((
+                        self.ending = Some((
                             1,
                             Instant::now() + self.drain_timeout + Duration::from_secs(5),
                         ));
                     }
                 }
             }
-            if let Some((code, wait_until)) = ending {
+            if let Some((code, wait_until)) = self.ending {
                 if !children_left || Instant::now() >= wait_until {
                     if children_left {
                         tracing::warn!(
@@ -392,14 +394,14 @@ impl Keeper {
     }
 
     /// Reaps every child that has exited; returns whether children are left.
-    fn reap(&mut self, ending: &mut Option<(i32, Instant)>) -> bool {
+    fn reap(&mut self) -> bool {
         loop {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) => return true,
                 Ok(status) => {
                     let Some(p) = status.pid() else { continue };
                     let serving = self.serving.load(Ordering::SeqCst);
-                    if p.as_raw() == serving && ending.is_none() {
+                    if p.as_raw() == serving && self.ending.is_none() {
                         // A hand-over is sent before the old generation exits: read it first.
                         self.read_channel();
                         if self.serving.load(Ordering::SeqCst) == serving {
@@ -409,7 +411,7 @@ impl Keeper {
                                 ?status,
                                 "keeper: the serving generation exited"
                             );
-                            *ending = Some((
+                            self.ending = Some((
                                 code,
                                 Instant::now() + self.drain_timeout + Duration::from_secs(5),
                             ));
@@ -452,6 +454,12 @@ impl Keeper {
                     {
                         Some(new) => {
                             let old = self.serving.swap(new, Ordering::SeqCst);
+                            if self.ending.take().is_some() {
+                                tracing::warn!(
+                                    generation = new,
+                                    "keeper: a generation serves again (rolled back): not exiting"
+                                );
+                            }
                             tracing::info!(
                                 old_generation = old,
                                 new_generation = new,

@@ -184,10 +184,28 @@ impl Snapshot {
                     ));
                 }
                 // systemd names unnamed fds "unknown"; an empty name is unnamed too.
-                parts
+                let names: Vec<Option<String>> = parts
                     .into_iter()
                     .map(|p| (!p.is_empty() && p != "unknown").then(|| p.to_owned()))
-                    .collect()
+                    .collect();
+                // A name selects the socket of one `#[listen]`: given twice, which fd serves it
+                // would depend on order, and the other would be closed unnoticed.
+                for (i, name) in names.iter().enumerate() {
+                    if let Some(n) = name {
+                        if let Some(j) = names[..i].iter().position(|m| m.as_ref() == Some(n)) {
+                            return Err(refuse(
+                                LISTEN_FDNAMES,
+                                v,
+                                format!(
+                                    "name {n:?} is given to both fd {} and fd {}: each name must identify one socket",
+                                    FDS_START + j as RawFd,
+                                    FDS_START + i as RawFd
+                                ),
+                            ));
+                        }
+                    }
+                }
+                names
             }
         };
         let last = FDS_START as u64 + count as u64;
@@ -266,6 +284,7 @@ mod tests {
             (snap(Some("42"), Some("2000000"), None, None), LISTEN_FDS),
             (snap(Some("42"), Some("2"), Some("a"), None), LISTEN_FDNAMES),
             (snap(Some("42"), Some("1"), Some("a:b"), None), LISTEN_FDNAMES),
+            (snap(Some("42"), Some("3"), Some("a:unknown:a"), None), LISTEN_FDNAMES),
             (snap(Some("42"), Some("2"), None, Some("4")), READY_FD),
             (snap(Some("42"), Some("0"), None, Some("1")), READY_FD),
             (snap(Some("42"), Some("0"), None, Some("z")), READY_FD),

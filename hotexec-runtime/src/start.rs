@@ -33,8 +33,7 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
     }
     // Resolved once, now: `./app`, a relative argv[0] or a later rename over the binary on disk
     // must not change what the next upgrade executes.
-    let exe = std::env::current_exe()
-        .and_then(|p| p.canonicalize())
+    let exe = current_exe()
         .unwrap_or_else(|e| fatal(format!("cannot resolve the path of this binary: {e}")));
     let argv: Vec<_> = std::env::args_os().collect();
     let pid = std::process::id();
@@ -98,6 +97,10 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
 
     let result = f(Listeners::new(handed), shutdown.clone());
 
+    if matches!(shutdown.reason(), Some(ShutdownReason::Upgrade { .. })) {
+        // Stay able to roll back until the successor has outlived its probation.
+        ctx.wait_settled();
+    }
     ctx.kill_pending();
     // The request that replaced this generation (`hotexec upgrade`) gets its answer first.
     control::wait_idle(std::time::Duration::from_secs(2));
@@ -116,5 +119,23 @@ pub fn upgrade() -> Result<u32, UpgradeError> {
     match CTX.get() {
         Some(ctx) => ctx.request_upgrade(),
         None => Err(UpgradeError::NotRunning),
+    }
+}
+
+/// The binary's path on disk. A generation started by a rollback runs an image whose file was
+/// replaced (the kernel shows `/path/app (deleted)`): its next upgrade executes what is at
+/// `/path/app` now.
+fn current_exe() -> std::io::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    match exe.canonicalize() {
+        Ok(p) => Ok(p),
+        Err(e) => {
+            use std::os::unix::ffi::OsStrExt;
+            let bytes = exe.as_os_str().as_bytes();
+            match bytes.strip_suffix(b" (deleted)") {
+                Some(b) => Ok(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(b))),
+                None => Err(e),
+            }
+        }
     }
 }

@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,9 @@ pub(crate) struct Ctx {
     wake_w: OwnedFd,
     /// Pid of a new generation that has not reported ready yet (0: none).
     pub pending: AtomicI32,
+    /// After a hand-over: the successor outlived its probation, or a rollback is over. Until
+    /// then a returning `main` waits, so this process can still roll back.
+    settled: AtomicBool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -61,11 +64,22 @@ pub(crate) fn start(
         requests: Mutex::new(Vec::new()),
         wake_w,
         pending: AtomicI32::new(0),
+        settled: AtomicBool::new(false),
     });
     let c = ctx.clone();
     std::thread::Builder::new()
         .name("hotexec-supervisor".into())
-        .spawn(move || Supervisor { ctx: c, sig_r, wake_r, phase: Phase::Serving }.run())?;
+        .spawn(move || {
+            Supervisor {
+                ctx: c,
+                sig_r,
+                wake_r,
+                phase: Phase::Serving,
+                handed_over_at: None,
+                rolled_back: false,
+            }
+            .run()
+        })?;
     Ok(ctx)
 }
 
@@ -76,6 +90,14 @@ impl Ctx {
         self.requests.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
         let _ = nix::unistd::write(&self.wake_w, b"u");
         rx.recv().unwrap_or(Err(UpgradeError::NotRunning))
+    }
+
+    /// Blocks until the successor is past its probation or a rollback is over. Bounded by the
+    /// drain watchdog, which exits the process at `drain_timeout`.
+    pub(crate) fn wait_settled(&self) {
+        while !self.settled.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Kills and reaps a new generation that has not reported ready (used when `main` returns
@@ -94,6 +116,10 @@ struct Supervisor {
     sig_r: OwnedFd,
     wake_r: OwnedFd,
     phase: Phase,
+    /// When the current successor reported ready.
+    handed_over_at: Option<Instant>,
+    /// A generation rolls back at most once.
+    rolled_back: bool,
 }
 
 /// What woke the supervisor during an upgrade.
@@ -116,10 +142,11 @@ fn describe(status: WaitStatus) -> String {
 impl Supervisor {
     fn run(mut self) {
         loop {
-            // While draining, also watch the new generation so it never lingers as a zombie.
+            // While draining, also watch the new generation: it is reaped at once if it dies, and
+            // a crash is noticed within 50 ms (connections queue in the backlog meanwhile).
             let timeout = match self.phase {
                 Phase::Serving => PollTimeout::NONE,
-                Phase::Draining(_) => PollTimeout::from(200u16),
+                Phase::Draining(_) => PollTimeout::from(50u16),
             };
             let mut fds = [
                 PollFd::new(self.sig_r.as_fd(), PollFlags::POLLIN),
@@ -188,15 +215,105 @@ impl Supervisor {
         drain::start(self.ctx.config.drain_timeout, reason, self.ctx.config.pid_file.clone());
     }
 
-    /// Reaps the new generation if it died while we drain, and says so loudly.
-    fn watch_successor(&self, pid: u32) {
+    /// Reaps the new generation if it died while we drain. A crash (killed by a signal or a
+    /// non-zero exit) of a successor that had not handed over in turn is rolled back: this
+    /// process still holds the listening sockets and starts its own code again.
+    fn watch_successor(&mut self, pid: u32) {
+        let probation = self.ctx.config.probation.min(self.ctx.config.drain_timeout);
         match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) | Err(_) => {}
-            Ok(status) => tracing::error!(
-                new_pid = pid,
-                "the new generation exited while this one was draining ({}): nothing is serving new connections",
-                describe(status)
-            ),
+            Ok(WaitStatus::StillAlive) => {
+                if self.handed_over_at.is_none_or(|t| t.elapsed() >= probation) {
+                    self.ctx.settled.store(true, Ordering::SeqCst);
+                }
+            }
+            Err(_) => self.ctx.settled.store(true, Ordering::SeqCst),
+            Ok(status) => {
+                let crashed = !matches!(status, WaitStatus::Exited(_, 0));
+                // It had handed over to a generation of its own: that one serves.
+                let handed_on = self
+                    .ctx
+                    .config
+                    .pid_file
+                    .as_deref()
+                    .and_then(pidfile::read)
+                    .is_some_and(|p| p != pid && p != std::process::id());
+                let after = self.handed_over_at.map(|t| t.elapsed());
+                if crashed && !handed_on && !self.rolled_back {
+                    tracing::error!(
+                        new_pid = pid,
+                        after_ready = ?after,
+                        "the new generation died ({}) after taking over: rolling back to this generation's code",
+                        describe(status)
+                    );
+                    self.rollback(pid);
+                } else if handed_on {
+                    tracing::info!(new_pid = pid, "the new generation exited ({}) after handing over in turn", describe(status));
+                } else {
+                    tracing::error!(
+                        new_pid = pid,
+                        "the new generation exited while this one was draining ({}): nothing is serving new connections",
+                        describe(status)
+                    );
+                }
+                self.ctx.settled.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Starts this process's own image (`/proc/self/exe` is the running inode even after the
+    /// file on disk was replaced) as a new generation with the same sockets.
+    fn rollback(&mut self, failed: u32) {
+        self.rolled_back = true;
+        let span = tracing::info_span!(
+            "rollback",
+            old_pid = std::process::id(),
+            failed_pid = failed,
+            new_pid = tracing::field::Empty
+        );
+        let _enter = span.enter();
+        let started = Instant::now();
+        let fds: Vec<BorrowedFd<'_>> = self.ctx.sockets.iter().map(|(_, fd)| fd.as_fd()).collect();
+        let names: Vec<&str> = self.ctx.sockets.iter().map(|(n, _)| n.as_str()).collect();
+        let exe = std::path::Path::new("/proc/self/exe");
+        let extra = spawn::Extra { keeper: crate::keeper::channel(), new_group: false };
+        let child = match spawn::spawn(exe, &self.ctx.argv, &fds, &names, extra) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("rollback failed: {e}; nothing is serving new connections");
+                return;
+            }
+        };
+        let pid = child.pid;
+        span.record("new_pid", pid.as_raw());
+        self.ctx.pending.store(pid.as_raw(), Ordering::SeqCst);
+        let event = self.wait_ready(&child.ready_r, started + self.ctx.config.ready_timeout);
+        self.ctx.pending.store(0, Ordering::SeqCst);
+        match event {
+            Event::Ready => {
+                let new_pid = pid.as_raw() as u32;
+                if let Some(p) = &self.ctx.config.pid_file {
+                    if let Err(e) = pidfile::write(p, new_pid) {
+                        tracing::error!("{e}");
+                    }
+                }
+                crate::keeper::handed_over(new_pid);
+                self.phase = Phase::Draining(ShutdownReason::Upgrade { new_pid });
+                self.handed_over_at = Some(Instant::now());
+                tracing::warn!(
+                    elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "rolled back: a new process running this generation's code serves again"
+                );
+            }
+            other => {
+                let _ = kill(pid, Signal::SIGKILL);
+                let _ = waitpid(pid, None);
+                let why = match other {
+                    Event::Stop(sig) => format!("stop signal {sig} during the rollback"),
+                    Event::Timeout => "not ready within ready_timeout".into(),
+                    _ => "it exited before it was ready".into(),
+                };
+                tracing::error!("rollback failed ({why}): nothing is serving new connections");
+            }
         }
     }
 
@@ -236,6 +353,7 @@ impl Supervisor {
                 crate::keeper::handed_over(new_pid);
                 let reason = ShutdownReason::Upgrade { new_pid };
                 self.phase = Phase::Draining(reason);
+                self.handed_over_at = Some(Instant::now());
                 self.ctx.shutdown.trigger(reason);
                 drain::start(self.ctx.config.drain_timeout, reason, None);
                 tracing::info!(

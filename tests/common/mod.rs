@@ -151,6 +151,17 @@ impl App {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        // Whatever the test runner left open without CLOEXEC (a jobserver or a shell's pipe)
+        // must not reach the server: tests check which fds it holds and passes on.
+        // SAFETY: only fcntl(2), async-signal-safe, on plain integers.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                for fd in 3..1024 {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+                Ok(())
+            });
+        }
         // ETXTBSY: a child forked meanwhile by another test thread may still hold the copy open
         // for writing until it execs; that passes within milliseconds.
         let mut tries = 0;
@@ -497,6 +508,359 @@ pub fn failures(results: &[(Instant, Outcome)]) -> Vec<&Outcome> {
 pub fn script(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// The body of a `GET path` answered 200, or why there is none.
+pub fn get_text(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String, String> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(timeout)).unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+        _ => Err(format!("not a 200 response: {text:?}")),
+    }
+}
+
+/// Every descendant of `pid` (children, their children, …) with its state, from /proc.
+pub fn descendants(pid: u32) -> Vec<(u32, char)> {
+    let mut all: Vec<(u32, u32, char)> = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Some((ppid, state)) = stat(p) {
+            all.push((p, ppid, state));
+        }
+    }
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        for &(p, ppid, state) in &all {
+            if ppid == parent && !out.iter().any(|(q, _)| *q == p) {
+                out.push((p, state));
+                frontier.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// What each open fd of `pid` points to (`socket:[…]`, `pipe:[…]`, a path), by fd number.
+pub fn fd_targets(pid: u32) -> Vec<(i32, String)> {
+    let mut out: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let n = e.file_name().to_string_lossy().parse().ok()?;
+                    let t = std::fs::read_link(e.path()).ok()?;
+                    Some((n, t.to_string_lossy().into_owned()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// A numeric field of /proc/<pid>/status (`VmRSS` in kB, `Threads`, …).
+pub fn status_field(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A process started with a hand-crafted hand-over: chosen environment and chosen fds at chosen
+/// numbers, as a hostile or broken parent could start it. Killed and reaped on drop.
+pub struct Crafted {
+    pub child: Child,
+    pub log: PathBuf,
+    pub status: Option<std::process::ExitStatus>,
+    _dir: Scratch,
+}
+
+/// Who `LISTEN_PID` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenPid {
+    /// The started binary itself (set by a shell that then `exec`s it, keeping its pid).
+    Itself,
+    /// A shell that runs the binary as its child: the variables are inherited by a process
+    /// they were not meant for.
+    Parent,
+    /// Whatever `env` says (or unset).
+    AsGiven,
+}
+
+impl Crafted {
+    /// Starts `bin` with `env` (on a clean environment plus PATH) and `fds`: each `(n, fd)` is
+    /// put at number `n` in the child; every other fd above 2 is closed at exec.
+    pub fn start(
+        bin: &Path,
+        env: &[(&str, &str)],
+        fds: Vec<(i32, std::os::fd::OwnedFd)>,
+        pid: ListenPid,
+    ) -> Crafted {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        use std::os::unix::process::CommandExt;
+        subreaper();
+        let dir = Scratch::new("crafted");
+        let log = dir.0.join("out.log");
+        let logf = std::fs::File::create(&log).unwrap();
+        // Sources far above any target, so no dup2 below overwrites a source still needed.
+        let moved: Vec<(i32, OwnedFd)> = fds
+            .into_iter()
+            .map(|(n, fd)| {
+                // SAFETY: F_DUPFD_CLOEXEC returns a new fd that we own, or -1.
+                let hi = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 200) };
+                assert!(hi >= 200, "F_DUPFD_CLOEXEC failed");
+                // SAFETY: `hi` was just created and is owned by nothing else.
+                (n, unsafe { OwnedFd::from_raw_fd(hi) })
+            })
+            .collect();
+        let plan: Vec<(i32, i32)> = moved.iter().map(|(n, fd)| (fd.as_raw_fd(), *n)).collect();
+        let mut cmd = match pid {
+            ListenPid::Itself => {
+                let mut c = Command::new("/bin/sh");
+                c.args(["-c", "export LISTEN_PID=$$; exec \"$0\" \"$@\""])
+                    .arg(bin);
+                c
+            }
+            ListenPid::Parent => {
+                let mut c = Command::new("/bin/sh");
+                c.args(["-c", "export LISTEN_PID=$$; \"$0\" \"$@\"; exit $?"])
+                    .arg(bin);
+                c
+            }
+            ListenPid::AsGiven => Command::new(bin),
+        };
+        cmd.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        // SAFETY: the closure makes only async-signal-safe calls (dup2, fcntl) on fds and
+        // memory that exist before fork; it allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                for &(src, dst) in &plan {
+                    // dup2 leaves the new fd without FD_CLOEXEC: it survives exec.
+                    if libc::dup2(src, dst) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                // Anything else the test process has open (a jobserver pipe, …) stays behind.
+                for fd in 3..1024 {
+                    if !plan.iter().any(|&(_, dst)| dst == fd) {
+                        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        drop(moved);
+        Crafted {
+            child,
+            log,
+            status: None,
+            _dir: dir,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit; its exit code (`None`: killed by a signal).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let st = wait_for(timeout, "the crafted process to exit", || {
+            self.child.try_wait().unwrap()
+        });
+        self.status = Some(st);
+        st.code()
+    }
+
+    /// Waits until the output holds `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        wait_for(timeout, &format!("{needle:?} in the output"), || {
+            if self.log_text().contains(needle) {
+                return Some(());
+            }
+            match stat(self.child.id()) {
+                None | Some((_, 'Z')) => panic!("exited early; output:\n{}", self.log_text()),
+                Some(_) => None,
+            }
+        });
+    }
+}
+
+impl Drop for Crafted {
+    fn drop(&mut self) {
+        let orphans = descendants(self.child.id());
+        for (p, _) in &orphans {
+            let _ = kill(Pid::from_raw(*p as i32), Signal::SIGKILL);
+        }
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        // Re-parented to this subreaper once their parent died: reap them too.
+        for (p, _) in orphans {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                match waitpid(Pid::from_raw(p as i32), Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(5)),
+                    Err(nix::errno::Errno::ECHILD) if alive(p) => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    _ => break,
+                }
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- output ({}) ----\n{}",
+                self.log.display(),
+                self.log_text()
+            );
+        }
+    }
+}
+
+/// One `GET path` on the keep-alive connection in `conn` (connecting first when there is
+/// none), classified as [`get`] does. The connection is kept for the next request unless the
+/// server said `Connection: close` or anything failed. Returns the outcome and whether the
+/// request went out on a reused connection.
+pub fn get_keepalive(
+    conn: &mut Option<std::io::BufReader<TcpStream>>,
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> (Outcome, bool) {
+    use std::io::BufRead;
+    let reused = conn.is_some();
+    if conn.is_none() {
+        let s = match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                return (Outcome::Refused, false);
+            }
+            Err(e) => return (classify(e), false),
+        };
+        s.set_read_timeout(Some(timeout)).unwrap();
+        s.set_write_timeout(Some(timeout)).unwrap();
+        s.set_nodelay(true).unwrap();
+        *conn = Some(std::io::BufReader::new(s));
+    }
+    let mut result = || -> Result<(Outcome, bool), Outcome> {
+        let r = conn.as_mut().unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
+        r.get_mut().write_all(req.as_bytes()).map_err(classify)?;
+        let mut status = String::new();
+        if r.read_line(&mut status).map_err(classify)? == 0 {
+            return Err(Outcome::Eof);
+        }
+        let (mut len, mut close) = (None, false);
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).map_err(classify)? == 0 {
+                return Err(Outcome::Eof);
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            let lower = line.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                len = v.trim().parse::<usize>().ok();
+            } else if let Some(v) = lower.strip_prefix("connection:") {
+                close = v.trim() == "close";
+            }
+        }
+        if !status.starts_with("HTTP/1.1 200") {
+            return Err(Outcome::BadStatus(status.trim_end().to_string()));
+        }
+        let len = len.ok_or_else(|| Outcome::BadStatus("no content-length".into()))?;
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).map_err(classify)?;
+        let body = String::from_utf8_lossy(&body);
+        let pid = body
+            .strip_prefix("pid=")
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| Outcome::BadStatus(format!("body {body:?}")))?;
+        Ok((Outcome::Ok { pid }, close))
+    };
+    match result() {
+        Ok((outcome, close)) => {
+            if close {
+                *conn = None;
+            }
+            (outcome, reused)
+        }
+        Err(outcome) => {
+            *conn = None;
+            (outcome, reused)
+        }
+    }
+}
+
+/// Keep-alive clients hammering `GET /` until stopped: each reuses its connection and opens a
+/// new one only after the server closed it (`Connection: close`) or a request failed.
+pub struct KeepAliveLoad {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Vec<(Instant, Outcome, bool)>>>,
+}
+
+impl KeepAliveLoad {
+    pub fn start(addr: SocketAddr, clients: usize) -> KeepAliveLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..clients)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut out = Vec::new();
+                    let mut conn = None;
+                    let hard_stop = Instant::now() + Duration::from_secs(120);
+                    while !stop.load(Ordering::Relaxed)
+                        && out.len() < 1_000_000
+                        && Instant::now() < hard_stop
+                    {
+                        let (o, reused) =
+                            get_keepalive(&mut conn, addr, "/", Duration::from_secs(5));
+                        out.push((Instant::now(), o, reused));
+                    }
+                    out
+                })
+            })
+            .collect();
+        KeepAliveLoad { stop, threads }
+    }
+
+    /// Stops the clients; every request's (completion time, outcome, on a reused connection),
+    /// in time order.
+    pub fn finish(self) -> Vec<(Instant, Outcome, bool)> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all: Vec<_> = self
+            .threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        all.sort_by_key(|(t, _, _)| *t);
+        all
+    }
 }
 
 /// One `POST path` (empty body) on a new connection: (status code, body), or why it failed.

@@ -1,0 +1,52 @@
+//! A server release that goes wrong in the way you choose, to see what hotexec does about it.
+//!
+//! ```text
+//! cargo build --example http --example faulty
+//! HOTEXEC_PID_FILE=/tmp/app.pid HOTEXEC_LISTEN_HTTP=127.0.0.1:8080 target/debug/examples/http &
+//! cp target/debug/examples/faulty /tmp/app-next      # then point the running binary's path at it
+//! FAULT=panic                  # panics before it reports ready: the upgrade fails, the old one serves on
+//! FAULT=crash-after-ready=300  # reports ready, serves, then aborts 300 ms later: the old one rolls back
+//! ```
+//!
+//! Without `FAULT` it is a plain server answering `pid=<pid>` on every request.
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+#[hotexec::main(drain_timeout = "5s", ready = "manual")]
+#[listen("127.0.0.1:8082", name = "http")]
+fn main(listeners: hotexec::Listeners, shutdown: hotexec::Shutdown) -> io::Result<()> {
+    let fault = std::env::var("FAULT").unwrap_or_default();
+    if fault == "panic" {
+        panic!("faulty: this release panics before it is ready");
+    }
+    let listener = listeners.take_tcp("http")?;
+    hotexec::ready();
+    if let Some(ms) = fault.strip_prefix("crash-after-ready=") {
+        let ms: u64 = ms.parse().unwrap_or(300);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(ms));
+            eprintln!("faulty: pid {} crashing now", std::process::id());
+            std::process::abort();
+        });
+    }
+    while let Some((conn, _)) = shutdown.accept(&listener)? {
+        std::thread::spawn(move || serve(conn));
+    }
+    Ok(())
+}
+
+fn serve(conn: TcpStream) -> io::Result<()> {
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut line = String::new();
+    while reader.read_line(&mut line)? > 2 {
+        line.clear();
+    }
+    let body = format!("pid={}\n", std::process::id());
+    let mut out = conn;
+    write!(
+        out,
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}

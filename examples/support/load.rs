@@ -1,0 +1,345 @@
+//! The load generator of the `demo` and `bench` examples: N concurrent HTTP/1.1 clients on
+//! tokio, each request classified. Nothing counts as ok without a `200` status line and the
+//! complete body (`Content-Length` bytes, starting `pid=`).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How a client uses connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// A new connection per request, `Connection: close`.
+    Close,
+    /// One connection for many requests; a new one after the server closes it (after a response
+    /// saying `Connection: close`, or any error).
+    KeepAlive,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Close => "new connection per request",
+            Mode::KeepAlive => "keep-alive",
+        }
+    }
+}
+
+/// How one request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Class {
+    Ok,
+    Refused,
+    Reset,
+    /// The connection ended before a complete response.
+    Eof,
+    Timeout,
+    BadStatus,
+    Other,
+}
+
+impl Class {
+    pub const FAILURES: [Class; 6] = [
+        Class::Refused,
+        Class::Reset,
+        Class::Eof,
+        Class::Timeout,
+        Class::BadStatus,
+        Class::Other,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Ok => "ok",
+            Class::Refused => "refused",
+            Class::Reset => "reset",
+            Class::Eof => "EOF before response",
+            Class::Timeout => "timeout",
+            Class::BadStatus => "bad status",
+            Class::Other => "other",
+        }
+    }
+}
+
+/// One request: start and end in µs since the run's start, its class, and the generation that
+/// answered (0 when none did).
+#[derive(Clone, Copy, Debug)]
+pub struct Rec {
+    pub start_us: u64,
+    pub end_us: u64,
+    pub class: Class,
+    pub generation: u32,
+}
+
+/// How a responding pid maps to the "generation" an upgrade replaces: the pid itself (hotexec,
+/// naive restart), or its parent (nginx workers belong to a master).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GenerationOf {
+    Pid,
+    Parent,
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Live counters, for progress lines.
+#[derive(Default)]
+pub struct Live {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+/// A running load: clients on the caller's tokio runtime.
+pub struct Load {
+    pub t0: Instant,
+    pub live: Arc<Live>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Rec>>>,
+}
+
+pub struct Config {
+    pub addr: SocketAddr,
+    /// The mode of each client (one entry per client).
+    pub modes: Vec<Mode>,
+    pub generation_of: GenerationOf,
+    pub timeout: Duration,
+    /// Hard bound on the run, whatever happens.
+    pub max_duration: Duration,
+}
+
+impl Load {
+    pub fn start(cfg: Config) -> Load {
+        let t0 = Instant::now();
+        let stop = Arc::new(AtomicBool::new(false));
+        let live = Arc::new(Live::default());
+        let tasks = cfg
+            .modes
+            .iter()
+            .map(|&mode| {
+                let (stop, live) = (stop.clone(), live.clone());
+                let (addr, gen_of, timeout, max) =
+                    (cfg.addr, cfg.generation_of, cfg.timeout, cfg.max_duration);
+                tokio::spawn(async move {
+                    client(addr, mode, gen_of, timeout, t0, t0 + max, stop, live).await
+                })
+            })
+            .collect();
+        Load {
+            t0,
+            live,
+            stop,
+            tasks,
+        }
+    }
+
+    /// Microseconds since the start of the run.
+    pub fn now_us(&self) -> u64 {
+        self.t0.elapsed().as_micros() as u64
+    }
+
+    /// Stops the clients (each finishes the request in hand) and returns every request, ordered
+    /// by end time.
+    pub async fn finish(self) -> Vec<Rec> {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut all = Vec::new();
+        for t in self.tasks {
+            all.extend(t.await.unwrap_or_default());
+        }
+        all.sort_by_key(|r| r.end_us);
+        all
+    }
+}
+
+const REQUEST_CLOSE: &[u8] = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
+const REQUEST_KEEP: &[u8] = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n";
+
+#[allow(clippy::too_many_arguments)]
+async fn client(
+    addr: SocketAddr,
+    mode: Mode,
+    gen_of: GenerationOf,
+    timeout: Duration,
+    t0: Instant,
+    hard_stop: Instant,
+    stop: Arc<AtomicBool>,
+    live: Arc<Live>,
+) -> Vec<Rec> {
+    let mut out = Vec::with_capacity(1 << 16);
+    let mut conn: Option<Conn> = None;
+    let mut generations: HashMap<u32, u32> = HashMap::new();
+    while !stop.load(Ordering::Relaxed) && Instant::now() < hard_stop && out.len() < 5_000_000 {
+        let start = Instant::now();
+        let result = tokio::time::timeout(timeout, request(&mut conn, addr, mode)).await;
+        let end = Instant::now();
+        let (class, pid) = match result {
+            Ok(Ok(pid)) => (Class::Ok, pid),
+            Ok(Err(class)) => (class, 0),
+            Err(_) => (Class::Timeout, 0),
+        };
+        if class != Class::Ok {
+            conn = None;
+        }
+        let generation = match (pid, gen_of) {
+            (0, _) => 0,
+            (p, GenerationOf::Pid) => p,
+            (p, GenerationOf::Parent) => *generations
+                .entry(p)
+                .or_insert_with(|| parent_of(p).unwrap_or(p)),
+        };
+        if class == Class::Ok {
+            live.ok.fetch_add(1, Ordering::Relaxed);
+        } else {
+            live.failed.fetch_add(1, Ordering::Relaxed);
+            if class == Class::Refused {
+                // Nothing is listening: do not spin.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        out.push(Rec {
+            start_us: start.duration_since(t0).as_micros() as u64,
+            end_us: end.duration_since(t0).as_micros() as u64,
+            class,
+            generation,
+        });
+    }
+    out
+}
+
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+fn classify(e: &std::io::Error) -> Class {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        ConnectionRefused => Class::Refused,
+        ConnectionReset | ConnectionAborted | BrokenPipe => Class::Reset,
+        UnexpectedEof => Class::Eof,
+        TimedOut => Class::Timeout,
+        _ => Class::Other,
+    }
+}
+
+/// One request on `conn` (connecting first if needed); the responding pid, or the failure.
+/// Leaves `conn` open only when the connection may be reused.
+async fn request(conn: &mut Option<Conn>, addr: SocketAddr, mode: Mode) -> Result<u32, Class> {
+    if conn.is_none() {
+        let stream = TcpStream::connect(addr).await.map_err(|e| classify(&e))?;
+        let _ = stream.set_nodelay(true);
+        *conn = Some(Conn {
+            stream,
+            buf: Vec::with_capacity(512),
+        });
+    }
+    let c = conn.as_mut().expect("connected above");
+    let req = match mode {
+        Mode::Close => REQUEST_CLOSE,
+        Mode::KeepAlive => REQUEST_KEEP,
+    };
+    c.stream.write_all(req).await.map_err(|e| classify(&e))?;
+    let resp = read_response(&mut c.stream, &mut c.buf).await?;
+    if mode == Mode::Close || resp.close {
+        *conn = None;
+    }
+    Ok(resp.pid)
+}
+
+/// A complete response.
+pub struct Response {
+    pub pid: u32,
+    /// The server said `Connection: close`.
+    pub close: bool,
+}
+
+/// Reads one complete response from `stream` (`buf` keeps bytes read past it; none are
+/// expected, as requests are not pipelined).
+pub async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Response, Class> {
+    buf.clear();
+    let mut chunk = [0u8; 1024];
+    loop {
+        if let Some(head_end) = find(buf, b"\r\n\r\n") {
+            let (status_ok, len, close) = {
+                let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| Class::BadStatus)?;
+                let mut lines = head.split("\r\n");
+                let status = lines.next().unwrap_or("");
+                let mut len = None;
+                let mut close = false;
+                for l in lines {
+                    let Some((k, v)) = l.split_once(':') else {
+                        continue;
+                    };
+                    let v = v.trim();
+                    if k.eq_ignore_ascii_case("content-length") {
+                        len = v.parse::<usize>().ok();
+                    } else if k.eq_ignore_ascii_case("connection") {
+                        close = v.eq_ignore_ascii_case("close");
+                    }
+                }
+                let ok = status.starts_with("HTTP/1.1 200") || status.starts_with("HTTP/1.0 200");
+                (ok, len, close)
+            };
+            let len = len.ok_or(Class::BadStatus)?;
+            let body_start = head_end + 4;
+            while buf.len() < body_start + len {
+                let n = stream.read(&mut chunk).await.map_err(|e| classify(&e))?;
+                if n == 0 {
+                    return Err(Class::Eof);
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            if !status_ok {
+                return Err(Class::BadStatus);
+            }
+            let body = &buf[body_start..body_start + len];
+            let pid = body
+                .strip_prefix(b"pid=")
+                .and_then(|r| {
+                    let digits = r.iter().take_while(|b| b.is_ascii_digit()).count();
+                    std::str::from_utf8(&r[..digits]).ok()?.parse().ok()
+                })
+                .ok_or(Class::BadStatus)?;
+            return Ok(Response { pid, close });
+        }
+        let n = stream.read(&mut chunk).await.map_err(|e| classify(&e))?;
+        if n == 0 {
+            return Err(Class::Eof);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The `q` quantile (0..=1) of sorted `v`.
+pub fn quantile<T: Copy + Default>(v: &[T], q: f64) -> T {
+    if v.is_empty() {
+        return T::default();
+    }
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Successful requests per 100 ms bucket, over whole buckets between `from_us` and `to_us`.
+pub fn buckets(recs: &[Rec], from_us: u64, to_us: u64) -> Vec<u64> {
+    let n = ((to_us.saturating_sub(from_us)) / 100_000) as usize;
+    let mut b = vec![0u64; n];
+    for r in recs {
+        if r.class == Class::Ok && r.end_us >= from_us {
+            let i = ((r.end_us - from_us) / 100_000) as usize;
+            if i < n {
+                b[i] += 1;
+            }
+        }
+    }
+    b
+}
