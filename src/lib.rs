@@ -37,6 +37,7 @@
 //! | `#[listen("ADDR", name = "N")]` | `HOTEXEC_LISTEN_<N>` | — | the listener's address (`N` upper-cased, `-` → `_`) |
 //! | — | `HOTEXEC_PROBATION` | `2s` | how long the old process watches its successor after a hand-over, rolling back if it crashes |
 //! | `ready = "manual"` | — | `auto` | the app calls [`ready()`] itself after its warm-up |
+//! | `keeper = true` | `HOTEXEC_KEEPER` | off (on in the foreground of a terminal) | the started process stays as a keeper of the serving generation: its pid never changes (containers, supervisors) |
 //!
 //! Durations are a whole number and a unit: `500ms`, `2s`, `1m`, `1h`. Addresses are
 //! `127.0.0.1:8080`, `[::1]:8080`, `tcp:…`, `udp:…` or `unix:/path`. A malformed variable stops
@@ -50,6 +51,10 @@ pub use hotexec_runtime::{
     syntax::{ListenAddr, parse_duration},
     upgrade,
 };
+
+/// The control socket (`@hotexec/<pid>`) and its client: trigger an upgrade of a running server
+/// and get the outcome, as the `hotexec upgrade` command does.
+pub use hotexec_runtime::control;
 
 /// The hand-over protocol between generations (environment variable names and fd layout), for
 /// tools and tests that speak it.

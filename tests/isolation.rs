@@ -70,8 +70,8 @@ fn children_of_the_application_inherit_neither_fds_nor_variables() {
     assert_child_sees_nothing(&app, "upgraded generation");
 }
 
-/// The new binary receives exactly: stdio, the listening socket at 3 and the readiness pipe at
-/// 4, with the variables naming them and its own pid. Nothing else of the old process (its
+/// The new binary receives exactly: stdio, the listening sockets at 3 (http) and 4 (admin) and
+/// the readiness pipe at 5, with the variables naming them and its own pid. Nothing else of the old process (its
 /// signal pipe, shutdown pipe, epoll, accepted connections) crosses the exec.
 #[test]
 fn only_the_new_binary_receives_the_listening_fds() {
@@ -90,9 +90,9 @@ fn only_the_new_binary_receives_the_listening_fds() {
     let seen = std::fs::read_to_string(&dump).unwrap();
     assert!(seen.contains(&format!("pid={new}\n")), "{seen}");
     assert!(seen.contains(&format!("LISTEN_PID={new}\n")), "{seen}");
-    assert!(seen.contains("LISTEN_FDS=1\n"), "{seen}");
-    assert!(seen.contains("LISTEN_FDNAMES=http\n"), "{seen}");
-    assert!(seen.contains("HOTEXEC_READY_FD=4\n"), "{seen}");
+    assert!(seen.contains("LISTEN_FDS=2\n"), "{seen}");
+    assert!(seen.contains("LISTEN_FDNAMES=http:admin\n"), "{seen}");
+    assert!(seen.contains("HOTEXEC_READY_FD=5\n"), "{seen}");
     let old_sockets: Vec<String> = fd_targets(old)
         .into_iter()
         .filter(|(_, t)| t.starts_with("socket:"))
@@ -113,11 +113,13 @@ fn only_the_new_binary_receives_the_listening_fds() {
         fds.push((fd, target.to_string()));
     }
     let numbers: Vec<i32> = fds.iter().map(|(n, _)| *n).collect();
-    assert_eq!(numbers, [0, 1, 2, 3, 4], "{seen}");
-    assert!(fds[3].1.starts_with("socket:"), "{seen}");
-    assert!(
-        old_sockets.contains(&fds[3].1),
-        "fd 3 is the old process's listener: {seen}"
-    );
-    assert!(fds[4].1.starts_with("pipe:"), "{seen}");
+    assert_eq!(numbers, [0, 1, 2, 3, 4, 5], "{seen}");
+    for fd in [3, 4] {
+        assert!(fds[fd].1.starts_with("socket:"), "{seen}");
+        assert!(
+            old_sockets.contains(&fds[fd].1),
+            "fd {fd} is a listener of the old process: {seen}"
+        );
+    }
+    assert!(fds[5].1.starts_with("pipe:"), "{seen}");
 }

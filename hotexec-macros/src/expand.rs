@@ -123,6 +123,9 @@ fn expand_main(
     if args.ready == Ready::Manual {
         options.extend(quote!(.manual_ready()));
     }
+    if args.keeper {
+        options.extend(quote!(.keeper()));
+    }
     for Listener {
         name,
         addr,

@@ -46,6 +46,7 @@ use proc_macro::TokenStream;
 /// | `init` | a path, `telemetry::install` | a `fn()` called first, before hotexec starts (install a `tracing` subscriber here) |
 /// | `flavor` | `"multi_thread"` (default) or `"current_thread"` | async only: the tokio runtime |
 /// | `worker_threads` | an integer ≥ 1 | async, multi-thread only: the runtime's worker threads |
+/// | `keeper` | `true` or `false` (default) | the started process stays as a small keeper of the serving generation, so its pid never changes (containers, supervisors) |
 ///
 /// Everything is checked at compile time: a bad duration, signal, address or listener name is
 /// an error on the literal at fault.

@@ -28,6 +28,7 @@ mod kw {
     syn::custom_keyword!(init);
     syn::custom_keyword!(flavor);
     syn::custom_keyword!(worker_threads);
+    syn::custom_keyword!(keeper);
 
     syn::custom_keyword!(name);
     syn::custom_keyword!(backlog);
@@ -83,6 +84,7 @@ enum MainKey {
     Init,
     Flavor,
     WorkerThreads,
+    Keeper,
 }
 
 /// The name of an option key, as the user writes it.
@@ -112,6 +114,7 @@ impl KeyName for MainKey {
         MainKey::Init,
         MainKey::Flavor,
         MainKey::WorkerThreads,
+        MainKey::Keeper,
     ];
 
     fn as_str(self) -> &'static str {
@@ -124,6 +127,7 @@ impl KeyName for MainKey {
             MainKey::Init => "init",
             MainKey::Flavor => "flavor",
             MainKey::WorkerThreads => "worker_threads",
+            MainKey::Keeper => "keeper",
         }
     }
 }
@@ -154,6 +158,7 @@ impl Parse for Key<MainKey> {
             init => Init,
             flavor => Flavor,
             worker_threads => WorkerThreads,
+            keeper => Keeper,
         }
         if input.peek(Ident::peek_any) {
             return Ok(Key::Unknown(input.call(Ident::parse_any)?));
@@ -195,6 +200,8 @@ pub(crate) struct MainArgs {
     pub(crate) flavor: Option<(Flavor, Span)>,
     /// With the span of the `worker_threads` key.
     pub(crate) worker_threads: Option<(usize, Span)>,
+    /// `keeper = true`: the started process stays as a keeper of the serving generation.
+    pub(crate) keeper: bool,
 }
 
 impl Parse for MainArgs {
@@ -324,6 +331,21 @@ impl MainArgs {
                     ));
                 }
                 self.worker_threads = Some((n, span));
+            }
+            MainKey::Keeper => {
+                self.keeper = match value {
+                    Expr::Lit(ExprLit {
+                        lit: Lit::Bool(b), ..
+                    }) => b.value,
+                    _ => {
+                        return Err(syn::Error::new_spanned(
+                            value,
+                            "`keeper` expects `true` or `false`: with `keeper = true` the started \
+                             process stays as a keeper of the serving generation, so its pid never \
+                             changes",
+                        ));
+                    }
+                };
             }
         }
         Ok(())
@@ -913,9 +935,10 @@ mod tests {
         let args = main_args(quote! {
             drain_timeout = "30s", ready_timeout = "500ms", upgrade_signal = "usr1",
             pid_file = "/run/app.pid", ready = "manual", init = telemetry::install,
-            flavor = "multi_thread", worker_threads = 4,
+            flavor = "multi_thread", worker_threads = 4, keeper = true,
         })
         .unwrap();
+        assert!(args.keeper);
         assert_eq!(args.drain_timeout_ms, Some(30_000));
         assert_eq!(args.ready_timeout_ms, Some(500));
         assert_eq!(args.upgrade_signal, Some("SIGUSR1"));
@@ -933,6 +956,7 @@ mod tests {
         assert_eq!(args.drain_timeout_ms, None);
         assert_eq!(args.ready, Ready::Auto);
         assert!(args.flavor.is_none() && args.worker_threads.is_none() && args.init.is_none());
+        assert!(!args.keeper);
     }
 
     #[test]

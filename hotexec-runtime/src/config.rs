@@ -17,6 +17,8 @@ pub const ENV_READY_TIMEOUT: &str = "HOTEXEC_READY_TIMEOUT";
 pub const ENV_UPGRADE_SIGNAL: &str = "HOTEXEC_UPGRADE_SIGNAL";
 /// `HOTEXEC_PID_FILE`
 pub const ENV_PID_FILE: &str = "HOTEXEC_PID_FILE";
+/// `HOTEXEC_KEEPER`: `1` turns keeper mode on, `0` off (see `keeper.rs`).
+pub const ENV_KEEPER: &str = "HOTEXEC_KEEPER";
 /// `HOTEXEC_PROBATION`
 pub const ENV_PROBATION: &str = "HOTEXEC_PROBATION";
 /// Prefix of `HOTEXEC_LISTEN_<NAME>`.
@@ -60,6 +62,9 @@ pub struct Config {
     pub manual_ready: bool,
     /// The listeners.
     pub listeners: Vec<ListenDecl>,
+    /// Keeper mode: `Some(true)` / `Some(false)` when the attribute or `HOTEXEC_KEEPER` said so,
+    /// `None` when nothing did (then it is on in the foreground of a terminal).
+    pub keeper: Option<bool>,
     /// Warnings to log once logging is possible (unknown override variables).
     pub warnings: Vec<String>,
 }
@@ -72,6 +77,7 @@ pub struct Declared {
     pub(crate) upgrade_signal: Option<&'static str>,
     pub(crate) pid_file: Option<&'static str>,
     pub(crate) manual_ready: bool,
+    pub(crate) keeper: bool,
     pub(crate) listeners: Vec<(&'static str, &'static str, ListenOptions)>,
 }
 
@@ -101,8 +107,16 @@ impl Config {
             }
             None => Ok(attr.unwrap_or(default)),
         };
-        let drain_timeout = duration(ENV_DRAIN_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, declared.drain_timeout)?;
-        let ready_timeout = duration(ENV_READY_TIMEOUT, DEFAULT_READY_TIMEOUT, declared.ready_timeout)?;
+        let drain_timeout = duration(
+            ENV_DRAIN_TIMEOUT,
+            DEFAULT_DRAIN_TIMEOUT,
+            declared.drain_timeout,
+        )?;
+        let ready_timeout = duration(
+            ENV_READY_TIMEOUT,
+            DEFAULT_READY_TIMEOUT,
+            declared.ready_timeout,
+        )?;
         if ready_timeout.is_zero() {
             // Same rule as the attribute: a zero timeout would fail every upgrade.
             return Err(format!(
@@ -114,7 +128,8 @@ impl Config {
         let signal_name = match get(ENV_UPGRADE_SIGNAL) {
             Some(v) => {
                 let s = env_str(ENV_UPGRADE_SIGNAL, v)?;
-                syntax::parse_upgrade_signal(&s).map_err(|e| format!("{ENV_UPGRADE_SIGNAL}: {e}"))?
+                syntax::parse_upgrade_signal(&s)
+                    .map_err(|e| format!("{ENV_UPGRADE_SIGNAL}: {e}"))?
             }
             None => syntax::parse_upgrade_signal(declared.upgrade_signal.unwrap_or("SIGUSR2"))
                 .map_err(|e| e.to_string())?,
@@ -127,6 +142,18 @@ impl Config {
             Some(v) if v.is_empty() => None,
             Some(v) => Some(PathBuf::from(v)),
             None => declared.pid_file.map(PathBuf::from),
+        };
+        let keeper = match get(ENV_KEEPER) {
+            Some(v) => match env_str(ENV_KEEPER, v)?.as_str() {
+                "1" | "true" | "yes" | "on" => Some(true),
+                "0" | "false" | "no" | "off" => Some(false),
+                other => {
+                    return Err(format!(
+                        "{ENV_KEEPER}={other:?}: expected 1 (keeper mode on) or 0 (off)"
+                    ));
+                }
+            },
+            None => declared.keeper.then_some(true),
         };
         let mut listeners = Vec::new();
         for (name, addr, opts) in &declared.listeners {
@@ -159,7 +186,10 @@ impl Config {
         let mut warnings = Vec::new();
         for (k, _) in &env {
             if let Some(suffix) = k.strip_prefix(ENV_LISTEN_PREFIX) {
-                if !listeners.iter().any(|l| syntax::env_suffix(&l.name) == suffix) {
+                if !listeners
+                    .iter()
+                    .any(|l| syntax::env_suffix(&l.name) == suffix)
+                {
                     let known: Vec<_> = listeners.iter().map(|l| l.name.as_str()).collect();
                     warnings.push(format!(
                         "{k} is set but no listener is named {:?} (declared: {})",
@@ -177,6 +207,7 @@ impl Config {
             pid_file,
             manual_ready: declared.manual_ready,
             listeners,
+            keeper,
             warnings,
         })
     }
@@ -187,7 +218,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
-        pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect()
     }
 
     fn declared() -> Declared {
@@ -224,6 +258,20 @@ mod tests {
         assert_eq!(d.drain_timeout, Duration::from_secs(5));
         assert_eq!(d.ready_timeout, DEFAULT_READY_TIMEOUT);
         assert_eq!(d.upgrade_signal, Signal::SIGUSR2);
+        assert_eq!(d.keeper, None);
+    }
+
+    #[test]
+    fn keeper_from_the_attribute_or_the_environment() {
+        let on = Declared {
+            keeper: true,
+            ..declared()
+        };
+        assert_eq!(Config::resolve(&on, env(&[])).unwrap().keeper, Some(true));
+        let off = Config::resolve(&on, env(&[("HOTEXEC_KEEPER", "0")])).unwrap();
+        assert_eq!(off.keeper, Some(false));
+        let by_env = Config::resolve(&declared(), env(&[("HOTEXEC_KEEPER", "1")])).unwrap();
+        assert_eq!(by_env.keeper, Some(true));
     }
 
     #[test]
@@ -233,6 +281,7 @@ mod tests {
             ("HOTEXEC_READY_TIMEOUT", "5"),
             ("HOTEXEC_UPGRADE_SIGNAL", "SIGKILL"),
             ("HOTEXEC_LISTEN_HTTP", "localhost:80"),
+            ("HOTEXEC_KEEPER", "maybe"),
             ("HOTEXEC_READY_TIMEOUT", "0s"),
         ] {
             let e = Config::resolve(&declared(), env(&[(var, value)])).unwrap_err();

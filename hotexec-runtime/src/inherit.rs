@@ -17,7 +17,11 @@ static OWNED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 /// Whether the inherited Unix listener `name` was bound by a hotexec generation (so its path is
 /// ours to remove on a final stop) rather than by a socket activator.
 pub(crate) fn path_is_owned(name: &str) -> bool {
-    OWNED.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|n| n == name)
+    OWNED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .any(|n| n == name)
 }
 
 /// Identity (`st_dev`, `st_ino`) of each fd the hand-over names, as found before `main`; `None`
@@ -67,7 +71,12 @@ unsafe fn take_from_env() -> Snapshot {
     let owned = get(protocol::OWNED_FDNAMES).filter(|_| for_us);
     *OWNED.lock().unwrap_or_else(|p| p.into_inner()) = owned
         .and_then(|v| v.into_string().ok())
-        .map(|v| v.split(':').filter(|n| !n.is_empty()).map(str::to_owned).collect())
+        .map(|v| {
+            v.split(':')
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default();
     for var in protocol::ALL {
         // SAFETY: guaranteed by the caller.
@@ -121,10 +130,16 @@ pub(crate) struct Adoption {
 pub(crate) fn adopt(snap: &Snapshot, decls: &[ListenDecl]) -> Result<Adoption, String> {
     let mut notes = Vec::new();
     let handover = match snap.parse(std::process::id()).map_err(|e| e.to_string())? {
-        Parsed::Absent => Handover { fds: Vec::new(), ready_fd: None },
+        Parsed::Absent => Handover {
+            fds: Vec::new(),
+            ready_fd: None,
+        },
         Parsed::NotForUs(why) => {
             notes.push(why);
-            Handover { fds: Vec::new(), ready_fd: None }
+            Handover {
+                fds: Vec::new(),
+                ready_fd: None,
+            }
         }
         Parsed::ForUs(h) => h,
     };
@@ -150,16 +165,19 @@ pub(crate) fn adopt(snap: &Snapshot, decls: &[ListenDecl]) -> Result<Adoption, S
     let mut found = Vec::new();
     for (fd, name) in &handover.fds {
         received(*fd, format!("inherited {}", describe(*fd, name.as_deref())))?;
-        let info = socket::inspect(borrow(*fd)).map_err(|e| {
-            format!("inherited {}: {e}", describe(*fd, name.as_deref()))
-        })?;
+        let info = socket::inspect(borrow(*fd))
+            .map_err(|e| format!("inherited {}: {e}", describe(*fd, name.as_deref())))?;
         found.push((*fd, name.clone(), info));
     }
     let ready_fd = match handover.ready_fd {
         Some(fd) => {
             received(fd, format!("{}={fd}", protocol::READY_FD))?;
             let st = nix::sys::stat::fstat(borrow(fd)).map_err(|e| {
-                format!("{}={fd}: the fd is not open ({})", protocol::READY_FD, e.desc())
+                format!(
+                    "{}={fd}: the fd is not open ({})",
+                    protocol::READY_FD,
+                    e.desc()
+                )
             })?;
             let kind = nix::sys::stat::SFlag::from_bits_truncate(st.st_mode)
                 & nix::sys::stat::SFlag::S_IFMT;
@@ -184,12 +202,19 @@ pub(crate) fn adopt(snap: &Snapshot, decls: &[ListenDecl]) -> Result<Adoption, S
     // our pid) makes this process its owner; each number appears once (3, 4, 5, …).
     let mut pool: Vec<Option<Inherited>> = found
         .into_iter()
-        .map(|(fd, name, info)| Some(Inherited { fd: unsafe { OwnedFd::from_raw_fd(fd) }, name, info }))
+        .map(|(fd, name, info)| {
+            Some(Inherited {
+                fd: unsafe { OwnedFd::from_raw_fd(fd) },
+                name,
+                info,
+            })
+        })
         .collect();
     let mut claimed = Vec::with_capacity(decls.len());
     for decl in decls {
         let by_name = pool.iter().position(|s| {
-            s.as_ref().is_some_and(|s| s.name.as_deref() == Some(decl.name.as_str()))
+            s.as_ref()
+                .is_some_and(|s| s.name.as_deref() == Some(decl.name.as_str()))
         });
         let pick = match by_name {
             Some(i) => {
@@ -227,7 +252,11 @@ pub(crate) fn adopt(snap: &Snapshot, decls: &[ListenDecl]) -> Result<Adoption, S
             s.info.addr
         ));
     }
-    Ok(Adoption { claimed, ready_fd, notes })
+    Ok(Adoption {
+        claimed,
+        ready_fd,
+        notes,
+    })
 }
 
 impl Inherited {

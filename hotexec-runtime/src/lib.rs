@@ -3,8 +3,9 @@
 //!
 //! Where to look: [`protocol`] (the hand-over between generations), `inherit.rs` (start-up
 //! checks), `spawn.rs` (fork/exec of the new generation), `upgrade.rs` (the supervisor and its
-//! state machine), `drain.rs` (the drain deadline), `ready.rs`, `notify.rs` (`sd_notify` to the service manager, and from a
-//! new generation), `pidfile.rs`, `signals.rs`.
+//! state machine), `keeper.rs` (keeper mode), [`control`] (the control socket), `drain.rs` (the
+//! drain deadline), `ready.rs`, `notify.rs` (`sd_notify` to the service manager, and from a new
+//! generation), `pidfile.rs`, `signals.rs`.
 //!
 //! Without the default `process` feature only [`syntax`] is built: the grammar that
 //! `hotexec-macros` checks literals with at compile time.
@@ -13,34 +14,50 @@
 
 pub mod syntax;
 
-macro_rules! process_modules {
-    ($($(#[$a:meta])* $vis:vis mod $m:ident;)*) => { $( #[cfg(feature = "process")] $(#[$a])* $vis mod $m; )* };
-}
-
-process_modules! {
-    mod config;
-    mod drain;
-    mod error;
-    mod inherit;
-    mod listeners;
-    mod notify;
-    pub mod pidfile;
-    pub mod protocol;
-    mod ready;
-    mod shutdown;
-    pub mod socket;
-    mod signals;
-    mod spawn;
-    mod start;
-    mod upgrade;
-    #[doc(hidden)] pub mod private;
-}
+// Everything below needs the `process` feature (see Cargo.toml); `syntax` does not.
+#[cfg(feature = "process")]
+mod config;
+#[cfg(feature = "process")]
+pub mod control;
+#[cfg(feature = "process")]
+mod drain;
+#[cfg(feature = "process")]
+mod error;
+#[cfg(feature = "process")]
+mod inherit;
+#[cfg(feature = "process")]
+mod keeper;
+#[cfg(feature = "process")]
+mod listeners;
+#[cfg(feature = "process")]
+mod notify;
+#[cfg(feature = "process")]
+pub mod pidfile;
+#[cfg(feature = "process")]
+#[doc(hidden)]
+pub mod private;
+#[cfg(feature = "process")]
+pub mod protocol;
+#[cfg(feature = "process")]
+mod ready;
+#[cfg(feature = "process")]
+mod shutdown;
+#[cfg(feature = "process")]
+mod signals;
+#[cfg(feature = "process")]
+pub mod socket;
+#[cfg(feature = "process")]
+mod spawn;
+#[cfg(feature = "process")]
+mod start;
+#[cfg(feature = "process")]
+mod upgrade;
 
 #[cfg(feature = "process")]
 pub use crate::{
     config::{
-        DEFAULT_DRAIN_TIMEOUT, DEFAULT_READY_TIMEOUT, ENV_DRAIN_TIMEOUT, ENV_LISTEN_PREFIX,
-        ENV_PID_FILE, ENV_READY_TIMEOUT, ENV_UPGRADE_SIGNAL,
+        DEFAULT_DRAIN_TIMEOUT, DEFAULT_READY_TIMEOUT, ENV_DRAIN_TIMEOUT, ENV_KEEPER,
+        ENV_LISTEN_PREFIX, ENV_PID_FILE, ENV_READY_TIMEOUT, ENV_UPGRADE_SIGNAL,
     },
     error::UpgradeError,
     listeners::Listeners,

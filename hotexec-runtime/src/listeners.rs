@@ -39,7 +39,16 @@ impl Listeners {
     pub(crate) fn new(entries: Vec<(String, ListenAddr, OwnedFd, bool)>) -> Listeners {
         let map = entries
             .into_iter()
-            .map(|(name, addr, fd, inherited)| (name, Entry { addr, fd: Some(fd), inherited }))
+            .map(|(name, addr, fd, inherited)| {
+                (
+                    name,
+                    Entry {
+                        addr,
+                        fd: Some(fd),
+                        inherited,
+                    },
+                )
+            })
             .collect();
         Listeners {
             inner: Arc::new(Mutex::new(map)),
@@ -56,7 +65,11 @@ impl Listeners {
                 io::ErrorKind::NotFound,
                 format!(
                     "no listener named {name:?}: declared are {}",
-                    if known.is_empty() { "none".into() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
                 ),
             ));
         }

@@ -145,7 +145,10 @@ pub(crate) fn stopping() {
 }
 
 fn monotonic_usec() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes one timespec into `ts`, which lives for the call.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
@@ -162,7 +165,8 @@ impl ChildSocket {
     /// Binds a fresh socket to a kernel-chosen abstract name (autobind: no name to collide
     /// with, nothing on disk to clean up).
     pub(crate) fn bind() -> io::Result<ChildSocket> {
-        let err = |call: &str, e: nix::errno::Errno| io::Error::other(format!("{call}: {}", e.desc()));
+        let err =
+            |call: &str, e: nix::errno::Errno| io::Error::other(format!("{call}: {}", e.desc()));
         let fd = socket::socket(
             AddressFamily::Unix,
             SockType::Datagram,
@@ -181,7 +185,10 @@ impl ChildSocket {
             .ok_or_else(|| io::Error::other("autobind gave no abstract name"))?;
         let mut addr = b"@".to_vec();
         addr.extend_from_slice(name);
-        Ok(ChildSocket { fd, addr: OsString::from(std::ffi::OsStr::from_bytes(&addr)) })
+        Ok(ChildSocket {
+            fd,
+            addr: OsString::from(std::ffi::OsStr::from_bytes(&addr)),
+        })
     }
 
     pub(crate) fn as_fd(&self) -> BorrowedFd<'_> {

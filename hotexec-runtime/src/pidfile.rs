@@ -18,7 +18,11 @@ pub fn write(path: &Path, pid: u32) -> io::Result<()> {
     if !dir.is_dir() {
         return Err(io::Error::new(
             io::ErrorKind::NotFound,
-            format!("pid file {}: directory {} does not exist", path.display(), dir.display()),
+            format!(
+                "pid file {}: directory {} does not exist",
+                path.display(),
+                dir.display()
+            ),
         ));
     }
     let tmp = dir.join(format!(".{}.{pid}.tmp", file.to_string_lossy()));
@@ -77,7 +81,9 @@ mod tests {
         assert!(pid.exists());
         remove_if_ours(&pid, 1234);
         assert!(!pid.exists());
-        let e = write(&dir.join("missing/app.pid"), 1).unwrap_err().to_string();
+        let e = write(&dir.join("missing/app.pid"), 1)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("does not exist"), "{e}");
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -20,7 +20,11 @@ pub struct ListenSpec {
 
 impl ListenSpec {
     pub fn new(name: &'static str, addr: &'static str) -> Self {
-        ListenSpec { name, addr, opts: ListenOptions::default() }
+        ListenSpec {
+            name,
+            addr,
+            opts: ListenOptions::default(),
+        }
     }
     pub fn backlog(mut self, n: u32) -> Self {
         self.opts.backlog = Some(n);
@@ -70,8 +74,14 @@ impl Builder {
         self.declared.manual_ready = true;
         self
     }
+    pub fn keeper(mut self) -> Self {
+        self.declared.keeper = true;
+        self
+    }
     pub fn listen(mut self, spec: ListenSpec) -> Self {
-        self.declared.listeners.push((spec.name, spec.addr, spec.opts));
+        self.declared
+            .listeners
+            .push((spec.name, spec.addr, spec.opts));
         self
     }
     pub fn run<R>(self, f: impl FnOnce(Listeners, Shutdown) -> R) -> R {
@@ -94,7 +104,10 @@ pub struct Started<F> {
 
 impl<F: Future> Started<F> {
     pub fn new(fut: F) -> Self {
-        Started { fut: Box::pin(fut), first: true }
+        Started {
+            fut: Box::pin(fut),
+            first: true,
+        }
     }
 }
 

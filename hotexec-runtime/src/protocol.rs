@@ -14,6 +14,8 @@
 //! | `HOTEXEC_NOTIFY_SOCKET` | the service manager's real `NOTIFY_SOCKET` (empty: none), which a hotexec new generation puts back as its `NOTIFY_SOCKET` |
 //! | `HOTEXEC_OWNED_FDNAMES` | colon-separated names of the passed Unix listeners whose path a hotexec generation bound (not a socket activator): the generation that stops for good removes those paths |
 //!
+//! | `HOTEXEC_KEEPER_FD` | keeper mode only: this process is a generation under a keeper, and this fd is its channel to the keeper (a `SOCK_SEQPACKET` socket; see [`KEEPER_SERVING`]) |
+//!
 //! All but `NOTIFY_SOCKET` are removed from the environment before `main` runs, so nothing the
 //! application spawns sees them; `NOTIFY_SOCKET` is left as the service manager set it.
 
@@ -36,6 +38,11 @@ pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 pub const UPSTREAM_NOTIFY_SOCKET: &str = "HOTEXEC_NOTIFY_SOCKET";
 /// `HOTEXEC_OWNED_FDNAMES`: Unix listeners whose path is hotexec's to remove on a final stop.
 pub const OWNED_FDNAMES: &str = "HOTEXEC_OWNED_FDNAMES";
+/// `HOTEXEC_KEEPER_FD`: the channel to the keeper, in keeper mode. Scrubbed by the keeper module
+/// (it is not part of [`ALL`], which is the hand-over between generations).
+pub const KEEPER_FD: &str = "HOTEXEC_KEEPER_FD";
+/// Message a generation sends to the keeper when it hands over: `serving <new pid>`.
+pub const KEEPER_SERVING: &str = "serving";
 /// Every hotexec protocol variable, for scrubbing (`NOTIFY_SOCKET` is systemd's and stays).
 pub const ALL: [&str; 6] = [
     LISTEN_PID,
@@ -224,7 +231,11 @@ impl Snapshot {
             Some(v) => {
                 let fd = decimal(READY_FD, v)?;
                 if fd < FDS_START as u64 || fd > i32::MAX as u64 {
-                    return Err(refuse(READY_FD, v, "not a usable fd number (it must be 3 or more)"));
+                    return Err(refuse(
+                        READY_FD,
+                        v,
+                        "not a usable fd number (it must be 3 or more)",
+                    ));
                 }
                 if fd < last {
                     return Err(refuse(
@@ -249,7 +260,12 @@ impl Snapshot {
 mod tests {
     use super::*;
 
-    fn snap(pid: Option<&str>, fds: Option<&str>, names: Option<&str>, ready: Option<&str>) -> Snapshot {
+    fn snap(
+        pid: Option<&str>,
+        fds: Option<&str>,
+        names: Option<&str>,
+        ready: Option<&str>,
+    ) -> Snapshot {
         Snapshot {
             listen_pid: pid.map(Into::into),
             listen_fds: fds.map(Into::into),
@@ -271,15 +287,24 @@ mod tests {
         let unnamed = snap(Some("42"), Some("1"), None, None).parse(42);
         assert_eq!(
             unnamed,
-            Ok(Parsed::ForUs(Handover { fds: vec![(3, None)], ready_fd: None }))
+            Ok(Parsed::ForUs(Handover {
+                fds: vec![(3, None)],
+                ready_fd: None
+            }))
         );
     }
 
     #[test]
     fn not_for_us() {
         assert_eq!(Snapshot::default().parse(1), Ok(Parsed::Absent));
-        assert!(matches!(snap(Some("41"), Some("1"), None, None).parse(42), Ok(Parsed::NotForUs(_))));
-        assert!(matches!(snap(None, Some("1"), None, None).parse(42), Ok(Parsed::NotForUs(_))));
+        assert!(matches!(
+            snap(Some("41"), Some("1"), None, None).parse(42),
+            Ok(Parsed::NotForUs(_))
+        ));
+        assert!(matches!(
+            snap(None, Some("1"), None, None).parse(42),
+            Ok(Parsed::NotForUs(_))
+        ));
     }
 
     #[test]
@@ -290,11 +315,20 @@ mod tests {
             (snap(Some("0"), Some("1"), None, None), LISTEN_PID),
             (snap(Some("42"), Some("-1"), None, None), LISTEN_FDS),
             (snap(Some("42"), Some(" 1"), None, None), LISTEN_FDS),
-            (snap(Some("42"), Some("99999999999999999999999"), None, None), LISTEN_FDS),
+            (
+                snap(Some("42"), Some("99999999999999999999999"), None, None),
+                LISTEN_FDS,
+            ),
             (snap(Some("42"), Some("2000000"), None, None), LISTEN_FDS),
             (snap(Some("42"), Some("2"), Some("a"), None), LISTEN_FDNAMES),
-            (snap(Some("42"), Some("1"), Some("a:b"), None), LISTEN_FDNAMES),
-            (snap(Some("42"), Some("3"), Some("a:unknown:a"), None), LISTEN_FDNAMES),
+            (
+                snap(Some("42"), Some("1"), Some("a:b"), None),
+                LISTEN_FDNAMES,
+            ),
+            (
+                snap(Some("42"), Some("3"), Some("a:unknown:a"), None),
+                LISTEN_FDNAMES,
+            ),
             (snap(Some("42"), Some("2"), None, Some("4")), READY_FD),
             (snap(Some("42"), Some("0"), None, Some("1")), READY_FD),
             (snap(Some("42"), Some("0"), None, Some("z")), READY_FD),

@@ -29,7 +29,10 @@ pub fn ready() {
     let pipe = READY_PIPE.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(fd) = pipe {
         match nix::unistd::write(&fd, &[READY]) {
-            Ok(_) => tracing::info!(pid = std::process::id(), "reported ready to the previous generation"),
+            Ok(_) => tracing::info!(
+                pid = std::process::id(),
+                "reported ready to the previous generation"
+            ),
             Err(e) => tracing::warn!(
                 "could not report ready to the previous generation ({}); it may have given up",
                 e.desc()

@@ -55,7 +55,9 @@ pub struct Shutdown {
 
 impl std::fmt::Debug for Shutdown {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shutdown").field("reason", &self.reason()).finish()
+        f.debug_struct("Shutdown")
+            .field("reason", &self.reason())
+            .finish()
     }
 }
 
@@ -65,7 +67,10 @@ impl Shutdown {
             .map_err(|e| io::Error::other(format!("pipe2: {}", e.desc())))?;
         Ok(Shutdown {
             inner: Arc::new(Inner {
-                state: Mutex::new(State { reason: None, wakers: Vec::new() }),
+                state: Mutex::new(State {
+                    reason: None,
+                    wakers: Vec::new(),
+                }),
                 cond: Condvar::new(),
                 pipe_r,
                 pipe_w,
@@ -93,7 +98,11 @@ impl Shutdown {
 
     /// The reason, once triggered.
     pub fn reason(&self) -> Option<ShutdownReason> {
-        self.inner.state.lock().unwrap_or_else(|p| p.into_inner()).reason
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reason
     }
 
     /// True once shutdown has been triggered.

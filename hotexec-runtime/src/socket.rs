@@ -67,12 +67,14 @@ pub fn inspect(fd: BorrowedFd<'_>) -> Result<SocketInfo, String> {
     }
     let ty = socket::getsockopt(&fd, sockopt::SockType)
         .map_err(|e| format!("fd {n}: getsockopt(SO_TYPE) failed: {}", e.desc()))?;
-    let local: SockaddrStorage = socket::getsockname(n)
-        .map_err(|e| format!("fd {n}: getsockname failed: {}", e.desc()))?;
+    let local: SockaddrStorage =
+        socket::getsockname(n).map_err(|e| format!("fd {n}: getsockname failed: {}", e.desc()))?;
     let ip: Option<SocketAddr> = if let Some(v4) = local.as_sockaddr_in() {
         Some(SocketAddr::V4((*v4).into()))
     } else {
-        local.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
+        local
+            .as_sockaddr_in6()
+            .map(|v6| SocketAddr::V6((*v6).into()))
     };
     let addr = match (ty, ip, local.as_unix_addr()) {
         (SockType::Stream, Some(sa), _) => ListenAddr::Tcp(sa),
@@ -84,7 +86,10 @@ pub fn inspect(fd: BorrowedFd<'_>) -> Result<SocketInfo, String> {
             None => return Err(format!("fd {n} is an unnamed or abstract unix socket")),
         },
         (ty, _, _) => {
-            let fam = local.family().map(|f| format!("{f:?}")).unwrap_or("unknown".into());
+            let fam = local
+                .family()
+                .map(|f| format!("{f:?}"))
+                .unwrap_or("unknown".into());
             return Err(format!(
                 "fd {n} is a socket of an unsupported kind ({ty:?}, family {fam})"
             ));
@@ -161,7 +166,8 @@ pub fn bind(addr: &ListenAddr, opts: &ListenOptions) -> io::Result<OwnedFd> {
                 None,
             )
             .map_err(|e| errno_io("socket(AF_UNIX)", e))?;
-            let un = socket::UnixAddr::new(path.as_path()).map_err(|e| errno_io("unix address", e))?;
+            let un =
+                socket::UnixAddr::new(path.as_path()).map_err(|e| errno_io("unix address", e))?;
             match socket::bind(fd.as_raw_fd(), &un) {
                 Err(Errno::EADDRINUSE) => {
                     remove_stale(path)?;
@@ -245,10 +251,11 @@ static OWNED_PATHS: std::sync::Mutex<Vec<(PathBuf, u64, u64)>> = std::sync::Mute
 pub(crate) fn own_path(path: &std::path::Path) {
     use std::os::unix::fs::MetadataExt;
     if let Ok(m) = std::fs::symlink_metadata(path) {
-        OWNED_PATHS
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((path.to_owned(), m.dev(), m.ino()));
+        OWNED_PATHS.lock().unwrap_or_else(|p| p.into_inner()).push((
+            path.to_owned(),
+            m.dev(),
+            m.ino(),
+        ));
     }
 }
 
@@ -272,9 +279,13 @@ pub(crate) fn remove_owned_paths() {
         match std::fs::symlink_metadata(&path) {
             Ok(m) if m.dev() == dev && m.ino() == ino => match std::fs::remove_file(&path) {
                 Ok(()) => tracing::info!(path = %path.display(), "removed the socket file"),
-                Err(e) => tracing::warn!(path = %path.display(), "cannot remove the socket file: {e}"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "cannot remove the socket file: {e}")
+                }
             },
-            Ok(_) => tracing::info!(path = %path.display(), "socket file was replaced by another: left alone"),
+            Ok(_) => {
+                tracing::info!(path = %path.display(), "socket file was replaced by another: left alone")
+            }
             Err(_) => {}
         }
     }
@@ -296,7 +307,9 @@ pub fn matches(declared: &ListenAddr, found: &ListenAddr) -> bool {
 
 /// The address a bound fd really has (port 0 resolved).
 pub fn local_addr(fd: BorrowedFd<'_>) -> io::Result<ListenAddr> {
-    inspect(fd.as_fd()).map(|i| i.addr).map_err(io::Error::other)
+    inspect(fd.as_fd())
+        .map(|i| i.addr)
+        .map_err(io::Error::other)
 }
 
 #[cfg(test)]
@@ -306,13 +319,24 @@ mod tests {
 
     #[test]
     fn inspect_tells_kinds_apart() {
-        let tcp = bind(&ListenAddr::parse("127.0.0.1:0").unwrap(), &Default::default()).unwrap();
+        let tcp = bind(
+            &ListenAddr::parse("127.0.0.1:0").unwrap(),
+            &Default::default(),
+        )
+        .unwrap();
         let info = inspect(tcp.as_fd()).unwrap();
         assert!(matches!(info.addr, ListenAddr::Tcp(sa) if sa.port() != 0));
         assert!(info.listening);
 
-        let udp = bind(&ListenAddr::parse("udp:127.0.0.1:0").unwrap(), &Default::default()).unwrap();
-        assert!(matches!(inspect(udp.as_fd()).unwrap().addr, ListenAddr::Udp(_)));
+        let udp = bind(
+            &ListenAddr::parse("udp:127.0.0.1:0").unwrap(),
+            &Default::default(),
+        )
+        .unwrap();
+        assert!(matches!(
+            inspect(udp.as_fd()).unwrap().addr,
+            ListenAddr::Udp(_)
+        ));
 
         let file = std::fs::File::open("/proc/self/exe").unwrap();
         let e = inspect(file.as_fd()).unwrap_err();

@@ -23,6 +23,18 @@ pub struct Spawned {
 
 const PID_VAR: &[u8] = b"LISTEN_PID=";
 
+/// What a new generation gets besides its listeners and its readiness pipe.
+#[derive(Clone, Copy, Default)]
+pub struct Extra<'a> {
+    /// The keeper channel: passed as fd `3 + n + 1` (after the readiness pipe), named by
+    /// `HOTEXEC_KEEPER_FD`.
+    pub keeper: Option<BorrowedFd<'a>>,
+    /// Start the child in a process group of its own (the keeper's first generation), so that
+    /// signals sent to the keeper's group (Ctrl-C in a terminal, `kill -TERM -PGID`) reach only
+    /// the keeper, which forwards them once.
+    pub new_group: bool,
+}
+
 /// Forks and executes `exe` with `argv` and this process's environment plus the protocol
 /// variables; `fds[i]` becomes fd `3 + i` in the child, named `names[i]`. `env` is set on top
 /// (replacing a variable of the same name).
@@ -32,6 +44,7 @@ pub fn spawn(
     fds: &[BorrowedFd<'_>],
     names: &[&str],
     env: &[(&str, OsString)],
+    extra: Extra<'_>,
 ) -> io::Result<Spawned> {
     let n = fds.len();
     let ready_target = FDS_START + n as RawFd;
@@ -48,7 +61,12 @@ pub fn spawn(
         .collect::<io::Result<Vec<_>>>()?;
     let mut envp_c = Vec::new();
     for (k, v) in std::env::vars_os() {
-        if protocol::ALL.iter().chain(env.iter().map(|(k, _)| k)).any(|p| k.as_bytes() == p.as_bytes()) {
+        if protocol::ALL
+            .iter()
+            .chain([&protocol::KEEPER_FD])
+            .chain(env.iter().map(|(k, _)| k))
+            .any(|p| k.as_bytes() == p.as_bytes())
+        {
             continue;
         }
         let mut kv = k.as_bytes().to_vec();
@@ -57,13 +75,22 @@ pub fn spawn(
         envp_c.push(cstr(&kv)?);
     }
     envp_c.push(cstr(format!("{}={n}", protocol::LISTEN_FDS).as_bytes())?);
-    envp_c.push(cstr(format!("{}={}", protocol::LISTEN_FDNAMES, names.join(":")).as_bytes())?);
-    envp_c.push(cstr(format!("{}={ready_target}", protocol::READY_FD).as_bytes())?);
+    envp_c.push(cstr(
+        format!("{}={}", protocol::LISTEN_FDNAMES, names.join(":")).as_bytes(),
+    )?);
+    envp_c.push(cstr(
+        format!("{}={ready_target}", protocol::READY_FD).as_bytes(),
+    )?);
     for (k, v) in env {
         let mut kv = k.as_bytes().to_vec();
         kv.push(b'=');
         kv.extend_from_slice(v.as_bytes());
         envp_c.push(cstr(&kv)?);
+    }
+    if extra.keeper.is_some() {
+        envp_c.push(cstr(
+            format!("{}={}", protocol::KEEPER_FD, ready_target + 1).as_bytes(),
+        )?);
     }
     // LISTEN_PID must be the child's own pid, known only after fork: reserve room for it.
     let mut pid_var = PID_VAR.to_vec();
@@ -80,6 +107,7 @@ pub fn spawn(
 
     let mut src: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     src.push(ready_w.as_raw_fd());
+    src.extend(extra.keeper.map(|k| k.as_raw_fd()));
     let mut tmp: Vec<RawFd> = vec![-1; src.len()];
 
     // SAFETY: the child branch only calls `exec_child`, which makes async-signal-safe calls on
@@ -96,13 +124,18 @@ pub fn spawn(
                     pid_var.as_mut_ptr(),
                     &src,
                     &mut tmp,
+                    n,
+                    extra.new_group,
                     ready_w.as_raw_fd(),
                 )
             }
         }
         Ok(ForkResult::Parent { child }) => {
             drop(ready_w);
-            Ok(Spawned { pid: child, ready_r })
+            Ok(Spawned {
+                pid: child,
+                ready_r,
+            })
         }
         Err(e) => Err(io::Error::other(format!("fork: {}", e.desc()))),
     }
@@ -130,8 +163,11 @@ unsafe fn fail(fd: RawFd) -> ! {
 /// # Safety
 /// Must be called only in a freshly forked child of a possibly multi-threaded process: it
 /// allocates nothing, takes no lock and only makes async-signal-safe system calls. `src` are
-/// the fds to pass (the readiness pipe last), `tmp` has the same length, `pid_var` points to
-/// the reserved `LISTEN_PID=` buffer that `envp` references.
+/// the fds to pass (the readiness pipe at `ready_index`, then the keeper channel if any), `tmp`
+/// has the same length, `pid_var` points to the reserved `LISTEN_PID=` buffer that `envp`
+/// references.
+// Everything the child needs, prepared before fork, passed as is: no allocation after fork.
+#[allow(clippy::too_many_arguments)]
 unsafe fn exec_child(
     path: &CString,
     argv: &[*const libc::c_char],
@@ -139,14 +175,20 @@ unsafe fn exec_child(
     pid_var: *mut u8,
     src: &[RawFd],
     tmp: &mut [RawFd],
+    ready_index: usize,
+    new_group: bool,
     ready_w: RawFd,
 ) -> ! {
     let count = src.len() as RawFd;
     // Above every target fd, so moving a source never clobbers another source.
     let base = FDS_START + count;
-    // SAFETY (whole block): fcntl, dup2, getpid, sigprocmask, signal, syscall(close_range),
-    // execve, write and _exit are async-signal-safe; the buffers were allocated before fork.
+    // SAFETY (whole block): fcntl, dup2, getpid, setpgid, sigprocmask, signal,
+    // syscall(close_range), execve, write and _exit are async-signal-safe; the buffers were
+    // allocated before fork.
     unsafe {
+        if new_group && libc::setpgid(0, 0) < 0 {
+            fail(ready_w);
+        }
         for (i, &s) in src.iter().enumerate() {
             let t = libc::fcntl(s, libc::F_DUPFD_CLOEXEC, base);
             if t < 0 {
@@ -154,7 +196,7 @@ unsafe fn exec_child(
             }
             tmp[i] = t;
         }
-        let report = tmp[tmp.len() - 1];
+        let report = tmp[ready_index];
         for (i, &t) in tmp.iter().enumerate() {
             // dup2 clears FD_CLOEXEC on the new fd: exactly these fds survive execve.
             if libc::dup2(t, FDS_START + i as RawFd) < 0 {
@@ -180,13 +222,18 @@ unsafe fn exec_child(
         *out.add(len) = 0;
         // Nothing else crosses into the new binary: close every fd above the passed ones
         // (the temporaries included). Older kernels without close_range rely on CLOEXEC.
-        libc::syscall(libc::SYS_close_range, base as libc::c_uint, libc::c_uint::MAX, 0);
+        libc::syscall(
+            libc::SYS_close_range,
+            base as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        );
         // A clean signal state, as a fresh process would have: Rust ignores SIGPIPE.
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
-        fail(base - 1)
+        fail(FDS_START + ready_index as RawFd)
     }
 }

@@ -9,7 +9,7 @@ use crate::listeners::Listeners;
 use crate::shutdown::{Shutdown, ShutdownReason};
 use crate::syntax::ListenAddr;
 use crate::upgrade::Ctx;
-use crate::{inherit, pidfile, ready, socket};
+use crate::{control, inherit, keeper, pidfile, ready, socket};
 
 static CTX: OnceLock<Arc<Ctx>> = OnceLock::new();
 
@@ -28,7 +28,7 @@ fn fatal(msg: String) -> ! {
 pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> R) -> R {
     // First: the protocol variables, before anything could start a thread.
     let snap = inherit::snapshot();
-    let config = Config::resolve(&declared, std::env::vars_os()).unwrap_or_else(|e| fatal(e));
+    let mut config = Config::resolve(&declared, std::env::vars_os()).unwrap_or_else(|e| fatal(e));
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
@@ -38,6 +38,12 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
         .unwrap_or_else(|e| fatal(format!("cannot resolve the path of this binary: {e}")));
     let argv: Vec<_> = std::env::args_os().collect();
     let pid = std::process::id();
+    match keeper::role(&config, &snap).unwrap_or_else(|e| fatal(e)) {
+        keeper::Role::Keeper => keeper::run(config, &snap, exe, argv),
+        // The pid file names the keeper, which stays: generations leave it alone.
+        keeper::Role::Generation => config.pid_file = None,
+        keeper::Role::Plain => {}
+    }
 
     let adoption = inherit::adopt(&snap, &config.listeners).unwrap_or_else(|e| fatal(e));
     for note in &adoption.notes {
@@ -66,7 +72,10 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
                         .as_deref()
                         .map(|v| format!(" (from {v})"))
                         .unwrap_or_default();
-                    fatal(format!("listener {:?}: cannot listen on {}{via}: {e}", decl.name, decl.addr))
+                    fatal(format!(
+                        "listener {:?}: cannot listen on {}{via}: {e}",
+                        decl.name, decl.addr
+                    ))
                 });
                 let addr = socket::local_addr(fd.as_fd()).unwrap_or_else(|_| decl.addr.clone());
                 if let ListenAddr::Unix(p) = &addr {
@@ -82,17 +91,23 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
         handed.push((decl.name.clone(), addr, user, was_inherited));
         sockets.push((decl.name.clone(), fd));
     }
-    // The new generation of an upgrade leaves the pid file to the old one, which writes it
-    // only once this process has reported ready.
-    if let (Some(p), false) = (&config.pid_file, upgraded) {
-        pidfile::write(p, pid).unwrap_or_else(|e| fatal(e.to_string()));
-    }
     let shutdown = Shutdown::new().unwrap_or_else(|e| fatal(format!("shutdown pipe: {e}")));
     ready::arm(adoption.ready_fd, config.manual_ready);
     let pid_file = config.pid_file.clone();
     let ctx = crate::upgrade::start(config, exe, argv, sockets, shutdown.clone())
         .unwrap_or_else(|e| fatal(format!("cannot install signal handling: {e}")));
     let _ = CTX.set(ctx.clone());
+    if let Err(e) = control::start(control::generation_handler()) {
+        tracing::warn!(
+            "no control socket ({e}): `hotexec upgrade` cannot reach this process; the upgrade signal still works"
+        );
+    }
+    // Written once the signal handlers and the control socket are in place, so whoever reads
+    // the pid can upgrade at once. The new generation of an upgrade leaves the pid file to the
+    // old one, which writes it only once this process has reported ready.
+    if let (Some(p), false) = (&pid_file, upgraded) {
+        pidfile::write(p, pid).unwrap_or_else(|e| fatal(e.to_string()));
+    }
     tracing::info!(pid, upgraded, "serving");
 
     let result = f(Listeners::new(handed), shutdown.clone());
@@ -102,6 +117,8 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
         ctx.wait_settled();
     }
     ctx.kill_pending();
+    // The request that replaced this generation (`hotexec upgrade`) gets its answer first.
+    control::wait_idle(std::time::Duration::from_secs(2));
     if !matches!(shutdown.reason(), Some(ShutdownReason::Upgrade { .. })) {
         if let Some(p) = &pid_file {
             pidfile::remove_if_ours(p, pid);

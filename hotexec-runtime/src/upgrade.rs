@@ -16,8 +16,8 @@ use nix::unistd::Pid;
 use crate::config::Config;
 use crate::error::UpgradeError;
 use crate::protocol::{self, EXEC_FAILED, READY};
-use crate::syntax::ListenAddr;
 use crate::shutdown::{Shutdown, ShutdownReason};
+use crate::syntax::ListenAddr;
 use crate::{drain, notify, pidfile, signals, spawn};
 
 type Reply = mpsc::Sender<Result<u32, UpgradeError>>;
@@ -54,8 +54,9 @@ pub(crate) fn start(
     shutdown: Shutdown,
 ) -> std::io::Result<Arc<Ctx>> {
     let sig_r = signals::install(&[config.upgrade_signal, Signal::SIGTERM, Signal::SIGINT])?;
-    let (wake_r, wake_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
-        .map_err(|e| std::io::Error::other(format!("pipe2: {}", e.desc())))?;
+    let (wake_r, wake_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+            .map_err(|e| std::io::Error::other(format!("pipe2: {}", e.desc())))?;
     let ctx = Arc::new(Ctx {
         config,
         exe,
@@ -88,7 +89,10 @@ impl Ctx {
     /// Asks the supervisor for an upgrade and waits for its outcome.
     pub(crate) fn request_upgrade(&self) -> Result<u32, UpgradeError> {
         let (tx, rx) = mpsc::channel();
-        self.requests.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
         let _ = nix::unistd::write(&self.wake_w, b"u");
         rx.recv().unwrap_or(Err(UpgradeError::NotRunning))
     }
@@ -215,7 +219,11 @@ impl Supervisor {
         self.phase = Phase::Draining(reason);
         notify::stopping();
         self.ctx.shutdown.trigger(reason);
-        drain::start(self.ctx.config.drain_timeout, reason, self.ctx.config.pid_file.clone());
+        drain::start(
+            self.ctx.config.drain_timeout,
+            reason,
+            self.ctx.config.pid_file.clone(),
+        );
     }
 
     /// Reaps the new generation if it died while we drain. A crash (killed by a signal or a
@@ -250,7 +258,11 @@ impl Supervisor {
                     );
                     self.rollback(pid);
                 } else if handed_on {
-                    tracing::info!(new_pid = pid, "the new generation exited ({}) after handing over in turn", describe(status));
+                    tracing::info!(
+                        new_pid = pid,
+                        "the new generation exited ({}) after handing over in turn",
+                        describe(status)
+                    );
                 } else {
                     tracing::error!(
                         new_pid = pid,
@@ -280,7 +292,11 @@ impl Supervisor {
         let exe = std::path::Path::new("/proc/self/exe");
         // Our own image reports on the pipe: no private notify socket.
         let env = self.child_env(None);
-        let child = match spawn::spawn(exe, &self.ctx.argv, &fds, &names, &env) {
+        let extra = spawn::Extra {
+            keeper: crate::keeper::channel(),
+            new_group: false,
+        };
+        let child = match spawn::spawn(exe, &self.ctx.argv, &fds, &names, &env, extra) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!("rollback failed: {e}; nothing is serving new connections");
@@ -290,7 +306,12 @@ impl Supervisor {
         let pid = child.pid;
         span.record("new_pid", pid.as_raw());
         self.ctx.pending.store(pid.as_raw(), Ordering::SeqCst);
-        let event = self.wait_ready(&child.ready_r, None, pid, started + self.ctx.config.ready_timeout);
+        let event = self.wait_ready(
+            &child.ready_r,
+            None,
+            pid,
+            started + self.ctx.config.ready_timeout,
+        );
         self.ctx.pending.store(0, Ordering::SeqCst);
         match event {
             Event::Ready => {
@@ -300,6 +321,7 @@ impl Supervisor {
                         tracing::error!("{e}");
                     }
                 }
+                crate::keeper::handed_over(new_pid);
                 self.phase = Phase::Draining(ShutdownReason::Upgrade { new_pid });
                 self.handed_over_at = Some(Instant::now());
                 // Only accepted under NotifyAccess=all: this process stopped being the main pid
@@ -327,7 +349,8 @@ impl Supervisor {
     /// stops once the new one has reported ready.
     fn upgrade(&mut self, trigger: &'static str) -> Result<u32, UpgradeError> {
         let old_pid = std::process::id();
-        let span = tracing::info_span!("upgrade", old_pid, new_pid = tracing::field::Empty, trigger);
+        let span =
+            tracing::info_span!("upgrade", old_pid, new_pid = tracing::field::Empty, trigger);
         let _enter = span.enter();
         let started = Instant::now();
         tracing::info!(exe = %self.ctx.exe.display(), "upgrade: starting the new generation");
@@ -339,7 +362,11 @@ impl Supervisor {
             .inspect_err(|e| tracing::warn!("no notify socket for the new generation ({e}): only the readiness pipe will count"))
             .ok();
         let env = self.child_env(notify_sock.as_ref());
-        let child = match spawn::spawn(&self.ctx.exe, &self.ctx.argv, &fds, &names, &env) {
+        let extra = spawn::Extra {
+            keeper: crate::keeper::channel(),
+            new_group: false,
+        };
+        let child = match spawn::spawn(&self.ctx.exe, &self.ctx.argv, &fds, &names, &env, extra) {
             Ok(c) => c,
             Err(e) => {
                 let err = UpgradeError::Spawn(e.to_string());
@@ -363,6 +390,7 @@ impl Supervisor {
                         tracing::error!("{e}");
                     }
                 }
+                crate::keeper::handed_over(new_pid);
                 let reason = ShutdownReason::Upgrade { new_pid };
                 notify::handed_over(new_pid);
                 self.phase = Phase::Draining(reason);
@@ -378,13 +406,22 @@ impl Supervisor {
             }
             Event::ExecFailed(errno) => {
                 let _ = waitpid(pid, None);
-                Err(UpgradeError::Exec { path: self.ctx.exe.clone(), errno })
+                Err(UpgradeError::Exec {
+                    path: self.ctx.exe.clone(),
+                    errno,
+                })
             }
             Event::Eof => {
                 // The child closed its end: it is exiting (or closed the fd and went on, which
                 // is a failure too). Give it until the deadline to be reaped, then kill it.
-                let status = reap_by(pid, deadline.max(Instant::now() + Duration::from_millis(200)));
-                Err(UpgradeError::ExitedBeforeReady { pid: pid.as_raw() as u32, status })
+                let status = reap_by(
+                    pid,
+                    deadline.max(Instant::now() + Duration::from_millis(200)),
+                );
+                Err(UpgradeError::ExitedBeforeReady {
+                    pid: pid.as_raw() as u32,
+                    status,
+                })
             }
             Event::Timeout => {
                 let _ = kill(pid, Signal::SIGKILL);
@@ -413,7 +450,10 @@ impl Supervisor {
 
     /// The variables a new generation gets on top of the protocol's fd variables: the private
     /// notify socket, the real one, and which Unix socket paths are hotexec's to remove.
-    fn child_env(&self, notify_sock: Option<&notify::ChildSocket>) -> Vec<(&'static str, OsString)> {
+    fn child_env(
+        &self,
+        notify_sock: Option<&notify::ChildSocket>,
+    ) -> Vec<(&'static str, OsString)> {
         let owned = crate::socket::owned_paths();
         let owned_names: Vec<&str> = self
             .ctx
@@ -424,7 +464,10 @@ impl Supervisor {
             })
             .map(|(n, _)| n.as_str())
             .collect();
-        let mut env = vec![(protocol::OWNED_FDNAMES, OsString::from(owned_names.join(":")))];
+        let mut env = vec![(
+            protocol::OWNED_FDNAMES,
+            OsString::from(owned_names.join(":")),
+        )];
         if let Some(s) = notify_sock {
             env.push((protocol::NOTIFY_SOCKET, s.addr.clone()));
             env.push((protocol::UPSTREAM_NOTIFY_SOCKET, notify::upstream()));
@@ -505,7 +548,10 @@ fn reap_by(pid: Pid, deadline: Instant) -> String {
         if Instant::now() >= deadline {
             let _ = kill(pid, Signal::SIGKILL);
             return match waitpid(pid, None) {
-                Ok(s) => format!("closed its readiness pipe without reporting ready, then {}", describe(s)),
+                Ok(s) => format!(
+                    "closed its readiness pipe without reporting ready, then {}",
+                    describe(s)
+                ),
                 Err(e) => format!("unknown ({})", e.desc()),
             };
         }

@@ -95,13 +95,24 @@ pub struct App {
     pub addr: SocketAddr,
     pub first: Option<Child>,
     pub pids: Arc<Mutex<Vec<u32>>>,
+    /// The other listeners, each on a free port of its own: (variable, address).
+    pub extra: Vec<(String, SocketAddr)>,
     good_copy: PathBuf,
+}
+
+/// The listeners an example declares besides its main one (each gets a free port, so that
+/// servers started in parallel never collide).
+pub fn extra_listeners(example: &str) -> &'static [&'static str] {
+    match example {
+        "http" => &["HOTEXEC_LISTEN_ADMIN"],
+        _ => &[],
+    }
 }
 
 impl App {
     /// Copies example `name` and starts it on a free port with `env` on top of the defaults.
     pub fn start(name: &str, listener_var: &str, env: &[(&str, &str)]) -> App {
-        App::start_via(name, listener_var, env, &[])
+        App::launch(name, listener_var, extra_listeners(name), env, &[])
     }
 
     /// As [`App::start`], but runs `wrapper… <binary>` (e.g. `systemd-socket-activate -l
@@ -109,6 +120,26 @@ impl App {
     pub fn start_via(
         name: &str,
         listener_var: &str,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> App {
+        App::launch(name, listener_var, extra_listeners(name), env, wrapper)
+    }
+
+    /// As [`App::start`], with the variables of the other listeners given.
+    pub fn start_with(
+        name: &str,
+        listener_var: &str,
+        extra_vars: &[&str],
+        env: &[(&str, &str)],
+    ) -> App {
+        App::launch(name, listener_var, extra_vars, env, &[])
+    }
+
+    fn launch(
+        name: &str,
+        listener_var: &str,
+        extra_vars: &[&str],
         env: &[(&str, &str)],
         wrapper: &[&str],
     ) -> App {
@@ -140,6 +171,12 @@ impl App {
             .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
             .stderr(logf);
+        let mut extra = Vec::new();
+        for var in extra_vars {
+            let a: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            cmd.env(var, a.to_string());
+            extra.push((var.to_string(), a));
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -154,7 +191,18 @@ impl App {
                 Ok(())
             });
         }
-        let child = cmd.spawn().unwrap();
+        // ETXTBSY: a child forked meanwhile by another test thread may still hold the copy open
+        // for writing until it execs; that passes within milliseconds.
+        let mut tries = 0;
+        let child = loop {
+            match cmd.spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 200 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                r => break r.unwrap(),
+            }
+        };
         let pid = child.id();
         let app = App {
             dir,
@@ -164,6 +212,7 @@ impl App {
             addr,
             first: Some(child),
             pids: Arc::new(Mutex::new(vec![pid])),
+            extra,
             good_copy,
         };
         if wrapper.is_empty() {
@@ -181,6 +230,15 @@ impl App {
             app.track(server);
         }
         app
+    }
+
+    /// The address of the listener set by `var` (see [`extra_listeners`]).
+    pub fn listener(&self, var: &str) -> SocketAddr {
+        self.extra
+            .iter()
+            .find(|(v, _)| v == var)
+            .unwrap_or_else(|| panic!("no listener {var}"))
+            .1
     }
 
     pub fn first_pid(&self) -> u32 {
@@ -848,5 +906,78 @@ impl KeepAliveLoad {
             .collect();
         all.sort_by_key(|(t, _, _)| *t);
         all
+    }
+}
+
+/// One `POST path` (empty body) on a new connection: (status code, body), or why it failed.
+pub fn post(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String), String> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(timeout)).unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or(format!("no header end in {text:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or(format!("bad status line in {head:?}"))?;
+    Ok((status, body.to_string()))
+}
+
+/// What a run of the `hotexec` command gave.
+#[derive(Debug)]
+pub struct CliRun {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the `hotexec` command with `args`; killed (and the test failed) after `limit`.
+pub fn hotexec_cli(args: &[&str], limit: Duration) -> CliRun {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hotexec"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("hotexec {args:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    CliRun {
+        code: status.code().unwrap_or(-1),
+        stdout,
+        stderr,
     }
 }

@@ -16,6 +16,7 @@ mod telemetry {
     init = telemetry::install,
     flavor = "multi_thread",
     worker_threads = 2,
+    keeper = true,
 )]
 #[listen("[::1]:0", name = "http", backlog = 64)]
 #[listen("unix:/run/hotexec-ui-test.sock", name = "admin")]

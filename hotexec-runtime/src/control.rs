@@ -1,0 +1,407 @@
+//! The control socket: how a tool (the `hotexec` command) triggers an upgrade and learns its
+//! outcome, where a signal could only fire and forget.
+//!
+//! Every hotexec process listens on the abstract Unix socket `@hotexec/<pid>` (Linux abstract
+//! namespace: no file to clean up, gone when the process exits). The socket is `SOCK_CLOEXEC`
+//! and never passed to a new generation; each generation binds its own. Only a peer with the
+//! same uid, or root, is served (`SO_PEERCRED`).
+//!
+//! The protocol is one request line, one reply line:
+//!
+//! | request | reply |
+//! |---|---|
+//! | `upgrade` | `ok <new pid>`, or `error <kind> <reason>` |
+//!
+//! `kind` is one of `busy` (an upgrade is running, or this generation is draining), `spawn`,
+//! `exec` (the binary could not be executed), `exited` (the new process exited before it was
+//! ready), `ready-timeout`, `aborted` (a stop signal arrived meanwhile), `not-running`,
+//! `unreachable` (a keeper could not reach its serving generation), `refused` (peer of another
+//! user), `bad-request`. On every error the serving generation keeps serving.
+//!
+//! A keeper (keeper mode) answers on its own pid by relaying the request to the generation that
+//! serves, so a pid file naming the keeper works as well.
+
+use std::io::{self, Read, Write};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::error::UpgradeError;
+
+/// The abstract socket name of process `pid`, without the leading NUL: `hotexec/<pid>`.
+pub fn name(pid: u32) -> String {
+    format!("hotexec/{pid}")
+}
+
+/// Longest request or reply line accepted.
+const MAX_LINE: usize = 4096;
+/// How long a client may take to send its request line.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; more are refused with `busy`.
+const MAX_ACTIVE: usize = 16;
+
+/// A reply of the control socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// `ok <pid>`: the new generation that now serves.
+    Ok(u32),
+    /// `error <kind> <reason>`.
+    Error {
+        /// Machine-readable class, see the module docs.
+        kind: String,
+        /// For humans.
+        reason: String,
+    },
+}
+
+impl Reply {
+    /// The reply to an upgrade request.
+    pub fn from_upgrade(result: Result<u32, UpgradeError>) -> Reply {
+        match result {
+            Ok(pid) => Reply::Ok(pid),
+            Err(e) => {
+                let kind = match &e {
+                    UpgradeError::Busy(_) => "busy",
+                    UpgradeError::Spawn(_) => "spawn",
+                    UpgradeError::Exec { .. } => "exec",
+                    UpgradeError::ExitedBeforeReady { .. } => "exited",
+                    UpgradeError::ReadyTimeout { .. } => "ready-timeout",
+                    UpgradeError::Aborted => "aborted",
+                    UpgradeError::NotRunning => "not-running",
+                };
+                Reply::error(kind, e.to_string())
+            }
+        }
+    }
+
+    /// An `error` reply; newlines in `reason` are flattened to keep it one line.
+    pub fn error(kind: &str, reason: impl Into<String>) -> Reply {
+        Reply::Error {
+            kind: kind.to_owned(),
+            reason: reason.into().replace('\n', " "),
+        }
+    }
+
+    /// The reply line, without its newline.
+    pub fn to_line(&self) -> String {
+        match self {
+            Reply::Ok(pid) => format!("ok {pid}"),
+            Reply::Error { kind, reason } => format!("error {kind} {reason}"),
+        }
+    }
+
+    /// Parses a reply line (with or without its newline).
+    pub fn parse(line: &str) -> Result<Reply, String> {
+        let line = line.trim_end_matches(['\n', '\r']);
+        if let Some(pid) = line.strip_prefix("ok ") {
+            return pid
+                .parse()
+                .map(Reply::Ok)
+                .map_err(|_| format!("malformed reply {line:?}: `ok` must be followed by a pid"));
+        }
+        if let Some(rest) = line.strip_prefix("error ") {
+            let (kind, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+            return Ok(Reply::error(kind, reason));
+        }
+        Err(format!(
+            "malformed reply {line:?}: expected `ok <pid>` or `error <kind> <reason>`"
+        ))
+    }
+}
+
+/// Control connections being served, process-wide.
+static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// Waits (up to `limit`) until no control connection is being served. Called when `main` has
+/// returned: the `upgrade` request that replaced this generation gets its reply before the
+/// process exits.
+pub(crate) fn wait_idle(limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while ACTIVE.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// What a server does with one request line; returns the reply.
+pub(crate) type Handler = Arc<dyn Fn(&str) -> Reply + Send + Sync>;
+
+/// The handler of a generation: `upgrade` runs [`crate::upgrade()`].
+pub(crate) fn generation_handler() -> Handler {
+    Arc::new(|request| match request {
+        "upgrade" => Reply::from_upgrade(crate::start::upgrade()),
+        other => Reply::error(
+            "bad-request",
+            format!("unknown request {other:?}: expected `upgrade`"),
+        ),
+    })
+}
+
+/// Binds `@hotexec/<our pid>` and serves it on a thread of its own.
+pub(crate) fn start(handler: Handler) -> io::Result<()> {
+    let pid = std::process::id();
+    let addr = SocketAddr::from_abstract_name(name(pid).as_bytes())?;
+    // std creates the socket with SOCK_CLOEXEC: it never crosses an execve.
+    let listener = UnixListener::bind_addr(&addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("bind @{}: {e}", name(pid))))?;
+    std::thread::Builder::new()
+        .name("hotexec-control".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let conn = match conn {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!("control socket: accept: {e}");
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    }
+                };
+                if ACTIVE.fetch_add(1, Ordering::SeqCst) >= MAX_ACTIVE {
+                    ACTIVE.fetch_sub(1, Ordering::SeqCst);
+                    let _ = reply(&conn, &Reply::error("busy", "too many control connections"));
+                    continue;
+                }
+                let h = handler.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("hotexec-control-conn".into())
+                    .spawn(move || {
+                        serve(conn, &h);
+                        ACTIVE.fetch_sub(1, Ordering::SeqCst);
+                    });
+                if let Err(e) = spawned {
+                    ACTIVE.fetch_sub(1, Ordering::SeqCst);
+                    tracing::warn!("control socket: cannot start a thread: {e}");
+                }
+            }
+        })?;
+    tracing::debug!(socket = %format!("@{}", name(pid)), "control socket listening");
+    Ok(())
+}
+
+fn reply(mut conn: &UnixStream, r: &Reply) -> io::Result<()> {
+    conn.write_all(format!("{}\n", r.to_line()).as_bytes())
+}
+
+fn serve(conn: UnixStream, handler: &Handler) {
+    let peer = nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials);
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    let me = unsafe { libc::geteuid() };
+    match peer {
+        Ok(c) if c.uid() == me || c.uid() == 0 => {}
+        Ok(c) => {
+            tracing::warn!(
+                peer_pid = c.pid(),
+                peer_uid = c.uid(),
+                "control socket: request from another user refused"
+            );
+            let _ = reply(
+                &conn,
+                &Reply::error(
+                    "refused",
+                    "only the same user or root may control this process",
+                ),
+            );
+            return;
+        }
+        Err(e) => {
+            tracing::warn!("control socket: SO_PEERCRED: {}", e.desc());
+            return;
+        }
+    }
+    let _ = conn.set_read_timeout(Some(REQUEST_TIMEOUT));
+    let line = match read_line(&conn, Instant::now() + REQUEST_TIMEOUT) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = reply(&conn, &Reply::error("bad-request", e.to_string()));
+            return;
+        }
+    };
+    let request = line.trim();
+    tracing::info!(request, "control socket request");
+    let r = handler(request);
+    if let Err(e) = reply(&conn, &r) {
+        tracing::warn!(reply = %r.to_line(), "control socket: the client left before the reply ({e})");
+    }
+}
+
+/// Reads one line, until `deadline`.
+fn read_line(mut conn: &UnixStream, deadline: Instant) -> io::Result<String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 512];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no complete line in time",
+            ));
+        }
+        conn.set_read_timeout(Some(left))?;
+        let n = match conn.read(&mut chunk) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed before a complete line",
+                ));
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no complete line in time",
+                ));
+            }
+            Err(e) => return Err(e),
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.iter().position(|&b| b == b'\n') {
+            buf.truncate(end);
+            return String::from_utf8(buf).map_err(|_| io::Error::other("line is not UTF-8"));
+        }
+        if buf.len() > MAX_LINE {
+            return Err(io::Error::other("line too long"));
+        }
+    }
+}
+
+/// Why a request got no reply.
+#[derive(Debug)]
+pub enum RequestError {
+    /// Nothing listens on `@hotexec/<pid>` (no such process, not a hotexec process, or another
+    /// network namespace), or the connection failed.
+    Unreachable(String),
+    /// No reply within the timeout; the upgrade may still complete.
+    Timeout(Duration),
+    /// The connection broke or the reply was not understood.
+    Protocol(String),
+}
+
+impl std::fmt::Display for RequestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestError::Unreachable(e) => write!(f, "{e}"),
+            RequestError::Timeout(t) => write!(f, "no reply within {t:?}"),
+            RequestError::Protocol(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for RequestError {}
+
+/// Sends `request` to the control socket of `pid` and waits up to `timeout` for the reply.
+pub fn request(pid: u32, request: &str, timeout: Duration) -> Result<Reply, RequestError> {
+    let deadline = Instant::now() + timeout;
+    let sock = format!("@{}", name(pid));
+    let addr = SocketAddr::from_abstract_name(name(pid).as_bytes())
+        .map_err(|e| RequestError::Unreachable(format!("{sock}: {e}")))?;
+    let conn = UnixStream::connect_addr(&addr).map_err(|e| {
+        RequestError::Unreachable(format!(
+            "cannot connect to the control socket {sock} of pid {pid}: {e} (is it a running hotexec server, in this network namespace?)"
+        ))
+    })?;
+    (&conn)
+        .write_all(format!("{request}\n").as_bytes())
+        .map_err(|e| RequestError::Protocol(format!("{sock}: sending the request: {e}")))?;
+    match read_line(&conn, deadline) {
+        Ok(line) => Reply::parse(&line).map_err(RequestError::Protocol),
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(RequestError::Timeout(timeout)),
+        Err(e) => Err(RequestError::Protocol(format!(
+            "{sock}: reading the reply: {e}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_round_trip() {
+        for r in [
+            Reply::Ok(42),
+            Reply::error("exec", "could not execute /x: No such file or directory"),
+            Reply::error("busy", ""),
+        ] {
+            assert_eq!(Reply::parse(&format!("{}\n", r.to_line())), Ok(r));
+        }
+        assert!(Reply::parse("ok x").is_err());
+        assert!(Reply::parse("hello").is_err());
+        assert_eq!(
+            Reply::from_upgrade(Err(UpgradeError::ReadyTimeout {
+                pid: 7,
+                timeout: Duration::from_secs(1)
+            })),
+            Reply::error(
+                "ready-timeout",
+                "new process 7 did not report ready within 1s; it was killed"
+            )
+        );
+        assert_eq!(
+            Reply::error("x", "a\nb"),
+            Reply::Error {
+                kind: "x".into(),
+                reason: "a b".into()
+            }
+        );
+    }
+
+    /// A real socket in this process: the handler's reply reaches the client, a request that
+    /// never ends its line gets nothing (the client times out), and a missing server is
+    /// unreachable.
+    #[test]
+    fn request_and_reply_over_a_real_socket() {
+        start(Arc::new(|req| match req {
+            "upgrade" => Reply::Ok(4242),
+            "slow" => {
+                std::thread::sleep(Duration::from_millis(800));
+                Reply::Ok(1)
+            }
+            other => Reply::error("bad-request", other),
+        }))
+        .unwrap();
+        let me = std::process::id();
+        assert_eq!(
+            request(me, "upgrade", Duration::from_secs(5)).unwrap(),
+            Reply::Ok(4242)
+        );
+        assert_eq!(
+            request(me, "what", Duration::from_secs(5)).unwrap(),
+            Reply::error("bad-request", "what")
+        );
+        assert!(matches!(
+            request(me, "slow", Duration::from_millis(100)),
+            Err(RequestError::Timeout(_))
+        ));
+        // Pid 0 is never a process: nothing listens there.
+        assert!(matches!(
+            request(0, "upgrade", Duration::from_secs(1)),
+            Err(RequestError::Unreachable(_))
+        ));
+        // The socket does not survive an exec: it is close-on-exec.
+        let fds: Vec<_> = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .collect();
+        for fd in fds {
+            let Ok(n) = fd.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let target = std::fs::read_link(fd.path()).unwrap_or_default();
+            if target.to_string_lossy().starts_with("socket:") {
+                // SAFETY: F_GETFD only reads the flags of a number; a closed one gives -1.
+                let flags = unsafe { libc::fcntl(n, libc::F_GETFD) };
+                assert!(
+                    flags < 0 || flags & libc::FD_CLOEXEC != 0,
+                    "socket fd {n} is not CLOEXEC"
+                );
+            }
+        }
+    }
+}

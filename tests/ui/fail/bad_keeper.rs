@@ -1,0 +1,2 @@
+#[hotexec::main(keeper = "yes")]
+fn main() {}
