@@ -13,7 +13,7 @@ fn started_as_dot_slash_app_upgrades_to_the_renamed_binary() {
     subreaper();
     let dir = Scratch::new("relative");
     let bin = dir.0.join("app");
-    std::fs::copy(example("http"), &bin).unwrap();
+    copy_exe(&example("http"), &bin);
     let pid_file = dir.0.join("app.pid");
     let addr = format!("127.0.0.1:{}", free_port());
     let log = std::fs::File::create(dir.0.join("log")).unwrap();
@@ -44,7 +44,7 @@ fn started_as_dot_slash_app_upgrades_to_the_renamed_binary() {
         );
         // A new binary arrives by rename, as a package manager does it.
         let next = dir.0.join("app.next");
-        std::fs::copy(example("http"), &next).unwrap();
+        copy_exe(&example("http"), &next);
         std::fs::rename(&next, &bin).unwrap();
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(first as i32),

@@ -175,9 +175,13 @@ fn notify_sequence_on_an_abstract_socket() {
 }
 
 /// Variables `systemd-socket-activate` must pass to the server (it passes almost none itself).
-const PASS_ENV: [&str; 12] = [
+const PASS_ENV: [&str; 14] = [
     "-E",
     "HOTEXEC_PID_FILE",
+    // The http example's admin listener gets its own free port (tests/common), which must
+    // reach the server through the activator too, or parallel tests collide on 8081.
+    "-E",
+    "HOTEXEC_LISTEN_ADMIN",
     "-E",
     "HOTEXEC_READY_TIMEOUT",
     "-E",
@@ -319,7 +323,7 @@ fn example_unit_files_pass_systemd_analyze_verify() {
     let dir = Scratch::new("units");
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/systemd");
     let bin = dir.0.join("hotexec-http");
-    std::fs::copy(example("http"), &bin).unwrap();
+    copy_exe(&example("http"), &bin);
     for unit in ["hotexec-http.service", "hotexec-http.socket"] {
         let text = std::fs::read_to_string(src.join(unit)).unwrap();
         // The units name the installed path; verify checks that ExecStart is executable.

@@ -7,7 +7,6 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -59,6 +58,21 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Copies an executable with `cp` in a child process, so this (multi-threaded) test process never
+/// holds a write fd on it: a sibling test thread forking meanwhile would inherit that fd until its
+/// child execs, and any `execve` of the copy in that window fails with ETXTBSY — in a wrapper such
+/// as `systemd-socket-activate` too, where no retry can help.
+pub fn copy_exe(from: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg("--")
+        .arg(from)
+        .arg(to)
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "cp {} {}: {st}", from.display(), to.display());
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -147,8 +161,8 @@ impl App {
         let dir = Scratch::new(name);
         let bin = dir.0.join("app");
         let good_copy = dir.0.join("app.good");
-        std::fs::copy(example(name), &good_copy).unwrap();
-        std::fs::copy(&good_copy, &bin).unwrap();
+        copy_exe(&example(name), &good_copy);
+        copy_exe(&good_copy, &bin);
         let pid_file = dir.0.join("app.pid");
         let log = dir.0.join("app.log");
         let port = free_port();
@@ -291,12 +305,9 @@ impl App {
     pub fn replace_binary(&self, script: Option<&str>) {
         let tmp = self.dir.0.join("app.next");
         match script {
-            Some(s) => {
-                std::fs::write(&tmp, s).unwrap();
-                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
-            }
+            Some(s) => self::script(&tmp, s),
             None => {
-                std::fs::copy(&self.good_copy, &tmp).unwrap();
+                copy_exe(&self.good_copy, &tmp);
             }
         }
         std::fs::rename(&tmp, &self.bin).unwrap();
@@ -305,7 +316,7 @@ impl App {
     /// Replaces the binary on disk atomically with a copy of `path` (another program).
     pub fn install_binary(&self, path: &Path) {
         let tmp = self.dir.0.join("app.next");
-        std::fs::copy(path, &tmp).unwrap();
+        copy_exe(path, &tmp);
         std::fs::rename(&tmp, &self.bin).unwrap();
     }
 
@@ -396,26 +407,23 @@ pub fn alive(pid: u32) -> bool {
 
 impl Drop for App {
     fn drop(&mut self) {
-        let pids = self.pids.lock().unwrap().clone();
-        for &p in &pids {
-            let _ = kill(Pid::from_raw(p as i32), Signal::SIGKILL);
+        // Every generation the test saw, plus any it never saw (started by an upgrade it did not
+        // wait for, or by a rollback): whatever runs a binary from this test's scratch dir.
+        let mut pids = self.pids.lock().unwrap().clone();
+        for p in running_from(&self.dir.0) {
+            if !pids.contains(&p) {
+                pids.push(p);
+            }
         }
-        if let Some(mut c) = self.first.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for &p in &pids {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                match waitpid(Pid::from_raw(p as i32), Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(5)),
-                    Err(nix::errno::Errno::ECHILD) if alive(p) => {
-                        std::thread::sleep(Duration::from_millis(5))
-                    }
-                    _ => break,
+        for p in pids.clone() {
+            for (d, _) in descendants(p) {
+                if !pids.contains(&d) {
+                    pids.push(d);
                 }
             }
         }
+        let first = self.first.take();
+        kill_and_reap(&pids, first);
         if std::thread::panicking() {
             eprintln!(
                 "---- server log ({}) ----\n{}",
@@ -424,6 +432,46 @@ impl Drop for App {
             );
         }
     }
+}
+
+/// SIGKILLs `pids` (and `first`, a `Child` the test spawned), then reaps each: a child of this
+/// process, or one re-parented to it as the subreaper once its parent died. Bounded: 5 s a pid.
+pub fn kill_and_reap(pids: &[u32], first: Option<Child>) {
+    for &p in pids {
+        let _ = kill(Pid::from_raw(p as i32), Signal::SIGKILL);
+    }
+    if let Some(mut c) = first {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    for &p in pids {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            match waitpid(Pid::from_raw(p as i32), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(5)),
+                Err(nix::errno::Errno::ECHILD) if alive(p) => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
+/// Live processes whose executable is a file under `dir` (also once replaced: `… (deleted)`).
+pub fn running_from(dir: &Path) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(exe) = std::fs::read_link(format!("/proc/{p}/exe")) {
+            if exe.starts_with(dir) && alive(p) {
+                out.push(p);
+            }
+        }
+    }
+    out
 }
 
 /// How one request ended.
@@ -550,10 +598,24 @@ pub fn failures(results: &[(Instant, Outcome)]) -> Vec<&Outcome> {
         .collect()
 }
 
-/// Writes `text` to a scratch script path and makes it executable.
+/// Writes `text` to an executable script at `path`, through a child process for the reason
+/// given at [`copy_exe`].
 pub fn script(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg("cat > \"$0\" && chmod 755 \"$0\"")
+        .arg(path)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let st = child.wait().unwrap();
+    assert!(st.success(), "writing {}: {st}", path.display());
 }
 
 /// The body of a `GET path` answered 200, or why there is none.
@@ -754,27 +816,19 @@ impl Crafted {
 
 impl Drop for Crafted {
     fn drop(&mut self) {
-        let orphans = descendants(self.child.id());
-        for (p, _) in &orphans {
-            let _ = kill(Pid::from_raw(*p as i32), Signal::SIGKILL);
+        let orphans: Vec<u32> = descendants(self.child.id())
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        for &p in &orphans {
+            let _ = kill(Pid::from_raw(p as i32), Signal::SIGKILL);
         }
         if self.status.is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
         // Re-parented to this subreaper once their parent died: reap them too.
-        for (p, _) in orphans {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                match waitpid(Pid::from_raw(p as i32), Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(5)),
-                    Err(nix::errno::Errno::ECHILD) if alive(p) => {
-                        std::thread::sleep(Duration::from_millis(5))
-                    }
-                    _ => break,
-                }
-            }
-        }
+        kill_and_reap(&orphans, None);
         if std::thread::panicking() {
             eprintln!(
                 "---- output ({}) ----\n{}",
