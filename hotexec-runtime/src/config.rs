@@ -156,6 +156,7 @@ impl Config {
             None => declared.keeper.then_some(true),
         };
         let mut listeners = Vec::new();
+        let mut by_var = std::collections::HashMap::new();
         for (name, addr, opts) in &declared.listeners {
             syntax::check_listener_name(name).map_err(|e| e.to_string())?;
             let var = format!("{ENV_LISTEN_PREFIX}{}", syntax::env_suffix(name));
@@ -167,13 +168,10 @@ impl Config {
                 }
                 None => (ListenAddr::parse(addr).map_err(|e| e.to_string())?, None),
             };
-            if let Some(other) = listeners
-                .iter()
-                .find(|l: &&ListenDecl| syntax::env_suffix(&l.name) == syntax::env_suffix(name))
-            {
+            // One set lookup per listener: a start with thousands of listeners stays linear.
+            if let Some(other) = by_var.insert(var.clone(), name) {
                 return Err(format!(
-                    "listeners {:?} and {name:?} would share the variable {var}",
-                    other.name
+                    "listeners {other:?} and {name:?} would share the variable {var}"
                 ));
             }
             listeners.push(ListenDecl {

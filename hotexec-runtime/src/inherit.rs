@@ -149,13 +149,18 @@ pub(crate) fn adopt(snap: &Snapshot, decls: &[ListenDecl]) -> Result<Adoption, S
         unsafe { BorrowedFd::borrow_raw(fd) }
     };
     // Only numbers that were open before `main`, and still are the same file.
-    let at_start = AT_START.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let at_start: std::collections::HashMap<RawFd, Option<FileId>> = AT_START
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .copied()
+        .collect();
     let received = |fd: RawFd, what: String| -> Result<(), String> {
-        match at_start.iter().find(|(n, _)| *n == fd) {
+        match at_start.get(&fd).map(|id| (fd, *id)) {
             Some((_, None)) => Err(format!(
                 "{what}: the fd was not open when this process started, so it was not passed by the parent"
             )),
-            Some((_, Some(id))) if identity(fd) != Some(*id) => Err(format!(
+            Some((_, Some(id))) if identity(fd) != Some(id) => Err(format!(
                 "{what}: the fd was closed or replaced since this process started"
             )),
             _ => Ok(()),
@@ -210,12 +215,18 @@ pub(crate) fn adopt(snap: &Snapshot, decls: &[ListenDecl]) -> Result<Adoption, S
             })
         })
         .collect();
+    // Name → position in the pool, so matching thousands of listeners stays linear.
+    let named: std::collections::HashMap<String, usize> = pool
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| Some((s.as_ref()?.name.clone()?, i)))
+        .collect();
     let mut claimed = Vec::with_capacity(decls.len());
     for decl in decls {
-        let by_name = pool.iter().position(|s| {
-            s.as_ref()
-                .is_some_and(|s| s.name.as_deref() == Some(decl.name.as_str()))
-        });
+        let by_name = named
+            .get(&decl.name)
+            .copied()
+            .filter(|&i| pool[i].is_some());
         let pick = match by_name {
             Some(i) => {
                 let s = pool[i].as_ref().expect("position found it");
