@@ -67,6 +67,7 @@ mod admin {
             let mut shutdown = shutdown;
             loop {
                 tokio::select! {
+                    biased;
                     _ = &mut shutdown => break,
                     accepted = listener.accept() => {
                         let Ok((stream, _)) = accepted else { continue };

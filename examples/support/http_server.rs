@@ -60,6 +60,9 @@ where
     tokio::pin!(shutdown);
     let reason = loop {
         tokio::select! {
+            // Shutdown first: once a new generation is ready, this one accepts nothing more,
+            // even when a connection is waiting at the same moment.
+            biased;
             reason = &mut shutdown => break reason,
             accepted = listener.accept() => {
                 let stream = match accepted {
