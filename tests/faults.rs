@@ -27,26 +27,6 @@ fn faulty(app: &App, fault: &str) {
     )));
 }
 
-fn assert_no_failures(what: &str, results: &[(Instant, Outcome)]) {
-    let failed = failures(results);
-    eprintln!(
-        "{what}: {} requests, {} failed",
-        results.len(),
-        failed.len()
-    );
-    assert!(
-        results.len() > 20,
-        "{what}: only {} requests",
-        results.len()
-    );
-    assert!(
-        failed.is_empty(),
-        "{what}: {} failed: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(10)]
-    );
-}
-
 /// Waits for the `n`-th "upgrade failed" line and returns it.
 fn nth_failure(app: &App, n: usize) -> String {
     app.wait_log("upgrade failed", n, T);

@@ -222,19 +222,7 @@ fn socket_activated_by_systemd_socket_activate_then_upgraded() {
     let (_, p2) = app.upgrade();
     std::thread::sleep(Duration::from_millis(500));
     let results = load.finish();
-    let failed = failures(&results);
-    eprintln!(
-        "socket-activated upgrade under load: {} requests, {} failed",
-        results.len(),
-        failed.len()
-    );
-    assert!(
-        failed.is_empty(),
-        "{} of {} failed: {:?}",
-        failed.len(),
-        results.len(),
-        &failed[..failed.len().min(5)]
-    );
+    assert_no_failures("socket-activated upgrade under load", &results);
     assert_eq!(
         get(app.addr, "/", Duration::from_secs(5)),
         Outcome::Ok { pid: p2 }
@@ -277,19 +265,7 @@ fn a_listenfd_program_with_sd_notify_can_be_the_new_generation() {
     let (_, p2) = app.upgrade();
     std::thread::sleep(Duration::from_millis(500));
     let results = load.finish();
-    let failed = failures(&results);
-    eprintln!(
-        "upgrade to the listenfd program under load: {} requests, {} failed",
-        results.len(),
-        failed.len()
-    );
-    assert!(
-        failed.is_empty(),
-        "{} of {} failed: {:?}",
-        failed.len(),
-        results.len(),
-        &failed[..failed.len().min(5)]
-    );
+    assert_no_failures("upgrade to the listenfd program under load", &results);
     // It is the listenfd program that serves now, and it became the main pid.
     app.wait_log(
         &format!("listenfd_server {p2} serving"),

@@ -144,13 +144,7 @@ fn trigger_reports_success_and_each_failure() {
     app.track(last);
     std::thread::sleep(Duration::from_millis(300));
     let results = load.finish();
-    let failed = failures(&results);
-    eprintln!(
-        "trigger: {} requests during the test, {} failed",
-        results.len(),
-        failed.len()
-    );
-    assert!(failed.is_empty(), "{:?}", &failed[..failed.len().min(10)]);
+    assert_no_failures("trigger", &results);
     assert!(results.iter().any(|(_, o)| *o == Outcome::Ok { pid: last }));
 }
 

@@ -589,6 +589,27 @@ impl Load {
     }
 }
 
+/// Prints the figures of a load run and asserts it made requests and every one succeeded.
+pub fn assert_no_failures(what: &str, results: &[(Instant, Outcome)]) {
+    let failed = failures(results);
+    eprintln!(
+        "{what}: {} requests, {} failed",
+        results.len(),
+        failed.len()
+    );
+    assert!(
+        results.len() > 20,
+        "{what}: only {} requests",
+        results.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{what}: {} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(10)]
+    );
+}
+
 /// Failed requests, for assertion messages.
 pub fn failures(results: &[(Instant, Outcome)]) -> Vec<&Outcome> {
     results
