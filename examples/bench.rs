@@ -2,7 +2,7 @@
 //! alternatives a user would otherwise choose; prints one markdown table.
 //!
 //! ```text
-//! cargo run --release --example bench                 # full run (~4 min), table on stdout
+//! cargo run --release --example bench                 # full run (~5 min), table on stdout
 //! cargo run --release --example bench -- --quick      # 10 upgrades per scenario
 //! cargo run --release --example bench -- --help
 //! ```
