@@ -245,13 +245,17 @@ fn remove_stale(path: &std::path::Path) -> io::Result<()> {
 
 /// Unix socket paths this process must remove on a final stop, each with the (device, inode)
 /// the path had when bound or adopted, so a path that someone has since replaced is left alone.
-static OWNED_PATHS: std::sync::Mutex<Vec<(PathBuf, u64, u64)>> = std::sync::Mutex::new(Vec::new());
+/// (listener name, path, device, inode) of each Unix path this process owns.
+type OwnedPath = (String, PathBuf, u64, u64);
+static OWNED_PATHS: std::sync::Mutex<Vec<OwnedPath>> = std::sync::Mutex::new(Vec::new());
 
-/// Records `path` (a Unix listener bound by a hotexec generation) for [`remove_owned_paths`].
-pub(crate) fn own_path(path: &std::path::Path) {
+/// Records `path`, the Unix listener `name` bound by a hotexec generation, for
+/// [`remove_owned_paths`].
+pub(crate) fn own_path(name: &str, path: &std::path::Path) {
     use std::os::unix::fs::MetadataExt;
     if let Ok(m) = std::fs::symlink_metadata(path) {
         OWNED_PATHS.lock().unwrap_or_else(|p| p.into_inner()).push((
+            name.to_owned(),
             path.to_owned(),
             m.dev(),
             m.ino(),
@@ -259,14 +263,14 @@ pub(crate) fn own_path(path: &std::path::Path) {
     }
 }
 
-/// The Unix socket paths this process owns (their listeners' names go in
-/// `HOTEXEC_OWNED_FDNAMES` when they are passed on).
-pub(crate) fn owned_paths() -> Vec<PathBuf> {
+/// Names of the listeners whose Unix socket path this process owns (they go in
+/// `HOTEXEC_OWNED_FDNAMES` when the listeners are passed on). Known since start: no syscall.
+pub(crate) fn owned_names() -> Vec<String> {
     OWNED_PATHS
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .iter()
-        .map(|(p, _, _)| p.clone())
+        .map(|(n, ..)| n.clone())
         .collect()
 }
 
@@ -275,7 +279,7 @@ pub(crate) fn owned_paths() -> Vec<PathBuf> {
 pub(crate) fn remove_owned_paths() {
     use std::os::unix::fs::MetadataExt;
     let paths = std::mem::take(&mut *OWNED_PATHS.lock().unwrap_or_else(|p| p.into_inner()));
-    for (path, dev, ino) in paths {
+    for (_, path, dev, ino) in paths {
         match std::fs::symlink_metadata(&path) {
             Ok(m) if m.dev() == dev && m.ino() == ino => match std::fs::remove_file(&path) {
                 Ok(()) => tracing::info!(path = %path.display(), "removed the socket file"),

@@ -60,7 +60,7 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
                 // A path a socket activator bound is the activator's to remove, not ours.
                 if let (ListenAddr::Unix(p), Some(name)) = (&addr, &s.name) {
                     if inherit::path_is_owned(name) {
-                        socket::own_path(p);
+                        socket::own_path(&decl.name, p);
                     }
                 }
                 (s.fd, addr, true)
@@ -79,7 +79,7 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
                 });
                 let addr = socket::local_addr(fd.as_fd()).unwrap_or_else(|_| decl.addr.clone());
                 if let ListenAddr::Unix(p) = &addr {
-                    socket::own_path(p);
+                    socket::own_path(&decl.name, p);
                 }
                 tracing::info!(listener = %decl.name, %addr, "listening");
                 (fd, addr, false)

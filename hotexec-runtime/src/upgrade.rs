@@ -17,7 +17,6 @@ use crate::config::Config;
 use crate::error::UpgradeError;
 use crate::protocol::{self, EXEC_FAILED, READY};
 use crate::shutdown::{Shutdown, ShutdownReason};
-use crate::syntax::ListenAddr;
 use crate::{drain, notify, pidfile, signals, spawn};
 
 type Reply = mpsc::Sender<Result<u32, UpgradeError>>;
@@ -287,16 +286,8 @@ impl Supervisor {
         );
         let _enter = span.enter();
         let started = Instant::now();
-        let fds: Vec<BorrowedFd<'_>> = self.ctx.sockets.iter().map(|(_, fd)| fd.as_fd()).collect();
-        let names: Vec<&str> = self.ctx.sockets.iter().map(|(n, _)| n.as_str()).collect();
-        let exe = std::path::Path::new("/proc/self/exe");
         // Our own image reports on the pipe: no private notify socket.
-        let env = self.child_env(None);
-        let extra = spawn::Extra {
-            keeper: crate::keeper::channel(),
-            new_group: false,
-        };
-        let child = match spawn::spawn(exe, &self.ctx.argv, &fds, &names, &env, extra) {
+        let child = match self.spawn_next(std::path::Path::new("/proc/self/exe"), None) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!("rollback failed: {e}; nothing is serving new connections");
@@ -315,18 +306,9 @@ impl Supervisor {
         self.ctx.pending.store(0, Ordering::SeqCst);
         match event {
             Event::Ready => {
-                let new_pid = pid.as_raw() as u32;
-                if let Some(p) = &self.ctx.config.pid_file {
-                    if let Err(e) = pidfile::write(p, new_pid) {
-                        tracing::error!("{e}");
-                    }
-                }
-                crate::keeper::handed_over(new_pid);
-                self.phase = Phase::Draining(ShutdownReason::Upgrade { new_pid });
-                self.handed_over_at = Some(Instant::now());
-                // Only accepted under NotifyAccess=all: this process stopped being the main pid
-                // at the hand-over, and systemd has seen that main pid die.
-                notify::handed_over(new_pid);
+                // Its MAINPID is only accepted under NotifyAccess=all: this process stopped being
+                // the main pid at the hand-over, and systemd has seen that main pid die.
+                self.took_over(pid.as_raw() as u32);
                 tracing::warn!(
                     elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
                     "rolled back: a new process running this generation's code serves again"
@@ -355,18 +337,11 @@ impl Supervisor {
         let started = Instant::now();
         tracing::info!(exe = %self.ctx.exe.display(), "upgrade: starting the new generation");
         notify::reloading();
-        let fds: Vec<BorrowedFd<'_>> = self.ctx.sockets.iter().map(|(_, fd)| fd.as_fd()).collect();
-        let names: Vec<&str> = self.ctx.sockets.iter().map(|(n, _)| n.as_str()).collect();
         // A new binary that is not built on hotexec reports ready with sd_notify on this socket.
         let notify_sock = notify::ChildSocket::bind()
             .inspect_err(|e| tracing::warn!("no notify socket for the new generation ({e}): only the readiness pipe will count"))
             .ok();
-        let env = self.child_env(notify_sock.as_ref());
-        let extra = spawn::Extra {
-            keeper: crate::keeper::channel(),
-            new_group: false,
-        };
-        let child = match spawn::spawn(&self.ctx.exe, &self.ctx.argv, &fds, &names, &env, extra) {
+        let child = match self.spawn_next(&self.ctx.exe, notify_sock.as_ref()) {
             Ok(c) => c,
             Err(e) => {
                 let err = UpgradeError::Spawn(e.to_string());
@@ -385,16 +360,7 @@ impl Supervisor {
             Event::Ready => {
                 self.ctx.pending.store(0, Ordering::SeqCst);
                 let new_pid = pid.as_raw() as u32;
-                if let Some(p) = &self.ctx.config.pid_file {
-                    if let Err(e) = pidfile::write(p, new_pid) {
-                        tracing::error!("{e}");
-                    }
-                }
-                crate::keeper::handed_over(new_pid);
-                let reason = ShutdownReason::Upgrade { new_pid };
-                notify::handed_over(new_pid);
-                self.phase = Phase::Draining(reason);
-                self.handed_over_at = Some(Instant::now());
+                let reason = self.took_over(new_pid);
                 self.ctx.shutdown.trigger(reason);
                 drain::start(self.ctx.config.drain_timeout, reason, None);
                 tracing::info!(
@@ -448,22 +414,43 @@ impl Supervisor {
         result
     }
 
+    /// Forks and executes `exe` as the next generation, with every listener, the keeper
+    /// channel if any, and `notify_sock` as its `NOTIFY_SOCKET`.
+    fn spawn_next(
+        &self,
+        exe: &std::path::Path,
+        notify_sock: Option<&notify::ChildSocket>,
+    ) -> std::io::Result<spawn::Spawned> {
+        let fds: Vec<BorrowedFd<'_>> = self.ctx.sockets.iter().map(|(_, fd)| fd.as_fd()).collect();
+        let names: Vec<&str> = self.ctx.sockets.iter().map(|(n, _)| n.as_str()).collect();
+        let env = Self::child_env(notify_sock);
+        let extra = spawn::Extra {
+            keeper: crate::keeper::channel(),
+            new_group: false,
+        };
+        spawn::spawn(exe, &self.ctx.argv, &fds, &names, &env, extra)
+    }
+
+    /// What follows a generation's readiness, for an upgrade and a rollback alike: the pid file,
+    /// the keeper and systemd learn the new pid, and this process is draining from now on.
+    fn took_over(&mut self, new_pid: u32) -> ShutdownReason {
+        if let Some(p) = &self.ctx.config.pid_file {
+            if let Err(e) = pidfile::write(p, new_pid) {
+                tracing::error!("{e}");
+            }
+        }
+        crate::keeper::handed_over(new_pid);
+        notify::handed_over(new_pid);
+        let reason = ShutdownReason::Upgrade { new_pid };
+        self.phase = Phase::Draining(reason);
+        self.handed_over_at = Some(Instant::now());
+        reason
+    }
+
     /// The variables a new generation gets on top of the protocol's fd variables: the private
     /// notify socket, the real one, and which Unix socket paths are hotexec's to remove.
-    fn child_env(
-        &self,
-        notify_sock: Option<&notify::ChildSocket>,
-    ) -> Vec<(&'static str, OsString)> {
-        let owned = crate::socket::owned_paths();
-        let owned_names: Vec<&str> = self
-            .ctx
-            .sockets
-            .iter()
-            .filter(|(_, fd)| {
-                matches!(crate::socket::local_addr(fd.as_fd()), Ok(ListenAddr::Unix(p)) if owned.contains(&p))
-            })
-            .map(|(n, _)| n.as_str())
-            .collect();
+    fn child_env(notify_sock: Option<&notify::ChildSocket>) -> Vec<(&'static str, OsString)> {
+        let owned_names = crate::socket::owned_names();
         let mut env = vec![(
             protocol::OWNED_FDNAMES,
             OsString::from(owned_names.join(":")),
