@@ -59,38 +59,32 @@ pub fn spawn(
         .iter()
         .map(|a| cstr(a.as_bytes()))
         .collect::<io::Result<Vec<_>>>()?;
+    // What the child gets on top of this environment (LISTEN_PID aside, written after fork);
+    // any inherited variable of the same name, and every stale protocol variable, is left out.
+    let mut ours: Vec<(&str, OsString)> = vec![
+        (protocol::LISTEN_FDS, n.to_string().into()),
+        (protocol::LISTEN_FDNAMES, names.join(":").into()),
+        (protocol::READY_FD, ready_target.to_string().into()),
+    ];
+    if extra.keeper.is_some() {
+        ours.push((protocol::KEEPER_FD, (ready_target + 1).to_string().into()));
+    }
+    ours.extend(env.iter().cloned());
+    let var = |k: &[u8], v: &[u8]| cstr(&[k, b"=", v].concat());
     let mut envp_c = Vec::new();
     for (k, v) in std::env::vars_os() {
-        if protocol::ALL
+        let k = k.as_bytes();
+        let replaced = protocol::ALL
             .iter()
             .chain([&protocol::KEEPER_FD])
-            .chain(env.iter().map(|(k, _)| k))
-            .any(|p| k.as_bytes() == p.as_bytes())
-        {
-            continue;
+            .chain(ours.iter().map(|(name, _)| name))
+            .any(|p| k == p.as_bytes());
+        if !replaced {
+            envp_c.push(var(k, v.as_bytes())?);
         }
-        let mut kv = k.as_bytes().to_vec();
-        kv.push(b'=');
-        kv.extend_from_slice(v.as_bytes());
-        envp_c.push(cstr(&kv)?);
     }
-    envp_c.push(cstr(format!("{}={n}", protocol::LISTEN_FDS).as_bytes())?);
-    envp_c.push(cstr(
-        format!("{}={}", protocol::LISTEN_FDNAMES, names.join(":")).as_bytes(),
-    )?);
-    envp_c.push(cstr(
-        format!("{}={ready_target}", protocol::READY_FD).as_bytes(),
-    )?);
-    for (k, v) in env {
-        let mut kv = k.as_bytes().to_vec();
-        kv.push(b'=');
-        kv.extend_from_slice(v.as_bytes());
-        envp_c.push(cstr(&kv)?);
-    }
-    if extra.keeper.is_some() {
-        envp_c.push(cstr(
-            format!("{}={}", protocol::KEEPER_FD, ready_target + 1).as_bytes(),
-        )?);
+    for (k, v) in &ours {
+        envp_c.push(var(k.as_bytes(), v.as_bytes())?);
     }
     // LISTEN_PID must be the child's own pid, known only after fork: reserve room for it.
     let mut pid_var = PID_VAR.to_vec();
