@@ -228,7 +228,7 @@ pub(crate) fn run(config: Config, snap: &Snapshot, exe: PathBuf, argv: Vec<OsStr
     let mut handled = forwarded.clone();
     handled.push(Signal::SIGCHLD);
     let sig_r =
-        signals::install(&handled).unwrap_or_else(|e| fatal(format!("signal handling: {e}")));
+        signals::install(&handled, None).unwrap_or_else(|e| fatal(format!("signal handling: {e}")));
 
     // Sockets handed to the keeper itself (systemd socket activation) go on to generation 1.
     let mut passed: Vec<(OwnedFd, String)> = Vec::new();
@@ -252,6 +252,7 @@ pub(crate) fn run(config: Config, snap: &Snapshot, exe: PathBuf, argv: Vec<OsStr
     let extra = spawn::Extra {
         keeper: Some(theirs.as_fd()),
         new_group: true,
+        upgrade_signal: Some(config.upgrade_signal),
     };
     let child = spawn::spawn(&exe, &argv, &fds, &names, &[], extra).unwrap_or_else(|e| {
         fatal(format!(

@@ -11,6 +11,13 @@ static MANUAL: AtomicBool = AtomicBool::new(false);
 /// Started by an upgrade: readiness goes to the previous generation, which tells the service
 /// manager; this process does not (it is not the main pid yet).
 static UPGRADED: AtomicBool = AtomicBool::new(false);
+/// `ready` has been called: from now on this generation acts on the upgrade signal.
+static REPORTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether this generation has reported ready (see [`ready`]).
+pub(crate) fn reported() -> bool {
+    REPORTED.load(Ordering::SeqCst)
+}
 
 pub(crate) fn arm(pipe: Option<OwnedFd>, manual: bool) {
     MANUAL.store(manual, Ordering::SeqCst);
@@ -26,6 +33,7 @@ pub(crate) fn arm(pipe: Option<OwnedFd>, manual: bool) {
 /// (sync: before the body; async: after the first poll). Apps with a long warm-up use
 /// `#[hotexec::main(ready = "manual")]` and call it themselves when they can serve.
 pub fn ready() {
+    REPORTED.store(true, Ordering::SeqCst);
     let pipe = READY_PIPE.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(fd) = pipe {
         match nix::unistd::write(&fd, &[READY]) {

@@ -28,8 +28,16 @@ extern "C" fn on_signal(sig: libc::c_int) {
     unsafe { *libc::__errno_location() = saved };
 }
 
-/// Installs the handler for `signals` and returns the read end of the self-pipe.
-pub fn install(signals: &[Signal]) -> io::Result<OwnedFd> {
+/// Installs the handler for `signals`, then unblocks them, and returns the read end of the
+/// self-pipe.
+///
+/// A generation started by hotexec begins with its upgrade signal blocked (`spawn::exec_mask`),
+/// so that a broadcast upgrade signal cannot kill it (default action) before its handler
+/// exists. Once the handlers are in place, the installed signals are unblocked; a pending
+/// `discard` signal (the upgrade signal) is consumed first and logged, not acted on: it was
+/// sent while this generation was starting, so it was meant for the one that started it (a
+/// `pkill -USR2` hits both), and acting on it would chain another upgrade at once.
+pub fn install(signals: &[Signal], discard: Option<Signal>) -> io::Result<OwnedFd> {
     let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
         .map_err(|e| io::Error::other(format!("pipe2: {}", e.desc())))?;
     let old = PIPE_W.swap(w.as_raw_fd(), Ordering::SeqCst);
@@ -53,6 +61,31 @@ pub fn install(signals: &[Signal]) -> io::Result<OwnedFd> {
         unsafe { sigaction(sig, &action) }
             .map_err(|e| io::Error::other(format!("sigaction({sig}): {}", e.desc())))?;
     }
+    let mut set = SigSet::empty();
+    for &sig in signals {
+        set.add(sig);
+    }
+    if let Some(sig) = discard {
+        if SigSet::thread_get_mask().is_ok_and(|m| m.contains(sig)) && is_pending(sig) {
+            // Blocked and pending: sigtimedwait with a zero timeout takes it off the pending set
+            // without running the handler.
+            let mut one = SigSet::empty();
+            one.add(sig);
+            let zero = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: `one` and `zero` are valid for the call; a null siginfo is allowed.
+            if unsafe { libc::sigtimedwait(one.as_ref(), std::ptr::null_mut(), &zero) } >= 0 {
+                tracing::warn!(
+                    signal = %sig,
+                    "upgrade signal received while this generation was starting: ignored"
+                );
+            }
+        }
+    }
+    set.thread_unblock()
+        .map_err(|e| io::Error::other(format!("pthread_sigmask(SIG_UNBLOCK): {}", e.desc())))?;
     Ok(r)
 }
 
@@ -73,4 +106,12 @@ pub fn drain(pipe_r: &OwnedFd) -> Vec<Signal> {
         }
     }
     out
+}
+
+/// Whether `sig` is pending for this thread or the process.
+fn is_pending(sig: Signal) -> bool {
+    // SAFETY: sigpending fills the set it is given; a zeroed sigset_t is a valid empty set.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is valid for writing; `sig` is a valid signal number.
+    unsafe { libc::sigpending(&mut set) == 0 && libc::sigismember(&set, sig as libc::c_int) == 1 }
 }

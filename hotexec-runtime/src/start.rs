@@ -94,6 +94,10 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
     let shutdown = Shutdown::new().unwrap_or_else(|e| fatal(format!("shutdown pipe: {e}")));
     ready::arm(adoption.ready_fd, config.manual_ready);
     let pid_file = config.pid_file.clone();
+    // A bad HOTEXEC_SPAWN is an error now, not at the first upgrade.
+    if let Err(e) = crate::spawn::method() {
+        fatal(e.to_string());
+    }
     let ctx = crate::upgrade::start(config, exe, argv, sockets, shutdown.clone())
         .unwrap_or_else(|e| fatal(format!("cannot install signal handling: {e}")));
     let _ = CTX.set(ctx.clone());

@@ -52,7 +52,10 @@ pub(crate) fn start(
     sockets: Vec<(String, OwnedFd)>,
     shutdown: Shutdown,
 ) -> std::io::Result<Arc<Ctx>> {
-    let sig_r = signals::install(&[config.upgrade_signal, Signal::SIGTERM, Signal::SIGINT])?;
+    let sig_r = signals::install(
+        &[config.upgrade_signal, Signal::SIGTERM, Signal::SIGINT],
+        Some(config.upgrade_signal),
+    )?;
     let (wake_r, wake_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
             .map_err(|e| std::io::Error::other(format!("pipe2: {}", e.desc())))?;
@@ -191,6 +194,11 @@ impl Supervisor {
     fn on_signal(&mut self, sig: Signal) {
         let upgrade_sig = self.ctx.config.upgrade_signal;
         match (sig, self.phase) {
+            (s, Phase::Serving) if s == upgrade_sig && !crate::ready::reported() => {
+                // A broadcast (`pkill -USR2 app`) reaches the old and the new generation at
+                // once: the new one must not start a third before it even serves.
+                tracing::warn!(signal = %s, "upgrade signal ignored: this generation has not reported ready yet");
+            }
             (s, Phase::Serving) if s == upgrade_sig => {
                 let _ = self.upgrade("signal");
             }
@@ -427,6 +435,7 @@ impl Supervisor {
         let extra = spawn::Extra {
             keeper: crate::keeper::channel(),
             new_group: false,
+            upgrade_signal: Some(self.ctx.config.upgrade_signal),
         };
         spawn::spawn(exe, &self.ctx.argv, &fds, &names, &env, extra)
     }
