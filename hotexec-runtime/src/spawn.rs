@@ -396,7 +396,7 @@ unsafe fn exec_child(child: &Child) -> ! {
         // signal to SIG_DFL before anything is unblocked. SIGPIPE, ignored by the Rust runtime,
         // goes back to the default a fresh process has; other ignored signals stay ignored
         // across exec as POSIX intends (`nohup`).
-        for sig in 1..libc::SIGRTMAX() {
+        for sig in 1..=libc::SIGRTMAX() {
             if sig == libc::SIGKILL || sig == libc::SIGSTOP {
                 continue;
             }
