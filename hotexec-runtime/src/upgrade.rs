@@ -222,15 +222,17 @@ impl Supervisor {
 
     fn stop(&mut self, sig: Signal) {
         let reason = ShutdownReason::Stop { signal: sig as i32 };
-        tracing::info!(signal = %sig, drain_timeout = ?self.ctx.config.drain_timeout, "stopping: draining in-flight work");
-        self.phase = Phase::Draining(reason);
-        notify::stopping();
-        self.ctx.shutdown.trigger(reason);
+        // The deadline is armed before anything that can block (a log line to a stderr nobody
+        // reads, a notify socket): the stop must happen on time whatever else hangs.
         drain::start(
             self.ctx.config.drain_timeout,
             reason,
             self.ctx.config.pid_file.clone(),
         );
+        tracing::info!(signal = %sig, drain_timeout = ?self.ctx.config.drain_timeout, "stopping: draining in-flight work");
+        self.phase = Phase::Draining(reason);
+        notify::stopping();
+        self.ctx.shutdown.trigger(reason);
     }
 
     /// Reaps the new generation if it died while we drain. A crash (killed by a signal or a
