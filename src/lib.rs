@@ -52,7 +52,7 @@ pub use hotexec_runtime::{
     upgrade,
 };
 
-/// The control socket (`@hotexec/<pid>`) and its client: trigger an upgrade of a running server
+/// The control socket (`@hotexec/<pid-ns>/<pid>`) and its client: trigger an upgrade of a running server
 /// and get the outcome, as the `hotexec upgrade` command does.
 pub use hotexec_runtime::control;
 

@@ -1,10 +1,18 @@
 //! The control socket: how a tool (the `hotexec` command) triggers an upgrade and learns its
 //! outcome, where a signal could only fire and forget.
 //!
-//! Every hotexec process listens on the abstract Unix socket `@hotexec/<pid>` (Linux abstract
-//! namespace: no file to clean up, gone when the process exits). The socket is `SOCK_CLOEXEC`
-//! and never passed to a new generation; each generation binds its own. Only a peer with the
-//! same uid, or root, is served (`SO_PEERCRED`).
+//! Every hotexec process listens on the abstract Unix socket `@hotexec/<pid-ns>/<pid>` (Linux
+//! abstract namespace: no file to clean up, gone when the process exits), where `<pid-ns>` is the
+//! inode of the process's pid namespace (`/proc/self/ns/pid`). Abstract names live in the network
+//! namespace and pids in the pid namespace: two containers of one pod share the first but not
+//! the second, and both have a pid 1; the namespace inode keeps their names apart. The socket is
+//! `SOCK_CLOEXEC` and never passed to a new generation; each generation binds its own.
+//!
+//! Both ends check who is on the other side with `SO_PEERCRED`: the server serves only a peer
+//! with its uid, or root; the client talks only to the process it meant — the pid it was given,
+//! under the uid that process runs as. Anyone can bind an abstract name, so a process that took
+//! the name first (to answer `ok` to an upgrade that never happened) is detected and refused
+//! ([`RequestError::WrongPeer`]).
 //!
 //! The protocol is one request line, one reply line:
 //!
@@ -30,9 +38,14 @@ use std::time::{Duration, Instant};
 
 use crate::error::UpgradeError;
 
-/// The abstract socket name of process `pid`, without the leading NUL: `hotexec/<pid>`.
+/// The abstract socket name of process `pid` of the caller's pid namespace, without the leading
+/// NUL: `hotexec/<pid-ns inode>/<pid>` (`hotexec/<pid>` if `/proc/self/ns/pid` cannot be read).
 pub fn name(pid: u32) -> String {
-    format!("hotexec/{pid}")
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata("/proc/self/ns/pid") {
+        Ok(ns) => format!("hotexec/{}/{pid}", ns.ino()),
+        Err(_) => format!("hotexec/{pid}"),
+    }
 }
 
 /// Longest request or reply line accepted.
@@ -127,24 +140,19 @@ pub(crate) fn wait_idle(limit: Duration) {
 /// What a server does with one request line; returns the reply.
 pub(crate) type Handler = Arc<dyn Fn(&str) -> Reply + Send + Sync>;
 
-/// The handler of a generation: `upgrade` runs [`crate::upgrade()`].
-pub(crate) fn generation_handler() -> Handler {
-    Arc::new(|request| match request {
-        "upgrade" => Reply::from_upgrade(crate::start::upgrade()),
-        other => Reply::error(
-            "bad-request",
-            format!("unknown request {other:?}: expected `upgrade`"),
-        ),
-    })
-}
-
-/// Binds `@hotexec/<our pid>` and serves it on a thread of its own.
+/// Binds `@hotexec/<our pid-ns>/<our pid>` and serves it on a thread of its own.
 pub(crate) fn start(handler: Handler) -> io::Result<()> {
     let pid = std::process::id();
     let addr = SocketAddr::from_abstract_name(name(pid).as_bytes())?;
     // std creates the socket with SOCK_CLOEXEC: it never crosses an execve.
-    let listener = UnixListener::bind_addr(&addr)
-        .map_err(|e| io::Error::new(e.kind(), format!("bind @{}: {e}", name(pid))))?;
+    let listener = UnixListener::bind_addr(&addr).map_err(|e| {
+        let why = if e.kind() == io::ErrorKind::AddrInUse {
+            " (another process holds this name; `hotexec upgrade` will refuse to talk to it)"
+        } else {
+            ""
+        };
+        io::Error::new(e.kind(), format!("bind @{}: {e}{why}", name(pid)))
+    })?;
     std::thread::Builder::new()
         .name("hotexec-control".into())
         .spawn(move || {
@@ -274,13 +282,16 @@ fn read_line(mut conn: &UnixStream, deadline: Instant) -> io::Result<String> {
 /// Why a request got no reply.
 #[derive(Debug)]
 pub enum RequestError {
-    /// Nothing listens on `@hotexec/<pid>` (no such process, not a hotexec process, or another
-    /// network namespace), or the connection failed.
+    /// Nothing listens on `@hotexec/<pid-ns>/<pid>` (no such process, not a hotexec process, or
+    /// another pid or network namespace), or the connection failed.
     Unreachable(String),
     /// No reply within the timeout; the upgrade may still complete.
     Timeout(Duration),
     /// The connection broke or the reply was not understood.
     Protocol(String),
+    /// The socket is held by another process than the one meant (`SO_PEERCRED`): nothing was
+    /// sent to it.
+    WrongPeer(String),
 }
 
 impl std::fmt::Display for RequestError {
@@ -289,23 +300,28 @@ impl std::fmt::Display for RequestError {
             RequestError::Unreachable(e) => write!(f, "{e}"),
             RequestError::Timeout(t) => write!(f, "no reply within {t:?}"),
             RequestError::Protocol(e) => write!(f, "{e}"),
+            RequestError::WrongPeer(e) => write!(f, "{e}"),
         }
     }
 }
 
 impl std::error::Error for RequestError {}
 
-/// Sends `request` to the control socket of `pid` and waits up to `timeout` for the reply.
+/// Sends `request` to the control socket of `pid` (a pid of the caller's pid namespace) and
+/// waits up to `timeout` for the reply. Before sending, checks with `SO_PEERCRED` that the
+/// socket is held by `pid` itself, under the uid `pid` runs as.
 pub fn request(pid: u32, request: &str, timeout: Duration) -> Result<Reply, RequestError> {
     let deadline = Instant::now() + timeout;
-    let sock = format!("@{}", name(pid));
-    let addr = SocketAddr::from_abstract_name(name(pid).as_bytes())
+    let name = name(pid);
+    let sock = format!("@{name}");
+    let addr = SocketAddr::from_abstract_name(name.as_bytes())
         .map_err(|e| RequestError::Unreachable(format!("{sock}: {e}")))?;
     let conn = UnixStream::connect_addr(&addr).map_err(|e| {
         RequestError::Unreachable(format!(
-            "cannot connect to the control socket {sock} of pid {pid}: {e} (is it a running hotexec server, in this network namespace?)"
+            "cannot connect to the control socket {sock} of pid {pid}: {e} (is it a running hotexec server, in this pid and network namespace?)"
         ))
     })?;
+    check_peer(&conn, pid, &sock)?;
     (&conn)
         .write_all(format!("{request}\n").as_bytes())
         .map_err(|e| RequestError::Protocol(format!("{sock}: sending the request: {e}")))?;
@@ -316,6 +332,43 @@ pub fn request(pid: u32, request: &str, timeout: Duration) -> Result<Reply, Requ
             "{sock}: reading the reply: {e}"
         ))),
     }
+}
+
+/// Refuses a control socket that is not held by `pid`, or whose holder runs under another uid
+/// than `pid` does.
+fn check_peer(conn: &UnixStream, pid: u32, sock: &str) -> Result<(), RequestError> {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    let peer = getsockopt(conn, PeerCredentials)
+        .map_err(|e| RequestError::Protocol(format!("{sock}: SO_PEERCRED: {}", e.desc())))?;
+    // SO_PEERCRED gives the pid as seen from the caller's pid namespace, like `pid`.
+    if u32::try_from(peer.pid()).ok() != Some(pid) {
+        return Err(RequestError::WrongPeer(format!(
+            "the control socket {sock} is held by pid {} (uid {}), not by pid {pid}: refusing to talk to it (another process bound the name before the server did, or pid {pid} is not a hotexec server); nothing was sent",
+            peer.pid(),
+            peer.uid()
+        )));
+    }
+    if let Some(uid) = euid_of(pid) {
+        if peer.uid() != uid {
+            return Err(RequestError::WrongPeer(format!(
+                "the control socket {sock} is held by uid {}, but pid {pid} runs as uid {uid}: refusing to talk to it; nothing was sent",
+                peer.uid()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The effective uid of `pid`, from `/proc/<pid>/status` (`None` if it cannot be read).
+fn euid_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]

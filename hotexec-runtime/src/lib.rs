@@ -3,7 +3,8 @@
 //!
 //! Where to look: [`protocol`] (the hand-over between generations), `inherit.rs` (start-up
 //! checks), `spawn.rs` (fork/exec of the new generation), `upgrade.rs` (the supervisor and its
-//! state machine), `keeper.rs` (keeper mode), [`control`] (the control socket), `drain.rs` (the
+//! state machine), `keeper.rs` (keeper mode), [`control`] (the control socket), `trigger.rs`
+//! (`upgrade()` and the control handler of a generation), `drain.rs` (the
 //! drain deadline), `ready.rs`, `notify.rs` (`sd_notify` to the service manager, and from a new
 //! generation), `pidfile.rs`, `signals.rs`.
 //!
@@ -51,6 +52,8 @@ mod spawn;
 #[cfg(feature = "process")]
 mod start;
 #[cfg(feature = "process")]
+mod trigger;
+#[cfg(feature = "process")]
 mod upgrade;
 
 #[cfg(feature = "process")]
@@ -63,5 +66,5 @@ pub use crate::{
     listeners::Listeners,
     ready::ready,
     shutdown::{Shutdown, ShutdownReason},
-    start::upgrade,
+    trigger::upgrade,
 };

@@ -1,17 +1,12 @@
 //! What `#[hotexec::main]` does before and after the application's `main`.
 
 use std::os::fd::AsFd;
-use std::sync::{Arc, OnceLock};
 
 use crate::config::{Config, Declared};
-use crate::error::UpgradeError;
 use crate::listeners::Listeners;
 use crate::shutdown::{Shutdown, ShutdownReason};
 use crate::syntax::ListenAddr;
-use crate::upgrade::Ctx;
-use crate::{control, inherit, keeper, pidfile, ready, socket};
-
-static CTX: OnceLock<Arc<Ctx>> = OnceLock::new();
+use crate::{control, inherit, keeper, pidfile, ready, socket, trigger};
 
 /// Refuses to start: the message goes to the app's tracing subscriber if it has one, and to
 /// stderr otherwise, then the process exits 1. In a new generation this makes the upgrade fail
@@ -100,8 +95,8 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
     }
     let ctx = crate::upgrade::start(config, exe, argv, sockets, shutdown.clone())
         .unwrap_or_else(|e| fatal(format!("cannot install signal handling: {e}")));
-    let _ = CTX.set(ctx.clone());
-    if let Err(e) = control::start(control::generation_handler()) {
+    trigger::set(ctx.clone());
+    if let Err(e) = control::start(trigger::control_handler()) {
         tracing::warn!(
             "no control socket ({e}): `hotexec upgrade` cannot reach this process; the upgrade signal still works"
         );
@@ -130,16 +125,6 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
         socket::remove_owned_paths();
     }
     result
-}
-
-/// Triggers an upgrade, as the upgrade signal does, and waits for its outcome: the new pid, or
-/// why it failed (then this generation keeps serving). Blocks up to `ready_timeout`; from async
-/// code call it in `spawn_blocking`.
-pub fn upgrade() -> Result<u32, UpgradeError> {
-    match CTX.get() {
-        Some(ctx) => ctx.request_upgrade(),
-        None => Err(UpgradeError::NotRunning),
-    }
 }
 
 /// The binary's path on disk. A generation started by a rollback runs an image whose file was

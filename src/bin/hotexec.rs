@@ -2,7 +2,7 @@
 //! server and waits for the outcome, where `kill -USR2` fires and forgets.
 //!
 //! It reads the pid from the pid file, connects to that process's control socket
-//! (`@hotexec/<pid>`, see `hotexec::control`), asks for an upgrade and prints the new pid
+//! (`@hotexec/<pid-ns>/<pid>`, see `hotexec::control`), asks for an upgrade and prints the new pid
 //! (exit 0) or why the upgrade failed (non-zero; the server keeps serving).
 
 use std::path::PathBuf;
@@ -158,6 +158,10 @@ fn upgrade(target: Target, timeout: Duration) -> u8 {
         Err(RequestError::Protocol(e)) => {
             eprintln!("hotexec: {e}");
             FAILED
+        }
+        Err(RequestError::WrongPeer(e)) => {
+            eprintln!("hotexec: {e}");
+            UNREACHABLE
         }
     }
 }

@@ -1056,3 +1056,91 @@ pub fn hotexec_cli(args: &[&str], limit: Duration) -> CliRun {
         stderr,
     }
 }
+
+/// A process the test started its own way (through a shell, `unshare`, as another user), with
+/// the clean-up `App` gives: on drop, SIGKILL to it, to every descendant and to every process
+/// running a binary from `dir`, all reaped; the log is printed when the test is failing.
+pub struct Started {
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Started {
+    /// Spawns `cmd` (ETXTBSY retried, as in `App`) with stdout and stderr to `log`.
+    pub fn spawn(mut cmd: Command, dir: &Path, log: &Path) -> Started {
+        subreaper();
+        let logf = std::fs::File::create(log).unwrap();
+        cmd.stdout(logf.try_clone().unwrap()).stderr(logf);
+        let mut tries = 0;
+        let child = loop {
+            match cmd.spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 200 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                r => break r.unwrap(),
+            }
+        };
+        Started {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log holds `needle`; fails early (with the log) if the process exited.
+    pub fn wait_log(&mut self, needle: &str, timeout: Duration) {
+        let log = self.log.clone();
+        let child = self.child.as_mut().expect("running");
+        wait_for(timeout, &format!("{needle:?} in the log"), || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains(needle) {
+                return Some(());
+            }
+            if let Some(st) = child.try_wait().unwrap() {
+                panic!("exited ({st}) before {needle:?} was logged");
+            }
+            None
+        });
+    }
+
+    /// Waits for the started process to exit; its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let st = wait_for(timeout, "the started process to exit", || {
+            child.try_wait().unwrap()
+        });
+        self.child = None;
+        st
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let mut pids: Vec<u32> = running_from(&self.dir);
+        if let Some(c) = &self.child {
+            for (p, _) in descendants(c.id()) {
+                if !pids.contains(&p) {
+                    pids.push(p);
+                }
+            }
+        }
+        kill_and_reap(&pids, self.child.take());
+        if std::thread::panicking() {
+            eprintln!(
+                "---- log ({}) ----\n{}",
+                self.log.display(),
+                self.log_text()
+            );
+        }
+    }
+}
