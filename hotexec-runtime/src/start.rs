@@ -6,7 +6,7 @@ use crate::config::{Config, Declared};
 use crate::listeners::Listeners;
 use crate::shutdown::{Shutdown, ShutdownReason};
 use crate::syntax::ListenAddr;
-use crate::{control, inherit, keeper, pidfile, ready, socket, trigger};
+use crate::{control, exe, inherit, keeper, pidfile, ready, socket, trigger};
 
 /// Refuses to start: the message goes to the app's tracing subscriber if it has one, and to
 /// stderr otherwise, then the process exits 1. In a new generation this makes the upgrade fail
@@ -27,9 +27,10 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
-    // Resolved once, now: `./app`, a relative argv[0] or a later rename over the binary on disk
-    // must not change what the next upgrade executes.
-    let exe = current_exe()
+    // The path the operator started, made absolute now (a relative one would change meaning
+    // if the app changed directory) but not resolved through symlinks: each upgrade executes
+    // whatever that path leads to then (see exe.rs).
+    let exe = exe::resolve_at_start()
         .unwrap_or_else(|e| fatal(format!("cannot resolve the path of this binary: {e}")));
     let argv: Vec<_> = std::env::args_os().collect();
     let pid = std::process::id();
@@ -125,22 +126,4 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
         socket::remove_owned_paths();
     }
     result
-}
-
-/// The binary's path on disk. A generation started by a rollback runs an image whose file was
-/// replaced (the kernel shows `/path/app (deleted)`): its next upgrade executes what is at
-/// `/path/app` now.
-fn current_exe() -> std::io::Result<std::path::PathBuf> {
-    let exe = std::env::current_exe()?;
-    match exe.canonicalize() {
-        Ok(p) => Ok(p),
-        Err(e) => {
-            use std::os::unix::ffi::OsStrExt;
-            let bytes = exe.as_os_str().as_bytes();
-            match bytes.strip_suffix(b" (deleted)") {
-                Some(b) => Ok(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(b))),
-                None => Err(e),
-            }
-        }
-    }
 }

@@ -345,7 +345,7 @@ impl Supervisor {
             tracing::info_span!("upgrade", old_pid, new_pid = tracing::field::Empty, trigger);
         let _enter = span.enter();
         let started = Instant::now();
-        tracing::info!(exe = %self.ctx.exe.display(), "upgrade: starting the new generation");
+        crate::exe::log_upgrade_target(&self.ctx.exe);
         notify::reloading();
         // A new binary that is not built on hotexec reports ready with sd_notify on this socket.
         let notify_sock = notify::ChildSocket::bind()
