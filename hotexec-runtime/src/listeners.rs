@@ -20,7 +20,12 @@ struct Entry {
 ///
 /// The runtime keeps its own copy of every socket to pass to the next generation, so dropping
 /// a listener in `main` (when shutdown resolves) stops this process accepting without closing
-/// the socket for the process that took over.
+/// the socket for the process that took over. On a final stop (SIGTERM, SIGINT) the runtime
+/// closes its copies, and those `main` never took, as soon as [`Shutdown`](crate::Shutdown)
+/// resolves: once `main` drops the listeners it took, the socket is closed and new clients are
+/// refused at once (`ECONNREFUSED`) rather than accepted by the kernel and reset at exit. A
+/// socket a service manager passed in (systemd socket activation) stays open in the service
+/// manager, which holds its own copy.
 #[derive(Clone)]
 pub struct Listeners {
     inner: Arc<Mutex<BTreeMap<String, Entry>>>,
@@ -124,6 +129,12 @@ impl Listeners {
     pub fn is_inherited(&self, name: &str) -> bool {
         let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         map.get(name).is_some_and(|e| e.inherited)
+    }
+
+    /// Closes every listener `main` has not taken (a final stop: nobody will accept on them).
+    pub(crate) fn close_untaken(&self) -> usize {
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        map.values_mut().filter_map(|e| e.fd.take()).count()
     }
 
     /// Names of all declared listeners.

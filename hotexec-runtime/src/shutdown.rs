@@ -33,6 +33,8 @@ struct Inner {
     // listener (`Shutdown::accept`).
     pipe_r: OwnedFd,
     pipe_w: OwnedFd,
+    /// Run once, right after a final stop resolved every clone (see [`Shutdown::on_final_stop`]).
+    on_final_stop: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
 }
 
 struct State {
@@ -74,6 +76,7 @@ impl Shutdown {
                 cond: Condvar::new(),
                 pipe_r,
                 pipe_w,
+                on_final_stop: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -93,7 +96,29 @@ impl Shutdown {
         for w in wakers {
             w.wake();
         }
+        if matches!(reason, ShutdownReason::Stop { .. }) {
+            let hooks = std::mem::take(
+                &mut *self
+                    .inner
+                    .on_final_stop
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+            for hook in hooks {
+                hook();
+            }
+        }
         true
+    }
+
+    /// Registers `f` to run once a final stop (not an upgrade) has resolved this `Shutdown`, on
+    /// the thread that triggered it. The runtime closes its own copies of the listeners there.
+    pub(crate) fn on_final_stop(&self, f: impl FnOnce() + Send + 'static) {
+        self.inner
+            .on_final_stop
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::new(f));
     }
 
     /// The reason, once triggered.

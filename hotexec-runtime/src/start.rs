@@ -1,6 +1,7 @@
 //! What `#[hotexec::main]` does before and after the application's `main`.
 
 use std::os::fd::AsFd;
+use std::sync::Arc;
 
 use crate::config::{Config, Declared};
 use crate::listeners::Listeners;
@@ -96,6 +97,20 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
     }
     let ctx = crate::upgrade::start(config, exe, argv, sockets, shutdown.clone())
         .unwrap_or_else(|e| fatal(format!("cannot install signal handling: {e}")));
+    let listeners = Listeners::new(handed);
+    // A final stop closes hotexec's own copies at once, and those `main` never took: new
+    // clients are then refused (once `main` drops what it took) instead of queued and reset at
+    // exit. A service manager's copy (socket activation) is its own and stays open.
+    let weak = Arc::downgrade(&ctx);
+    let untaken = listeners.clone();
+    shutdown.on_final_stop(move || {
+        let ours = weak.upgrade().map_or(0, |c| c.close_listeners());
+        let idle = untaken.close_untaken();
+        tracing::info!(
+            closed = ours + idle,
+            "final stop: hotexec's copies of the listeners are closed"
+        );
+    });
     trigger::set(ctx.clone());
     if let Err(e) = control::start(trigger::control_handler()) {
         tracing::warn!(
@@ -110,7 +125,7 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
     }
     tracing::info!(pid, upgraded, "serving");
 
-    let result = f(Listeners::new(handed), shutdown.clone());
+    let result = f(listeners, shutdown.clone());
 
     if matches!(shutdown.reason(), Some(ShutdownReason::Upgrade { .. })) {
         // Stay able to roll back until the successor has outlived its probation.

@@ -26,8 +26,9 @@ pub(crate) struct Ctx {
     pub config: Config,
     pub exe: PathBuf,
     pub argv: Vec<OsString>,
-    /// The runtime's own copy of each listener, passed to every new generation.
-    pub sockets: Vec<(String, OwnedFd)>,
+    /// The runtime's own copy of each listener, passed to every new generation; emptied by a
+    /// final stop ([`Ctx::close_listeners`]).
+    sockets: Mutex<Vec<(String, OwnedFd)>>,
     pub shutdown: Shutdown,
     requests: Mutex<Vec<Reply>>,
     wake_w: OwnedFd,
@@ -63,7 +64,7 @@ pub(crate) fn start(
         config,
         exe,
         argv,
-        sockets,
+        sockets: Mutex::new(sockets),
         shutdown,
         requests: Mutex::new(Vec::new()),
         wake_w,
@@ -105,6 +106,13 @@ impl Ctx {
         while !self.settled.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Closes the runtime's copies of the listeners: on a final stop nothing will be passed on
+    /// any more, and an open copy would keep the kernel accepting connections nobody serves.
+    pub(crate) fn close_listeners(&self) -> usize {
+        let closed = std::mem::take(&mut *self.sockets.lock().unwrap_or_else(|p| p.into_inner()));
+        closed.len()
     }
 
     /// Kills and reaps a new generation that has not reported ready (used when `main` returns
@@ -431,8 +439,9 @@ impl Supervisor {
         exe: &std::path::Path,
         notify_sock: Option<&notify::ChildSocket>,
     ) -> std::io::Result<spawn::Spawned> {
-        let fds: Vec<BorrowedFd<'_>> = self.ctx.sockets.iter().map(|(_, fd)| fd.as_fd()).collect();
-        let names: Vec<&str> = self.ctx.sockets.iter().map(|(n, _)| n.as_str()).collect();
+        let sockets = self.ctx.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        let fds: Vec<BorrowedFd<'_>> = sockets.iter().map(|(_, fd)| fd.as_fd()).collect();
+        let names: Vec<&str> = sockets.iter().map(|(n, _)| n.as_str()).collect();
         let env = Self::child_env(notify_sock);
         let extra = spawn::Extra {
             keeper: crate::keeper::channel(),
