@@ -172,6 +172,16 @@ fn a_final_stop_refuses_new_connections_while_slow_requests_drain() {
         get(app.addr, "/", Duration::from_secs(5)),
         Outcome::Ok { pid }
     );
+    // New-connection clients through the stop.
+    const CLIENTS: usize = 4;
+    let load = Load::start(app.addr, CLIENTS);
+    // The load runs while this thread's own requests are answered.
+    for _ in 0..20 {
+        assert_eq!(
+            get(app.addr, "/", Duration::from_secs(5)),
+            Outcome::Ok { pid }
+        );
+    }
     let sent = Instant::now();
     signal(pid, Signal::SIGTERM);
     // Poll with new connections until one is refused: none may be left to be reset later.
@@ -199,6 +209,8 @@ fn a_final_stop_refuses_new_connections_while_slow_requests_drain() {
             other => panic!("a connection during the drain was not refused: {other:?}"),
         }
     }
+    // Stopped now: its clients would only spin on refusals for the rest of the drain.
+    let results = load.finish();
     for t in slow {
         let (body, done) = t.join().unwrap();
         let body = body.expect("the slow request completes");
@@ -208,14 +220,32 @@ fn a_final_stop_refuses_new_connections_while_slow_requests_drain() {
         );
         assert!(done.duration_since(sent) > refused_after);
     }
-    let st = wait_for(Duration::from_secs(15), "the server to exit", || {
+    wait_for(Duration::from_secs(15), "the server to exit", || {
         (!alive(pid)).then_some(())
     });
-    let _ = st;
+    let before: Vec<_> = results.iter().filter(|(t, _)| *t < sent).collect();
+    let after: Vec<_> = results.iter().filter(|(t, _)| *t >= sent).collect();
+    let count = |f: &dyn Fn(&Outcome) -> bool| after.iter().filter(|(_, o)| f(o)).count();
+    let ok = count(&|o| matches!(o, Outcome::Ok { .. }));
+    let refused = count(&|o| *o == Outcome::Refused);
+    let reset = count(&|o| *o == Outcome::Reset);
     eprintln!(
-        "refused {:.1} ms after SIGTERM ({accepted_meanwhile} connection(s) accepted before); 3 slow requests of {SLOW_MS} ms completed",
-        refused_after.as_secs_f64() * 1e3
+        "refused {:.1} ms after SIGTERM ({accepted_meanwhile} probe connection(s) accepted before); 3 slow requests of {SLOW_MS} ms completed; load: {} requests before SIGTERM, all ok; after: {ok} ok, {refused} refused, {reset} reset (queued when accepting stopped)",
+        refused_after.as_secs_f64() * 1e3,
+        before.len()
     );
+    assert!(
+        !before.is_empty() && before.iter().all(|(_, o)| matches!(o, Outcome::Ok { .. })),
+        "{before:?}"
+    );
+    assert_eq!(
+        ok + refused + reset,
+        after.len(),
+        "after SIGTERM a request either completes or is refused: {after:?}"
+    );
+    // A connection can only be reset when the socket closes, once: at most one per client.
+    assert!(reset <= CLIENTS, "{reset} resets");
+    assert!(refused > 0);
 }
 
 const SERVER_UID: u32 = 23456;
