@@ -138,6 +138,81 @@ fn symlink_switch_and_rename_deploys_run_the_new_file() {
     drop(server);
 }
 
+/// A rollback re-executes the running image through `/proc/self/exe`; the generation it starts
+/// must still upgrade through the path the operator started (`./current/http`), not through the
+/// release it happens to run: after `current` goes v1 → v2 (crashes after ready, rolled back to
+/// v1's code) → v3, the next upgrade runs v3.
+#[test]
+fn a_rolled_back_generation_follows_the_next_symlink_switch() {
+    let dir = Scratch::new("symlink-rollback");
+    let root = dir.0.clone();
+    for v in ["v1", "v2", "v3"] {
+        std::fs::create_dir_all(root.join("releases").join(v)).unwrap();
+    }
+    copy_exe(&example("http"), &root.join("releases/v1/http"));
+    script(
+        &root.join("releases/v2/http"),
+        &format!(
+            "#!/bin/sh\nFAULT=crash-after-ready=300 exec {} \"$@\"\n",
+            example("faulty").display()
+        ),
+    );
+    copy_exe(&example("http"), &root.join("releases/v3/http"));
+    std::os::unix::fs::symlink("releases/v1", root.join("current")).unwrap();
+    let pid_file = root.join("app.pid");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("cd \"$0\" && exec ./current/http")
+        .arg(&root)
+        .env("HOTEXEC_LISTEN_HTTP", addr.to_string())
+        .env("HOTEXEC_LISTEN_ADMIN", format!("127.0.0.1:{}", free_port()))
+        .env("HOTEXEC_PID_FILE", &pid_file)
+        .env("HOTEXEC_READY_TIMEOUT", "5s")
+        .env("HOTEXEC_DRAIN_TIMEOUT", "10s")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null());
+    let mut server = Started::spawn(cmd, &root, &root.join("log"));
+    let first = server.pid();
+    wait_for(Duration::from_secs(10), "the first pid file", || {
+        (read_pid(&pid_file) == Some(first)).then_some(())
+    });
+    switch_symlink("releases/v2", &root.join("current"));
+    signal(first, Signal::SIGUSR2);
+    let crashed = wait_for(Duration::from_secs(10), "the faulty generation", || {
+        read_pid(&pid_file).filter(|p| *p != first)
+    });
+    server.wait_log("rolled back", Duration::from_secs(15));
+    let rolled = wait_for(Duration::from_secs(10), "the rolled-back pid", || {
+        read_pid(&pid_file).filter(|p| *p != first && *p != crashed)
+    });
+    wait_for(
+        Duration::from_secs(10),
+        "the rolled-back generation to answer",
+        || (get(addr, "/", Duration::from_secs(5)) == Outcome::Ok { pid: rolled }).then_some(()),
+    );
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{rolled}/exe")).unwrap(),
+        root.join("releases/v1/http"),
+        "the rollback runs the old code"
+    );
+    switch_symlink("releases/v3", &root.join("current"));
+    signal(rolled, Signal::SIGUSR2);
+    let next = wait_for(Duration::from_secs(10), "the next generation", || {
+        read_pid(&pid_file).filter(|p| *p != rolled)
+    });
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{next}/exe")).unwrap(),
+        root.join("releases/v3/http"),
+        "after the rollback, the next upgrade follows `current`"
+    );
+    assert_eq!(
+        get(addr, "/", Duration::from_secs(5)),
+        Outcome::Ok { pid: next }
+    );
+    eprintln!("generations: {first} -> {crashed} (crashed) -> {rolled} (rolled back) -> {next}");
+}
+
 /// A final stop (SIGTERM) with slow requests in flight: new clients are refused at once
 /// (ECONNREFUSED, so they and load balancers go elsewhere) instead of being accepted by the
 /// kernel and reset when the process exits; the slow requests complete.
