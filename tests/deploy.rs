@@ -326,6 +326,19 @@ fn a_final_stop_refuses_new_connections_while_slow_requests_drain() {
 const SERVER_UID: u32 = 23456;
 const OTHER_UID: u32 = 12345;
 
+/// Root can give files away and start the server as another user; the sticky rule does not bind
+/// root itself, so the server must run unprivileged for these tests to mean anything.
+fn can_act_as_other_users() -> bool {
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!(
+            "SKIPPED: needs root (to chown files to another uid and start the server as one)"
+        );
+    }
+    root
+}
+
 /// A world-writable sticky directory (like `/tmp`) and a copy of the echo example that another
 /// user can run.
 fn sticky_setup(tag: &str) -> (Scratch, std::path::PathBuf, std::path::PathBuf) {
@@ -371,6 +384,9 @@ fn release(server: &mut Started) {
 /// must not stop the start: the temporary name is random and created exclusively.
 #[test]
 fn pid_file_in_a_sticky_dir_another_users_temp_file_does_not_stop_the_start() {
+    if !can_act_as_other_users() {
+        return;
+    }
     let (dir, shared, bin) = sticky_setup("sticky-tmp");
     let pid_file = shared.join("app.pid");
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -408,6 +424,9 @@ fn pid_file_in_a_sticky_dir_another_users_temp_file_does_not_stop_the_start() {
 /// other user's file is left alone.
 #[test]
 fn pid_file_in_a_sticky_dir_owned_by_another_user_is_a_clear_error() {
+    if !can_act_as_other_users() {
+        return;
+    }
     let (dir, shared, bin) = sticky_setup("sticky-path");
     let pid_file = shared.join("app.pid");
     plant(&pid_file, "1\n");
