@@ -177,6 +177,11 @@ fn a_rolled_back_generation_follows_the_next_symlink_switch() {
     wait_for(Duration::from_secs(10), "the first pid file", || {
         (read_pid(&pid_file) == Some(first)).then_some(())
     });
+    // Answering means ready: an upgrade signal before that is ignored.
+    assert_eq!(
+        get(addr, "/", Duration::from_secs(5)),
+        Outcome::Ok { pid: first }
+    );
     switch_symlink("releases/v2", &root.join("current"));
     signal(first, Signal::SIGUSR2);
     let crashed = wait_for(Duration::from_secs(10), "the faulty generation", || {
@@ -206,9 +211,11 @@ fn a_rolled_back_generation_follows_the_next_symlink_switch() {
         root.join("releases/v3/http"),
         "after the rollback, the next upgrade follows `current`"
     );
-    assert_eq!(
-        get(addr, "/", Duration::from_secs(5)),
-        Outcome::Ok { pid: next }
+    // The pid file names it just before the old generation stops accepting.
+    wait_for(
+        Duration::from_secs(10),
+        "the next generation to answer",
+        || (get(addr, "/", Duration::from_secs(5)) == Outcome::Ok { pid: next }).then_some(()),
     );
     eprintln!("generations: {first} -> {crashed} (crashed) -> {rolled} (rolled back) -> {next}");
 }
@@ -218,7 +225,7 @@ fn a_rolled_back_generation_follows_the_next_symlink_switch() {
 /// kernel and reset when the process exits; the slow requests complete.
 #[test]
 fn a_final_stop_refuses_new_connections_while_slow_requests_drain() {
-    const SLOW_MS: u64 = 4000;
+    const SLOW_MS: u64 = 6000;
     let app = App::start(
         "http",
         "HOTEXEC_LISTEN_HTTP",
@@ -262,7 +269,7 @@ fn a_final_stop_refuses_new_connections_while_slow_requests_drain() {
     // Poll with new connections until one is refused: none may be left to be reset later.
     let mut accepted_meanwhile = 0;
     let refused_after = wait_for(
-        Duration::from_secs(3),
+        Duration::from_secs(5),
         "a new connection to be refused after SIGTERM, while the slow requests drain",
         || match TcpStream::connect_timeout(&app.addr, Duration::from_secs(1)) {
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(sent.elapsed()),
