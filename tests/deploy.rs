@@ -138,6 +138,53 @@ fn symlink_switch_and_rename_deploys_run_the_new_file() {
     drop(server);
 }
 
+/// `HOTEXEC_EXE` configures the path upgrades execute (relative: against the start directory):
+/// started from `releases/v1/http` itself, with `HOTEXEC_EXE=current/http`, the upgrade after
+/// `current` was switched to v2 runs v2.
+#[test]
+fn a_configured_exe_path_is_what_upgrades_execute() {
+    let dir = Scratch::new("exe-configured");
+    let root = dir.0.clone();
+    for v in ["v1", "v2"] {
+        std::fs::create_dir_all(root.join("releases").join(v)).unwrap();
+        copy_exe(
+            &example("http"),
+            &root.join("releases").join(v).join("http"),
+        );
+    }
+    std::os::unix::fs::symlink("releases/v1", root.join("current")).unwrap();
+    let pid_file = root.join("app.pid");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("cd \"$0\" && exec \"$0/releases/v1/http\"")
+        .arg(&root)
+        .env("HOTEXEC_EXE", "current/http")
+        .env("HOTEXEC_LISTEN_HTTP", addr.to_string())
+        .env("HOTEXEC_LISTEN_ADMIN", format!("127.0.0.1:{}", free_port()))
+        .env("HOTEXEC_PID_FILE", &pid_file)
+        .env("HOTEXEC_READY_TIMEOUT", "5s")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null());
+    let _server = Started::spawn(cmd, &root, &root.join("log"));
+    let first = wait_for(Duration::from_secs(10), "the first pid file", || {
+        read_pid(&pid_file)
+    });
+    assert_eq!(
+        get(addr, "/", Duration::from_secs(5)),
+        Outcome::Ok { pid: first }
+    );
+    switch_symlink("releases/v2", &root.join("current"));
+    signal(first, Signal::SIGUSR2);
+    let next = wait_for(Duration::from_secs(10), "the next generation", || {
+        read_pid(&pid_file).filter(|p| *p != first)
+    });
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{next}/exe")).unwrap(),
+        root.join("releases/v2/http")
+    );
+}
+
 /// A rollback re-executes the running image through `/proc/self/exe`; the generation it starts
 /// must still upgrade through the path the operator started (`./current/http`), not through the
 /// release it happens to run: after `current` goes v1 → v2 (crashes after ready, rolled back to
