@@ -128,6 +128,12 @@ fn symlink_switch_and_rename_deploys_run_the_new_file() {
         "an upgrade to the running image itself is warned about:\n{log}"
     );
     eprintln!("generations: {first} -> {second} -> {third} -> {fourth}");
+    for l in log
+        .lines()
+        .filter(|l| l.contains("starting the new generation") || l.contains("very image"))
+    {
+        eprintln!("  {l}");
+    }
     assert_no_failures("symlink switch, rename, same image", &results);
     signal(fourth, Signal::SIGTERM);
     wait_for(
