@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
@@ -35,10 +35,15 @@ struct Inner {
     pipe_w: OwnedFd,
     /// Run once, right after a final stop resolved every clone (see [`Shutdown::on_final_stop`]).
     on_final_stop: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
+    /// The configured `drain_timeout`: the drain watchdog ends the process this long after the
+    /// trigger.
+    drain_timeout: Duration,
 }
 
 struct State {
     reason: Option<ShutdownReason>,
+    /// When `reason` was set: the drain deadline counts from here.
+    triggered_at: Option<Instant>,
     wakers: Vec<Waker>,
 }
 
@@ -64,19 +69,21 @@ impl std::fmt::Debug for Shutdown {
 }
 
 impl Shutdown {
-    pub(crate) fn new() -> io::Result<Shutdown> {
+    pub(crate) fn new(drain_timeout: Duration) -> io::Result<Shutdown> {
         let (pipe_r, pipe_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| io::Error::other(format!("pipe2: {}", e.desc())))?;
         Ok(Shutdown {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
                     reason: None,
+                    triggered_at: None,
                     wakers: Vec::new(),
                 }),
                 cond: Condvar::new(),
                 pipe_r,
                 pipe_w,
                 on_final_stop: Mutex::new(Vec::new()),
+                drain_timeout,
             }),
         })
     }
@@ -89,6 +96,7 @@ impl Shutdown {
                 return false;
             }
             st.reason = Some(reason);
+            st.triggered_at = Some(Instant::now());
             std::mem::take(&mut st.wakers)
         };
         self.inner.cond.notify_all();
@@ -128,6 +136,21 @@ impl Shutdown {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .reason
+    }
+
+    /// The time `main` has to return once shutdown resolves (`drain_timeout`, after its
+    /// environment override): past it, the process is ended with status 124.
+    pub fn drain_timeout(&self) -> Duration {
+        self.inner.drain_timeout
+    }
+
+    /// The instant the drain watchdog ends the process, once shutdown has resolved: the moment
+    /// it resolved plus [`drain_timeout`](Shutdown::drain_timeout). Draining code bounds its
+    /// waits by it (as `hotexec::drain::Connections::wait` does) so that `main` returns, cleanly,
+    /// before the watchdog has to cut it off.
+    pub fn drain_deadline(&self) -> Option<Instant> {
+        let st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.triggered_at.map(|t| t + self.inner.drain_timeout)
     }
 
     /// True once shutdown has been triggered.

@@ -88,7 +88,8 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
         handed.push((decl.name.clone(), addr, user, was_inherited));
         sockets.push((decl.name.clone(), fd));
     }
-    let shutdown = Shutdown::new().unwrap_or_else(|e| fatal(format!("shutdown pipe: {e}")));
+    let shutdown = Shutdown::new(config.drain_timeout)
+        .unwrap_or_else(|e| fatal(format!("shutdown pipe: {e}")));
     ready::arm(adoption.ready_fd, config.manual_ready);
     let pid_file = config.pid_file.clone();
     // A bad HOTEXEC_SPAWN is an error now, not at the first upgrade.
