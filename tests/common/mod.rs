@@ -1144,3 +1144,70 @@ impl Drop for Started {
         }
     }
 }
+
+/// `HOTEXEC_COMPARE_PLAIN=1`: the serving tests run the same scenario against the example's plain
+/// mode (the integration switched off) and print what it loses instead of asserting zero.
+pub const COMPARE_PLAIN_VAR: &str = "HOTEXEC_COMPARE_PLAIN";
+
+/// True when the serving tests run in comparison mode (see [`COMPARE_PLAIN_VAR`]).
+pub fn compare_plain() -> bool {
+    std::env::var_os(COMPARE_PLAIN_VAR).is_some_and(|v| v == "1")
+}
+
+/// Failures counted by class (`Reset: 3, Eof: 2`), for the figures a test prints.
+pub fn by_class<'a>(failed: impl IntoIterator<Item = &'a Outcome>) -> String {
+    let mut classes: std::collections::BTreeMap<String, usize> = Default::default();
+    for o in failed {
+        let name = format!("{o:?}");
+        let name = name
+            .split(|c: char| !c.is_alphanumeric())
+            .next()
+            .unwrap_or("")
+            .to_string();
+        *classes.entry(name).or_default() += 1;
+    }
+    if classes.is_empty() {
+        return "none".into();
+    }
+    classes
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Prints a load run's figures (`mode` says with or without the integration) and, unless in
+/// comparison mode, asserts that it made at least `min` requests and that none failed.
+pub fn verdict(what: &str, outcomes: &[&Outcome], min: usize) {
+    let failed: Vec<&Outcome> = outcomes
+        .iter()
+        .copied()
+        .filter(|o| !matches!(o, Outcome::Ok { .. }))
+        .collect();
+    let mode = if compare_plain() {
+        "PLAIN (integration off)"
+    } else {
+        "with the integration"
+    };
+    eprintln!(
+        "FIGURES {what} [{mode}]: {} requests, {} failed ({})",
+        outcomes.len(),
+        failed.len(),
+        by_class(failed.iter().copied())
+    );
+    assert!(
+        outcomes.len() >= min,
+        "{what}: only {} requests (expected at least {min})",
+        outcomes.len()
+    );
+    if compare_plain() {
+        return;
+    }
+    assert!(
+        failed.is_empty(),
+        "{what}: {} of {} requests failed: {:?}",
+        failed.len(),
+        outcomes.len(),
+        &failed[..failed.len().min(10)]
+    );
+}
