@@ -38,6 +38,8 @@ struct Inner {
     /// The configured `drain_timeout`: the drain watchdog ends the process this long after the
     /// trigger.
     drain_timeout: Duration,
+    /// Made by [`Shutdown::detached`]: resolved by [`Shutdown::resolve`], not by the runtime.
+    detached: bool,
 }
 
 struct State {
@@ -70,6 +72,26 @@ impl std::fmt::Debug for Shutdown {
 
 impl Shutdown {
     pub(crate) fn new(drain_timeout: Duration) -> io::Result<Shutdown> {
+        Shutdown::make(drain_timeout, false)
+    }
+
+    /// A `Shutdown` of its own, not tied to the hotexec runtime: it resolves when
+    /// [`resolve`](Shutdown::resolve) is called. For running the same serving code without
+    /// hotexec — a plain binary stopped by its own signal handling, or a test of the app — with
+    /// `drain_timeout` bounding its drain as the runtime's would (no watchdog ends the process).
+    pub fn detached(drain_timeout: Duration) -> io::Result<Shutdown> {
+        Shutdown::make(drain_timeout, true)
+    }
+
+    /// Resolves a [`detached`](Shutdown::detached) `Shutdown` (every clone) with `reason`.
+    /// Returns false, doing nothing, when it was already resolved or when it is the runtime's
+    /// own (that one resolves at the hand-over or on a stop signal, never on the app's word: use
+    /// [`upgrade`](crate::upgrade) to ask for an upgrade).
+    pub fn resolve(&self, reason: ShutdownReason) -> bool {
+        self.inner.detached && self.trigger(reason)
+    }
+
+    fn make(drain_timeout: Duration, detached: bool) -> io::Result<Shutdown> {
         let (pipe_r, pipe_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| io::Error::other(format!("pipe2: {}", e.desc())))?;
         Ok(Shutdown {
@@ -84,6 +106,7 @@ impl Shutdown {
                 pipe_w,
                 on_final_stop: Mutex::new(Vec::new()),
                 drain_timeout,
+                detached,
             }),
         })
     }
@@ -146,8 +169,8 @@ impl Shutdown {
 
     /// The instant the drain watchdog ends the process, once shutdown has resolved: the moment
     /// it resolved plus [`drain_timeout`](Shutdown::drain_timeout). Draining code bounds its
-    /// waits by it (as `hotexec::drain::Connections::wait` does) so that `main` returns, cleanly,
-    /// before the watchdog has to cut it off.
+    /// waits by it (as `hotexec::drain::Connections::wait` does); for the runtime's own
+    /// `Shutdown`, the watchdog ends the process there with status 124.
     pub fn drain_deadline(&self) -> Option<Instant> {
         let st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
         st.triggered_at.map(|t| t + self.inner.drain_timeout)
