@@ -44,8 +44,8 @@
 //! 3. After the close grace window ([`DEFAULT_CLOSE_GRACE`] unless
 //!    [`with_close_grace`](Connections::with_close_grace)), [`closing`](Connections::closing) is
 //!    cancelled: connections still idle close now, at a message boundary.
-//! 4. [`wait`](Connections::wait) returns once every task is done, or a little before the
-//!    drain watchdog would end the process.
+//! 4. [`wait`](Connections::wait) returns once every task is done; at the drain deadline the
+//!    runtime's watchdog ends the process (status 124) with whatever is still running.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -189,12 +189,14 @@ impl Connections {
         self.inner.tracker.is_empty()
     }
 
-    /// Waits for every connection task, and returns how many were still running at the
-    /// deadline (0: all finished).
+    /// Waits for every connection task, and returns how many were still running when it gave
+    /// up (0: all finished; `main` can return at once and the process exits cleanly).
     ///
-    /// The deadline is the drain deadline ([`Shutdown::drain_deadline`]) less a margin
-    /// (a tenth of `drain_timeout`, at most one second), so that `main` returns — and the
-    /// process exits cleanly — before the drain watchdog ends it with status 124. Called before
+    /// Bounded by the drain deadline ([`Shutdown::drain_deadline`]). At that deadline the
+    /// runtime's watchdog ends the process with status 124, so that a supervisor can tell a
+    /// cut-off drain from a clean one; this wait outlasts the deadline by one second
+    /// ([`DEADLINE_SLACK`]) so as not to race it, and is then only a backstop (and the bound of a
+    /// [`detached`](Shutdown::detached) `Shutdown`, which has no watchdog). Called before
     /// shutdown has resolved (the accept loop ended for another reason), it counts
     /// `drain_timeout` from now. Tasks spawned after this call are waited for too.
     pub async fn wait(&self) -> usize {
@@ -202,9 +204,8 @@ impl Connections {
         let timeout = shutdown.drain_timeout();
         let deadline = shutdown
             .drain_deadline()
-            .unwrap_or_else(|| Instant::now() + timeout);
-        let margin = (timeout / 10).min(Duration::from_secs(1));
-        let deadline = deadline.checked_sub(margin).unwrap_or(deadline);
+            .unwrap_or_else(|| Instant::now() + timeout)
+            + DEADLINE_SLACK;
         self.inner.tracker.close();
         let open = self.inner.tracker.len();
         tracing::info!(open, "waiting for connections to finish");
@@ -217,11 +218,15 @@ impl Connections {
         tracing::warn!(
             left,
             ?timeout,
-            "drain deadline: returning with connections still open"
+            "drain timeout passed: returning with connections still open"
         );
         left
     }
 }
+
+/// How long [`Connections::wait`] waits past the drain deadline, where the runtime's watchdog
+/// has ended the process.
+pub const DEADLINE_SLACK: Duration = Duration::from_secs(1);
 
 /// Errors of one connection, not of the listener: go on accepting at once.
 fn is_connection_error(e: &std::io::Error) -> bool {

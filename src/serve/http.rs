@@ -45,8 +45,9 @@ use crate::Shutdown;
 ///   [close grace window](Serve::close_grace) and leave at a request boundary; connections still
 ///   idle after it are closed. HTTP/2 clients get a graceful (two-step) `GOAWAY`: open streams
 ///   finish, new ones go to the new generation over a new connection.
-/// - Resolves once every connection is done, or a little before the drain watchdog's
-///   `drain_timeout` would end the process.
+/// - Resolves once every connection is done, so `main` returns and the process exits cleanly
+///   (status 0) as soon as the drain is complete; at `drain_timeout` the runtime's watchdog ends
+///   the process (status 124) with whatever is still in flight.
 ///
 /// Connections that are upgraded (WebSocket) leave hyper, and this drain, once the handshake is
 /// answered: track their tasks with a [`Connections`] of their own if they must finish.
