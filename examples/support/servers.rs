@@ -76,7 +76,16 @@ fn plain_http(reuseport: bool) -> std::io::Result<()> {
             if let Ok(p) = std::env::var(PID_FILE_VAR) {
                 write_atomic(Path::new(&p), &format!("{}\n", std::process::id()))?;
             }
-            http_server::serve(listener, async move { term.recv().await }).await
+            // The same drain as with hotexec, resolved by this process's own SIGTERM.
+            let shutdown = hotexec::Shutdown::detached(std::time::Duration::from_secs(30))?;
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                term.recv().await;
+                stop.resolve(hotexec::ShutdownReason::Stop {
+                    signal: libc::SIGTERM,
+                });
+            });
+            http_server::serve(listener, shutdown).await
         })
 }
 
