@@ -86,7 +86,7 @@ fn new_binary_killed_while_starting() {
     // And the next upgrade works.
     app.replace_binary(None);
     let (_, new) = app.upgrade();
-    assert_eq!(get(app.addr, "/", T), Outcome::Ok { pid: new });
+    answered_by(app.addr, new, T);
 }
 
 /// The new generation reports ready, takes over, and aborts 300 ms later. The old process still
@@ -154,7 +154,7 @@ fn new_binary_crashes_after_ready_and_the_old_code_is_rolled_back() {
     app.replace_binary(None);
     let (from, to) = app.upgrade();
     assert_eq!(from, rolled);
-    assert_eq!(get(app.addr, "/", T), Outcome::Ok { pid: to });
+    answered_by(app.addr, to, T);
 }
 
 /// The old process is SIGKILLed while draining: the new one, which already holds the sockets,
@@ -185,7 +185,7 @@ fn old_process_killed_while_draining() {
     assert!(!matches!(slow.join().unwrap(), Outcome::Ok { .. }));
     assert_eq!(app.pid_in_file(), Some(new));
     assert!(alive(new));
-    assert_eq!(get(app.addr, "/", T), Outcome::Ok { pid: new });
+    answered_by(app.addr, new, T);
 }
 
 /// SIGTERM during an upgrade: the upgrade is abandoned (the half-started process is killed and
@@ -352,5 +352,5 @@ fn signal_storm() {
         [&(last, 'S')],
         "only the last generation may be left: {left:?}"
     );
-    assert_eq!(get(app.addr, "/", T), Outcome::Ok { pid: last });
+    answered_by(app.addr, last, T);
 }

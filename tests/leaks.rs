@@ -140,7 +140,7 @@ fn many_upgrades_in_a_row_leak_nothing() {
         "{:?}",
         App::children_of(last)
     );
-    assert_eq!(get(app.addr, "/", T), Outcome::Ok { pid: last });
+    answered_by(app.addr, last, T);
 }
 
 #[test]

@@ -55,10 +55,7 @@ fn started_as_dot_slash_app_upgrades_to_the_renamed_binary() {
             read_pid().filter(|p| *p != first)
         });
         pids.push(new);
-        assert_eq!(
-            get(sa, "/", Duration::from_secs(5)),
-            Outcome::Ok { pid: new }
-        );
+        answered_by(sa, new, Duration::from_secs(5));
         // The new generation runs the renamed file, with the same argv[0].
         let exe = std::fs::read_link(format!("/proc/{new}/exe")).unwrap();
         assert_eq!(exe, bin.canonicalize().unwrap());

@@ -143,10 +143,7 @@ fn unix_and_udp_sockets_are_passed_on_and_the_path_removed_only_on_a_final_stop(
     );
     assert_eq!(unix_echo(&sock, "after"), Ok(p2));
     assert_eq!(udp_echo(&client, udp_addr, "d1"), Some(p2));
-    assert_eq!(
-        get(app.addr, "/", Duration::from_secs(5)),
-        Outcome::Ok { pid: p2 }
-    );
+    answered_by(app.addr, p2, Duration::from_secs(5));
 
     // A final stop removes it.
     kill(Pid::from_raw(p2 as i32), Signal::SIGTERM).unwrap();

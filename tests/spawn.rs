@@ -68,9 +68,7 @@ fn check_what_the_new_image_gets(method: Option<&str>) {
     app.replace_binary(None);
     let (from, next) = app.upgrade();
     assert_eq!(from, new);
-    assert!(
-        matches!(get(app.addr, "/", Duration::from_secs(5)), Outcome::Ok { pid } if pid == next)
-    );
+    answered_by(app.addr, next, Duration::from_secs(5));
     let _ = old;
 }
 

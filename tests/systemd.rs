@@ -223,18 +223,12 @@ fn socket_activated_by_systemd_socket_activate_then_upgraded() {
     std::thread::sleep(Duration::from_millis(500));
     let results = load.finish();
     assert_no_failures("socket-activated upgrade under load", &results);
-    assert_eq!(
-        get(app.addr, "/", Duration::from_secs(5)),
-        Outcome::Ok { pid: p2 }
-    );
+    answered_by(app.addr, p2, Duration::from_secs(5));
     app.wait_log("adopted inherited listener", 2, Duration::from_secs(5));
     assert!(n.expect("RELOADING=1").0.starts_with("RELOADING=1"));
     assert_eq!(n.expect("MAINPID"), (format!("MAINPID={p2}\nREADY=1"), p1));
     app.wait_exit(p1, Duration::from_secs(15));
-    assert_eq!(
-        get(app.addr, "/", Duration::from_secs(5)),
-        Outcome::Ok { pid: p2 }
-    );
+    answered_by(app.addr, p2, Duration::from_secs(5));
 }
 
 #[test]
@@ -276,19 +270,13 @@ fn a_listenfd_program_with_sd_notify_can_be_the_new_generation() {
         app.log_text()
             .contains("reported READY=1 on its notify socket")
     );
-    assert_eq!(
-        get(app.addr, "/", Duration::from_secs(5)),
-        Outcome::Ok { pid: p2 }
-    );
+    answered_by(app.addr, p2, Duration::from_secs(5));
     assert!(n.expect("RELOADING=1").0.starts_with("RELOADING=1"));
     assert_eq!(n.expect("MAINPID"), (format!("MAINPID={p2}\nREADY=1"), p1));
     // Its READY=1 went to the old generation's private socket, not to the service manager's.
     app.wait_exit(p1, Duration::from_secs(15));
     assert_eq!(n.next(Duration::ZERO), None);
-    assert_eq!(
-        get(app.addr, "/", Duration::from_secs(5)),
-        Outcome::Ok { pid: p2 }
-    );
+    answered_by(app.addr, p2, Duration::from_secs(5));
 }
 
 #[test]

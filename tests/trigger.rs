@@ -36,10 +36,7 @@ fn trigger_reports_success_and_each_failure() {
     app.track(new);
     assert_ne!(new, before);
     assert_eq!(app.pid_in_file(), Some(new));
-    assert_eq!(
-        get(app.addr, "/", Duration::from_secs(5)),
-        Outcome::Ok { pid: new }
-    );
+    answered_by(app.addr, new, Duration::from_secs(5));
 
     // Success through the admin endpoint (hotexec::upgrade() in the serving process).
     let (status, body) = admin_upgrade(&app);
@@ -50,10 +47,7 @@ fn trigger_reports_success_and_each_failure() {
         .unwrap_or_else(|| panic!("body {body:?}"));
     app.track(serving);
     assert_eq!(app.pid_in_file(), Some(serving));
-    assert_eq!(
-        get(app.addr, "/", Duration::from_secs(5)),
-        Outcome::Ok { pid: serving }
-    );
+    answered_by(app.addr, serving, Duration::from_secs(5));
     wait_for(
         Duration::from_secs(15),
         "the old generations to exit",

@@ -536,6 +536,30 @@ pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Outcome {
     }
 }
 
+/// Waits until a `GET /` on a new connection is answered by `pid`, within `timeout`.
+///
+/// The pid file names a new generation a moment before the old one's accept loop has seen
+/// `Shutdown`: a connection made in between is (correctly) served by the old generation. So
+/// "the new generation serves" is checked by polling, never by the very next request; every
+/// answer must still be a complete response (any failure fails the test at once).
+pub fn answered_by(addr: SocketAddr, pid: u32, timeout: Duration) {
+    let mut others = Vec::new();
+    wait_for(
+        timeout,
+        &format!("an answer from pid {pid}"),
+        || match get(addr, "/", timeout) {
+            Outcome::Ok { pid: p } if p == pid => Some(()),
+            Outcome::Ok { pid: p } => {
+                others.push(p);
+                None
+            }
+            failed => panic!(
+                "GET / failed while waiting for pid {pid}: {failed:?} (answered before by {others:?})"
+            ),
+        },
+    )
+}
+
 fn classify(e: std::io::Error) -> Outcome {
     use std::io::ErrorKind::*;
     match e.kind() {
