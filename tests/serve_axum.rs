@@ -127,9 +127,6 @@ fn slow_request_in_flight_at_the_upgrade_finishes_on_the_old_generation() {
         closed,
         "the response after the hand-over said Connection: close"
     );
-    assert_eq!(
-        get(addr, "/", Duration::from_secs(5)),
-        Outcome::Ok { pid: new }
-    );
+    answered_by(addr, new, Duration::from_secs(5));
     old_generations_exit_cleanly(&mut app, first, &[new]);
 }
