@@ -52,8 +52,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// tokio-util's token, re-exported: what [`Connections::draining`] and
+/// [`Connections::closing`] return, nameable without a dependency of your own on tokio-util.
+pub use tokio_util::sync::CancellationToken;
 
 use super::{DEFAULT_CLOSE_GRACE, Listener};
 use crate::Shutdown;
