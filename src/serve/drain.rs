@@ -171,6 +171,13 @@ impl Connections {
         self.inner.draining.clone()
     }
 
+    /// True from the hand-over on. Reads the `Shutdown` itself, so it holds from the very
+    /// moment it resolved (the [`draining`](Connections::draining) token is cancelled by a task,
+    /// a moment later).
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.is_cancelled() || self.inner.shutdown.is_triggered()
+    }
+
     /// Cancelled once the close grace window after the hand-over is over: connections still
     /// idle close now, at a message boundary (never in the middle of a request).
     pub fn closing(&self) -> CancellationToken {
