@@ -15,15 +15,20 @@
 //!         let closing = conns.closing();
 //!         conns.spawn(async move {
 //!             let (r, mut w) = stream.into_split();
-//!             let mut lines = BufReader::new(r).lines();
+//!             let mut r = BufReader::new(r);
 //!             loop {
-//!                 // Between two messages, leave once the grace window after the hand-over is over.
-//!                 let line = tokio::select! {
-//!                     line = lines.next_line() => line,
-//!                     _ = closing.cancelled() => break,
+//!                 // The next request's first bytes; or, while idle, leave once the grace
+//!                 // window after the hand-over is over (never with a request half read).
+//!                 let more = tokio::select! {
+//!                     biased;
+//!                     buf = r.fill_buf() => matches!(buf, Ok(b) if !b.is_empty()),
+//!                     _ = closing.cancelled() => false,
 //!                 };
-//!                 let Ok(Some(line)) = line else { break };
-//!                 if w.write_all(format!("{line}\n").as_bytes()).await.is_err() {
+//!                 let mut line = String::new();
+//!                 if !more || !matches!(r.read_line(&mut line).await, Ok(n) if n > 0) {
+//!                     break;
+//!                 }
+//!                 if w.write_all(line.as_bytes()).await.is_err() {
 //!                     break;
 //!                 }
 //!             }
