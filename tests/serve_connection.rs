@@ -6,6 +6,8 @@ mod common;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::{Router, routing::get};
@@ -202,4 +204,45 @@ fn detached_shutdown_resolves_once_and_only_by_its_owner() {
     );
     assert_eq!(s.drain_timeout(), Duration::from_secs(3));
     assert!(s.drain_deadline().is_some());
+}
+
+/// Shutdown wins over a connection waiting at the same moment: once it has resolved,
+/// `accept` returns `None` although the listener has a connection ready (it stays queued for
+/// the new generation), and a connection task spawned before is waited for.
+#[test]
+fn accept_stops_exactly_at_the_hand_over_even_with_a_connectionwaiting() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let shutdown = hotexec::Shutdown::detached(Duration::from_secs(10)).unwrap();
+        let mut listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns = hotexec::drain::Connections::new(shutdown.clone());
+        let first = TcpStream::connect(addr).unwrap();
+        let (served, _) = conns.accept(&mut listener).await.expect("accepted before");
+        let done = Arc::new(AtomicBool::new(false));
+        let d = done.clone();
+        conns.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            drop(served);
+            d.store(true, Ordering::SeqCst);
+        });
+        // Queued in the backlog, ready to be accepted...
+        let waiting = TcpStream::connect(addr).unwrap();
+        assert!(shutdown.resolve(hotexec::ShutdownReason::Upgrade { new_pid: 1 }));
+        // ...but the hand-over came first.
+        assert!(conns.accept(&mut listener).await.is_none());
+        assert!(conns.is_draining());
+        assert_eq!(conns.wait().await, 0);
+        assert!(
+            done.load(Ordering::SeqCst),
+            "wait returned before the task ended"
+        );
+        // The waiting connection is still there for whoever accepts next (the new generation).
+        let (_, peer) = listener.accept().await.unwrap();
+        assert_eq!(peer.port(), waiting.local_addr().unwrap().port());
+        drop(first);
+    });
 }
