@@ -140,7 +140,7 @@ fn own_accept_loop_sends_http2_clients_a_goaway_and_finishes_their_streams() {
     let shutdown = hotexec::Shutdown::detached(Duration::from_secs(10)).unwrap();
     let (addr, server) = start_server(&rt, shutdown.clone());
     let me = std::process::id();
-    rt.block_on(async move {
+    rt.block_on(within(async move {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (client, conn) = h2::client::handshake(tcp).await.unwrap();
         let driver = tokio::spawn(conn);
@@ -186,7 +186,14 @@ fn own_accept_loop_sends_http2_clients_a_goaway_and_finishes_their_streams() {
             .expect("the drain did not end")
             .unwrap();
         assert_eq!(left, 0);
-    });
+    }));
+}
+
+/// Every wait of an async scenario under one deadline.
+async fn within<F: std::future::Future<Output = ()>>(scenario: F) {
+    tokio::time::timeout(Duration::from_secs(60), scenario)
+        .await
+        .expect("the scenario did not finish within 60 s");
 }
 
 #[test]
@@ -215,7 +222,7 @@ fn accept_stops_exactly_at_the_hand_over_even_with_a_connectionwaiting() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
+    rt.block_on(within(async {
         let shutdown = hotexec::Shutdown::detached(Duration::from_secs(10)).unwrap();
         let mut listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -244,5 +251,5 @@ fn accept_stops_exactly_at_the_hand_over_even_with_a_connectionwaiting() {
         let (_, peer) = listener.accept().await.unwrap();
         assert_eq!(peer.port(), waiting.local_addr().unwrap().port());
         drop(first);
-    });
+    }));
 }
