@@ -1,0 +1,326 @@
+//! Socket activation by a service manager, with Debian's real `systemd-socket-activate`: the
+//! sockets it passes are authoritative. Whatever the `#[listen]` literal (or its
+//! `HOTEXEC_LISTEN_<NAME>` override) says, the server serves the activator's sockets, answers the
+//! connection that started it, keeps them across upgrades (also to a build that declares another
+//! address), and refuses to start, naming the fds and the listeners, when it cannot tell which
+//! socket is which.
+//!
+//! `systemd-socket-activate` without `--accept` binds its sockets, waits for the first connection,
+//! then execs the server in place (same pid) with `LISTEN_FDS`, and without `--fdname` sets no
+//! `LISTEN_FDNAMES` at all. Its `[::]:PORT` sockets are dual-stack (`IPV6_V6ONLY` off), like a
+//! `.socket` unit's `ListenStream=PORT`.
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use nix::sys::wait::WaitStatus;
+
+/// The real tool, or: a skip with a message, and a failure under CI (`.ci/install` installs it).
+fn tool(name: &str) -> Option<String> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    });
+    match found {
+        Some(p) => Some(p.to_string_lossy().into_owned()),
+        None if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("{name} is missing: .ci/install must install the `systemd` package")
+        }
+        None => {
+            eprintln!("SKIPPED: {name} not found (apt-get install systemd)");
+            None
+        }
+    }
+}
+
+/// Variables the harness sets that must reach the server through the activator (it passes
+/// almost none itself).
+const HARNESS_ENV: [&str; 4] = [
+    "HOTEXEC_PID_FILE",
+    "HOTEXEC_READY_TIMEOUT",
+    "HOTEXEC_DRAIN_TIMEOUT",
+    "RUST_LOG",
+];
+
+/// `systemd-socket-activate -l ADDR… [--fdname=NAMES] -E VAR…`, passing the harness's
+/// variables, those of the example's other listeners and those in `env`.
+fn activator(
+    tool: &str,
+    listen: &[String],
+    fdname: Option<&str>,
+    env: &[(&str, &str)],
+    example: &str,
+) -> Vec<String> {
+    let mut args = vec![tool.to_owned()];
+    for l in listen {
+        args.push("-l".into());
+        args.push(l.clone());
+    }
+    if let Some(n) = fdname {
+        args.push(format!("--fdname={n}"));
+    }
+    let vars = HARNESS_ENV
+        .iter()
+        .chain(extra_listeners(example))
+        .copied()
+        .chain(env.iter().map(|(k, _)| *k));
+    for v in vars {
+        args.push("-E".into());
+        args.push(v.to_owned());
+    }
+    args
+}
+
+fn addr(port: u16) -> SocketAddr {
+    format!("127.0.0.1:{port}").parse().unwrap()
+}
+
+/// Nothing listens on `a`: the server did not bind the declared address.
+fn assert_not_listening(a: SocketAddr, what: &str) {
+    assert_eq!(
+        get(a, "/", Duration::from_secs(5)),
+        Outcome::Refused,
+        "{what}: something listens on {a}"
+    );
+}
+
+/// One line over the multi example's Unix listener at `path`: `pid=<pid> <line>`.
+fn unix_echo(path: &Path, line: &str) -> Result<u32, String> {
+    let mut s =
+        UnixStream::connect(path).map_err(|e| format!("connect {}: {e}", path.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(format!("{line}\n").as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut answer = String::new();
+    BufReader::new(&s)
+        .read_line(&mut answer)
+        .map_err(|e| format!("read: {e}"))?;
+    let rest = answer
+        .strip_prefix("pid=")
+        .ok_or_else(|| format!("answer {answer:?}"))?;
+    let (pid, echoed) = rest
+        .split_once(' ')
+        .ok_or_else(|| format!("answer {answer:?}"))?;
+    if echoed.trim_end() != line {
+        return Err(format!("answer {answer:?}"));
+    }
+    pid.parse().map_err(|_| format!("answer {answer:?}"))
+}
+
+/// One datagram to the multi example's UDP socket at `to`: `pid=<pid> <payload>`.
+fn udp_echo(to: SocketAddr) -> Result<u32, String> {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.send_to(b"ping", to).map_err(|e| format!("send: {e}"))?;
+    let mut buf = [0u8; 256];
+    let n = s.recv(&mut buf).map_err(|e| format!("recv: {e}"))?;
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    text.strip_prefix("pid=")
+        .and_then(|r| r.strip_suffix(" ping"))
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("answer {text:?}"))
+}
+
+/// An upgrade under load on `at`: every request answered; returns the new pid.
+fn upgrade_under_load(app: &App, at: SocketAddr, what: &str) -> u32 {
+    let load = Load::start(at, 4);
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, new) = app.upgrade();
+    // Requests keep coming while the old generation drains.
+    std::thread::sleep(Duration::from_millis(500));
+    let results = load.finish();
+    assert_no_failures(what, &results);
+    new
+}
+
+/// The case of the report: `systemd-socket-activate -l 127.0.0.1:P --fdname=http` in front of a
+/// server that declares `http` elsewhere. The activator's socket is served, starting with the
+/// connection that woke it; the declared address is never bound; upgrades under load lose
+/// nothing, and a new build that declares yet another address keeps the activated socket.
+#[test]
+fn an_activated_socket_on_another_address_is_served_and_kept_across_upgrades() {
+    let Some(tool) = tool("systemd-socket-activate") else {
+        return;
+    };
+    let activated = addr(free_port());
+    let declared = addr(free_port());
+    let declared_s = declared.to_string();
+    let env = [("HOTEXEC_LISTEN_HTTP", declared_s.as_str())];
+    let wrapper = activator(&tool, &[activated.to_string()], Some("http"), &env, "http");
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let (mut app, first) = App::start_activated("http", activated, &env, &wrapper);
+    let p1 = app.first_pid();
+    assert_eq!(
+        first,
+        Outcome::Ok { pid: p1 },
+        "the connection that triggered the activation"
+    );
+    app.wait_pid_file(p1);
+    assert_not_listening(declared, "the declared address of generation 1");
+    assert!(
+        !app.log_text().contains("closing the inherited socket"),
+        "the activated socket was closed"
+    );
+    // The admin listener was not passed: the server bound it itself, as declared.
+    let admin = app.listener("HOTEXEC_LISTEN_ADMIN");
+    assert!(
+        std::net::TcpStream::connect(admin).is_ok(),
+        "admin on {admin}"
+    );
+
+    let p2 = upgrade_under_load(&app, activated, "upgrade of an activated socket");
+    assert_eq!(
+        get(activated, "/", Duration::from_secs(5)),
+        Outcome::Ok { pid: p2 }
+    );
+    app.wait_exit(p1, Duration::from_secs(15));
+
+    // A new build whose literal is another address. For the runtime a `HOTEXEC_LISTEN_HTTP`
+    // override is the declared address (the literal is only its default), so the new build is
+    // the same binary with another value in its environment, set by the file the upgrade
+    // executes. Provenance travelled with the hand-over: the socket is still the activator's.
+    let changed = addr(free_port());
+    app.replace_binary(Some(&format!(
+        "#!/bin/sh\nHOTEXEC_LISTEN_HTTP={changed} exec {} \"$@\"\n",
+        app.good_binary().display()
+    )));
+    let p3 = upgrade_under_load(
+        &app,
+        activated,
+        "upgrade to a build declaring another address",
+    );
+    assert_eq!(
+        get(activated, "/", Duration::from_secs(5)),
+        Outcome::Ok { pid: p3 }
+    );
+    assert_not_listening(changed, "the address the new build declares");
+    assert_not_listening(declared, "the address the first build declared");
+    app.wait_log(
+        &format!("declared on tcp:{changed} but the service manager passed"),
+        1,
+        Duration::from_secs(5),
+    );
+    assert!(!app.log_text().contains("closing the inherited socket"));
+    app.wait_exit(p2, Duration::from_secs(15));
+    // And the one after, started by that build, keeps it too.
+    app.replace_binary(None);
+    let p4 = upgrade_under_load(&app, activated, "upgrade back to the first build");
+    assert_eq!(
+        get(activated, "/", Duration::from_secs(5)),
+        Outcome::Ok { pid: p4 }
+    );
+    assert_not_listening(changed, "the address of the build before");
+}
+
+/// Several sockets without `--fdname` (no `LISTEN_FDNAMES`): a dual-stack `[::]:T` serves a
+/// listener declared on `0.0.0.0:T`, `127.0.0.1:D` the one declared there, and the only Unix
+/// socket the only Unix listener although its path is another; the UDP listener, not passed,
+/// is bound by the server as declared. Then an upgrade under load.
+#[test]
+fn unnamed_activated_sockets_are_matched_by_address_dual_stack_and_kind() {
+    let Some(tool) = tool("systemd-socket-activate") else {
+        return;
+    };
+    let dir = Scratch::new("activation-paths");
+    let activated_path = dir.0.join("activated.sock");
+    let declared_path = dir.0.join("declared.sock");
+    let t = free_port();
+    let d = addr(free_port());
+    let u = addr(free_port());
+    let tcp_decl = format!("0.0.0.0:{t}");
+    let dual_decl = d.to_string();
+    let unix_decl = format!("unix:{}", declared_path.display());
+    let udp_decl = format!("udp:{u}");
+    let env = [
+        ("HOTEXEC_LISTEN_TCP", tcp_decl.as_str()),
+        ("HOTEXEC_LISTEN_DUAL", dual_decl.as_str()),
+        ("HOTEXEC_LISTEN_UNIX", unix_decl.as_str()),
+        ("HOTEXEC_LISTEN_UDP", udp_decl.as_str()),
+    ];
+    let listen = [
+        format!("[::]:{t}"),
+        d.to_string(),
+        activated_path.display().to_string(),
+    ];
+    let wrapper = activator(&tool, &listen, None, &env, "multi");
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    // Through IPv4: the dual-stack socket.
+    let (mut app, first) = App::start_activated("multi", addr(t), &env, &wrapper);
+    let p1 = app.first_pid();
+    assert_eq!(first, Outcome::Ok { pid: p1 }, "the activating connection");
+    app.wait_pid_file(p1);
+    assert_eq!(get(d, "/", Duration::from_secs(5)), Outcome::Ok { pid: p1 });
+    assert_eq!(unix_echo(&activated_path, "hello"), Ok(p1));
+    assert!(
+        !declared_path.exists(),
+        "the server bound the declared Unix path instead of serving the activator's"
+    );
+    assert_eq!(udp_echo(u), Ok(p1), "the UDP listener the server bound");
+    assert!(!app.log_text().contains("closing the inherited socket"));
+
+    let p2 = upgrade_under_load(&app, addr(t), "upgrade of unnamed activated sockets");
+    app.wait_exit(p1, Duration::from_secs(15));
+    assert_eq!(
+        get(addr(t), "/", Duration::from_secs(5)),
+        Outcome::Ok { pid: p2 }
+    );
+    assert_eq!(get(d, "/", Duration::from_secs(5)), Outcome::Ok { pid: p2 });
+    assert_eq!(unix_echo(&activated_path, "again"), Ok(p2));
+    assert_eq!(udp_echo(u), Ok(p2));
+    assert!(!declared_path.exists());
+}
+
+/// Two unnamed TCP sockets, neither on a declared address, for two TCP listeners: which is
+/// which cannot be told, so the server refuses to start and says why, naming both fds and both
+/// listeners; it binds nothing of its own.
+#[test]
+fn ambiguous_activated_sockets_are_refused_naming_the_fds_and_the_listeners() {
+    let Some(tool) = tool("systemd-socket-activate") else {
+        return;
+    };
+    let a = addr(free_port());
+    let b = addr(free_port());
+    let declared = addr(free_port());
+    let declared_s = declared.to_string();
+    let env = [("HOTEXEC_LISTEN_HTTP", declared_s.as_str())];
+    let wrapper = activator(&tool, &[a.to_string(), b.to_string()], None, &env, "http");
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let (mut app, first) = App::start_activated("http", a, &env, &wrapper);
+    assert!(
+        !matches!(first, Outcome::Ok { .. }),
+        "an ambiguous activation was served: {first:?}"
+    );
+    let p1 = app.first_pid();
+    let status = app.wait_exit(p1, Duration::from_secs(10));
+    assert!(
+        matches!(status, WaitStatus::Exited(_, 1)),
+        "{status:?}\n{}",
+        app.log_text()
+    );
+    let log = app.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("cannot start"))
+        .unwrap_or_else(|| panic!("no error in the log:\n{log}"));
+    for needle in [
+        "fd 3",
+        "fd 4",
+        &format!("tcp:{a}"),
+        &format!("tcp:{b}"),
+        "\"http\"",
+        "\"admin\"",
+        &format!("tcp:{declared}"),
+    ] {
+        assert!(line.contains(needle), "{needle:?} missing from: {line}");
+    }
+    eprintln!("the refusal: {line}");
+    assert_not_listening(declared, "the refused server");
+    assert_not_listening(app.listener("HOTEXEC_LISTEN_ADMIN"), "the refused server");
+}
