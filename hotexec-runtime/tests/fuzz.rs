@@ -76,6 +76,7 @@ fn coherent() -> impl Strategy<Value = Snapshot> {
             listen_fds: Some(names.len().to_string().into()),
             listen_fdnames: (!names.is_empty()).then(|| names.join(":").into()),
             ready_fd: ready.map(|r| r.to_string().into()),
+            activated_fds: None,
         })
 }
 
@@ -92,13 +93,15 @@ fn arbitrary_snapshot() -> impl Strategy<Value = Snapshot> {
         proptest::option::of(value()),
         proptest::option::of(value()),
         proptest::option::of(value()),
+        proptest::option::of(value()),
     )
         .prop_map(
-            |(listen_pid, listen_fds, listen_fdnames, ready_fd)| Snapshot {
+            |(listen_pid, listen_fds, listen_fdnames, ready_fd, activated_fds)| Snapshot {
                 listen_pid,
                 listen_fds,
                 listen_fdnames,
                 ready_fd,
+                activated_fds,
             },
         )
 }
@@ -130,6 +133,12 @@ proptest! {
                 dedup.sort_unstable();
                 dedup.dedup();
                 prop_assert_eq!(named.len(), dedup.len(), "a name is given to two fds: {:?}", named);
+                // The service manager's fds are among the passed ones, once each, in order.
+                prop_assert!(h.from_manager.windows(2).all(|w| w[0] < w[1]));
+                prop_assert!(h.from_manager.iter().all(|fd| h.fds.iter().any(|(f, _)| f == fd)));
+                if h.ready_fd.is_none() {
+                    prop_assert_eq!(h.from_manager.len(), h.fds.len());
+                }
                 if let Some(r) = h.ready_fd {
                     prop_assert!(r >= FDS_START);
                     prop_assert!(r >= FDS_START + h.fds.len() as i32, "ready fd {} inside the listen range", r);
