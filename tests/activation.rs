@@ -324,3 +324,123 @@ fn ambiguous_activated_sockets_are_refused_naming_the_fds_and_the_listeners() {
     assert_not_listening(declared, "the refused server");
     assert_not_listening(app.listener("HOTEXEC_LISTEN_ADMIN"), "the refused server");
 }
+
+/// systemd's default names: a `.socket` unit without `FileDescriptorName=` gives each of its fds
+/// the unit's name (here both). The socket on the admin listener's address serves it; the other,
+/// the only TCP socket left, serves the only TCP listener left, `http`, declared elsewhere.
+#[test]
+fn sockets_named_after_their_unit_are_matched_by_address_then_by_kind() {
+    let Some(tool) = tool("systemd-socket-activate") else {
+        return;
+    };
+    let activated = addr(free_port());
+    let admin = addr(free_port());
+    let declared = addr(free_port());
+    let (declared_s, admin_s) = (declared.to_string(), admin.to_string());
+    let env = [
+        ("HOTEXEC_LISTEN_HTTP", declared_s.as_str()),
+        ("HOTEXEC_LISTEN_ADMIN", admin_s.as_str()),
+    ];
+    let wrapper = activator(
+        &tool,
+        &[activated.to_string(), admin.to_string()],
+        Some("hotexec-http.socket:hotexec-http.socket"),
+        &env,
+        "http",
+    );
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let (app, first) = App::start_activated("http", activated, &env, &wrapper);
+    let p1 = app.first_pid();
+    assert_eq!(first, Outcome::Ok { pid: p1 }, "the activating connection");
+    app.wait_pid_file(p1);
+    assert_not_listening(declared, "the declared address of http");
+    let log = app.log_text();
+    assert_eq!(
+        log.matches("adopted inherited listener").count(),
+        2,
+        "both listeners served on the passed sockets:\n{log}"
+    );
+    assert!(
+        log.contains("the only tcp socket left, for the only tcp listener left"),
+        "{log}"
+    );
+    // The admin listener answers on the passed socket (404: it serves only POST /upgrade).
+    let answer = get_text(admin, "/", Duration::from_secs(5)).unwrap_err();
+    assert!(answer.contains("HTTP/1.1 404"), "{answer}");
+}
+
+/// In keeper mode the activator starts the keeper, which hands the sockets to generation 1
+/// with a readiness pipe, as an upgrade does: it says they are the service manager's, so
+/// generation 1 and its successor serve them, not the declared address.
+#[test]
+fn under_a_keeper_every_generation_serves_the_activated_socket() {
+    let Some(tool) = tool("systemd-socket-activate") else {
+        return;
+    };
+    let activated = addr(free_port());
+    let declared = addr(free_port());
+    let declared_s = declared.to_string();
+    let env = [
+        ("HOTEXEC_LISTEN_HTTP", declared_s.as_str()),
+        ("HOTEXEC_KEEPER", "1"),
+    ];
+    let wrapper = activator(&tool, &[activated.to_string()], Some("http"), &env, "http");
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let (app, first) = App::start_activated("http", activated, &env, &wrapper);
+    let keeper = app.first_pid();
+    let Outcome::Ok { pid: g1 } = first else {
+        panic!("the activating connection: {first:?}");
+    };
+    assert_ne!(g1, keeper, "generation 1 serves, not the keeper");
+    app.wait_pid_file(keeper);
+    assert_not_listening(declared, "generation 1");
+
+    let load = Load::start(activated, 4);
+    std::thread::sleep(Duration::from_millis(300));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(keeper as i32),
+        nix::sys::signal::Signal::SIGUSR2,
+    )
+    .unwrap();
+    let g2 = wait_for(
+        Duration::from_secs(10),
+        "generation 2 to serve",
+        || match get(activated, "/", Duration::from_secs(5)) {
+            Outcome::Ok { pid } if pid != g1 && pid != keeper => Some(pid),
+            _ => None,
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let results = load.finish();
+    assert_no_failures("upgrade under a keeper of an activated socket", &results);
+    assert_eq!(
+        get(activated, "/", Duration::from_secs(5)),
+        Outcome::Ok { pid: g2 }
+    );
+    assert_not_listening(declared, "generation 2");
+}
+
+/// The contrast: a socket hotexec bound itself follows the declaration. A new build that
+/// declares another address binds that one, closes the old socket, and says so.
+#[test]
+fn a_socket_hotexec_bound_moves_to_the_address_a_new_build_declares() {
+    let mut app = App::start("http", "HOTEXEC_LISTEN_HTTP", &[]);
+    let p1 = app.first_pid();
+    let changed = addr(free_port());
+    app.replace_binary(Some(&format!(
+        "#!/bin/sh\nHOTEXEC_LISTEN_HTTP={changed} exec {} \"$@\"\n",
+        app.good_binary().display()
+    )));
+    let (_, p2) = app.upgrade();
+    assert_eq!(
+        get(changed, "/", Duration::from_secs(5)),
+        Outcome::Ok { pid: p2 }
+    );
+    app.wait_log(
+        &format!("is on tcp:{} but it is now declared on tcp:{changed}: binding the new address, closing the inherited socket", app.addr),
+        1,
+        Duration::from_secs(5),
+    );
+    app.wait_exit(p1, Duration::from_secs(15));
+    assert_not_listening(app.addr, "the old build's address, once it has drained");
+}

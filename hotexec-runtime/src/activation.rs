@@ -75,7 +75,7 @@ pub(crate) struct Assignment {
 /// No name, or systemd's default name: the unit's (`app.socket`). Listener names cannot hold a
 /// `.`, so no declared name looks like one. (`unknown` and empty names are unnamed already.)
 fn anonymous(f: &Found) -> bool {
-    f.name.as_deref().is_none_or(|n| n.ends_with(".socket"))
+    f.name.as_deref().is_none_or(crate::protocol::is_unit_name)
 }
 
 fn describe(f: &Found) -> String {

@@ -66,6 +66,13 @@ pub const READY: u8 = b'R';
 /// Byte the forked child writes, followed by a native-endian `i32` errno, when `execve` failed.
 pub const EXEC_FAILED: u8 = b'E';
 
+/// Whether `name` in `LISTEN_FDNAMES` is a socket unit's (`app.socket`): the name systemd gives
+/// the fds of a `.socket` unit without `FileDescriptorName=`. It names no listener (a listener
+/// name has no `.`), so such fds are matched as unnamed ones are.
+pub fn is_unit_name(name: &str) -> bool {
+    name.len() > ".socket".len() && name.ends_with(".socket")
+}
+
 /// The raw values of the protocol variables, taken from the environment once.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
@@ -215,10 +222,12 @@ impl Snapshot {
                     .map(|p| (!p.is_empty() && p != "unknown").then(|| p.to_owned()))
                     .collect();
                 // A name selects the socket of one `#[listen]`: given twice, which fd serves it
-                // would depend on order, and the other would be closed unnoticed.
+                // would depend on order, and the other would be closed unnoticed. A unit's name
+                // is no listener's: systemd gives it to every socket of a unit whose
+                // `FileDescriptorName=` is unset.
                 for (i, name) in names.iter().enumerate() {
-                    if let Some(n) = name {
-                        if let Some(j) = names[..i].iter().position(|m| m.as_ref() == Some(n)) {
+                    if let Some(n) = name.as_deref().filter(|n| !is_unit_name(n)) {
+                        if let Some(j) = names[..i].iter().position(|m| m.as_deref() == Some(n)) {
                             return Err(refuse(
                                 LISTEN_FDNAMES,
                                 v,
@@ -342,6 +351,15 @@ mod tests {
                 ready_fd: None,
                 from_manager: vec![3],
             }))
+        );
+    }
+
+    #[test]
+    fn a_units_name_may_be_given_to_several_fds() {
+        let p = snap(Some("42"), Some("2"), Some("app.socket:app.socket"), None).parse(42);
+        assert!(
+            matches!(&p, Ok(Parsed::ForUs(h)) if h.fds[1].1.as_deref() == Some("app.socket")),
+            "{p:?}"
         );
     }
 

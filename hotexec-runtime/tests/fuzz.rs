@@ -66,7 +66,13 @@ fn value() -> impl Strategy<Value = OsString> {
 fn coherent() -> impl Strategy<Value = Snapshot> {
     (
         proptest::collection::vec(
-            prop_oneof![Just("http"), Just("admin"), Just("unknown"), Just("")],
+            prop_oneof![
+                Just("http"),
+                Just("admin"),
+                Just("unknown"),
+                Just(""),
+                Just("app.socket")
+            ],
             0..4,
         ),
         proptest::option::of(0u32..10),
@@ -128,7 +134,13 @@ proptest! {
                         prop_assert!(!n.is_empty() && n != "unknown" && !n.contains(':'));
                     }
                 }
-                let named: Vec<_> = h.fds.iter().filter_map(|(_, n)| n.as_deref()).collect();
+                // A socket unit's name may be on several fds (systemd's default names).
+                let named: Vec<_> = h
+                    .fds
+                    .iter()
+                    .filter_map(|(_, n)| n.as_deref())
+                    .filter(|n| !hotexec_runtime::protocol::is_unit_name(n))
+                    .collect();
                 let mut dedup = named.clone();
                 dedup.sort_unstable();
                 dedup.dedup();
