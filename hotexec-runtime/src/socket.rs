@@ -323,7 +323,7 @@ pub fn matches(declared: &ListenAddr, found: &ListenAddr) -> bool {
 /// `declared`: same kind and, for TCP and UDP, the same port (any, if the declared one is 0) and
 /// an address that takes the declared one's clients: the same, or a wildcard of its family
 /// (`0.0.0.0` serves `127.0.0.1`), or a dual-stack `[::]` for any IPv4 or IPv6 address; a
-/// declared wildcard accepts any address of its family, as in [`matches`].
+/// declared wildcard accepts any address of its family, as in [`matches()`].
 pub fn covers(declared: &ListenAddr, found: &ListenAddr, dual_stack: bool) -> bool {
     match (declared, found) {
         (ListenAddr::Tcp(d), ListenAddr::Tcp(f)) | (ListenAddr::Udp(d), ListenAddr::Udp(f)) => {
