@@ -217,6 +217,17 @@ fn an_activated_socket_on_another_address_is_served_and_kept_across_upgrades() {
         Outcome::Ok { pid: p4 }
     );
     assert_not_listening(changed, "the address of the build before");
+    // No generation ever bound a socket for `http`; each of the 4 adopted it. (Generation 1
+    // bound `admin`, which was not passed: the needle's form is right.)
+    let log = app.plain_log();
+    assert!(!log.contains("listening listener=http"), "{log}");
+    assert!(log.contains("listening listener=admin"), "{log}");
+    assert_eq!(
+        log.matches("adopted inherited listener listener=http")
+            .count(),
+        4,
+        "{log}"
+    );
 }
 
 /// Several sockets without `--fdname` (no `LISTEN_FDNAMES`): a dual-stack `[::]:T` serves a
@@ -263,7 +274,15 @@ fn unnamed_activated_sockets_are_matched_by_address_dual_stack_and_kind() {
         "the server bound the declared Unix path instead of serving the activator's"
     );
     assert_eq!(udp_echo(u), Ok(p1), "the UDP listener the server bound");
-    assert!(!app.log_text().contains("closing the inherited socket"));
+    let log = app.plain_log();
+    assert!(!log.contains("closing the inherited socket"), "{log}");
+    assert!(log.contains("listening listener=udp"), "{log}");
+    for name in ["tcp", "dual", "unix"] {
+        assert!(
+            log.contains(&format!("adopted inherited listener listener={name}")),
+            "{name}: {log}"
+        );
+    }
 
     let p2 = upgrade_under_load(&app, addr(t), "upgrade of unnamed activated sockets");
     app.wait_exit(p1, Duration::from_secs(15));
@@ -418,6 +437,8 @@ fn under_a_keeper_every_generation_serves_the_activated_socket() {
         Outcome::Ok { pid: g2 }
     );
     assert_not_listening(declared, "generation 2");
+    let log = app.plain_log();
+    assert!(!log.contains("listening listener=http"), "{log}");
 }
 
 /// The contrast: a socket hotexec bound itself follows the declaration. A new build that

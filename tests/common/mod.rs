@@ -370,6 +370,27 @@ impl App {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The log without the terminal colour codes tracing puts around fields, so a needle can
+    /// span a message and its fields (`listening listener=http`).
+    pub fn plain_log(&self) -> String {
+        let text = self.log_text();
+        let mut out = String::with_capacity(text.len());
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // CSI: ESC [ parameters… final byte (a letter).
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
     /// Waits until the log holds `needle` `count` times.
     pub fn wait_log(&self, needle: &str, count: usize, timeout: Duration) {
         wait_for(timeout, &format!("{count} x {needle:?} in the log"), || {
@@ -859,6 +880,27 @@ impl Crafted {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The log without the terminal colour codes tracing puts around fields, so a needle can
+    /// span a message and its fields (`listening listener=http`).
+    pub fn plain_log(&self) -> String {
+        let text = self.log_text();
+        let mut out = String::with_capacity(text.len());
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // CSI: ESC [ parameters… final byte (a letter).
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
     /// Waits for the process to exit; its exit code (`None`: killed by a signal).
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let st = wait_for(timeout, "the crafted process to exit", || {
@@ -1142,6 +1184,27 @@ impl Started {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The log without the terminal colour codes tracing puts around fields, so a needle can
+    /// span a message and its fields (`listening listener=http`).
+    pub fn plain_log(&self) -> String {
+        let text = self.log_text();
+        let mut out = String::with_capacity(text.len());
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // CSI: ESC [ parameters… final byte (a letter).
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
     }
 
     /// Waits until the log holds `needle`; fails early (with the log) if the process exited.
