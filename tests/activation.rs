@@ -465,3 +465,55 @@ fn a_socket_hotexec_bound_moves_to_the_address_a_new_build_declares() {
     app.wait_exit(p1, Duration::from_secs(15));
     assert_not_listening(app.addr, "the old build's address, once it has drained");
 }
+
+/// A datagram socket (`-d`): the datagram that woke the activator is answered by the server it
+/// started; the only UDP socket serves the only UDP listener, declared elsewhere, while the
+/// TCP and Unix listeners, not passed, are bound as declared. Then an upgrade.
+#[test]
+fn an_activated_udp_socket_answers_the_datagram_that_started_the_server() {
+    let Some(tool) = tool("systemd-socket-activate") else {
+        return;
+    };
+    let dir = Scratch::new("activation-udp");
+    let activated = addr(free_port());
+    let (tcp, dual, udp) = (
+        addr(free_port()).to_string(),
+        addr(free_port()).to_string(),
+        format!("udp:{}", addr(free_port())),
+    );
+    let unix = format!("unix:{}", dir.0.join("declared.sock").display());
+    let env = [
+        ("HOTEXEC_LISTEN_TCP", tcp.as_str()),
+        ("HOTEXEC_LISTEN_DUAL", dual.as_str()),
+        ("HOTEXEC_LISTEN_UNIX", unix.as_str()),
+        ("HOTEXEC_LISTEN_UDP", udp.as_str()),
+    ];
+    let mut wrapper = activator(&tool, &[activated.to_string()], None, &env, "multi");
+    wrapper.insert(1, "-d".into());
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let (mut app, first) =
+        App::start_activated_with("multi", activated, &env, &wrapper, |app: &App| {
+            // One datagram, sent once the activator has bound (it says so): that one wakes it.
+            app.wait_log(
+                &format!("Listening on {activated} as 3."),
+                1,
+                Duration::from_secs(10),
+            );
+            udp_echo(activated)
+        });
+    let p1 = app.first_pid();
+    assert_eq!(first, Ok(p1), "the datagram that started the server");
+    app.wait_pid_file(p1);
+    let log = app.plain_log();
+    assert!(
+        log.contains("adopted inherited listener listener=udp")
+            && !log.contains("listening listener=udp")
+            && log.contains("listening listener=tcp"),
+        "{log}"
+    );
+    assert!(log.contains("the only udp socket left, for the only udp listener left"));
+
+    let (_, p2) = app.upgrade();
+    app.wait_exit(p1, Duration::from_secs(15));
+    assert_eq!(udp_echo(activated), Ok(p2));
+}

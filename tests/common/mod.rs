@@ -152,14 +152,27 @@ impl App {
         env: &[(&str, &str)],
         wrapper: &[&str],
     ) -> (App, Outcome) {
+        App::start_activated_with(name, addr, env, wrapper, |_| {
+            // Refused until the activator listens; the first connection that succeeds is the
+            // activating one.
+            let stream = wait_for(Duration::from_secs(10), "the activator to listen", || {
+                TcpStream::connect(addr).ok()
+            });
+            request_on(stream, "/", Duration::from_secs(10))
+        })
+    }
+
+    /// As [`App::start_activated`], with `first` making the first contact (a datagram, …).
+    pub fn start_activated_with<T>(
+        name: &str,
+        addr: SocketAddr,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+        first: impl FnOnce(&App) -> T,
+    ) -> (App, T) {
         let app = App::spawn(name, addr, None, extra_listeners(name), env, wrapper);
-        // Refused until the activator listens; the first connection that succeeds is the
-        // activating one.
-        let stream = wait_for(Duration::from_secs(10), "the activator to listen", || {
-            TcpStream::connect(addr).ok()
-        });
-        let first = request_on(stream, "/", Duration::from_secs(10));
-        (app, first)
+        let got = first(&app);
+        (app, got)
     }
 
     /// The good build this app was started from (a replaced binary can exec it).
