@@ -8,10 +8,10 @@
 //!
 //! 1. **By name.** An fd named like a declared listener serves it, whatever its address (it must
 //!    be of the same kind: tcp, udp, unix). Exception, for sockets hotexec bound itself: when the
-//!    declaration moved (a new build changed the literal), the new address is bound, and the old
+//!    declaration moved (a new build changed the literal), the new address is bound, the old
 //!    socket closed, and the log says so.
-//! 2. A hotexec socket without a name (none is: every generation names its sockets) is matched
-//!    by exact address, as before.
+//! 2. A hotexec socket without a name (hotexec names every socket it passes, so only a foreign
+//!    parent's can be) is matched by address under [`socket::matches`], first fit.
 //! 3. **By address**, for the service manager's sockets still unclaimed: unnamed ones (no
 //!    `LISTEN_FDNAMES`, `unknown`, empty), ones named after their unit (`app.socket`, systemd's
 //!    default when `FileDescriptorName=` is unset), and ones whose name no listener has. A
@@ -29,7 +29,7 @@
 //! (`HOTEXEC_ACTIVATED_FDS`), so they stay adopted by name even when a new build declares
 //! another address.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::os::fd::RawFd;
 use std::sync::Mutex;
 
@@ -252,15 +252,16 @@ fn describe_closed(f: &Found) -> String {
     }
 }
 
-/// Names of the listeners this process serves on a service manager's socket.
-static FROM_MANAGER: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// Names of the listeners this process serves on a service manager's socket (a set: each
+/// upgrade looks up every listener).
+static FROM_MANAGER: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
 /// Records that listener `name` is served on a socket a service manager passed.
 pub(crate) fn record(name: &str) {
     FROM_MANAGER
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .push(name.to_owned());
+        .insert(name.to_owned());
 }
 
 /// Whether listener `name` is served on a socket a service manager passed (so the next
@@ -269,8 +270,7 @@ pub(crate) fn from_manager(name: &str) -> bool {
     FROM_MANAGER
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .any(|n| n == name)
+        .contains(name)
 }
 
 #[cfg(test)]
