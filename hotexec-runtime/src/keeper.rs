@@ -40,7 +40,9 @@ use nix::unistd::Pid;
 
 use crate::config::Config;
 use crate::control::{self, Reply};
-use crate::protocol::{EXEC_FAILED, FDS_START, KEEPER_FD, KEEPER_SERVING, Parsed, READY, Snapshot};
+use crate::protocol::{
+    ACTIVATED_FDS, EXEC_FAILED, FDS_START, KEEPER_FD, KEEPER_SERVING, Parsed, READY, Snapshot,
+};
 use crate::{pidfile, signals, spawn};
 
 /// The channel to the keeper, when this process is a generation under one.
@@ -254,7 +256,15 @@ pub(crate) fn run(config: Config, snap: &Snapshot, exe: PathBuf, argv: Vec<OsStr
         new_group: true,
         upgrade_signal: Some(config.upgrade_signal),
     };
-    let child = spawn::spawn(&exe, &argv, &fds, &names, &[], extra).unwrap_or_else(|e| {
+    // The keeper is started by the service manager (never by an upgrade, see `role`): every
+    // fd it passes is the service manager's, and generation 1 must know it, since for it they
+    // come with a readiness pipe like an upgrade's (see activation.rs).
+    let activated: Vec<String> = (FDS_START..)
+        .take(fds.len())
+        .map(|fd| fd.to_string())
+        .collect();
+    let env = [(ACTIVATED_FDS, OsString::from(activated.join(":")))];
+    let child = spawn::spawn(&exe, &argv, &fds, &names, &env, extra).unwrap_or_else(|e| {
         fatal(format!(
             "cannot start generation 1 ({}): {e}",
             exe.display()

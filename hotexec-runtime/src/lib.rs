@@ -2,7 +2,8 @@
 //! readiness-gated upgrade and draining. Users depend on the `hotexec` facade, not on this crate.
 //!
 //! Where to look: [`protocol`] (the hand-over between generations), `inherit.rs` (start-up
-//! checks), `exe.rs` (what an upgrade executes), `spawn.rs` (fork/exec of the new generation), `upgrade.rs` (the supervisor and its
+//! checks), `activation.rs` (which inherited socket serves which listener, and which came from
+//! a service manager), `exe.rs` (what an upgrade executes), `spawn.rs` (fork/exec of the new generation), `upgrade.rs` (the supervisor and its
 //! state machine), `keeper.rs` (keeper mode), [`control`] (the control socket), `trigger.rs`
 //! (`upgrade()` and the control handler of a generation), `drain.rs` (the
 //! drain deadline), `ready.rs`, `notify.rs` (`sd_notify` to the service manager, and from a new
@@ -16,6 +17,8 @@
 pub mod syntax;
 
 // Everything below needs the `process` feature (see Cargo.toml); `syntax` does not.
+#[cfg(feature = "process")]
+mod activation;
 #[cfg(feature = "process")]
 mod config;
 #[cfg(feature = "process")]

@@ -7,7 +7,7 @@ use crate::config::{Config, Declared};
 use crate::listeners::Listeners;
 use crate::shutdown::{Shutdown, ShutdownReason};
 use crate::syntax::ListenAddr;
-use crate::{control, exe, inherit, keeper, pidfile, ready, socket, trigger};
+use crate::{activation, control, exe, inherit, keeper, pidfile, ready, socket, trigger};
 
 /// Refuses to start: the message goes to the app's tracing subscriber if it has one, and to
 /// stderr otherwise, then the process exits 1. In a new generation this makes the upgrade fail
@@ -52,10 +52,15 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
     for (decl, inherited) in config.listeners.iter().zip(adoption.claimed) {
         let (fd, addr, was_inherited) = match inherited {
             Some(s) => {
-                tracing::info!(listener = %decl.name, addr = %inherit::addr_of(&s), "adopted inherited listener");
+                let from_manager = s.source == activation::Source::Manager;
+                tracing::info!(listener = %decl.name, addr = %inherit::addr_of(&s), from_service_manager = from_manager, "adopted inherited listener");
                 let addr = s.info.addr.clone();
+                if from_manager {
+                    // Passed on as the service manager's, to every later generation.
+                    activation::record(&decl.name);
+                }
                 // A path a socket activator bound is the activator's to remove, not ours.
-                if let (ListenAddr::Unix(p), Some(name)) = (&addr, &s.name) {
+                if let (ListenAddr::Unix(p), Some(name), false) = (&addr, &s.name, from_manager) {
                     if inherit::path_is_owned(name) {
                         socket::own_path(&decl.name, p);
                     }

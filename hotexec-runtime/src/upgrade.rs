@@ -442,7 +442,15 @@ impl Supervisor {
         let sockets = self.ctx.sockets.lock().unwrap_or_else(|p| p.into_inner());
         let fds: Vec<BorrowedFd<'_>> = sockets.iter().map(|(_, fd)| fd.as_fd()).collect();
         let names: Vec<&str> = sockets.iter().map(|(n, _)| n.as_str()).collect();
-        let env = Self::child_env(notify_sock);
+        let mut env = Self::child_env(notify_sock);
+        // Which of them a service manager passed: the next generation must keep adopting those
+        // whatever it declares (see activation.rs). `names[i]` becomes fd 3 + i.
+        let activated: Vec<String> = (protocol::FDS_START..)
+            .zip(&names)
+            .filter(|(_, n)| crate::activation::from_manager(n))
+            .map(|(fd, _)| fd.to_string())
+            .collect();
+        env.push((protocol::ACTIVATED_FDS, activated.join(":").into()));
         let extra = spawn::Extra {
             keeper: crate::keeper::channel(),
             new_group: false,

@@ -140,6 +140,46 @@ impl App {
         App::launch(name, listener_var, extra_listeners(name), env, wrapper)
     }
 
+    /// Starts example `name` under a socket activator, `wrapper… <binary>`, that listens on
+    /// `addr`, an address the test chose (the declared addresses, if any, are set in `env`: the
+    /// harness sets no `HOTEXEC_LISTEN_<NAME>` of its own but the example's other listeners).
+    /// The server is the activator, which execs it in place. The first connection to `addr` is
+    /// the one that makes the activator start the server: it carries a `GET /`, and what it got
+    /// is returned. Nothing else is waited for: the server may have refused to start.
+    pub fn start_activated(
+        name: &str,
+        addr: SocketAddr,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> (App, Outcome) {
+        App::start_activated_with(name, addr, env, wrapper, |_| {
+            // Refused until the activator listens; the first connection that succeeds is the
+            // activating one.
+            let stream = wait_for(Duration::from_secs(10), "the activator to listen", || {
+                TcpStream::connect(addr).ok()
+            });
+            request_on(stream, "/", Duration::from_secs(10))
+        })
+    }
+
+    /// As [`App::start_activated`], with `first` making the first contact (a datagram, …).
+    pub fn start_activated_with<T>(
+        name: &str,
+        addr: SocketAddr,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+        first: impl FnOnce(&App) -> T,
+    ) -> (App, T) {
+        let app = App::spawn(name, addr, None, extra_listeners(name), env, wrapper);
+        let got = first(&app);
+        (app, got)
+    }
+
+    /// The good build this app was started from (a replaced binary can exec it).
+    pub fn good_binary(&self) -> &Path {
+        &self.good_copy
+    }
+
     /// As [`App::start`], with the variables of the other listeners given.
     pub fn start_with(
         name: &str,
@@ -157,6 +197,36 @@ impl App {
         env: &[(&str, &str)],
         wrapper: &[&str],
     ) -> App {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let app = App::spawn(name, addr, Some(listener_var), extra_vars, env, wrapper);
+        if wrapper.is_empty() {
+            app.wait_pid_file(app.first_pid());
+        }
+        wait_for(Duration::from_secs(10), "the server to accept", || {
+            TcpStream::connect(app.addr).ok()
+        });
+        if !wrapper.is_empty() {
+            // The server is the wrapper (exec'ed in place) or its child; a socket activator
+            // starts it on the first connection, which the wait above made.
+            let server = wait_for(Duration::from_secs(10), "the pid file", || {
+                app.pid_in_file()
+            });
+            app.track(server);
+        }
+        app
+    }
+
+    /// Copies example `name` and spawns it (under `wrapper`, if any) with `listener_var` set to
+    /// `addr` (if given), each of `extra_vars` set to a free port, and `env` on top.
+    fn spawn(
+        name: &str,
+        addr: SocketAddr,
+        listener_var: Option<&str>,
+        extra_vars: &[&str],
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> App {
         subreaper();
         let dir = Scratch::new(name);
         let bin = dir.0.join("app");
@@ -165,8 +235,6 @@ impl App {
         copy_exe(&good_copy, &bin);
         let pid_file = dir.0.join("app.pid");
         let log = dir.0.join("app.log");
-        let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let logf = std::fs::File::create(&log).unwrap();
         let mut cmd = match wrapper.split_first() {
             None => Command::new(&bin),
@@ -177,8 +245,10 @@ impl App {
                 c
             }
         };
-        cmd.env(listener_var, addr.to_string())
-            .env("HOTEXEC_PID_FILE", &pid_file)
+        if let Some(var) = listener_var {
+            cmd.env(var, addr.to_string());
+        }
+        cmd.env("HOTEXEC_PID_FILE", &pid_file)
             .env("HOTEXEC_READY_TIMEOUT", "5s")
             .env("HOTEXEC_DRAIN_TIMEOUT", "10s")
             .env("RUST_LOG", "info")
@@ -218,7 +288,7 @@ impl App {
             }
         };
         let pid = child.id();
-        let app = App {
+        App {
             dir,
             bin,
             pid_file,
@@ -228,22 +298,7 @@ impl App {
             pids: Arc::new(Mutex::new(vec![pid])),
             extra,
             good_copy,
-        };
-        if wrapper.is_empty() {
-            app.wait_pid_file(pid);
         }
-        wait_for(Duration::from_secs(10), "the server to accept", || {
-            TcpStream::connect(app.addr).ok()
-        });
-        if !wrapper.is_empty() {
-            // The server is the wrapper (exec'ed in place) or its child; a socket activator
-            // starts it on the first connection, which the wait above made.
-            let server = wait_for(Duration::from_secs(10), "the pid file", || {
-                app.pid_in_file()
-            });
-            app.track(server);
-        }
-        app
     }
 
     /// The address of the listener set by `var` (see [`extra_listeners`]).
@@ -326,6 +381,27 @@ impl App {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The log without the terminal colour codes tracing puts around fields, so a needle can
+    /// span a message and its fields (`listening listener=http`).
+    pub fn plain_log(&self) -> String {
+        let text = self.log_text();
+        let mut out = String::with_capacity(text.len());
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // CSI: ESC [ parameters… final byte (a letter).
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
     }
 
     /// Waits until the log holds `needle` `count` times.
@@ -489,12 +565,17 @@ pub enum Outcome {
 /// One `GET path` on a new connection with `Connection: close`; a full response or a class of
 /// failure. Nothing counts as ok without a 200 status line and a complete `pid=` body.
 pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Outcome {
-    let mut s = match TcpStream::connect_timeout(&addr, timeout) {
+    let s = match TcpStream::connect_timeout(&addr, timeout) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Outcome::Refused,
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Outcome::Timeout,
         Err(e) => return Outcome::Other(format!("connect: {e}")),
     };
+    request_on(s, path, timeout)
+}
+
+/// As [`get`], on a connection already made.
+pub fn request_on(mut s: TcpStream, path: &str, timeout: Duration) -> Outcome {
     s.set_read_timeout(Some(timeout)).unwrap();
     s.set_write_timeout(Some(timeout)).unwrap();
     let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
@@ -836,6 +917,27 @@ impl Crafted {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The log without the terminal colour codes tracing puts around fields, so a needle can
+    /// span a message and its fields (`listening listener=http`).
+    pub fn plain_log(&self) -> String {
+        let text = self.log_text();
+        let mut out = String::with_capacity(text.len());
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // CSI: ESC [ parameters… final byte (a letter).
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
     /// Waits for the process to exit; its exit code (`None`: killed by a signal).
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let st = wait_for(timeout, "the crafted process to exit", || {
@@ -1119,6 +1221,27 @@ impl Started {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The log without the terminal colour codes tracing puts around fields, so a needle can
+    /// span a message and its fields (`listening listener=http`).
+    pub fn plain_log(&self) -> String {
+        let text = self.log_text();
+        let mut out = String::with_capacity(text.len());
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // CSI: ESC [ parameters… final byte (a letter).
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
     }
 
     /// Waits until the log holds `needle`; fails early (with the log) if the process exited.
