@@ -89,7 +89,11 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
         sockets.push((decl.name.clone(), fd));
     }
     let shutdown = Shutdown::new().unwrap_or_else(|e| fatal(format!("shutdown pipe: {e}")));
-    ready::arm(adoption.ready_fd, config.manual_ready);
+    ready::arm(
+        adoption.ready_fd,
+        config.manual_ready,
+        config.pid_file.clone(),
+    );
     let pid_file = config.pid_file.clone();
     // A bad HOTEXEC_SPAWN is an error now, not at the first upgrade.
     if let Err(e) = crate::spawn::method() {
