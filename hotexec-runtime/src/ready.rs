@@ -88,10 +88,12 @@ pub fn ready() {
 /// in keeper mode, the keeper hears that this generation serves.
 fn take_over() {
     let pid = std::process::id();
-    tracing::warn!(
-        pid,
-        "the previous generation is gone (it died while this one warmed up): taking over as the serving generation"
-    );
+    let msg = "the previous generation is gone (it died while this one warmed up): taking over as the serving generation";
+    tracing::warn!(pid, "{msg}");
+    // Rare and what an operator looks for afterwards: to stderr too when the app logs nothing.
+    if !tracing::dispatcher::has_been_set() {
+        eprintln!("hotexec: pid {pid}: {msg}");
+    }
     if let Some(p) = PID_FILE
         .lock()
         .unwrap_or_else(|p| p.into_inner())
