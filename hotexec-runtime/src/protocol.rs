@@ -41,8 +41,19 @@ pub const OWNED_FDNAMES: &str = "HOTEXEC_OWNED_FDNAMES";
 /// `HOTEXEC_KEEPER_FD`: the channel to the keeper, in keeper mode. Scrubbed by the keeper module
 /// (it is not part of [`ALL`], which is the hand-over between generations).
 pub const KEEPER_FD: &str = "HOTEXEC_KEEPER_FD";
-/// Message a generation sends to the keeper when it hands over: `serving <new pid>`.
+/// Message a generation sends to the keeper when it hands over: `serving <new pid>`. The
+/// keeper forwards it to the new generation from then on, and, as the service's main pid,
+/// tells the service manager `READY=1`.
 pub const KEEPER_SERVING: &str = "serving";
+/// Message a generation sends to the keeper when an upgrade starts (the keeper says
+/// `RELOADING=1` to the service manager).
+pub const KEEPER_RELOADING: &str = "reloading";
+/// Message a generation sends to the keeper when an upgrade failed and it serves on (the keeper
+/// says `READY=1`).
+pub const KEEPER_UPGRADE_FAILED: &str = "upgrade-failed";
+/// Message a generation sends to the keeper when it begins a final stop (the keeper says
+/// `STOPPING=1`).
+pub const KEEPER_STOPPING: &str = "stopping";
 /// Every hotexec protocol variable, for scrubbing (`NOTIFY_SOCKET` is systemd's and stays).
 pub const ALL: [&str; 6] = [
     LISTEN_PID,

@@ -7,7 +7,7 @@ use crate::config::{Config, Declared};
 use crate::listeners::Listeners;
 use crate::shutdown::{Shutdown, ShutdownReason};
 use crate::syntax::ListenAddr;
-use crate::{control, exe, inherit, keeper, pidfile, ready, socket, trigger};
+use crate::{control, exe, inherit, keeper, notify, pidfile, ready, socket, trigger};
 
 /// Refuses to start: the message goes to the app's tracing subscriber if it has one, and to
 /// stderr otherwise, then the process exits 1. In a new generation this makes the upgrade fail
@@ -38,7 +38,11 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
     match keeper::role(&config, &snap).unwrap_or_else(|e| fatal(e)) {
         keeper::Role::Keeper => keeper::run(config, &snap, exe, argv),
         // The pid file names the keeper, which stays: generations leave it alone.
-        keeper::Role::Generation => config.pid_file = None,
+        // So does the service manager's main pid: the keeper speaks for the generations.
+        keeper::Role::Generation => {
+            config.pid_file = None;
+            notify::keeper_is_main_pid();
+        }
         keeper::Role::Plain => {}
     }
 

@@ -307,6 +307,7 @@ impl Supervisor {
         tracing::info!(signal = %sig, drain_timeout = ?self.ctx.config.drain_timeout, "stopping: draining in-flight work");
         self.phase = Phase::Draining(reason);
         notify::stopping();
+        crate::keeper::stopping();
         // The previous generation, if it is still in its probation, must not roll back.
         crate::ready::stopping();
         self.ctx.shutdown.trigger(reason);
@@ -461,6 +462,7 @@ impl Supervisor {
         let started = Instant::now();
         crate::exe::log_upgrade_target(&self.ctx.exe);
         notify::reloading();
+        crate::keeper::reloading();
         // A new binary that is not built on hotexec reports ready with sd_notify on this socket.
         let notify_sock = notify::ChildSocket::bind()
             .inspect_err(|e| tracing::warn!("no notify socket for the new generation ({e}): only the readiness pipe will count"))
@@ -471,6 +473,7 @@ impl Supervisor {
                 let err = UpgradeError::Spawn(e.to_string());
                 tracing::error!("upgrade failed: {err}; still serving");
                 notify::upgrade_failed();
+                crate::keeper::upgrade_failed();
                 return Err(err);
             }
         };
@@ -534,6 +537,7 @@ impl Supervisor {
         if let Err(e) = &result {
             tracing::error!("upgrade failed: {e}; this generation keeps serving");
             notify::upgrade_failed();
+            crate::keeper::upgrade_failed();
         }
         result
     }
