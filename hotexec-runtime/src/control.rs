@@ -78,6 +78,7 @@ impl Reply {
                 let kind = match &e {
                     UpgradeError::Busy(_) => "busy",
                     UpgradeError::Spawn(_) => "spawn",
+                    UpgradeError::Limit(_) => "limit",
                     UpgradeError::Exec { .. } => "exec",
                     UpgradeError::ExitedBeforeReady { .. } => "exited",
                     UpgradeError::ReadyTimeout { .. } => "ready-timeout",

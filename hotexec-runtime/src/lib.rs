@@ -2,7 +2,7 @@
 //! readiness-gated upgrade and draining. Users depend on the `hotexec` facade, not on this crate.
 //!
 //! Where to look: [`protocol`] (the hand-over between generations), `inherit.rs` (start-up
-//! checks), `exe.rs` (what an upgrade executes), `spawn.rs` (fork/exec of the new generation), `upgrade.rs` (the supervisor and its
+//! checks), `exe.rs` (what an upgrade executes), `spawn.rs` (fork/exec of the new generation), `limits.rs` (the kernel limits an upgrade must fit), `upgrade.rs` (the supervisor and its
 //! state machine), `keeper.rs` (keeper mode), [`control`] (the control socket), `trigger.rs`
 //! (`upgrade()` and the control handler of a generation), `drain.rs` (the
 //! drain deadline), `ready.rs`, `notify.rs` (`sd_notify` to the service manager, and from a new
@@ -30,6 +30,8 @@ mod exe;
 mod inherit;
 #[cfg(feature = "process")]
 mod keeper;
+#[cfg(feature = "process")]
+mod limits;
 #[cfg(feature = "process")]
 mod listeners;
 #[cfg(feature = "process")]

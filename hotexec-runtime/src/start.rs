@@ -92,6 +92,11 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
         handed.push((decl.name.clone(), addr, user, was_inherited));
         sockets.push((decl.name.clone(), fd));
     }
+    // Said at start, not only at the first upgrade: the server serves, but cannot be upgraded.
+    let names: Vec<&str> = sockets.iter().map(|(n, _)| n.as_str()).collect();
+    if let Err(e) = crate::limits::check_fdnames(&names) {
+        tracing::warn!("every upgrade of this server will fail: {e}");
+    }
     let shutdown = Shutdown::new().unwrap_or_else(|e| fatal(format!("shutdown pipe: {e}")));
     ready::arm(
         adoption.ready_fd,

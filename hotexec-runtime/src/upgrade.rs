@@ -470,7 +470,13 @@ impl Supervisor {
         let child = match self.spawn_next(&self.ctx.exe, notify_sock.as_ref()) {
             Ok(c) => c,
             Err(e) => {
-                let err = UpgradeError::Spawn(e.to_string());
+                let err = match e
+                    .get_ref()
+                    .and_then(|i| i.downcast_ref::<crate::limits::LimitError>())
+                {
+                    Some(limit) => UpgradeError::Limit(limit.to_string()),
+                    None => UpgradeError::Spawn(e.to_string()),
+                };
                 tracing::error!("upgrade failed: {err}; still serving");
                 notify::upgrade_failed();
                 crate::keeper::upgrade_failed();
