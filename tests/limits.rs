@@ -118,6 +118,12 @@ fn listener_names_past_max_arg_strlen_fail_the_upgrade_clearly() {
         "{:?}",
         App::children_of(old)
     );
+    // Said at start already, not only at the first upgrade.
+    assert!(
+        app.log_text()
+            .contains("every upgrade of this server will fail"),
+        "no warning at start"
+    );
 }
 
 /// The server's `RLIMIT_NOFILE` is lowered step by step from "no fd free" until the upgrade's
