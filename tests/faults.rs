@@ -86,7 +86,10 @@ fn new_binary_killed_while_starting() {
     // And the next upgrade works.
     app.replace_binary(None);
     let (_, new) = app.upgrade();
-    assert_eq!(get(app.addr, "/", T), Outcome::Ok { pid: new });
+    // The old generation may take a connection or two until its shutdown is delivered.
+    wait_for(T, "the new generation to answer", || {
+        (get(app.addr, "/", T) == Outcome::Ok { pid: new }).then_some(())
+    });
 }
 
 /// The new generation reports ready, takes over, and aborts 300 ms later. The old process still
@@ -154,7 +157,10 @@ fn new_binary_crashes_after_ready_and_the_old_code_is_rolled_back() {
     app.replace_binary(None);
     let (from, to) = app.upgrade();
     assert_eq!(from, rolled);
-    assert_eq!(get(app.addr, "/", T), Outcome::Ok { pid: to });
+    // The old generation may take a connection or two until its shutdown is delivered.
+    wait_for(T, "the next generation to answer", || {
+        (get(app.addr, "/", T) == Outcome::Ok { pid: to }).then_some(())
+    });
 }
 
 /// The old process is SIGKILLed while draining: the new one, which already holds the sockets,

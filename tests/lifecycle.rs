@@ -92,7 +92,10 @@ fn no_rollback_when_the_successor_is_told_to_stop() {
     let old = app.first_pid();
     faulty(&app, "fail-after-drain");
     let (_, new) = app.upgrade();
-    assert_eq!(get(app.addr, "/", T), Outcome::Ok { pid: new });
+    // The old generation may take a connection or two until its shutdown is delivered.
+    wait_for(T, "the new generation to answer", || {
+        (get(app.addr, "/", T) == Outcome::Ok { pid: new }).then_some(())
+    });
     signal(new, Signal::SIGTERM);
     app.wait_log("failing after the drain", 1, T);
     // The old generation ends its probation early: nothing is left to roll back for.
@@ -135,6 +138,31 @@ fn serving(app: &App) -> u32 {
     }
 }
 
+/// A generation other than `old` answers (it is tracked for clean-up).
+fn answered_by_other(app: &App, old: u32) -> Option<u32> {
+    match get(app.addr, "/", T) {
+        Outcome::Ok { pid } if pid != old => {
+            app.track(pid);
+            Some(pid)
+        }
+        _ => None,
+    }
+}
+
+/// What the keeper logs once it knows which generation serves (it forwards signals there).
+const KEEPER_SWITCHED: &str = "keeper: a new generation serves";
+
+/// An upgrade through the keeper, done once a generation other than `old` answers and the
+/// keeper has heard of its `switches`-th hand-over (so the next signal goes to the new one).
+fn keeper_upgrade(app: &App, keeper: u32, old: u32, switches: usize) -> u32 {
+    app.upgrade_via(keeper, || {
+        if app.log_text().matches(KEEPER_SWITCHED).count() < switches {
+            return None;
+        }
+        answered_by_other(app, old)
+    })
+}
+
 /// Waits until a generation other than `old` answers; returns it.
 fn wait_new_generation(app: &App, old: u32) -> u32 {
     let pid = wait_for(T, "a new generation to answer", || {
@@ -148,7 +176,7 @@ fn wait_new_generation(app: &App, old: u32) -> u32 {
 }
 
 /// Chained upgrades in keeper mode (no pid file to guess from): 1 → 2 → 3, then 2 is killed
-/// while it drains, inside 1's probation. 2 had handed on, so 3 serves: 1 must not roll back,
+/// while it drains, inside 1's probation (30 s). 2 had handed on, so 3 serves: 1 must not roll back,
 /// or two generations would serve side by side.
 #[test]
 fn keeper_chain_no_rollback_after_the_successor_handed_on() {
@@ -163,11 +191,10 @@ fn keeper_chain_no_rollback_after_the_successor_handed_on() {
     );
     let keeper = app.first_pid();
     let g1 = serving(&app);
-    signal(keeper, Signal::SIGUSR2);
-    let g2 = wait_new_generation(&app, g1);
-    signal(keeper, Signal::SIGUSR2);
-    let g3 = wait_new_generation(&app, g2);
-    assert!(alive(g1), "generation 1 is still in its probation");
+    let g2 = keeper_upgrade(&app, keeper, g1, 1);
+    let g3 = keeper_upgrade(&app, keeper, g2, 2);
+    // Generation 1 is in its probation (30 s) unless it has already learnt that 2 handed on,
+    // which lets it exit at once: either way, 2's death must not start anything.
     signal(g2, Signal::SIGKILL);
     app.wait_exit(g2, T);
     app.wait_exit(g1, T);
@@ -175,6 +202,10 @@ fn keeper_chain_no_rollback_after_the_successor_handed_on() {
     assert!(
         !log.contains(ROLLBACK),
         "generation 1 rolled back behind 3:\n{log}"
+    );
+    assert!(
+        log.contains("it had handed over to a generation of its own"),
+        "generation 1 was not told:\n{log}"
     );
     for _ in 0..20 {
         assert_eq!(serving(&app), g3);
@@ -196,11 +227,10 @@ fn orphaned_new_generation_takes_over() {
     assert_eq!(n.expect("READY=1"), ("READY=1".to_string(), old));
     let go = app.dir.0.join("go");
     faulty(&app, &format!("ready-on-file={}", go.display()));
-    app.signal_upgrade();
+    app.upgrade_via(old, || app.log_text().contains("warming up").then_some(()));
     let (msg, from) = n.expect("RELOADING=1");
     assert!(msg.starts_with("RELOADING=1"), "{msg:?}");
     assert_eq!(from, old);
-    app.wait_log("warming up", 1, T);
     let new = wait_for(T, "the new process", || {
         App::children_of(old).first().map(|(c, _)| *c)
     });
@@ -221,7 +251,49 @@ fn orphaned_new_generation_takes_over() {
     app.replace_binary(None);
     let (from, to) = app.upgrade();
     assert_eq!(from, new);
-    assert_eq!(get(app.addr, "/", T), Outcome::Ok { pid: to });
+    // The old generation may take a connection or two until its shutdown is delivered.
+    wait_for(T, "the next generation to answer", || {
+        (get(app.addr, "/", T) == Outcome::Ok { pid: to }).then_some(())
+    });
+}
+
+/// The same in keeper mode: the keeper (which reaped the dead generation and adopted the
+/// orphan) hears that the orphan serves, so it forwards the next upgrade signal to it and does
+/// not exit as if the service were gone.
+#[test]
+fn orphaned_new_generation_takes_over_under_a_keeper() {
+    let mut app = App::start("http", HTTP, &[("HOTEXEC_KEEPER", "1")]);
+    let keeper = app.first_pid();
+    let old = serving(&app);
+    let go = app.dir.0.join("go");
+    faulty(&app, &format!("ready-on-file={}", go.display()));
+    app.upgrade_via(keeper, || {
+        app.log_text().contains("warming up").then_some(())
+    });
+    let new = wait_for(T, "the new process", || {
+        App::children_of(old).first().map(|(c, _)| *c)
+    });
+    app.track(new);
+    signal(old, Signal::SIGKILL);
+    app.wait_exit(old, T);
+    std::fs::write(&go, b"").unwrap();
+    app.wait_log("taking over", 1, T);
+    app.wait_log(KEEPER_SWITCHED, 1, T);
+    assert_eq!(serving(&app), new);
+    assert!(alive(keeper));
+    assert_eq!(
+        app.pid_in_file(),
+        Some(keeper),
+        "the pid file names the keeper"
+    );
+    // The keeper forwards the next upgrade to the orphan, which upgrades normally.
+    app.replace_binary(None);
+    let next = keeper_upgrade(&app, keeper, new, 2);
+    assert_ne!(next, new);
+    wait_for(T, "only the last generation under the keeper", || {
+        let kids = App::children_of(keeper);
+        (kids.len() == 1 && kids[0].0 == next && kids[0].1 != 'Z').then_some(())
+    });
 }
 
 /// Keeper mode under a notifying service manager: the keeper is the main pid for the whole
@@ -245,6 +317,7 @@ fn keeper_is_the_main_pid_under_systemd_notify() {
     };
     assert_eq!(expect("READY=1 for generation 1"), "READY=1");
     let g1 = serving(&app);
+    // READY=1 came after generation 1 reported ready: it acts on the signal.
     signal(keeper, Signal::SIGUSR2);
     let msg = expect("RELOADING=1");
     assert!(msg.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{msg:?}");

@@ -291,15 +291,51 @@ impl App {
     }
 
     /// Signals an upgrade and waits until the pid file names a new pid; returns (old, new).
+    ///
+    /// A generation ignores the upgrade signal until it has reported ready (shortly after
+    /// `main` starts, which may be after the pid file is written and connections are accepted):
+    /// each time the log shows the signal was ignored for that reason, it is sent again.
     pub fn upgrade(&self) -> (u32, u32) {
+        const NOT_READY: &str = "has not reported ready yet";
+        let mut ignored = self.log_text().matches(NOT_READY).count();
         let old = self.signal_upgrade();
         let new = wait_for(
             Duration::from_secs(10),
             "the pid file to name a new pid",
-            || self.pid_in_file().filter(|p| *p != old),
+            || {
+                if let Some(p) = self.pid_in_file().filter(|p| *p != old) {
+                    return Some(p);
+                }
+                let now = self.log_text().matches(NOT_READY).count();
+                if now > ignored {
+                    ignored = now;
+                    let _ = kill(Pid::from_raw(old as i32), Signal::SIGUSR2);
+                }
+                None
+            },
         );
         self.track(new);
         (old, new)
+    }
+
+    /// Sends the upgrade signal to `target` (a generation, or the keeper that forwards it) and
+    /// waits until `done` returns Some; sends it again each time the log shows that a
+    /// generation ignored it because it had not reported ready yet (see [`App::upgrade`]).
+    pub fn upgrade_via<T>(&self, target: u32, mut done: impl FnMut() -> Option<T>) -> T {
+        const NOT_READY: &str = "has not reported ready yet";
+        let mut ignored = self.log_text().matches(NOT_READY).count();
+        kill(Pid::from_raw(target as i32), Signal::SIGUSR2).unwrap();
+        wait_for(Duration::from_secs(10), "the upgrade to start", || {
+            if let Some(v) = done() {
+                return Some(v);
+            }
+            let now = self.log_text().matches(NOT_READY).count();
+            if now > ignored {
+                ignored = now;
+                let _ = kill(Pid::from_raw(target as i32), Signal::SIGUSR2);
+            }
+            None
+        })
     }
 
     /// Replaces the binary on disk atomically with `contents` (a script) or the good binary.
