@@ -31,7 +31,11 @@ fn nothing_serves(app: &App) {
     wait_for(T, "every process of the test to be gone", || {
         running_from(&app.dir.0).is_empty().then_some(())
     });
-    assert_eq!(get(app.addr, "/", T), Outcome::Refused);
+    // A process whose main thread is a zombie may hold its fds a moment longer: until then a
+    // client may be accepted and reset; then every one is refused.
+    wait_for(T, "the port to refuse connections", || {
+        (get(app.addr, "/", T) == Outcome::Refused).then_some(())
+    });
 }
 
 /// The successor crashes after its probation while the old generation is still draining (a slow
@@ -72,7 +76,9 @@ fn no_rollback_after_probation() {
     // Nothing is started behind the crash; the old generation closed its copies of the
     // listeners when the probation ended, so new clients are refused at once (not queued for
     // a process that will never accept them).
-    assert_eq!(get(app.addr, "/", T), Outcome::Refused);
+    wait_for(T, "the port to refuse connections", || {
+        (get(app.addr, "/", T) == Outcome::Refused).then_some(())
+    });
     assert_eq!(running_from(&app.dir.0), vec![old]);
 }
 
@@ -275,7 +281,9 @@ fn orphaned_new_generation_takes_over_under_a_keeper() {
     });
     app.track(new);
     signal(old, Signal::SIGKILL);
-    app.wait_exit(old, T);
+    // Reaped by the keeper, so every thread of it is gone and with them its end of the
+    // readiness pipe (its main thread is a zombie, "not alive", a moment earlier).
+    app.wait_log("keeper: the serving generation exited", 1, T);
     std::fs::write(&go, b"").unwrap();
     app.wait_log("taking over", 1, T);
     app.wait_log(KEEPER_SWITCHED, 1, T);
