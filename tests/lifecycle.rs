@@ -268,7 +268,7 @@ fn orphaned_new_generation_takes_over() {
 /// not exit as if the service were gone.
 #[test]
 fn orphaned_new_generation_takes_over_under_a_keeper() {
-    let mut app = App::start("http", HTTP, &[("HOTEXEC_KEEPER", "1")]);
+    let app = App::start("http", HTTP, &[("HOTEXEC_KEEPER", "1")]);
     let keeper = app.first_pid();
     let old = serving(&app);
     let go = app.dir.0.join("go");
