@@ -210,11 +210,16 @@ fn ctrl_c_in_a_terminal_stops_the_serving_generation() {
         });
     }
     let mut child = cmd.spawn().unwrap();
+    // The command holds copies of the terminal's slave side: only the processes may keep it
+    // open, or the reader would never see the terminal closed.
+    drop(cmd);
     drop(slave);
     let keeper = child.id();
     let out = Arc::new(Mutex::new(Vec::new()));
     let mut reader = master.try_clone().unwrap();
     let sink = out.clone();
+    let read_all = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let read_all_set = read_all.clone();
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         // Ends with EIO once every process has closed the terminal.
@@ -224,6 +229,7 @@ fn ctrl_c_in_a_terminal_stops_the_serving_generation() {
             }
             sink.lock().unwrap().extend_from_slice(&buf[..n]);
         }
+        read_all_set.store(true, std::sync::atomic::Ordering::SeqCst);
     });
     let terminal = || String::from_utf8_lossy(&out.lock().unwrap()).into_owned();
     let mut guard = scopeguard(keeper);
@@ -247,6 +253,12 @@ fn ctrl_c_in_a_terminal_stops_the_serving_generation() {
         first, keeper,
         "keeper mode is on by itself in the foreground of a terminal"
     );
+    // A generation ignores the upgrade signal until it has reported ready.
+    wait_for(Duration::from_secs(10), "generation 1 to be ready", || {
+        terminal()
+            .contains("keeper: generation 1 is ready")
+            .then_some(())
+    });
     kill(Pid::from_raw(keeper as i32), Signal::SIGUSR2).unwrap();
     let second = wait_for(Duration::from_secs(10), "the upgrade", || {
         match get(addr, "/", Duration::from_secs(5)) {
@@ -269,10 +281,30 @@ fn ctrl_c_in_a_terminal_stops_the_serving_generation() {
         },
     );
 
+    // The keeper forwards to the generation it knows serves: wait until it knows.
+    wait_for(
+        Duration::from_secs(10),
+        "the keeper to hear of the hand-over",
+        || {
+            terminal()
+                .contains("keeper: a new generation serves")
+                .then_some(())
+        },
+    );
     master.write_all(b"\x03").unwrap(); // Ctrl-C
     let st = wait_for(Duration::from_secs(15), "the keeper to exit", || {
         child.try_wait().unwrap()
     });
+    // Everything written to the terminal, up to its last close, before reading it.
+    wait_for(
+        Duration::from_secs(10),
+        "the terminal's last output",
+        || {
+            read_all
+                .load(std::sync::atomic::Ordering::SeqCst)
+                .then_some(())
+        },
+    );
     let text = terminal();
     assert_eq!(st.code(), Some(0), "{text}");
     assert!(!alive(second), "the serving generation stopped");
