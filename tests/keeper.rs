@@ -253,6 +253,12 @@ fn ctrl_c_in_a_terminal_stops_the_serving_generation() {
         first, keeper,
         "keeper mode is on by itself in the foreground of a terminal"
     );
+    // A generation ignores the upgrade signal until it has reported ready.
+    wait_for(Duration::from_secs(10), "generation 1 to be ready", || {
+        terminal()
+            .contains("keeper: generation 1 is ready")
+            .then_some(())
+    });
     kill(Pid::from_raw(keeper as i32), Signal::SIGUSR2).unwrap();
     let second = wait_for(Duration::from_secs(10), "the upgrade", || {
         match get(addr, "/", Duration::from_secs(5)) {
@@ -275,6 +281,16 @@ fn ctrl_c_in_a_terminal_stops_the_serving_generation() {
         },
     );
 
+    // The keeper forwards to the generation it knows serves: wait until it knows.
+    wait_for(
+        Duration::from_secs(10),
+        "the keeper to hear of the hand-over",
+        || {
+            terminal()
+                .contains("keeper: a new generation serves")
+                .then_some(())
+        },
+    );
     master.write_all(b"\x03").unwrap(); // Ctrl-C
     let st = wait_for(Duration::from_secs(15), "the keeper to exit", || {
         child.try_wait().unwrap()

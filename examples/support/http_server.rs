@@ -47,6 +47,8 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
                 .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("ms=")))
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(1000);
+            // Tests wait for this line to know the request is in this process.
+            tracing::info!(pid, ms, "slow request in flight");
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Response::new(Full::new(Bytes::from(format!("pid={pid} slept_ms={ms}\n"))))
         }

@@ -3,7 +3,7 @@
 //!
 //! Where to look: [`protocol`] (the hand-over between generations), `inherit.rs` (start-up
 //! checks), `activation.rs` (which inherited socket serves which listener, and which came from
-//! a service manager), `exe.rs` (what an upgrade executes), `spawn.rs` (fork/exec of the new generation), `upgrade.rs` (the supervisor and its
+//! a service manager), `exe.rs` (what an upgrade executes), `spawn.rs` (fork/exec of the new generation), `limits.rs` (the kernel limits an upgrade must fit), `upgrade.rs` (the supervisor and its
 //! state machine), `keeper.rs` (keeper mode), [`control`] (the control socket), `trigger.rs`
 //! (`upgrade()` and the control handler of a generation), `drain.rs` (the
 //! drain deadline), `ready.rs`, `notify.rs` (`sd_notify` to the service manager, and from a new
@@ -33,6 +33,8 @@ mod exe;
 mod inherit;
 #[cfg(feature = "process")]
 mod keeper;
+#[cfg(feature = "process")]
+mod limits;
 #[cfg(feature = "process")]
 mod listeners;
 #[cfg(feature = "process")]

@@ -9,7 +9,7 @@
 //! | `LISTEN_PID` | pid of the process the fds are meant for; any other process ignores them |
 //! | `LISTEN_FDS` | number of fds, numbered from 3 (`SD_LISTEN_FDS_START`) |
 //! | `LISTEN_FDNAMES` | colon-separated names, one per fd (the `name` of each `#[listen]`) |
-//! | `HOTEXEC_READY_FD` | write end of a pipe: the new generation writes [`READY`] to it once its listeners are held and its `main` runs |
+//! | `HOTEXEC_READY_FD` | write end of a pipe: the new generation writes [`READY`] to it once its listeners are held and its `main` runs, and keeps it: later it writes [`HANDED_ON`] or [`STOPPING`], so the previous generation knows not to roll back |
 //! | `NOTIFY_SOCKET` | during an upgrade, a private `AF_UNIX` datagram socket of the old generation: a new binary that is not built on hotexec reports ready with `sd_notify("READY=1")` on it instead of the pipe (only datagrams sent by the new pid count) |
 //! | `HOTEXEC_NOTIFY_SOCKET` | the service manager's real `NOTIFY_SOCKET` (empty: none), which a hotexec new generation puts back as its `NOTIFY_SOCKET` |
 //! | `HOTEXEC_OWNED_FDNAMES` | colon-separated names of the passed Unix listeners whose path a hotexec generation bound (not a socket activator): the generation that stops for good removes those paths |
@@ -43,8 +43,19 @@ pub const ACTIVATED_FDS: &str = "HOTEXEC_ACTIVATED_FDS";
 /// `HOTEXEC_KEEPER_FD`: the channel to the keeper, in keeper mode. Scrubbed by the keeper module
 /// (it is not part of [`ALL`], which is the hand-over between generations).
 pub const KEEPER_FD: &str = "HOTEXEC_KEEPER_FD";
-/// Message a generation sends to the keeper when it hands over: `serving <new pid>`.
+/// Message a generation sends to the keeper when it hands over: `serving <new pid>`. The
+/// keeper forwards it to the new generation from then on, and, as the service's main pid,
+/// tells the service manager `READY=1`.
 pub const KEEPER_SERVING: &str = "serving";
+/// Message a generation sends to the keeper when an upgrade starts (the keeper says
+/// `RELOADING=1` to the service manager).
+pub const KEEPER_RELOADING: &str = "reloading";
+/// Message a generation sends to the keeper when an upgrade failed and it serves on (the keeper
+/// says `READY=1`).
+pub const KEEPER_UPGRADE_FAILED: &str = "upgrade-failed";
+/// Message a generation sends to the keeper when it begins a final stop (the keeper says
+/// `STOPPING=1`).
+pub const KEEPER_STOPPING: &str = "stopping";
 /// Every hotexec protocol variable, for scrubbing (`NOTIFY_SOCKET` is systemd's and stays).
 pub const ALL: [&str; 7] = [
     LISTEN_PID,
@@ -63,6 +74,14 @@ pub const MAX_FDS: usize = 1 << 20;
 
 /// Byte the new generation writes on the readiness pipe when it is serving.
 pub const READY: u8 = b'R';
+/// Byte a generation writes on its readiness pipe, after [`READY`], once it has handed over to
+/// a successor of its own: that successor serves now, and this generation's exit, whatever its
+/// status, is no reason for the previous one to roll back.
+pub const HANDED_ON: u8 = b'H';
+/// Byte a generation writes on its readiness pipe, after [`READY`], when a stop signal starts
+/// its final stop: the operator (or the service manager) wants it gone, and its exit, whatever
+/// its status, is no reason for the previous one to roll back.
+pub const STOPPING: u8 = b'S';
 /// Byte the forked child writes, followed by a native-endian `i32` errno, when `execve` failed.
 pub const EXEC_FAILED: u8 = b'E';
 

@@ -7,6 +7,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -345,15 +346,51 @@ impl App {
     }
 
     /// Signals an upgrade and waits until the pid file names a new pid; returns (old, new).
+    ///
+    /// A generation ignores the upgrade signal until it has reported ready (shortly after
+    /// `main` starts, which may be after the pid file is written and connections are accepted):
+    /// each time the log shows the signal was ignored for that reason, it is sent again.
     pub fn upgrade(&self) -> (u32, u32) {
+        const NOT_READY: &str = "has not reported ready yet";
+        let mut ignored = self.log_text().matches(NOT_READY).count();
         let old = self.signal_upgrade();
         let new = wait_for(
             Duration::from_secs(10),
             "the pid file to name a new pid",
-            || self.pid_in_file().filter(|p| *p != old),
+            || {
+                if let Some(p) = self.pid_in_file().filter(|p| *p != old) {
+                    return Some(p);
+                }
+                let now = self.log_text().matches(NOT_READY).count();
+                if now > ignored {
+                    ignored = now;
+                    let _ = kill(Pid::from_raw(old as i32), Signal::SIGUSR2);
+                }
+                None
+            },
         );
         self.track(new);
         (old, new)
+    }
+
+    /// Sends the upgrade signal to `target` (a generation, or the keeper that forwards it) and
+    /// waits until `done` returns Some; sends it again each time the log shows that a
+    /// generation ignored it because it had not reported ready yet (see [`App::upgrade`]).
+    pub fn upgrade_via<T>(&self, target: u32, mut done: impl FnMut() -> Option<T>) -> T {
+        const NOT_READY: &str = "has not reported ready yet";
+        let mut ignored = self.log_text().matches(NOT_READY).count();
+        kill(Pid::from_raw(target as i32), Signal::SIGUSR2).unwrap();
+        wait_for(Duration::from_secs(10), "the upgrade to start", || {
+            if let Some(v) = done() {
+                return Some(v);
+            }
+            let now = self.log_text().matches(NOT_READY).count();
+            if now > ignored {
+                ignored = now;
+                let _ = kill(Pid::from_raw(target as i32), Signal::SIGUSR2);
+            }
+            None
+        })
     }
 
     /// Replaces the binary on disk atomically with `contents` (a script) or the good binary.
@@ -1357,4 +1394,75 @@ pub fn verdict(what: &str, outcomes: &[&Outcome], min: usize) {
         outcomes.len(),
         &failed[..failed.len().min(10)]
     );
+}
+
+/// A notify socket like systemd's: bound by the test, credentials passed with each datagram.
+pub struct NotifySocket {
+    pub sock: UnixDatagram,
+    /// The value for `NOTIFY_SOCKET`.
+    pub env: String,
+}
+
+impl NotifySocket {
+    pub fn at_path(path: &Path) -> NotifySocket {
+        let sock = UnixDatagram::bind(path).unwrap();
+        Self::finish(sock, path.to_string_lossy().into_owned())
+    }
+
+    pub fn abstract_name(tag: &str) -> NotifySocket {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("hotexec-test-{tag}-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let sock = UnixDatagram::bind_addr(&addr).unwrap();
+        Self::finish(sock, format!("@{name}"))
+    }
+
+    pub fn finish(sock: UnixDatagram, env: String) -> NotifySocket {
+        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::PassCred, &true).unwrap();
+        sock.set_nonblocking(true).unwrap();
+        NotifySocket { sock, env }
+    }
+
+    /// The next datagram and its sender's pid, waiting up to `timeout`.
+    pub fn next(&self, timeout: Duration) -> Option<(String, u32)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut buf = [0u8; 4096];
+            let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            match nix::sys::socket::recvmsg::<()>(
+                std::os::fd::AsRawFd::as_raw_fd(&self.sock),
+                &mut iov,
+                Some(&mut cmsg),
+                nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(msg) => {
+                    let pid = msg
+                        .cmsgs()
+                        .unwrap()
+                        .find_map(|c| match c {
+                            nix::sys::socket::ControlMessageOwned::ScmCredentials(cr) => {
+                                Some(cr.pid() as u32)
+                            }
+                            _ => None,
+                        })
+                        .expect("SO_PASSCRED gives every datagram its sender");
+                    let n = msg.bytes;
+                    return Some((String::from_utf8_lossy(&buf[..n]).into_owned(), pid));
+                }
+                Err(nix::errno::Errno::EAGAIN) => {
+                    if Instant::now() > deadline {
+                        return None;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("recvmsg: {e}"),
+            }
+        }
+    }
+
+    pub fn expect(&self, what: &str) -> (String, u32) {
+        self.next(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("no sd_notify message: expected {what}"))
+    }
 }
