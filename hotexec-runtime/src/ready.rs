@@ -27,6 +27,12 @@ pub(crate) fn reported() -> bool {
     REPORTED.load(Ordering::SeqCst)
 }
 
+/// Whether this generation was started with a readiness pipe (by an upgrade, a rollback or a
+/// keeper) rather than freshly.
+pub(crate) fn started_by_upgrade() -> bool {
+    UPGRADED.load(Ordering::SeqCst)
+}
+
 /// `pipe`: the readiness pipe of an upgrade; `pid_file`: the one this generation would write
 /// if the previous generation died before this one was ready.
 pub(crate) fn arm(pipe: Option<OwnedFd>, manual: bool, pid_file: Option<PathBuf>) {

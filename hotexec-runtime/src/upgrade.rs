@@ -84,6 +84,7 @@ pub(crate) fn start(
                 rolled_back: false,
                 successor: None,
                 stop_requested: false,
+                deferred: false,
             }
             .run()
         })?;
@@ -142,6 +143,9 @@ struct Supervisor {
     /// A stop signal reached this generation after it handed over: whatever the successor
     /// does now, this generation does not start again.
     stop_requested: bool,
+    /// An upgrade signal reached this freshly started generation before it reported ready:
+    /// the upgrade starts as soon as it has (see [`Supervisor::on_signal`]).
+    deferred: bool,
 }
 
 /// The successor's readiness pipe, kept open after `READY`: the successor writes
@@ -215,7 +219,10 @@ impl Supervisor {
         loop {
             // While draining, also watch the new generation: it is reaped at once if it dies, and
             // a crash is noticed within 50 ms (connections queue in the backlog meanwhile).
+            // A deferred upgrade waits for readiness, which nothing signals to this thread:
+            // checked every 10 ms, only while one is deferred.
             let timeout = match self.phase {
+                Phase::Serving if self.deferred => PollTimeout::from(10u16),
                 Phase::Serving => PollTimeout::NONE,
                 Phase::Draining(_) => PollTimeout::from(50u16),
             };
@@ -238,6 +245,11 @@ impl Supervisor {
             }
             for sig in signals::drain(&self.sig_r) {
                 self.on_signal(sig);
+            }
+            if self.deferred && self.phase == Phase::Serving && crate::ready::reported() {
+                self.deferred = false;
+                tracing::info!("ready: starting the upgrade signalled before");
+                let _ = self.upgrade("signal");
             }
             self.drain_wake();
             for reply in self.take_requests() {
@@ -266,9 +278,18 @@ impl Supervisor {
         let upgrade_sig = self.ctx.config.upgrade_signal;
         match (sig, self.phase) {
             (s, Phase::Serving) if s == upgrade_sig && !crate::ready::reported() => {
-                // A broadcast (`pkill -USR2 app`) reaches the old and the new generation at
-                // once: the new one must not start a third before it even serves.
-                tracing::warn!(signal = %s, "upgrade signal ignored: this generation has not reported ready yet");
+                if crate::ready::started_by_upgrade() {
+                    // A broadcast (`pkill -USR2 app`) reaches the old and the new generation at
+                    // once: the new one must not start a third before it even serves.
+                    tracing::warn!(signal = %s, "upgrade signal ignored: this generation has not reported ready yet");
+                } else {
+                    // A fresh start has no older generation the signal could be meant for: the
+                    // operator read the pid file (written before `main`) and asked for an
+                    // upgrade. Dropping it would lose the request; acting on it now would
+                    // start a successor of a process that cannot serve yet.
+                    self.deferred = true;
+                    tracing::info!(signal = %s, "upgrade signal before this generation reported ready: the upgrade starts once it is ready");
+                }
             }
             (s, Phase::Serving) if s == upgrade_sig => {
                 let _ = self.upgrade("signal");
