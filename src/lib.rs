@@ -45,12 +45,12 @@
 //!
 //! ## Serving and draining (features `http`, `drain`)
 //!
-//! With `features = ["http"]`, [`serve()`] is the one call in place of
-//! `axum::serve(listener, app).with_graceful_shutdown(..)`: it serves any tower service (an
-//! axum `Router`, tonic's `Routes`) or, with [`serve_hyper()`], a hyper `service_fn`, over
-//! HTTP/1.1 and HTTP/2, and drains at the hand-over without losing a request. With
-//! `features = ["drain"]`, [`drain::Connections`] does the same for any other protocol on tokio.
-//! See the [`serve`](mod@serve) module.
+//! With `features = ["http"]` (or `["axum"]`), `hotexec::serve(listener, app, shutdown)` is the
+//! one call in place of `axum::serve(listener, app).with_graceful_shutdown(..)`: it serves any
+//! tower service (an axum `Router`, tonic's `Routes`) or, with `hotexec::serve_hyper`, a hyper
+//! `service_fn`, over HTTP/1.1 and HTTP/2, and drains at the hand-over without losing a request.
+//! With `features = ["drain"]`, `hotexec::drain::Connections` does the same for any other
+//! protocol on tokio. See the `hotexec::serve` module (documented with those features).
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 

@@ -22,7 +22,6 @@ use hyper::{Request, Response, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tokio_util::sync::CancellationToken;
 
 use super::drain::Connections;
 
@@ -104,7 +103,7 @@ where
     let http2 = Arc::new(AtomicBool::new(false));
     let service = Grace {
         inner: service,
-        draining: draining.clone(),
+        conns: conns.clone(),
         http2: http2.clone(),
     };
     // With upgrades, so that axum's WebSocket extractor works (an upgraded connection leaves
@@ -131,7 +130,7 @@ where
 /// speaks HTTP/2.
 struct Grace<S> {
     inner: S,
-    draining: CancellationToken,
+    conns: Connections,
     http2: Arc<AtomicBool>,
 }
 
@@ -153,12 +152,12 @@ where
             self.http2.store(true, Ordering::Relaxed);
         }
         let response = self.inner.call(req);
-        let draining = self.draining.clone();
+        let conns = self.conns.clone();
         Box::pin(async move {
             let mut resp = response.await?;
             // Checked when the response is ready: a slow request that started before the
             // hand-over also tells its client to leave.
-            if http1 && draining.is_cancelled() {
+            if http1 && conns.is_draining() {
                 resp.headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }

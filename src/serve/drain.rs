@@ -15,15 +15,20 @@
 //!         let closing = conns.closing();
 //!         conns.spawn(async move {
 //!             let (r, mut w) = stream.into_split();
-//!             let mut lines = BufReader::new(r).lines();
+//!             let mut r = BufReader::new(r);
 //!             loop {
-//!                 // Between two messages, leave once the grace window after the hand-over is over.
-//!                 let line = tokio::select! {
-//!                     line = lines.next_line() => line,
-//!                     _ = closing.cancelled() => break,
+//!                 // The next request's first bytes; or, while idle, leave once the grace
+//!                 // window after the hand-over is over (never with a request half read).
+//!                 let more = tokio::select! {
+//!                     biased;
+//!                     buf = r.fill_buf() => matches!(buf, Ok(b) if !b.is_empty()),
+//!                     _ = closing.cancelled() => false,
 //!                 };
-//!                 let Ok(Some(line)) = line else { break };
-//!                 if w.write_all(format!("{line}\n").as_bytes()).await.is_err() {
+//!                 let mut line = String::new();
+//!                 if !more || !matches!(r.read_line(&mut line).await, Ok(n) if n > 0) {
+//!                     break;
+//!                 }
+//!                 if w.write_all(line.as_bytes()).await.is_err() {
 //!                     break;
 //!                 }
 //!             }
@@ -52,8 +57,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// tokio-util's token, re-exported: what [`Connections::draining`] and
+/// [`Connections::closing`] return, nameable without a dependency of your own on tokio-util.
+pub use tokio_util::sync::CancellationToken;
 
 use super::{DEFAULT_CLOSE_GRACE, Listener};
 use crate::Shutdown;
@@ -166,6 +174,13 @@ impl Connections {
     /// the protocol can (`Connection: close`, `GOAWAY`). Work in progress goes on.
     pub fn draining(&self) -> CancellationToken {
         self.inner.draining.clone()
+    }
+
+    /// True from the hand-over on. Reads the `Shutdown` itself, so it holds from the very
+    /// moment it resolved (the [`draining`](Connections::draining) token is cancelled by a task,
+    /// a moment later).
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.is_cancelled() || self.inner.shutdown.is_triggered()
     }
 
     /// Cancelled once the close grace window after the hand-over is over: connections still

@@ -4,9 +4,10 @@
 use std::future::Future;
 use std::io;
 
-/// A listening socket to accept connections from: implemented for tokio's `TcpListener` and
-/// `UnixListener` (what [`Listeners::take_tokio_tcp`](crate::Listeners::take_tokio_tcp) and
-/// friends return). Implement it for your own acceptor if you need to.
+/// A listening socket to accept connections from: implemented for tokio's `TcpListener` (what
+/// [`Listeners::take_tokio_tcp`](crate::Listeners::take_tokio_tcp) returns) and `UnixListener`
+/// (`tokio::net::UnixListener::from_std(listeners.take_unix(name)?)`). Implement it for an
+/// acceptor of your own if you need to.
 pub trait Listener: Send + 'static {
     /// An accepted connection.
     type Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;

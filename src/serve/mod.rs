@@ -11,6 +11,16 @@
 //!   [`connection()`] serves one connection the app accepted itself (after its own TLS
 //!   handshake) with the same drain.
 //!
+//! What each stack writes, in place of its own `serve`:
+//!
+//! | stack | the call |
+//! |---|---|
+//! | axum | `hotexec::serve(listener, app, shutdown).await` |
+//! | tonic | `hotexec::serve(listener, routes, shutdown).await` (`routes`: `tonic::service::Routes`; gRPC's HTTP/2 is detected per connection, or say `.http2_only()`) |
+//! | hyper | `hotexec::serve_hyper(listener, service_fn(handler), shutdown).await` |
+//! | own TLS | `hotexec::serve::connection(tls_stream, app, &conns)` in a [`drain::Connections`] accept loop |
+//! | any tokio protocol | [`drain::Connections`]: `accept`, `spawn`, `closing`, `wait` |
+//!
 //! Files: `listener.rs` (what can be accepted from), `drain.rs`, `http.rs` (the builder and the
 //! accept loop), `conn.rs` (one HTTP connection through the drain phases).
 
