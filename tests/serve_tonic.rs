@@ -64,13 +64,20 @@ impl Call {
 }
 
 /// True when the protocol proves the call never reached the server's application, so a client
-/// may send it again: the request never left the client (hyper: canceled, the connection was
-/// gone before it was written), or the server refused its stream unprocessed, above the last
-/// stream id of its `GOAWAY` (RFC 9113 §6.8: such streams "have not been processed ... and can
-/// be safely retried"). The h2 client tonic uses keeps opening streams after the first,
-/// announcing `GOAWAY` of a graceful shutdown, and tonic does not retry them; gRPC's own
-/// clients (gRFC A6, "transparent retry") do. What must never happen, and is counted as
-/// failed, is any other error: a reset, an EOF, a stream cut after the server took it.
+/// may send it again:
+///
+/// - it never left the client: hyper canceled it (its connection was gone before it was
+///   written), or h2 refused to open its stream because the connection had received a `GOAWAY`
+///   (h2 then returns the `GOAWAY`'s own error, remote, `NO_ERROR`);
+/// - or it did, above the last stream id of the final `GOAWAY`, which the server guarantees it
+///   never processed (RFC 9113 §6.8: such streams "can be safely retried"). With the two-step
+///   `GOAWAY` this is rare: a stream whose `HEADERS` h2 had queued when it wrote the `PING` ack
+///   first (see tests/serve_h2.rs).
+///
+/// tonic's `Channel` resends neither (its caller gets `Internal: h2 protocol error` or
+/// `Cancelled`); gRPC's own clients do ("transparent retry", gRFC A6). The test sends them
+/// again and counts them apart. Any other error is a failed call: a reset, an EOF, a stream cut
+/// after the server took it.
 fn unprocessed(s: &tonic::Status) -> bool {
     let mut source = std::error::Error::source(s);
     while let Some(e) = source {

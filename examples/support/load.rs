@@ -306,10 +306,11 @@ type H2Sender = hyper::client::conn::http2::SendRequest<http_body_util::Empty<by
 pub struct H2Slot(tokio::sync::Mutex<Option<H2Sender>>);
 
 /// True when the protocol proves an HTTP/2 request never reached the server's application, so a
-/// client may send it again (as hyper-util's pooled client and gRPC's clients do): it never left
-/// this client (hyper: canceled), or the server refused its stream unprocessed, above the last
-/// stream id of its `GOAWAY` (RFC 9113 §6.8). hyper's h2 client keeps opening streams after
-/// the first, announcing `GOAWAY` of a graceful shutdown, until the final one arrives.
+/// client may send it again (as HTTP/2 clients do after a `GOAWAY`): it never left this client
+/// (hyper canceled it; or h2 refused to open its stream because the connection had received a
+/// `GOAWAY`, returning that `GOAWAY`'s error: remote, `NO_ERROR`), or its stream lies above the
+/// last stream id of the final `GOAWAY`, which the server guarantees it never processed
+/// (RFC 9113 §6.8; rare with the two-step `GOAWAY`, see tests/serve_h2.rs).
 pub fn h2_unprocessed(e: &hyper::Error) -> bool {
     if e.is_canceled() {
         return true;
