@@ -219,7 +219,9 @@ impl Client {
         while !stop.load(Ordering::Relaxed) && Instant::now() < hard_stop && out.len() < 5_000_000 {
             let start = Instant::now();
             let result = match &h2 {
-                Some(slot) => tokio::time::timeout(timeout, request_h2(slot, addr, &live)).await,
+                // Every step of an HTTP/2 request is under this deadline, and a timeout says
+                // which step it was in.
+                Some(slot) => Ok(request_h2(slot, addr, &live, start + timeout).await),
                 None => tokio::time::timeout(timeout, request(&mut conn, addr, mode)).await,
             };
             let end = Instant::now();
@@ -349,23 +351,48 @@ fn classify_hyper(e: &hyper::Error) -> Class {
 /// One `GET /` over the shared HTTP/2 connection in `slot` (connecting first when there is none
 /// or the server closed it); sent again, at most 3 times, only when the server provably never
 /// processed it.
-async fn request_h2(slot: &H2Slot, addr: SocketAddr, live: &Live) -> Result<u32, Class> {
+async fn request_h2(
+    slot: &H2Slot,
+    addr: SocketAddr,
+    live: &Live,
+    deadline: Instant,
+) -> Result<u32, Class> {
     use http_body_util::BodyExt;
+    let deadline = tokio::time::Instant::from_std(deadline);
+    // One step of the request under the deadline; a timeout is reported with the step.
+    async fn step<T>(
+        deadline: tokio::time::Instant,
+        what: &str,
+        f: impl std::future::Future<Output = T>,
+    ) -> Result<T, Class> {
+        tokio::time::timeout_at(deadline, f).await.map_err(|_| {
+            eprintln!("\nHTTP/2 request timed out {what}");
+            Class::Timeout
+        })
+    }
     let mut tries = 0;
     loop {
         let mut sender = {
-            let mut s = slot.0.lock().await;
+            let mut s = step(
+                deadline,
+                "waiting while another stream connected",
+                slot.0.lock(),
+            )
+            .await?;
             match s.as_ref() {
                 Some(c) if !c.is_closed() => c.clone(),
                 _ => {
-                    let tcp = TcpStream::connect(addr).await.map_err(|e| classify(&e))?;
+                    let tcp = step(deadline, "connecting", TcpStream::connect(addr))
+                        .await?
+                        .map_err(|e| classify(&e))?;
                     let _ = tcp.set_nodelay(true);
-                    let (sender, conn) = hyper::client::conn::http2::handshake(
+                    let handshake = hyper::client::conn::http2::handshake(
                         hyper_util::rt::TokioExecutor::new(),
                         hyper_util::rt::TokioIo::new(tcp),
-                    )
-                    .await
-                    .map_err(|e| classify_hyper(&e))?;
+                    );
+                    let (sender, conn) = step(deadline, "in the handshake", handshake)
+                        .await?
+                        .map_err(|e| classify_hyper(&e))?;
                     tokio::spawn(conn);
                     *s = Some(sender.clone());
                     sender
@@ -373,21 +400,29 @@ async fn request_h2(slot: &H2Slot, addr: SocketAddr, live: &Live) -> Result<u32,
             }
         };
         // A connection the server closed after its GOAWAY fails `ready`: nothing was sent.
-        if sender.ready().await.is_ok() {
+        let ready = step(
+            deadline,
+            "waiting for the connection to take a stream",
+            sender.ready(),
+        );
+        if ready.await?.is_ok() {
             let req = hyper::Request::get(format!("http://{addr}/"))
                 .body(http_body_util::Empty::new())
                 .expect("a valid request");
-            match sender.try_send_request(req).await {
+            let sent = sender.try_send_request(req);
+            match step(deadline, "waiting for the response head", sent).await? {
                 Ok(resp) => {
                     if resp.status() != 200 {
                         return Err(Class::BadStatus);
                     }
-                    let body = resp
-                        .into_body()
-                        .collect()
-                        .await
-                        .map_err(|e| classify_hyper(&e))?
-                        .to_bytes();
+                    let body = step(
+                        deadline,
+                        "reading the response body",
+                        resp.into_body().collect(),
+                    )
+                    .await?
+                    .map_err(|e| classify_hyper(&e))?
+                    .to_bytes();
                     return body
                         .strip_prefix(b"pid=")
                         .and_then(|r| {
@@ -406,7 +441,7 @@ async fn request_h2(slot: &H2Slot, addr: SocketAddr, live: &Live) -> Result<u32,
         tries += 1;
         live.resent.fetch_add(1, Ordering::Relaxed);
         // This connection takes no new streams: the next attempt opens another.
-        *slot.0.lock().await = None;
+        *step(deadline, "waiting to replace the connection", slot.0.lock()).await? = None;
     }
 }
 
