@@ -11,12 +11,15 @@
 //! port with `SO_REUSEPORT`, then SIGTERM to the old one); nginx's binary upgrade (USR2, then
 //! WINCH and QUIT to the old master; skipped with a note when `/usr/sbin/nginx` is absent); and
 //! the same server without hotexec and without upgrades, the ceiling (and the `http` example
-//! without upgrades, to compare the request path alone). Each in two modes: a new
-//! connection per request, and keep-alive. Then two scale checks: an upgrade passing 1,000
-//! listeners, and 10,000 idle keep-alive connections open during an upgrade.
+//! without upgrades, to compare the request path alone); and an axum app, upgraded by hotexec,
+//! served with plain `axum::serve(..).with_graceful_shutdown(..)` and with `hotexec::serve`
+//! (what the integration changes for the code users write). Each in three modes: a new
+//! connection per request, keep-alive, and HTTP/2 (h2c, several streams per connection). Then
+//! two scale checks: an upgrade passing 1,000 listeners, and 10,000 idle keep-alive connections
+//! open during an upgrade.
 //!
-//! The servers are roles of this binary (`support/servers.rs`); they all serve the same
-//! `support/http_server.rs`.
+//! The servers are roles of this binary (`support/servers.rs`); all but the axum pair serve the
+//! same `support/http_server.rs`.
 #[path = "support/http_server.rs"]
 mod http_server;
 #[path = "support/load.rs"]
@@ -37,15 +40,19 @@ use load::{Class, GenerationOf, Load, Mode, Rec, quantile};
 use targets::{Kind, Target, Tracker, Upgrade};
 
 const HELP: &str = "\
-usage: bench [--quick] [--clients N] [--upgrades N] [--interval-ms MS] [--modes close,keepalive]
-             [--targets hotexec,naive,nginx,plain,hotexec-steady] [--no-scale] [--listeners N] [--idle N]
+usage: bench [--quick] [--clients N] [--upgrades N] [--interval-ms MS] [--modes close,keepalive,h2]
+             [--targets hotexec,naive,nginx,plain,hotexec-steady,axum-plain,axum] [--no-scale]
+             [--listeners N] [--idle N]
 
   --clients N       concurrent clients per scenario (default 64)
   --upgrades N      upgrades per scenario (default 50; --quick: 10)
   --interval-ms MS  time from one upgrade signal to the next, at least (default 200)
-  --modes           close = new connection per request, keepalive = reuse connections
-  --targets         which servers to measure: hotexec,naive,nginx,plain,hotexec-steady
-                    (nginx is skipped when /usr/sbin/nginx is absent)
+  --modes           close = new connection per request, keepalive = reuse connections,
+                    h2 = HTTP/2 with prior knowledge (hyper's client), 4 streams per connection
+  --targets         which servers to measure: hotexec,naive,nginx,plain,hotexec-steady,
+                    axum-plain (an axum app, plain axum::serve(..).with_graceful_shutdown(..)),
+                    axum (the same app with hotexec::serve)
+                    (nginx is skipped when /usr/sbin/nginx is absent, and in mode h2)
   --no-scale        skip the scale checks
   --listeners N     listeners passed in the scale check (default 1000)
   --idle N          idle keep-alive connections in the scale check (default 10000)
@@ -67,13 +74,15 @@ fn parse_args() -> Result<Opts, String> {
         clients: 64,
         upgrades: 50,
         interval: Duration::from_millis(200),
-        modes: vec![Mode::Close, Mode::KeepAlive],
+        modes: vec![Mode::Close, Mode::KeepAlive, Mode::H2],
         kinds: vec![
             Kind::Hotexec,
             Kind::Naive,
             Kind::Nginx,
             Kind::Plain,
             Kind::HotexecSteady,
+            Kind::AxumPlain,
+            Kind::Axum,
         ],
         scale: true,
         listeners: 1000,
@@ -104,6 +113,7 @@ fn parse_args() -> Result<Opts, String> {
                     .map(|m| match m {
                         "close" => Ok(Mode::Close),
                         "keepalive" | "keep-alive" => Ok(Mode::KeepAlive),
+                        "h2" => Ok(Mode::H2),
                         _ => Err(format!("--modes: unknown mode {m:?}")),
                     })
                     .collect::<Result<_, _>>()?
@@ -117,6 +127,8 @@ fn parse_args() -> Result<Opts, String> {
                         "nginx" => Ok(Kind::Nginx),
                         "plain" => Ok(Kind::Plain),
                         "hotexec-steady" => Ok(Kind::HotexecSteady),
+                        "axum" => Ok(Kind::Axum),
+                        "axum-plain" => Ok(Kind::AxumPlain),
                         _ => Err(format!("--targets: unknown target {m:?}")),
                     })
                     .collect::<Result<_, _>>()?
@@ -147,6 +159,8 @@ struct Row {
     /// Signal → old process exit.
     exit_ms: Vec<f64>,
     dip: f64,
+    /// HTTP/2 requests sent again because the server provably never processed them.
+    resent: u64,
 }
 
 impl Row {
@@ -231,9 +245,12 @@ fn run_scenario(
     eprintln!();
     let t0 = load.t0;
     let end_us = load.now_us();
+    let resent = load.live.resent.load(Ordering::Relaxed);
     let recs = rt.block_on(load.finish());
     drop(target);
-    Ok(analyze(kind, mode, t0, warmup, end_us, &recs, &ups))
+    let mut row = analyze(kind, mode, t0, warmup, end_us, &recs, &ups);
+    row.resent = resent;
+    Ok(row)
 }
 
 fn analyze(
@@ -323,6 +340,7 @@ fn analyze(
         } else {
             worst as f64 / med_bucket as f64
         },
+        resent: 0,
     }
 }
 
@@ -372,6 +390,12 @@ fn print_details(rows: &[Row]) {
                 failed.join(", ")
             }
         );
+        if r.mode == Mode::H2 {
+            println!(
+                "  - sent again because the server refused them unprocessed (above its GOAWAY's last stream id) or they never left the client: {}",
+                r.resent
+            );
+        }
         println!(
             "  - steady-state req/s (median 100 ms bucket × 10): {:.0}; latency p50 {:.2} ms, p99 {:.2} ms; p99 outside upgrade windows {:.2} ms, inside {:.2} ms",
             r.steady_rps, r.p50_ms, r.p99_ms, r.p99_steady_ms, r.p99_upgrade_ms
@@ -627,6 +651,14 @@ fn main() {
     let mut notes = Vec::new();
     for &mode in &opts.modes {
         for &kind in &opts.kinds {
+            if kind == Kind::Nginx && mode == Mode::H2 {
+                if !notes.iter().any(|n: &String| n.contains("h2c")) {
+                    notes.push(
+                        "nginx skipped in HTTP/2 mode: its h2c needs a listener of its own (`listen … http2`), not the one the other modes measure".into(),
+                    );
+                }
+                continue;
+            }
             if kind == Kind::Nginx && nginx.is_none() {
                 if !notes.iter().any(|n: &String| n.contains("nginx")) {
                     notes.push(format!(

@@ -38,8 +38,9 @@ pub fn dispatch() -> bool {
         "plain" => plain_http(false),
         "reuseport" => plain_http(true),
         "many" => many_listeners(),
+        "axum" => axum_app(),
         other => Err(std::io::Error::other(format!(
-            "{ROLE_VAR}={other:?}: expected hotexec, plain, reuseport or many"
+            "{ROLE_VAR}={other:?}: expected hotexec, plain, reuseport, many or axum"
         ))),
     };
     if let Err(e) = result {
@@ -58,6 +59,35 @@ pub async fn hotexec_http(
 ) -> std::io::Result<()> {
     let listener = listeners.take_tokio_tcp("http")?;
     http_server::serve(listener, shutdown).await
+}
+
+/// `1`: the `axum` role serves with plain `axum::serve` (inherited by its upgrades, which
+/// re-execute this binary with the same environment).
+pub const AXUM_PLAIN_VAR: &str = "AXUM_PLAIN_SHUTDOWN";
+
+/// An axum app as axum's docs show, under hotexec: served with `hotexec::serve`, or with
+/// plain `axum::serve(..).with_graceful_shutdown(..)` when [`AXUM_PLAIN_VAR`] is `1`: the two
+/// ways the benchmark compares. Both upgrade the same way; only the draining differs.
+#[hotexec::main(drain_timeout = "30s", init = http_server::init_tracing)]
+#[listen("127.0.0.1:3000", name = "http")]
+pub async fn axum_app(
+    listeners: hotexec::Listeners,
+    shutdown: hotexec::Shutdown,
+) -> std::io::Result<()> {
+    use axum::{Router, routing::get};
+    let app = Router::new().route(
+        "/",
+        get(|| async { format!("pid={}\n", std::process::id()) }),
+    );
+    let listener = listeners.take_tokio_tcp("http")?;
+    if std::env::var_os(AXUM_PLAIN_VAR).is_some_and(|v| v == "1") {
+        return axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+            })
+            .await;
+    }
+    hotexec::serve(listener, app, shutdown).await
 }
 
 /// The same server without hotexec: binds itself (with `SO_REUSEPORT` when `reuseport`, so a

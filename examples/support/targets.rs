@@ -33,6 +33,10 @@ pub enum Kind {
     HotexecSteady,
     /// A hotexec server with this many listeners (the scale check), SIGUSR2.
     Many(usize),
+    /// An axum app served with `hotexec::serve`, SIGUSR2.
+    Axum,
+    /// The same axum app served with plain `axum::serve(..).with_graceful_shutdown(..)`, SIGUSR2.
+    AxumPlain,
 }
 
 impl Kind {
@@ -44,6 +48,8 @@ impl Kind {
             Kind::Plain => "same server without hotexec, no upgrades",
             Kind::HotexecSteady => "hotexec `http` example, no upgrades",
             Kind::Many(_) => "hotexec, many listeners",
+            Kind::Axum => "axum app + `hotexec::serve`",
+            Kind::AxumPlain => "axum app + plain `axum::serve(..).with_graceful_shutdown(..)`",
         }
     }
     pub fn upgrades(self) -> bool {
@@ -286,6 +292,15 @@ impl Target {
                 let pid = t.spawn(cmd)?;
                 t.wait_pid_file(&t.pid_file(), |p| p == pid)?
             }
+            Kind::Axum | Kind::AxumPlain => {
+                let plain = if kind == Kind::Axum { "0" } else { "1" };
+                let mut cmd = t.command("axum");
+                cmd.env(servers::AXUM_PLAIN_VAR, plain)
+                    .env("HOTEXEC_LISTEN_HTTP", addr.to_string())
+                    .env("HOTEXEC_PID_FILE", t.pid_file());
+                let pid = t.spawn(cmd)?;
+                t.wait_pid_file(&t.pid_file(), |p| p == pid)?
+            }
             Kind::Naive | Kind::Plain => t.spawn_plain()?.0,
             Kind::Many(n) => {
                 let ports = t.dir.0.join("ports");
@@ -412,7 +427,7 @@ impl Target {
             Kind::Plain | Kind::HotexecSteady => {
                 return Err(std::io::Error::other("this target is never upgraded"));
             }
-            Kind::Hotexec | Kind::Many(_) => {
+            Kind::Hotexec | Kind::Many(_) | Kind::Axum | Kind::AxumPlain => {
                 let signal = Instant::now();
                 kill(Pid::from_raw(old as i32), Signal::SIGUSR2)?;
                 (self.wait_pid_file(&self.pid_file(), |p| p != old)?, signal)
