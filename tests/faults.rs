@@ -19,34 +19,15 @@ fn signal(pid: u32, sig: Signal) {
     kill(Pid::from_raw(pid as i32), sig).unwrap();
 }
 
-/// Points the app's binary path at the `faulty` example with `FAULT=fault`.
-fn faulty(app: &App, fault: &str) {
-    app.replace_binary(Some(&format!(
-        "#!/bin/sh\nFAULT={fault} exec {} \"$@\"\n",
-        example("faulty").display()
-    )));
-}
-
-/// Waits for the `n`-th "upgrade failed" line and returns it.
-fn nth_failure(app: &App, n: usize) -> String {
-    app.wait_log("upgrade failed", n, T);
-    app.log_text()
-        .lines()
-        .filter(|l| l.contains("upgrade failed"))
-        .nth(n - 1)
-        .unwrap()
-        .to_string()
-}
-
 #[test]
 fn new_binary_panics_before_ready() {
     let app = App::start("http", HTTP, &[]);
     let pid = app.first_pid();
     let load = Load::start(app.addr, CLIENTS);
     std::thread::sleep(Duration::from_millis(200));
-    faulty(&app, "panic");
+    app.install_faulty("panic");
     app.signal_upgrade();
-    let line = nth_failure(&app, 1);
+    let line = app.nth_failure(1, T);
     assert!(line.contains("exit status 101"), "{line}");
     assert!(app.log_text().contains("panics before it is ready"));
     std::thread::sleep(Duration::from_millis(200));
@@ -72,7 +53,7 @@ fn new_binary_killed_while_starting() {
     });
     std::thread::sleep(Duration::from_millis(200));
     signal(child, Signal::SIGKILL);
-    let line = nth_failure(&app, 1);
+    let line = app.nth_failure(1, T);
     assert!(line.contains("killed by SIGKILL"), "{line}");
     std::thread::sleep(Duration::from_millis(200));
     assert_no_failures("new process SIGKILLed while starting", &load.finish());
@@ -100,7 +81,7 @@ fn new_binary_crashes_after_ready_and_the_old_code_is_rolled_back() {
     let old = app.first_pid();
     let load = Load::start(app.addr, CLIENTS);
     std::thread::sleep(Duration::from_millis(300));
-    faulty(&app, "crash-after-ready=300");
+    app.install_faulty("crash-after-ready=300");
     let (_, crashed) = app.upgrade();
     app.wait_log("rolled back", 1, T);
     let rolled = wait_for(T, "the pid file to name the rolled-back pid", || {

@@ -18,14 +18,6 @@ fn signal(pid: u32, sig: Signal) {
     kill(Pid::from_raw(pid as i32), sig).unwrap();
 }
 
-/// Points the app's binary path at the `faulty` example with `FAULT=fault`.
-fn faulty(app: &App, fault: &str) {
-    app.replace_binary(Some(&format!(
-        "#!/bin/sh\nFAULT={fault} exec {} \"$@\"\n",
-        example("faulty").display()
-    )));
-}
-
 /// Nothing from this test runs any more, and nothing answers on the port.
 fn nothing_serves(app: &App) {
     wait_for(T, "every process of the test to be gone", || {
@@ -56,7 +48,7 @@ fn no_rollback_after_probation() {
     // Keeps the old generation draining (and alive) well past the probation.
     let _slow = std::thread::spawn(move || get(addr, "/slow?ms=40000", Duration::from_secs(50)));
     app.wait_log("slow request in flight", 1, T);
-    faulty(&app, "abort-on-request");
+    app.install_faulty("abort-on-request");
     let (_, new) = app.upgrade();
     // The old generation wrote the pid file after the hand-over instant: from now, waiting the
     // probation (a lower bound, whatever the scheduler does) puts the crash after it.
@@ -96,7 +88,7 @@ fn no_rollback_when_the_successor_is_told_to_stop() {
         ],
     );
     let old = app.first_pid();
-    faulty(&app, "fail-after-drain");
+    app.install_faulty("fail-after-drain");
     let (_, new) = app.upgrade();
     // The old generation may take a connection or two until its shutdown is delivered.
     wait_for(T, "the new generation to answer", || {
@@ -232,7 +224,7 @@ fn orphaned_new_generation_takes_over() {
     let old = app.first_pid();
     assert_eq!(n.expect("READY=1"), ("READY=1".to_string(), old));
     let go = app.dir.0.join("go");
-    faulty(&app, &format!("ready-on-file={}", go.display()));
+    app.install_faulty(&format!("ready-on-file={}", go.display()));
     app.upgrade_via(old, || app.log_text().contains("warming up").then_some(()));
     let (msg, from) = n.expect("RELOADING=1");
     assert!(msg.starts_with("RELOADING=1"), "{msg:?}");
@@ -272,7 +264,7 @@ fn orphaned_new_generation_takes_over_under_a_keeper() {
     let keeper = app.first_pid();
     let old = serving(&app);
     let go = app.dir.0.join("go");
-    faulty(&app, &format!("ready-on-file={}", go.display()));
+    app.install_faulty(&format!("ready-on-file={}", go.display()));
     app.upgrade_via(keeper, || {
         app.log_text().contains("warming up").then_some(())
     });

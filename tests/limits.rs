@@ -10,17 +10,6 @@ use common::*;
 
 const T: Duration = Duration::from_secs(20);
 
-/// The `n`-th "upgrade failed" line.
-fn nth_failure(app: &App, n: usize) -> String {
-    app.wait_log("upgrade failed", n, T);
-    app.log_text()
-        .lines()
-        .filter(|l| l.contains("upgrade failed"))
-        .nth(n - 1)
-        .unwrap()
-        .to_string()
-}
-
 fn nofile() -> libc::rlimit {
     let mut r = libc::rlimit {
         rlim_cur: 0,
@@ -106,7 +95,7 @@ fn listener_names_past_max_arg_strlen_fail_the_upgrade_clearly() {
         }
         None
     });
-    let line = nth_failure(&app, 1);
+    let line = app.nth_failure(1, T);
     eprintln!("{line}");
     for needle in ["LISTEN_FDNAMES", "131072", &N.to_string(), "listener names"] {
         assert!(line.contains(needle), "{needle:?} not in: {line}");
@@ -147,7 +136,7 @@ fn an_upgrade_near_rlimit_nofile_fails_clearly_and_the_old_one_serves_on() {
         let old_limits = set_nofile(old, limit);
         saved.get_or_insert(old_limits);
         app.signal_upgrade();
-        let line = nth_failure(&app, room);
+        let line = app.nth_failure(room, T);
         eprintln!("{room} free: {line}");
         assert!(line.contains("RLIMIT_NOFILE"), "{line}");
         assert!(line.contains(&limit.to_string()), "{line}");

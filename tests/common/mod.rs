@@ -61,6 +61,46 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
     }
 }
 
+/// `text` without the terminal colour codes (CSI sequences) tracing puts around fields.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters… final byte (a letter).
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The path of a real tool from Debian's `systemd` package (`systemd-socket-activate`,
+/// `systemd-analyze`), or: a skip with a message, and a failure under CI (`.ci/install`
+/// installs it).
+pub fn tool(name: &str) -> Option<String> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    });
+    match found {
+        Some(p) => Some(p.to_string_lossy().into_owned()),
+        None if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("{name} is missing: .ci/install must install the `systemd` package")
+        }
+        None => {
+            eprintln!("SKIPPED: {name} not found (apt-get install systemd)");
+            None
+        }
+    }
+}
+
 /// Copies an executable with `cp` in a child process, so this (multi-threaded) test process never
 /// holds a write fd on it: a sibling test thread forking meanwhile would inherit that fd until its
 /// child execs, and any `execve` of the copy in that window fails with ETXTBSY — in a wrapper such
@@ -416,6 +456,26 @@ impl App {
         std::fs::remove_file(&self.bin).unwrap();
     }
 
+    /// Points the binary path at the `faulty` example with `FAULT=fault` (the next upgrade
+    /// runs it).
+    pub fn install_faulty(&self, fault: &str) {
+        self.replace_binary(Some(&format!(
+            "#!/bin/sh\nFAULT={fault} exec {} \"$@\"\n",
+            example("faulty").display()
+        )));
+    }
+
+    /// Waits (up to `timeout`) for the `n`-th "upgrade failed" line of the log and returns it.
+    pub fn nth_failure(&self, n: usize, timeout: Duration) -> String {
+        self.wait_log("upgrade failed", n, timeout);
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains("upgrade failed"))
+            .nth(n - 1)
+            .unwrap()
+            .to_string()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -423,22 +483,7 @@ impl App {
     /// The log without the terminal colour codes tracing puts around fields, so a needle can
     /// span a message and its fields (`listening listener=http`).
     pub fn plain_log(&self) -> String {
-        let text = self.log_text();
-        let mut out = String::with_capacity(text.len());
-        let mut chars = text.chars();
-        while let Some(c) = chars.next() {
-            if c == '\u{1b}' {
-                // CSI: ESC [ parameters… final byte (a letter).
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
+        strip_ansi(&self.log_text())
     }
 
     /// Waits until the log holds `needle` `count` times.
@@ -957,22 +1002,7 @@ impl Crafted {
     /// The log without the terminal colour codes tracing puts around fields, so a needle can
     /// span a message and its fields (`listening listener=http`).
     pub fn plain_log(&self) -> String {
-        let text = self.log_text();
-        let mut out = String::with_capacity(text.len());
-        let mut chars = text.chars();
-        while let Some(c) = chars.next() {
-            if c == '\u{1b}' {
-                // CSI: ESC [ parameters… final byte (a letter).
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
+        strip_ansi(&self.log_text())
     }
 
     /// Waits for the process to exit; its exit code (`None`: killed by a signal).
@@ -1263,22 +1293,7 @@ impl Started {
     /// The log without the terminal colour codes tracing puts around fields, so a needle can
     /// span a message and its fields (`listening listener=http`).
     pub fn plain_log(&self) -> String {
-        let text = self.log_text();
-        let mut out = String::with_capacity(text.len());
-        let mut chars = text.chars();
-        while let Some(c) = chars.next() {
-            if c == '\u{1b}' {
-                // CSI: ESC [ parameters… final byte (a letter).
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
+        strip_ansi(&self.log_text())
     }
 
     /// Waits until the log holds `needle`; fails early (with the log) if the process exited.
