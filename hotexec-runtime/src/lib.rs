@@ -4,7 +4,8 @@
 //! Where to look: [`protocol`] (the hand-over between generations), `inherit.rs` (start-up
 //! checks), `exe.rs` (what an upgrade executes), `spawn.rs` (fork/exec of the new generation), `upgrade.rs` (the supervisor and its
 //! state machine), `keeper.rs` (keeper mode), [`control`] (the control socket), `trigger.rs`
-//! (`upgrade()` and the control handler of a generation), `drain.rs` (the
+//! (`upgrade()` and the control handler of a generation), [`handoff`] (established connections
+//! passed to the new generation), `drain.rs` (the
 //! drain deadline), `ready.rs`, `notify.rs` (`sd_notify` to the service manager, and from a new
 //! generation), `pidfile.rs`, `signals.rs`.
 //!
@@ -26,6 +27,8 @@ mod drain;
 mod error;
 #[cfg(feature = "process")]
 mod exe;
+#[cfg(feature = "process")]
+pub mod handoff;
 #[cfg(feature = "process")]
 mod inherit;
 #[cfg(feature = "process")]

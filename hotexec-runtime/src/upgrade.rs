@@ -443,12 +443,18 @@ impl Supervisor {
         let fds: Vec<BorrowedFd<'_>> = sockets.iter().map(|(_, fd)| fd.as_fd()).collect();
         let names: Vec<&str> = sockets.iter().map(|(n, _)| n.as_str()).collect();
         let env = Self::child_env(notify_sock);
+        let handoff = crate::handoff::channel_for_child();
         let extra = spawn::Extra {
             keeper: crate::keeper::channel(),
+            handoff: handoff.as_ref().map(|(_, theirs)| theirs.as_fd()),
             new_group: false,
             upgrade_signal: Some(self.ctx.config.upgrade_signal),
         };
-        spawn::spawn(exe, &self.ctx.argv, &fds, &names, &env, extra)
+        let spawned = spawn::spawn(exe, &self.ctx.argv, &fds, &names, &env, extra)?;
+        if let Some((ours, _)) = handoff {
+            crate::handoff::spawned(spawned.pid.as_raw() as u32, ours);
+        }
+        Ok(spawned)
     }
 
     /// What follows a generation's readiness, for an upgrade and a rollback alike: the pid file,
@@ -461,6 +467,7 @@ impl Supervisor {
         }
         crate::keeper::handed_over(new_pid);
         notify::handed_over(new_pid);
+        crate::handoff::child_ready(new_pid, self.ctx.config.drain_timeout);
         let reason = ShutdownReason::Upgrade { new_pid };
         self.phase = Phase::Draining(reason);
         self.handed_over_at = Some(Instant::now());

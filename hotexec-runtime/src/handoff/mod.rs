@@ -1,0 +1,398 @@
+//! Connection hand-off: long-lived connections (WebSocket, streaming, a line protocol's sessions)
+//! survive an upgrade. Once the new generation is ready, the old one can pass it established
+//! connections — the socket (`SCM_RIGHTS`), the bytes already read but not processed, and an
+//! application state blob — instead of draining them; the new generation resumes each one.
+//!
+//! ```text
+//!  old generation                                      new generation
+//!  ──────────────                                      ──────────────
+//!  socketpair(SEQPACKET) at spawn ───── fd, HOTEXEC_HANDOFF_FD ─────► adopted before main
+//!                               ◄──── HELLO v1 ────────────────────── (before it reports ready)
+//!  ready: HELLO seen → Shutdown::handoff() is Some
+//!  handoff.send(conn, unread, state) ── CONN id + fd ──────────────► queued for incoming()
+//!                               ◄──── ACK id ──────────────────────── app took it: it is ours
+//!  closes its copy; send → Ok                                         (or NAK id: not taken →
+//!                                                                      send → Err(Returned))
+//!  new generation dies / channel breaks before the ACK ──────────────► send → Err(Returned)
+//!  deadline (drain_timeout / 2): shutdown(SHUT_WR) ─────────────────► NAKs what it still
+//!                               ◄──── NAK … , close ────────────────── holds, closes
+//! ```
+//!
+//! **Ownership.** A connection belongs to exactly one process: the old generation keeps its fd
+//! until the new one acknowledges it, and an acknowledged connection is never given back. If the
+//! new generation dies, refuses, or the channel breaks before the ACK, [`Handoff::send`] resolves
+//! with [`Returned`] (the socket, the unread bytes and the state), and the old generation serves
+//! it on or drains it as without hand-off.
+//!
+//! **Detection.** The new generation says HELLO with its protocol [`VERSION`] before it reports
+//! ready. No HELLO (an older hotexec build, a program not built on hotexec) or another version:
+//! [`Shutdown::handoff`](crate::Shutdown::handoff) is `None` and the old generation drains as
+//! before. A new generation whose application never calls [`incoming`] refuses what it is
+//! offered ([`CLAIM_GRACE`] after its `main` started), so those connections come back too.
+//!
+//! **Checks.** Records are bounded ([`MAX_UNREAD`], [`MAX_STATE`]) and checked field by field
+//! (see [`wire`]); fds arrive `CLOEXEC` (`MSG_CMSG_CLOEXEC`) into `OwnedFd`, a truncated control
+//! buffer is refused, and each fd must be a connected `SOCK_STREAM` socket (TCP or Unix), as
+//! inherited listeners are checked. Garbage is refused with an error naming what is wrong, and
+//! nothing is adopted from it.
+//!
+//! **Limits.** Only what the kernel holds moves with the fd: the connection, its queued bytes and
+//! its TCP state. Whatever lives in the application — the bytes it buffered (pass them as
+//! `unread`), its protocol state, and TLS session keys of a userspace TLS stack (rustls,
+//! OpenSSL) — moves only if the application serializes it into `state`; kTLS sockets keep their
+//! keys in the kernel but the record sequence state still has to travel. The hand-off point is
+//! the application's to choose: a point where another process can resume (between lines,
+//! requests or WebSocket messages, with nothing half-written). Connections not handed off by the
+//! deadline are drained and closed at `drain_timeout` as without hand-off.
+//!
+//! Old side:
+//!
+//! ```no_run
+//! # async fn serve(shutdown: hotexec::Shutdown, conn: tokio::net::TcpStream) -> std::io::Result<()> {
+//! let reason = shutdown.clone().await;
+//! if let Some(handoff) = shutdown.handoff() {
+//!     // At a point where the protocol can resume elsewhere, with the bytes read but not yet
+//!     // processed and whatever state the session has.
+//!     match handoff.send(conn.into_std()?, Vec::new(), b"session-42".to_vec()).await {
+//!         Ok(()) => {}                     // the new generation serves it now
+//!         Err(returned) => {               // still ours: serve it on, drain it as before
+//!             let (conn, _unread, _state) = returned.into_tokio_tcp()?;
+//!             # drop(conn);
+//!         }
+//!     }
+//! }
+//! # let _ = reason; Ok(()) }
+//! ```
+//!
+//! New side:
+//!
+//! ```no_run
+//! # async fn resume() -> std::io::Result<()> {
+//! if let Some(mut incoming) = hotexec::handoff::incoming() {
+//!     while let Some(conn) = incoming.recv().await {
+//!         match conn {
+//!             Ok(conn) => {
+//!                 let (stream, unread, state) = conn.into_tokio_tcp()?;
+//!                 // serve `stream`: first `unread`, with the session restored from `state`
+//!                 # drop((stream, unread, state));
+//!             }
+//!             Err(e) => eprintln!("{e}"), // refused, nothing adopted
+//!         }
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+
+mod channel;
+mod recv;
+mod send;
+pub mod wire;
+
+use std::ffi::OsString;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+pub use channel::Family;
+pub use recv::{CLAIM_GRACE, Connection, HandedOff, Next};
+pub use send::{Handoff, HandoffError, Returned, SendFuture};
+pub use wire::{MAX_STATE, MAX_UNREAD, VERSION};
+
+use crate::protocol::{FDS_START, HANDOFF_FD};
+use wire::Kind;
+
+/// This generation's channel from the previous one, adopted before `main`.
+static FROM_PARENT: Mutex<Option<OwnedFd>> = Mutex::new(None);
+/// Its reader, once `main` started.
+static INBOX: Mutex<Option<Arc<recv::Shared>>> = Mutex::new(None);
+/// The channel to the child being started (its pid and our end), until it reports ready.
+static TO_CHILD: Mutex<Option<(u32, OwnedFd)>> = Mutex::new(None);
+/// The hand-off to the generation that took over, if it takes hand-offs.
+static ACTIVE: Mutex<Option<Handoff>> = Mutex::new(None);
+static TAKEN: Once = Once::new();
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Takes `HOTEXEC_HANDOFF_FD` out of the environment before `main` (nothing the application
+/// spawns sees it), adopts the fd close-on-exec and says HELLO on it, before this generation can
+/// possibly report ready.
+#[ctor::ctor]
+fn take_at_start() {
+    // SAFETY: constructors run before `main`, on the only thread of the process.
+    unsafe { take() };
+}
+
+/// # Safety
+/// Mutates the environment: no other thread may be reading or writing it.
+unsafe fn take() {
+    TAKEN.call_once(|| {
+        let Some(value) = std::env::var_os(HANDOFF_FD) else {
+            return;
+        };
+        // SAFETY: guaranteed by the caller.
+        unsafe { std::env::remove_var(HANDOFF_FD) };
+        // A refusal is not logged (no subscriber before main): it means no HELLO, so the
+        // previous generation drains as without hand-off; the fd (if any) is left alone.
+        if let Ok(fd) = adopt(&value) {
+            let hello = wire::encode(Kind::Hello, u64::from(std::process::id()), b"", b"");
+            if channel::send(fd.as_fd(), &hello, None, true).is_ok() {
+                *lock(&FROM_PARENT) = Some(fd);
+            }
+        }
+    });
+}
+
+/// Checks that `value` names an open `AF_UNIX` `SOCK_SEQPACKET` socket, and owns it.
+fn adopt(value: &OsString) -> Result<OwnedFd, String> {
+    let fd: RawFd = value
+        .to_str()
+        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("{HANDOFF_FD}={value:?}: expected a decimal fd number"))?;
+    if fd < FDS_START {
+        return Err(format!("{HANDOFF_FD}={fd}: not a usable fd number"));
+    }
+    // SAFETY: only inspected while nothing in this process owns the number; EBADF is "not open".
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    match rustix::net::sockopt::socket_type(borrowed) {
+        Ok(rustix::net::SocketType::SEQPACKET) => {}
+        _ => return Err(format!("{HANDOFF_FD}={fd}: not a SOCK_SEQPACKET socket")),
+    }
+    if rustix::net::sockopt::socket_domain(borrowed).ok() != Some(rustix::net::AddressFamily::UNIX)
+    {
+        return Err(format!("{HANDOFF_FD}={fd}: not a Unix socket"));
+    }
+    // SAFETY: checked open above; the variable hands it to this process, and nothing else in it
+    // has taken this number (it is above the listening fds and the readiness pipe).
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    crate::socket::set_cloexec(fd.as_fd()).map_err(|e| e.to_string())?;
+    Ok(fd)
+}
+
+/// Runtime hook, as `main` starts: reads the channel from the previous generation, if any.
+pub(crate) fn main_starting() {
+    // SAFETY: the runtime calls this before it or the application start threads (the
+    // constructor normally did it already, and this does nothing).
+    unsafe { take() };
+    let Some(fd) = lock(&FROM_PARENT).take() else {
+        return;
+    };
+    match recv::start(fd) {
+        Ok(shared) => {
+            tracing::info!(
+                "hand-off channel from the previous generation open (version {VERSION})"
+            );
+            *lock(&INBOX) = Some(shared);
+        }
+        Err(e) => tracing::error!(
+            "hand-off: cannot start its reader ({e}): nothing will be handed to this generation"
+        ),
+    }
+}
+
+/// The connections the previous generation hands to this one; `None` when this generation was
+/// not started by an upgrade with hand-off (or the stream was already taken). Call it as `main`
+/// starts: offers that find no receiver [`CLAIM_GRACE`] after `main` started are refused.
+pub fn incoming() -> Option<HandedOff> {
+    lock(&INBOX).take().map(HandedOff::claim)
+}
+
+/// Runtime hook before a new generation is spawned: a fresh channel; the child's end is passed
+/// like the keeper channel (see `spawn::Extra::handoff`). `None` (logged) if it cannot be made:
+/// the upgrade goes on without hand-off.
+pub(crate) fn channel_for_child() -> Option<(OwnedFd, OwnedFd)> {
+    channel::pair()
+        .inspect_err(|e| tracing::warn!("no hand-off channel for the new generation ({e}): it will drain as without hand-off"))
+        .ok()
+}
+
+/// Runtime hook once the child is spawned: keeps our end of its channel until it is ready.
+pub(crate) fn spawned(pid: u32, ours: OwnedFd) {
+    *lock(&TO_CHILD) = Some((pid, ours));
+}
+
+/// Runtime hook once `new_pid` reported ready (an upgrade or a rollback), before `Shutdown`
+/// resolves: if it said HELLO in our version, connections can be handed to it until
+/// `drain_timeout / 2` from now.
+pub(crate) fn child_ready(new_pid: u32, drain_timeout: Duration) {
+    let chan = match lock(&TO_CHILD).take() {
+        Some((pid, fd)) if pid == new_pid => fd,
+        _ => return,
+    };
+    // The HELLO was sent before the readiness report, so it is queued by now if it ever comes.
+    let hello = match channel::recv(chan.as_fd(), true) {
+        Ok(channel::Received::Message {
+            bytes,
+            fds,
+            trouble: None,
+        }) => wire::decode(&bytes, fds.len()).map_err(|e| e.reason),
+        Ok(channel::Received::Message {
+            trouble: Some(t), ..
+        }) => Err(t),
+        Ok(channel::Received::Eof) => Err("it closed the channel".into()),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            Err("it did not say HELLO (an older build, or not built on hotexec)".into())
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    match hello {
+        Ok(r) if r.kind == Kind::Hello => {
+            let deadline = Instant::now() + drain_timeout / 2;
+            match Handoff::start(chan, new_pid, deadline) {
+                Ok(h) => {
+                    tracing::info!(
+                        new_pid,
+                        version = VERSION,
+                        "the new generation takes connection hand-offs"
+                    );
+                    *lock(&ACTIVE) = Some(h);
+                }
+                Err(e) => tracing::error!(
+                    "hand-off: cannot start its sender ({e}): draining as without hand-off"
+                ),
+            }
+        }
+        Ok(r) => tracing::warn!(
+            new_pid,
+            "no connection hand-off: the new generation sent a {:?} record first; draining as before",
+            r.kind
+        ),
+        Err(why) => tracing::info!(
+            new_pid,
+            "no connection hand-off to the new generation ({why}): draining as before"
+        ),
+    }
+}
+
+/// The hand-off to the generation that took over (see [`Shutdown::handoff`](crate::Shutdown::handoff)).
+pub(crate) fn active() -> Option<Handoff> {
+    lock(&ACTIVE).clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    /// A connected pair on 127.0.0.1: (client, server side).
+    fn tcp_pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        (c, s)
+    }
+
+    fn both_ends(deadline: Duration) -> (Handoff, HandedOff) {
+        let (old, new) = channel::pair().unwrap();
+        let rx = HandedOff::claim(recv::start(new).unwrap());
+        let tx = Handoff::start(old, 4242, Instant::now() + deadline).unwrap();
+        (tx, rx)
+    }
+
+    /// A connection, its unread bytes and its state arrive whole; after the ACK the old side's
+    /// copy is closed and the new side alone serves the client.
+    #[test]
+    fn a_connection_moves_with_its_bytes_and_state() {
+        let (tx, mut rx) = both_ends(Duration::from_secs(30));
+        let (mut client, server) = tcp_pair();
+        let taker = std::thread::spawn(move || {
+            let conn = rx.recv_blocking().unwrap().unwrap();
+            assert_eq!(conn.family, Family::Tcp);
+            let (mut s, unread, state) = conn.into_tcp().unwrap();
+            assert_eq!(unread, b"half a li");
+            assert_eq!(state, b"count=3");
+            s.write_all(b"from the new side\n").unwrap();
+            s
+        });
+        tx.send_blocking(server, b"half a li".to_vec(), b"count=3".to_vec())
+            .unwrap();
+        assert_eq!(tx.handed_off(), 1);
+        let kept = taker.join().unwrap();
+        let mut buf = [0u8; 18];
+        client.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"from the new side\n");
+        // The new side's copy is the only one left: closing it ends the connection.
+        drop(kept);
+        assert_eq!(client.read(&mut buf).unwrap(), 0);
+    }
+
+    /// The new side goes away before it took (acknowledged) the connection: it comes back whole,
+    /// still connected to its client.
+    #[test]
+    fn unacknowledged_connections_come_back_when_the_new_side_goes() {
+        let (tx, rx) = both_ends(Duration::from_secs(30));
+        let (mut client, server) = tcp_pair();
+        // Dropping the receiver refuses what it holds and what comes.
+        drop(rx);
+        let tx2 = tx.clone();
+        let sender =
+            std::thread::spawn(move || tx2.send_blocking(server, b"u".to_vec(), b"s".to_vec()));
+        let back = sender.join().unwrap().unwrap_err();
+        assert!(matches!(back.error, HandoffError::Refused(_)), "{back:?}");
+        let (mut s, unread, state) = back.into_tcp();
+        assert_eq!(
+            (unread.as_slice(), state.as_slice()),
+            (&b"u"[..], &b"s"[..])
+        );
+        s.write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        client.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"x");
+    }
+
+    /// The deadline passes with the new side never taking anything: everything comes back.
+    #[test]
+    fn the_deadline_gives_back_what_was_not_taken() {
+        let (old, new) = channel::pair().unwrap();
+        let _rx = HandedOff::claim(recv::start(new).unwrap());
+        let tx = Handoff::start(old, 1, Instant::now() + Duration::from_millis(300)).unwrap();
+        let (_c, s) = tcp_pair();
+        let back = tx.send_blocking(s, Vec::new(), Vec::new()).unwrap_err();
+        assert!(
+            matches!(
+                back.error,
+                HandoffError::Refused(_) | HandoffError::Deadline
+            ),
+            "{back:?}"
+        );
+        // After the deadline nothing more is taken.
+        let (_c2, s2) = tcp_pair();
+        assert!(tx.send_blocking(s2, Vec::new(), Vec::new()).is_err());
+    }
+
+    /// Over-size unread bytes or state are refused before anything is sent.
+    #[test]
+    fn over_size_payloads_are_refused_up_front() {
+        let (tx, _rx) = both_ends(Duration::from_secs(30));
+        let (_c, s) = tcp_pair();
+        let back = tx
+            .send_blocking(s, vec![0; MAX_UNREAD + 1], Vec::new())
+            .unwrap_err();
+        assert!(matches!(back.error, HandoffError::TooLarge(_)));
+        assert!(back.to_string().contains("unread bytes"), "{back}");
+    }
+
+    /// A pipe, a listener, and a socket nobody connected are refused on receipt, each with a
+    /// message saying what it is; the sender gets it back.
+    #[test]
+    fn fds_that_are_not_connections_are_refused() {
+        let (tx, mut rx) = both_ends(Duration::from_secs(30));
+        let (pr, _pw) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let fds: Vec<(OwnedFd, &str)> = vec![
+            (pr, "not a socket"),
+            (listener.into(), "listening socket"),
+            (udp.into(), "not a SOCK_STREAM"),
+        ];
+        for (fd, needle) in fds {
+            let back = tx.send_blocking(fd, Vec::new(), Vec::new()).unwrap_err();
+            assert!(back.to_string().contains(needle), "{needle:?}: {back}");
+            let e = rx.recv_blocking().unwrap().unwrap_err();
+            assert!(e.to_string().contains(needle), "{needle:?}: {e}");
+        }
+    }
+}
