@@ -70,19 +70,19 @@ async fn run(
         }
         // A boundary: no complete line is waiting and every answer is written.
         if !draining && *ctx.stop.borrow() {
-            match ctx.handoff() {
-                Some(h) => {
-                    let std = stream.into_std()?;
-                    match h.send(std, buf, count.to_string().into_bytes()).await {
-                        Ok(()) => return Ok(()),
-                        Err(back) => {
-                            tracing::warn!("hand-off failed ({back}): this generation serves the session on");
-                            let (s, unread, _) = back.into_tokio_tcp()?;
-                            (stream, buf) = (s, unread);
-                        }
+            // Without a hand-off (none offered, or it failed) the session is drained as before.
+            if let Some(h) = ctx.handoff() {
+                let std = stream.into_std()?;
+                match h.send(std, buf, count.to_string().into_bytes()).await {
+                    Ok(()) => return Ok(()),
+                    Err(back) => {
+                        tracing::warn!(
+                            "hand-off failed ({back}): this generation serves the session on"
+                        );
+                        let (s, unread, _) = back.into_tokio_tcp()?;
+                        (stream, buf) = (s, unread);
                     }
                 }
-                None => {}
             }
             draining = true;
             continue;

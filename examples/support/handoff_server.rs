@@ -116,7 +116,10 @@ async fn take_handed_off(
     let mut taken = 0usize;
     loop {
         if limit.is_some_and(|l| taken >= l) {
-            tracing::warn!(taken, "HOTEXEC_EXAMPLE_TAKE_LIMIT reached: taking no more hand-offs");
+            tracing::warn!(
+                taken,
+                "HOTEXEC_EXAMPLE_TAKE_LIMIT reached: taking no more hand-offs"
+            );
             std::future::pending::<()>().await;
         }
         let next = tokio::select! {
