@@ -396,3 +396,44 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod garbage_tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+
+    /// Garbage with a connection attached: the channel is given up and the connection is not
+    /// kept (its client sees it closed once the sender closes its copy).
+    #[test]
+    fn nothing_is_kept_from_garbage() {
+        let (old, new) = channel::pair().unwrap();
+        let mut rx = HandedOff::claim(recv::start(new).unwrap());
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let s: OwnedFd = l.accept().unwrap().0.into();
+        let (pr, _pw) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        channel::send(
+            old.as_fd(),
+            &wire::encode(Kind::Conn, 1, b"", b""),
+            Some(pr.as_fd()),
+            false,
+        )
+        .unwrap();
+        assert!(rx.recv_blocking().unwrap().is_err());
+        channel::send(
+            old.as_fd(),
+            b"GET / HTTP/1.1\r\n\r\n garbage",
+            Some(s.as_fd()),
+            false,
+        )
+        .unwrap();
+        let e = rx.recv_blocking().unwrap().unwrap_err();
+        assert!(e.to_string().contains("magic"), "{e}");
+        assert!(rx.recv_blocking().is_none());
+        drop(s);
+        let mut b = [0u8; 1];
+        assert_eq!(c.read(&mut b).unwrap(), 0);
+    }
+}

@@ -145,13 +145,11 @@ fn receive(s: &Shared) {
         };
         let rec = match decoded {
             Ok(r) if r.kind == Kind::Conn => r,
-            Ok(r) => refuse_all(
-                s,
-                wire::WireError {
-                    id: None,
-                    reason: format!("a {:?} record from the previous generation", r.kind),
-                },
-            ),
+            Ok(r) => {
+                drop(fds);
+                let reason = format!("a {:?} record from the previous generation", r.kind);
+                return refuse_all(s, wire::WireError { id: None, reason });
+            }
             Err(e) if e.id.is_some() => {
                 // The header was readable: refuse this connection and read on.
                 tracing::error!(
@@ -162,7 +160,11 @@ fn receive(s: &Shared) {
                 push(s, Err(HandoffError::Protocol(e.reason)));
                 continue;
             }
-            Err(e) => refuse_all(s, e),
+            Err(e) => {
+                // Whatever came with it is closed here: nothing is adopted from garbage.
+                drop(fds);
+                return refuse_all(s, e);
+            }
         };
         let fd = fds.into_iter().next().expect("decode checked one fd");
         let family = match channel::check_connection(fd.as_fd()) {
@@ -236,7 +238,7 @@ fn receive(s: &Shared) {
 /// A record that cannot be answered (unreadable header, wrong kind): the channel is not a
 /// hotexec hand-off one or is broken. Nothing is adopted; the channel is given up, which hands
 /// everything still unanswered back to the previous generation.
-fn refuse_all(s: &Shared, e: wire::WireError) -> ! {
+fn refuse_all(s: &Shared, e: wire::WireError) {
     tracing::error!(
         "hand-off channel from the previous generation refused: {}; nothing adopted, channel closed",
         e.reason
@@ -259,10 +261,6 @@ fn refuse_all(s: &Shared, e: wire::WireError) -> ! {
     s.cond.notify_all();
     if let Some(w) = w {
         w.wake();
-    }
-    // This thread has nothing more to do; park it for good rather than unwind.
-    loop {
-        std::thread::park();
     }
 }
 
