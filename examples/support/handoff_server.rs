@@ -86,6 +86,7 @@ where
         }
     }
     drop(listener);
+    let stopped = std::time::Instant::now();
     let _ = stop_tx.send(true);
     tracing::info!(
         pid = std::process::id(),
@@ -98,6 +99,13 @@ where
         sessions.spawn(session(start, ctx.clone()));
     }
     while sessions.join_next().await.is_some() {}
+    // What `bench_handoff` reads: how long handing every session on (or draining it) took.
+    tracing::info!(
+        pid = std::process::id(),
+        handed_off = ctx.handoff().map_or(0, |h| h.handed_off()),
+        elapsed_us = stopped.elapsed().as_micros() as u64,
+        "all sessions handed off or drained"
+    );
     Ok(())
 }
 
