@@ -579,3 +579,74 @@ fn garbage_on_the_channel_is_refused_and_nothing_is_adopted() {
     assert_eq!(c.ask("still"), Said::Line(format!("pid={pid} still")));
     println!("garbage refused:\n  {why}\n  {why2}\n  channel closed on a non-hotexec record");
 }
+
+/// Asks on fresh connections until a pid other than `not` answers; that pid.
+fn new_line_generation(app: &App, not: &[u32]) -> u32 {
+    let pid = wait_for(
+        Duration::from_secs(30),
+        "a new generation to answer",
+        || {
+            let mut c = LineClient::connect(app.addr);
+            match c.ask("who") {
+                Said::Line(l) => l
+                    .strip_prefix("pid=")
+                    .and_then(|r| r.strip_suffix(" who"))
+                    .and_then(|p| p.parse().ok())
+                    .filter(|p| !not.contains(p)),
+                Said::Gone => None,
+            }
+        },
+    );
+    app.track(pid);
+    pid
+}
+
+/// In keeper mode (the keeper channel is passed too, so the hand-off channel is one fd further)
+/// a session moves through two chained upgrades, its count carried along.
+#[test]
+fn sessions_are_handed_off_in_keeper_mode_across_chained_upgrades() {
+    let app = App::start(
+        "line",
+        "HOTEXEC_LISTEN_LINE",
+        &[("HOTEXEC_KEEPER", "1"), ("HOTEXEC_DRAIN_TIMEOUT", "60s")],
+    );
+    let keeper = app.first_pid();
+    let g1 = new_line_generation(&app, &[keeper]);
+    let mut session = LineClient::connect(app.addr);
+    assert_eq!(session.ask("a"), Said::Line(format!("pid={g1} a")));
+    let mut seen = vec![keeper, g1];
+    for round in 0..2 {
+        kill(Pid::from_raw(keeper as i32), Signal::SIGUSR2).unwrap();
+        let next = new_line_generation(&app, &seen);
+        // The session's next answers come from the new generation once it was handed over.
+        wait_for(
+            Duration::from_secs(30),
+            "the session to be answered by the new generation",
+            || match session.ask("b") {
+                Said::Line(l) if l == format!("pid={next} b") => Some(()),
+                Said::Line(l) => {
+                    assert!(l.ends_with(" b"), "{l}");
+                    None
+                }
+                Said::Gone => panic!("the session was cut in upgrade {round}"),
+            },
+        );
+        seen.push(next);
+    }
+    let last = *seen.last().unwrap();
+    match session.ask("count") {
+        Said::Line(l) => {
+            let n: u64 = l
+                .strip_prefix(&format!("pid={last} count="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{l}"));
+            assert!(n >= 3, "the count travelled with the session: {l}");
+        }
+        Said::Gone => panic!("the session was cut"),
+    }
+    app.wait_log(
+        "the new generation takes connection hand-offs",
+        2,
+        Duration::from_secs(10),
+    );
+}
