@@ -363,6 +363,22 @@ mod tests {
         assert!(tx.send_blocking(s2, Vec::new(), Vec::new()).is_err());
     }
 
+    /// A new generation whose application never asks for hand-offs gives what it was offered
+    /// back once the claim grace is over, not only at the old side's deadline.
+    #[test]
+    fn an_application_that_does_not_receive_refuses_after_the_grace() {
+        let (old, new) = channel::pair().unwrap();
+        let _unclaimed = recv::start(new).unwrap();
+        let tx = Handoff::start(old, 7, Instant::now() + Duration::from_secs(60)).unwrap();
+        let (_c, s) = tcp_pair();
+        let back = tx.send_blocking(s, Vec::new(), Vec::new()).unwrap_err();
+        assert!(matches!(back.error, HandoffError::Refused(_)), "{back:?}");
+        assert!(
+            back.to_string().contains("does not take hand-offs"),
+            "{back}"
+        );
+    }
+
     /// Over-size unread bytes or state are refused before anything is sent.
     #[test]
     fn over_size_payloads_are_refused_up_front() {

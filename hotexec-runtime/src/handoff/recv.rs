@@ -119,8 +119,57 @@ pub(crate) fn start(chan: OwnedFd) -> std::io::Result<Arc<Shared>> {
     Ok(shared)
 }
 
+/// Refuses what waits in the inbox of an application that has not asked for hand-offs within
+/// [`CLAIM_GRACE`]: those connections go back to the previous generation now, not at its
+/// deadline.
+fn refuse_unclaimed(s: &Shared) {
+    let mut inbox = s.inbox.lock().unwrap_or_else(|p| p.into_inner());
+    if inbox.claimed || inbox.dropped || s.main_started.elapsed() < CLAIM_GRACE {
+        return;
+    }
+    inbox.dropped = true;
+    let untaken: Vec<u64> = inbox
+        .queue
+        .drain(..)
+        .filter_map(|r| r.ok().map(|(id, _)| id))
+        .collect();
+    drop(inbox);
+    if !untaken.is_empty() {
+        tracing::warn!(
+            refused = untaken.len(),
+            "hand-off: this application did not call hotexec::handoff::incoming() within {CLAIM_GRACE:?} of main: connections offered go back to the previous generation"
+        );
+    }
+    for id in untaken {
+        s.answer(
+            Kind::Nak,
+            id,
+            "this generation does not take hand-offs (its application does not receive them)",
+        );
+    }
+}
+
 fn receive(s: &Shared) {
     loop {
+        // Until the application claimed the stream (or the grace is over), wake up in time to
+        // refuse what it will not take.
+        let grace_left = CLAIM_GRACE.saturating_sub(s.main_started.elapsed());
+        let unclaimed = {
+            let inbox = s.inbox.lock().unwrap_or_else(|p| p.into_inner());
+            !inbox.claimed && !inbox.dropped
+        };
+        if unclaimed {
+            let mut fds = [nix::poll::PollFd::new(
+                s.chan.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let ms = u16::try_from(grace_left.as_millis() + 1).unwrap_or(u16::MAX);
+            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms));
+            refuse_unclaimed(s);
+            if !fds[0].any().unwrap_or(false) {
+                continue;
+            }
+        }
         let got = channel::recv(s.chan.as_fd(), false);
         let (bytes, fds, trouble) = match got {
             Ok(Received::Message {
