@@ -453,3 +453,53 @@ mod garbage_tests {
         assert_eq!(c.read(&mut b).unwrap(), 0);
     }
 }
+
+#[cfg(all(test, feature = "serde"))]
+mod serde_tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct V1 {
+        user: String,
+        seq: u64,
+    }
+
+    /// A later build's state type with a field more (defaulted) reads the earlier one's state.
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct V2 {
+        user: String,
+        seq: u64,
+        #[serde(default)]
+        room: Option<String>,
+    }
+
+    #[test]
+    fn state_travels_as_a_serde_type_and_reads_in_a_later_shape() {
+        let (old, new) = channel::pair().unwrap();
+        let mut rx = HandedOff::claim(recv::start(new).unwrap());
+        let tx = Handoff::start(old, 1, Instant::now() + Duration::from_secs(30)).unwrap();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let s = l.accept().unwrap().0;
+        let taker = std::thread::spawn(move || rx.recv_blocking().unwrap().unwrap());
+        let state = V1 {
+            user: "ada".into(),
+            seq: 41,
+        };
+        let fut = tx.send_serde(s, Vec::new(), &state);
+        let conn = taker.join().unwrap();
+        assert_eq!(conn.state_as::<V1>().unwrap(), state);
+        assert_eq!(
+            conn.state_as::<V2>().unwrap(),
+            V2 {
+                user: "ada".into(),
+                seq: 41,
+                room: None
+            }
+        );
+        let e = conn.state_as::<u64>().unwrap_err();
+        assert!(e.to_string().contains("cannot read the state"), "{e}");
+        drop(fut);
+    }
+}

@@ -40,7 +40,30 @@ impl fmt::Debug for Connection {
     }
 }
 
+/// The state of a hand-off as a serde type (JSON, as [`Handoff::send_serde`] sends it).
+///
+/// [`Handoff::send_serde`]: super::Handoff::send_serde
+#[cfg(feature = "serde")]
+pub(crate) fn decode_state<T: serde::de::DeserializeOwned>(
+    state: &[u8],
+) -> Result<T, HandoffError> {
+    serde_json::from_slice(state).map_err(|e| {
+        HandoffError::State(format!(
+            "cannot read the state ({} bytes) as {}: {e}",
+            state.len(),
+            std::any::type_name::<T>()
+        ))
+    })
+}
+
 impl Connection {
+    /// The state as the serde type the previous generation sent with
+    /// [`Handoff::send_serde`](super::Handoff::send_serde) (feature `serde`).
+    #[cfg(feature = "serde")]
+    pub fn state_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, HandoffError> {
+        decode_state(&self.state)
+    }
+
     /// The socket as a std `TcpStream`; `None` (the connection given back) if it is not TCP.
     pub fn into_tcp(self) -> Result<(std::net::TcpStream, Vec<u8>, Vec<u8>), Connection> {
         match self.family {

@@ -41,6 +41,8 @@ pub enum HandoffError {
     Deadline,
     /// A record on the channel was garbage; nothing was adopted from it.
     Protocol(String),
+    /// The state could not be serialized or deserialized (feature `serde`).
+    State(String),
 }
 
 impl fmt::Display for HandoffError {
@@ -56,6 +58,7 @@ impl fmt::Display for HandoffError {
                 "the hand-off deadline passed before the new generation acknowledged the connection"
             ),
             HandoffError::Protocol(why) => write!(f, "hand-off protocol error: {why}"),
+            HandoffError::State(why) => write!(f, "hand-off state: {why}"),
         }
     }
 }
@@ -94,6 +97,12 @@ impl fmt::Display for Returned {
 impl std::error::Error for Returned {}
 
 impl Returned {
+    /// The state as the serde type it was sent as (feature `serde`).
+    #[cfg(feature = "serde")]
+    pub fn state_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, HandoffError> {
+        super::recv::decode_state(&self.state)
+    }
+
     /// The socket as a std `TcpStream` (blocking mode as it was).
     pub fn into_tcp(self) -> (std::net::TcpStream, Vec<u8>, Vec<u8>) {
         (self.fd.into(), self.unread, self.state)
@@ -118,6 +127,13 @@ struct Slot {
 }
 
 impl Slot {
+    fn new() -> Arc<Slot> {
+        Arc::new(Slot {
+            state: Mutex::new((None, None)),
+            cond: Condvar::new(),
+        })
+    }
+
     fn complete(&self, r: Result<(), Returned>) {
         let waker = {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -258,6 +274,30 @@ impl Handoff {
         }
     }
 
+    /// [`send`](Self::send) with the state as any serde type (JSON on the wire, so a later build
+    /// can read it with added fields). A state that does not serialize comes back at once.
+    #[cfg(feature = "serde")]
+    pub fn send_serde<T: serde::Serialize + ?Sized>(
+        &self,
+        conn: impl Into<OwnedFd>,
+        unread: Vec<u8>,
+        state: &T,
+    ) -> SendFuture {
+        match serde_json::to_vec(state) {
+            Ok(bytes) => self.send(conn, unread, bytes),
+            Err(e) => {
+                let slot = Slot::new();
+                slot.complete(Err(Returned {
+                    fd: conn.into(),
+                    unread,
+                    state: Vec::new(),
+                    error: HandoffError::State(format!("cannot serialize: {e}")),
+                }));
+                SendFuture { slot }
+            }
+        }
+    }
+
     /// [`send`](Self::send) for threads outside an async runtime: blocks until it is settled.
     pub fn send_blocking(
         &self,
@@ -289,10 +329,7 @@ impl Handoff {
     }
 
     fn enqueue(&self, fd: OwnedFd, unread: Vec<u8>, state: Vec<u8>) -> Arc<Slot> {
-        let slot = Arc::new(Slot {
-            state: Mutex::new((None, None)),
-            cond: Condvar::new(),
-        });
+        let slot = Slot::new();
         let item = Item {
             id: self.shared.next_id.fetch_add(1, Ordering::Relaxed),
             fd,
