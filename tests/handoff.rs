@@ -432,6 +432,37 @@ fn a_new_binary_without_handoff_support_means_a_plain_drain() {
     app.wait_exit(old, Duration::from_secs(60));
 }
 
+/// A new binary of a later build speaking hand-off protocol version 2: the old generation
+/// (version 1) sees at ready time that they do not understand each other and drains as before.
+#[test]
+fn a_new_binary_speaking_another_protocol_version_means_a_plain_drain() {
+    let then = common::example("listenfd_server");
+    let then = then.to_str().unwrap();
+    let env = [
+        ("HOTEXEC_DRAIN_TIMEOUT", "60s"),
+        ("HOTEXEC_TEST_THEN", then),
+    ];
+    let mut app = App::start("line", "HOTEXEC_LISTEN_LINE", &env);
+    let first = app.first_pid();
+    let mut session = LineClient::connect(app.addr);
+    assert_eq!(session.ask("a"), Said::Line(format!("pid={first} a")));
+    app.install_binary(&common::example("handoff_v2"));
+    let (old, new) = app.upgrade();
+    app.wait_log(
+        "no connection hand-off to the new generation (protocol version 2; this build speaks version 1)",
+        1,
+        Duration::from_secs(30),
+    );
+    common::answered_by(app.addr, new, Duration::from_secs(30));
+    assert_eq!(
+        session.ask("b"),
+        Said::Line(format!("pid={old} b")),
+        "drained by the old generation"
+    );
+    drop(session);
+    app.wait_exit(old, Duration::from_secs(60));
+}
+
 /// Raw records on a crafted channel, as a broken or hostile previous generation could send.
 fn send_record(chan: &OwnedFd, bytes: &[u8], fd: Option<&OwnedFd>) {
     use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
