@@ -7,7 +7,8 @@
 //!  old generation                                      new generation
 //!  ──────────────                                      ──────────────
 //!  socketpair(SEQPACKET) at spawn ───── fd, HOTEXEC_HANDOFF_FD ─────► adopted before main
-//!                               ◄──── HELLO v1 ────────────────────── (before it reports ready)
+//!                               ◄──── HELLO v1 ────────────────────── as main starts, before
+//!                                                                      it reports ready
 //!  ready: HELLO seen → Shutdown::handoff() is Some
 //!  handoff.send(conn, unread, state) ── CONN id + fd ──────────────► queued for incoming()
 //!                               ◄──── ACK id ──────────────────────── app took it: it is ours
@@ -89,7 +90,7 @@ mod send;
 pub mod wire;
 
 use std::ffi::OsString;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
@@ -116,8 +117,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Takes `HOTEXEC_HANDOFF_FD` out of the environment before `main` (nothing the application
-/// spawns sees it), adopts the fd close-on-exec and says HELLO on it, before this generation can
-/// possibly report ready.
+/// spawns sees it) and adopts the fd close-on-exec. HELLO follows in [`main_starting`], once the
+/// number is known not to be another fd of the hand-over.
 #[ctor::ctor]
 fn take_at_start() {
     // SAFETY: constructors run before `main`, on the only thread of the process.
@@ -136,10 +137,7 @@ unsafe fn take() {
         // A refusal is not logged (no subscriber before main): it means no HELLO, so the
         // previous generation drains as without hand-off; the fd (if any) is left alone.
         if let Ok(fd) = adopt(&value) {
-            let hello = wire::encode(Kind::Hello, u64::from(std::process::id()), b"", b"");
-            if channel::send(fd.as_fd(), &hello, None, true).is_ok() {
-                *lock(&FROM_PARENT) = Some(fd);
-            }
+            *lock(&FROM_PARENT) = Some(fd);
         }
     });
 }
@@ -164,8 +162,10 @@ fn adopt(value: &OsString) -> Result<OwnedFd, String> {
     {
         return Err(format!("{HANDOFF_FD}={fd}: not a Unix socket"));
     }
-    // SAFETY: checked open above; the variable hands it to this process, and nothing else in it
-    // has taken this number (it is above the listening fds and the readiness pipe).
+    // SAFETY: checked open above; the variable hands it to this process. Another fd of the
+    // hand-over given the same number (a listener, the readiness pipe, the keeper channel) is
+    // found in `main_starting` before anything could close either, and this one is then let go
+    // without closing.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     crate::socket::set_cloexec(fd.as_fd()).map_err(|e| e.to_string())?;
     Ok(fd)
@@ -179,6 +179,32 @@ pub(crate) fn main_starting() {
     let Some(fd) = lock(&FROM_PARENT).take() else {
         return;
     };
+    let n = fd.as_raw_fd();
+    let mut others: Vec<RawFd> = crate::keeper::channel()
+        .map(|k| k.as_raw_fd())
+        .into_iter()
+        .collect();
+    if let Ok(crate::protocol::Parsed::ForUs(h)) =
+        crate::inherit::snapshot().parse(std::process::id())
+    {
+        others.extend(h.fds.iter().map(|(fd, _)| *fd));
+        others.extend(h.ready_fd);
+    }
+    if others.contains(&n) {
+        tracing::error!(
+            "{HANDOFF_FD}={n} is also another fd of the hand-over: refused, no connection hand-off"
+        );
+        // Not ours to close: the other use owns that number.
+        std::mem::forget(fd);
+        return;
+    }
+    let hello = wire::encode(Kind::Hello, u64::from(std::process::id()), b"", b"");
+    if let Err(e) = channel::send(fd.as_fd(), &hello, None, true) {
+        tracing::warn!(
+            "hand-off: cannot say HELLO to the previous generation ({e}): no connection hand-off"
+        );
+        return;
+    }
     match recv::start(fd) {
         Ok(shared) => {
             tracing::info!(
