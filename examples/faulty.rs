@@ -6,12 +6,15 @@
 //! cp target/debug/examples/faulty /tmp/app-next      # then point the running binary's path at it
 //! FAULT=panic                  # panics before it reports ready: the upgrade fails, the old one serves on
 //! FAULT=crash-after-ready=300  # reports ready, serves, then aborts 300 ms later: the old one rolls back
+//! FAULT=abort-on-request       # serves until a request for /abort, then aborts
+//! FAULT=fail-after-drain       # main returns an error once it stopped accepting (exit status 1)
+//! FAULT=ready-on-file=PATH     # warms up until PATH exists (at most 60 s), then reports ready
 //! ```
 //!
 //! Without `FAULT` it is a plain server answering `pid=<pid>` on every request.
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[hotexec::main(drain_timeout = "5s", ready = "manual")]
 #[listen("127.0.0.1:8082", name = "http")]
@@ -21,6 +24,16 @@ fn main(listeners: hotexec::Listeners, shutdown: hotexec::Shutdown) -> io::Resul
         panic!("faulty: this release panics before it is ready");
     }
     let listener = listeners.take_tcp("http")?;
+    if let Some(path) = fault.strip_prefix("ready-on-file=") {
+        eprintln!(
+            "faulty: pid {} warming up until {path} exists",
+            std::process::id()
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !std::path::Path::new(path).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
     hotexec::ready();
     if let Some(ms) = fault.strip_prefix("crash-after-ready=") {
         let ms: u64 = ms.parse().unwrap_or(300);
@@ -30,15 +43,27 @@ fn main(listeners: hotexec::Listeners, shutdown: hotexec::Shutdown) -> io::Resul
             std::process::abort();
         });
     }
+    let abort_on_request = fault == "abort-on-request";
     while let Some((conn, _)) = shutdown.accept(&listener)? {
-        std::thread::spawn(move || serve(conn));
+        std::thread::spawn(move || serve(conn, abort_on_request));
+    }
+    if fault == "fail-after-drain" {
+        eprintln!("faulty: pid {} failing after the drain", std::process::id());
+        return Err(io::Error::other(
+            "faulty: this release fails once it stopped accepting",
+        ));
     }
     Ok(())
 }
 
-fn serve(conn: TcpStream) -> io::Result<()> {
+fn serve(conn: TcpStream, abort_on_request: bool) -> io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
+    reader.read_line(&mut line)?;
+    if abort_on_request && line.starts_with("GET /abort ") {
+        eprintln!("faulty: pid {} aborting on request", std::process::id());
+        std::process::abort();
+    }
     while reader.read_line(&mut line)? > 2 {
         line.clear();
     }

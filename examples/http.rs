@@ -7,17 +7,20 @@
 //!                                   # the slow request finishes on the old pid; new ones go to the new pid
 //! ```
 //!
-//! All hotexec asks of the server is in this file: take the listener, stop accepting when
-//! `shutdown` resolves, and return once in-flight work is done. The server itself lives in
-//! `support/http_server.rs` (shared with the `demo` and `bench` examples, which run it with and
-//! without hotexec). Draining is graceful for keep-alive clients too: once shutdown resolves,
-//! every response carries `Connection: close` for a short grace phase (`HTTP_CLOSE_GRACE`,
-//! default 500ms), so busy clients leave at a request boundary and reconnect to the new process;
-//! only then are the connections still idle closed.
+//! All hotexec asks of the server is in this file: take the listener, and serve it with
+//! `hotexec::serve_hyper(listener, service_fn(handle), shutdown)` (in `support/http_server.rs`,
+//! shared with the `demo` and `bench` examples, which run it with and without hotexec). The
+//! library stops accepting when `shutdown` resolves and returns once in-flight work is done.
+//! Draining is graceful for keep-alive clients too: once shutdown resolves, every response
+//! carries `Connection: close` for a short grace phase (`HTTP_CLOSE_GRACE`, default 500ms), so
+//! busy clients leave at a request boundary and reconnect to the new process; only then are the
+//! connections still idle closed.
 //!
 //! A second, localhost-only listener serves the admin endpoint (the `admin` module below):
 //! `curl -X POST 127.0.0.1:8081/upgrade` upgrades and answers `upgraded: new pid N` (200), or
 //! why it failed (500; the running process keeps serving).
+use std::future::IntoFuture;
+
 #[path = "support/http_server.rs"]
 mod http_server;
 
@@ -27,10 +30,16 @@ mod http_server;
 async fn main(listeners: hotexec::Listeners, shutdown: hotexec::Shutdown) -> std::io::Result<()> {
     let listener = listeners.take_tokio_tcp("http")?;
     tracing::info!(pid = std::process::id(), addr = %listener.local_addr()?, "http example serving");
-    let admin = admin::spawn(listeners.take_tokio_tcp("admin")?, shutdown.clone());
+    // The admin listener is served the same way, so the `POST /upgrade` that replaced this
+    // process gets its answer before the process exits.
+    let admin = hotexec::serve_hyper(
+        listeners.take_tokio_tcp("admin")?,
+        hyper::service::service_fn(admin::handle),
+        shutdown.clone(),
+    );
+    let admin = tokio::spawn(admin.into_future());
     let result = http_server::serve(listener, shutdown).await;
-    // The `POST /upgrade` that replaced this process gets its answer before the process exits.
-    admin.finish().await;
+    admin.await.map_err(std::io::Error::other)??;
     result
 }
 
@@ -38,74 +47,13 @@ async fn main(listeners: hotexec::Listeners, shutdown: hotexec::Shutdown) -> std
 /// with its outcome. Bound to 127.0.0.1 only: whoever can reach it can replace the process.
 mod admin {
     use std::convert::Infallible;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::Duration;
 
     use bytes::Bytes;
     use http_body_util::Full;
     use hyper::body::Incoming;
-    use hyper::server::conn::http1;
-    use hyper::service::service_fn;
     use hyper::{Method, Request, Response, StatusCode};
-    use hyper_util::rt::TokioIo;
-    use tokio::net::TcpListener;
-    use tokio::sync::Notify;
 
-    /// Admin connections in progress.
-    #[derive(Default)]
-    pub struct Admin {
-        open: AtomicUsize,
-        idle: Notify,
-    }
-
-    /// Serves the admin listener until shutdown resolves.
-    pub fn spawn(listener: TcpListener, shutdown: hotexec::Shutdown) -> Arc<Admin> {
-        let admin = Arc::new(Admin::default());
-        let a = admin.clone();
-        tokio::spawn(async move {
-            let mut shutdown = shutdown;
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = &mut shutdown => break,
-                    accepted = listener.accept() => {
-                        let Ok((stream, _)) = accepted else { continue };
-                        a.open.fetch_add(1, Ordering::SeqCst);
-                        let a = a.clone();
-                        tokio::spawn(async move {
-                            let conn = http1::Builder::new()
-                                .keep_alive(false)
-                                .serve_connection(TokioIo::new(stream), service_fn(handle));
-                            let _ = conn.await;
-                            if a.open.fetch_sub(1, Ordering::SeqCst) == 1 {
-                                a.idle.notify_waiters();
-                            }
-                        });
-                    }
-                }
-            }
-        });
-        admin
-    }
-
-    impl Admin {
-        /// Waits (up to 10 s) for the admin connections in progress to end.
-        pub async fn finish(&self) {
-            let idle = async {
-                while self.open.load(Ordering::SeqCst) > 0 {
-                    let notified = self.idle.notified();
-                    if self.open.load(Ordering::SeqCst) == 0 {
-                        break;
-                    }
-                    notified.await;
-                }
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(10), idle).await;
-        }
-    }
-
-    async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    pub async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
         let (status, body) = match (req.method(), req.uri().path()) {
             (&Method::POST, "/upgrade") => {
                 // `upgrade()` blocks until the new generation is ready or has failed.

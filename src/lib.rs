@@ -42,8 +42,24 @@
 //! Durations are a whole number and a unit: `500ms`, `2s`, `1m`, `1h`. Addresses are
 //! `127.0.0.1:8080`, `[::1]:8080`, `tcp:…`, `udp:…` or `unix:/path`. A malformed variable stops
 //! the program at start with a message naming it.
+//!
+//! ## Serving and draining (features `http`, `drain`)
+//!
+//! With `features = ["http"]` (or `["axum"]`), `hotexec::serve(listener, app, shutdown)` is the
+//! one call in place of `axum::serve(listener, app).with_graceful_shutdown(..)`: it serves any
+//! tower service (an axum `Router`, tonic's `Routes`) or, with `hotexec::serve_hyper`, a hyper
+//! `service_fn`, over HTTP/1.1 and HTTP/2, and drains at the hand-over without losing a request.
+//! With `features = ["drain"]`, `hotexec::drain::Connections` does the same for any other
+//! protocol on tokio. See the `hotexec::serve` module (documented with those features).
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
+
+#[cfg(feature = "drain")]
+pub mod serve;
+#[cfg(feature = "drain")]
+pub use serve::drain;
+#[cfg(feature = "http")]
+pub use serve::{serve, serve_hyper};
 
 pub use hotexec_macros::{listen, main};
 pub use hotexec_runtime::{

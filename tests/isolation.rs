@@ -8,11 +8,13 @@ use common::*;
 
 const HTTP: &str = "HOTEXEC_LISTEN_HTTP";
 const T: Duration = Duration::from_secs(10);
-const PROTOCOL_VARS: [&str; 4] = [
+const PROTOCOL_VARS: [&str; 6] = [
     "LISTEN_PID=",
     "LISTEN_FDS=",
     "LISTEN_FDNAMES=",
     "HOTEXEC_READY_FD=",
+    "HOTEXEC_OWNED_FDNAMES=",
+    "HOTEXEC_ACTIVATED_FDS=",
 ];
 
 /// Checks what `/bin/sh -c 'ls -l /proc/$$/fd; env'`, run by the server, saw.

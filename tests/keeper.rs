@@ -210,11 +210,16 @@ fn ctrl_c_in_a_terminal_stops_the_serving_generation() {
         });
     }
     let mut child = cmd.spawn().unwrap();
+    // The command holds copies of the terminal's slave side (its stdio): only once they are
+    // closed here too does the reader below see the end of the output.
+    drop(cmd);
     drop(slave);
     let keeper = child.id();
     let out = Arc::new(Mutex::new(Vec::new()));
+    let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut reader = master.try_clone().unwrap();
     let sink = out.clone();
+    let done = closed.clone();
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         // Ends with EIO once every process has closed the terminal.
@@ -224,6 +229,7 @@ fn ctrl_c_in_a_terminal_stops_the_serving_generation() {
             }
             sink.lock().unwrap().extend_from_slice(&buf[..n]);
         }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
     });
     let terminal = || String::from_utf8_lossy(&out.lock().unwrap()).into_owned();
     let mut guard = scopeguard(keeper);
@@ -247,6 +253,12 @@ fn ctrl_c_in_a_terminal_stops_the_serving_generation() {
         first, keeper,
         "keeper mode is on by itself in the foreground of a terminal"
     );
+    // A generation ignores the upgrade signal until it has reported ready.
+    wait_for(Duration::from_secs(10), "generation 1 to be ready", || {
+        terminal()
+            .contains("keeper: generation 1 is ready")
+            .then_some(())
+    });
     kill(Pid::from_raw(keeper as i32), Signal::SIGUSR2).unwrap();
     let second = wait_for(Duration::from_secs(10), "the upgrade", || {
         match get(addr, "/", Duration::from_secs(5)) {
@@ -269,10 +281,31 @@ fn ctrl_c_in_a_terminal_stops_the_serving_generation() {
         },
     );
 
+    // The keeper forwards to the generation it knows serves: wait until it knows.
+    wait_for(
+        Duration::from_secs(10),
+        "the keeper to hear of the hand-over",
+        || {
+            terminal()
+                .contains("keeper: a new generation serves")
+                .then_some(())
+        },
+    );
     master.write_all(b"\x03").unwrap(); // Ctrl-C
     let st = wait_for(Duration::from_secs(15), "the keeper to exit", || {
         child.try_wait().unwrap()
     });
+    // What the processes wrote last may still be in the terminal's buffer: read to its end
+    // (every writer has exited) before counting lines.
+    wait_for(
+        Duration::from_secs(10),
+        "the terminal's output to end",
+        || {
+            closed
+                .load(std::sync::atomic::Ordering::SeqCst)
+                .then_some(())
+        },
+    );
     let text = terminal();
     assert_eq!(st.code(), Some(0), "{text}");
     assert!(!alive(second), "the serving generation stopped");
@@ -300,25 +333,37 @@ fn scopeguard(pid: u32) -> Guard {
 
 /// A pseudo-terminal: (master, slave).
 fn openpty() -> (std::fs::File, std::fs::File) {
-    let mut m = -1;
-    let mut s = -1;
-    // SAFETY: openpty writes two fds into the integers given; name, termios and winsize are null
-    // (defaults). The fds are owned right after.
-    let r = unsafe {
-        libc::openpty(
-            &mut m,
-            &mut s,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
+    // Both sides are opened close-on-exec atomically (not openpty + fcntl): a child that another
+    // test thread forks in between would keep the slave side open after its exec, and the
+    // reader would never see the end of the output.
+    // SAFETY: posix_openpt returns a new fd or -1; nothing else is touched.
+    let m = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    assert!(m >= 0, "posix_openpt: {}", std::io::Error::last_os_error());
+    // SAFETY: just opened, owned by nothing else.
+    let m = unsafe { OwnedFd::from_raw_fd(m) };
+    let mut name = [0 as libc::c_char; 128];
+    // SAFETY: grantpt/unlockpt on the master we own; ptsname_r writes at most `name.len()`
+    // bytes, NUL included, into `name`.
+    unsafe {
+        assert_eq!(libc::grantpt(m.as_raw_fd()), 0, "grantpt");
+        assert_eq!(libc::unlockpt(m.as_raw_fd()), 0, "unlockpt");
+        assert_eq!(
+            libc::ptsname_r(m.as_raw_fd(), name.as_mut_ptr(), name.len()),
+            0,
+            "ptsname_r"
+        );
+    }
+    // SAFETY: ptsname_r wrote a NUL-terminated path.
+    let path = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) };
+    // SAFETY: open with a valid path; returns a new fd or -1.
+    let s = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
         )
     };
-    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: both were just opened by openpty and are owned by nothing else.
-    let (m, s) = unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) };
-    for fd in [&m, &s] {
-        // SAFETY: sets close-on-exec on an fd we own.
-        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
-    }
+    assert!(s >= 0, "open {path:?}: {}", std::io::Error::last_os_error());
+    // SAFETY: just opened, owned by nothing else.
+    let s = unsafe { OwnedFd::from_raw_fd(s) };
     (m.into(), s.into())
 }

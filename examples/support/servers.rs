@@ -23,6 +23,9 @@ pub const PID_FILE_VAR: &str = "PLAIN_PID_FILE";
 pub const MANY_COUNT_VAR: &str = "MANY_COUNT";
 /// File where the `many` role writes the port of its first and last listener.
 pub const MANY_PORTS_VAR: &str = "MANY_PORTS_FILE";
+/// `1`: the `many` role's listeners get the longest names allowed (64 characters, `l000…0`),
+/// so that a couple of thousand of them pass the kernel's limit on one environment string.
+pub const MANY_LONG_NAMES_VAR: &str = "MANY_LONG_NAMES";
 
 /// Runs the role named in [`ROLE_VAR`] and returns true, or returns false when there is none
 /// (this process is the driver).
@@ -76,7 +79,16 @@ fn plain_http(reuseport: bool) -> std::io::Result<()> {
             if let Ok(p) = std::env::var(PID_FILE_VAR) {
                 write_atomic(Path::new(&p), &format!("{}\n", std::process::id()))?;
             }
-            http_server::serve(listener, async move { term.recv().await }).await
+            // The same drain as with hotexec, resolved by this process's own SIGTERM.
+            let shutdown = hotexec::Shutdown::detached(std::time::Duration::from_secs(30))?;
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                term.recv().await;
+                stop.resolve(hotexec::ShutdownReason::Stop {
+                    signal: libc::SIGTERM,
+                });
+            });
+            http_server::serve(listener, shutdown).await
         })
 }
 
@@ -122,8 +134,16 @@ fn many_listeners() -> std::io::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
+    let long = std::env::var(MANY_LONG_NAMES_VAR).as_deref() == Ok("1");
     let names: Vec<&'static str> = (0..n)
-        .map(|i| &*Box::leak(format!("l{i}").into_boxed_str()))
+        .map(|i| {
+            let name = if long {
+                format!("l{i:063}")
+            } else {
+                format!("l{i}")
+            };
+            &*Box::leak(name.into_boxed_str())
+        })
         .collect();
     let mut builder = Builder::new().drain_timeout_ms(30_000);
     for name in &names {

@@ -21,7 +21,7 @@
 //! | `upgrade` | `ok <new pid>`, or `error <kind> <reason>` |
 //!
 //! `kind` is one of `busy` (an upgrade is running, or this generation is draining), `spawn`,
-//! `exec` (the binary could not be executed), `exited` (the new process exited before it was
+//! `limit` (what the upgrade must pass is past a kernel limit; nothing was started), `exec` (the binary could not be executed), `exited` (the new process exited before it was
 //! ready), `ready-timeout`, `aborted` (a stop signal arrived meanwhile), `not-running`,
 //! `unreachable` (a keeper could not reach its serving generation), `refused` (peer of another
 //! user), `bad-request`. On every error the serving generation keeps serving.
@@ -78,6 +78,7 @@ impl Reply {
                 let kind = match &e {
                     UpgradeError::Busy(_) => "busy",
                     UpgradeError::Spawn(_) => "spawn",
+                    UpgradeError::Limit(_) => "limit",
                     UpgradeError::Exec { .. } => "exec",
                     UpgradeError::ExitedBeforeReady { .. } => "exited",
                     UpgradeError::ReadyTimeout { .. } => "ready-timeout",

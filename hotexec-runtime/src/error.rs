@@ -13,6 +13,10 @@ pub enum UpgradeError {
     Busy(&'static str),
     /// The runtime could not start the new process (pipe or fork failed).
     Spawn(String),
+    /// What the upgrade must pass to the new process is past a kernel limit
+    /// (`MAX_ARG_STRLEN`, `ARG_MAX`, `RLIMIT_NOFILE`); the message names it, the numbers and
+    /// what to do. Nothing was started.
+    Limit(String),
     /// `execve` of the binary failed (missing, not executable, bad format…).
     Exec {
         /// The binary.
@@ -46,6 +50,7 @@ impl fmt::Display for UpgradeError {
         match self {
             UpgradeError::Busy(why) => write!(f, "upgrade refused: {why}"),
             UpgradeError::Spawn(e) => write!(f, "could not start the new process: {e}"),
+            UpgradeError::Limit(e) => write!(f, "upgrade not started: {e}"),
             UpgradeError::Exec { path, errno } => write!(
                 f,
                 "could not execute {}: {}",

@@ -1,9 +1,10 @@
 //! Start-up: taking the protocol variables out of the environment, and adopting the inherited
 //! fds they describe after checking each one.
 
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 
+use crate::activation::{self, Found, Source, Wanted};
 use crate::config::ListenDecl;
 use crate::protocol::{self, Handover, Parsed, Snapshot};
 use crate::socket::{self, SocketInfo};
@@ -62,6 +63,7 @@ unsafe fn take_from_env() -> Snapshot {
         listen_fds: get(protocol::LISTEN_FDS),
         listen_fdnames: get(protocol::LISTEN_FDNAMES),
         ready_fd: get(protocol::READY_FD),
+        activated_fds: get(protocol::ACTIVATED_FDS),
     };
     let parsed = snap.parse(std::process::id());
     let for_us = matches!(parsed, Ok(Parsed::ForUs(_)));
@@ -112,6 +114,8 @@ pub(crate) struct Inherited {
     pub fd: OwnedFd,
     pub name: Option<String>,
     pub info: SocketInfo,
+    /// Passed by a service manager (now or to an earlier generation), or bound by hotexec.
+    pub source: Source,
 }
 
 /// The outcome of adoption.
@@ -124,21 +128,24 @@ pub(crate) struct Adoption {
     pub notes: Vec<String>,
 }
 
-/// Checks every fd of the hand-over and matches it to the declarations (by name, else by
-/// address). A malformed variable, an fd that is closed, not a socket, or not a listener of the
-/// declared kind is an error that names it; nothing is adopted then.
+/// Checks every fd of the hand-over and matches it to the declarations (the rules are in
+/// `activation.rs`). A malformed variable, an fd that is closed, not a socket, or not a listener
+/// of the declared kind, or a service manager's socket that no declaration can be matched with,
+/// is an error that names it; nothing is adopted then.
 pub(crate) fn adopt(snap: &Snapshot, decls: &[ListenDecl]) -> Result<Adoption, String> {
     let mut notes = Vec::new();
     let handover = match snap.parse(std::process::id()).map_err(|e| e.to_string())? {
         Parsed::Absent => Handover {
             fds: Vec::new(),
             ready_fd: None,
+            from_manager: Vec::new(),
         },
         Parsed::NotForUs(why) => {
             notes.push(why);
             Handover {
                 fds: Vec::new(),
                 ready_fd: None,
+                from_manager: Vec::new(),
             }
         }
         Parsed::ForUs(h) => h,
@@ -203,78 +210,57 @@ pub(crate) fn adopt(snap: &Snapshot, decls: &[ListenDecl]) -> Result<Adoption, S
         }
         None => None,
     };
+    // Which socket serves which declaration, decided before ownership of anything is taken.
+    let candidates: Vec<Found> = found
+        .iter()
+        .map(|(fd, name, info)| Found {
+            fd: *fd,
+            name: name.clone(),
+            addr: info.addr.clone(),
+            dual_stack: info.dual_stack,
+            // Sorted: a binary search keeps thousands of fds linear-ish.
+            source: if handover.from_manager.binary_search(fd).is_ok() {
+                Source::Manager
+            } else {
+                Source::Hotexec
+            },
+        })
+        .collect();
+    let wanted: Vec<Wanted<'_>> = decls
+        .iter()
+        .map(|d| Wanted {
+            name: &d.name,
+            addr: &d.addr,
+        })
+        .collect();
+    let assignment = activation::assign(&candidates, &wanted)?;
+    notes.extend(assignment.notes);
     // SAFETY: each fd was checked to be an open socket, and the hand-over (LISTEN_PID equal to
-    // our pid) makes this process its owner; each number appears once (3, 4, 5, …).
+    // our pid) makes this process its owner; each number appears once (3, 4, 5, …). Those no
+    // declaration claims are closed when `pool` is dropped.
     let mut pool: Vec<Option<Inherited>> = found
         .into_iter()
-        .map(|(fd, name, info)| {
+        .zip(&candidates)
+        .map(|((fd, name, info), c)| {
             Some(Inherited {
                 fd: unsafe { OwnedFd::from_raw_fd(fd) },
                 name,
                 info,
+                source: c.source,
             })
         })
         .collect();
-    // Name → position in the pool, so matching thousands of listeners stays linear.
-    let named: std::collections::HashMap<String, usize> = pool
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| Some((s.as_ref()?.name.clone()?, i)))
+    let claimed = assignment
+        .claimed
+        .into_iter()
+        .map(|i| i.and_then(|i| pool[i].take()))
         .collect();
-    let mut claimed = Vec::with_capacity(decls.len());
-    for decl in decls {
-        let by_name = named
-            .get(&decl.name)
-            .copied()
-            .filter(|&i| pool[i].is_some());
-        let pick = match by_name {
-            Some(i) => {
-                let s = pool[i].as_ref().expect("position found it");
-                if s.info.addr.kind() != decl.addr.kind() {
-                    return Err(format!(
-                        "inherited {} is {} but listener {:?} is declared as {}",
-                        describe(s.fd_raw(), s.name.as_deref()),
-                        s.info.addr,
-                        decl.name,
-                        decl.addr
-                    ));
-                }
-                if socket::matches(&decl.addr, &s.info.addr) {
-                    Some(i)
-                } else {
-                    notes.push(format!(
-                        "inherited listener {:?} is on {} but it is now declared on {}: binding the new address, closing the inherited socket",
-                        decl.name, s.info.addr, decl.addr
-                    ));
-                    None
-                }
-            }
-            None => pool.iter().position(|s| {
-                s.as_ref()
-                    .is_some_and(|s| s.name.is_none() && socket::matches(&decl.addr, &s.info.addr))
-            }),
-        };
-        claimed.push(pick.and_then(|i| pool[i].take()));
-    }
-    for s in pool.into_iter().flatten() {
-        notes.push(format!(
-            "inherited {} ({}) is claimed by no #[listen]: closed",
-            describe(s.fd_raw(), s.name.as_deref()),
-            s.info.addr
-        ));
-    }
+    drop(pool);
     Ok(Adoption {
         claimed,
         ready_fd,
         notes,
     })
-}
-
-impl Inherited {
-    fn fd_raw(&self) -> RawFd {
-        use std::os::fd::AsRawFd;
-        self.fd.as_fd().as_raw_fd()
-    }
 }
 
 fn describe(fd: RawFd, name: Option<&str>) -> String {

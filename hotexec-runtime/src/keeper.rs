@@ -40,8 +40,11 @@ use nix::unistd::Pid;
 
 use crate::config::Config;
 use crate::control::{self, Reply};
-use crate::protocol::{EXEC_FAILED, FDS_START, KEEPER_FD, KEEPER_SERVING, Parsed, READY, Snapshot};
-use crate::{pidfile, signals, spawn};
+use crate::protocol::{
+    ACTIVATED_FDS, EXEC_FAILED, FDS_START, KEEPER_FD, KEEPER_RELOADING, KEEPER_SERVING,
+    KEEPER_STOPPING, KEEPER_UPGRADE_FAILED, Parsed, READY, Snapshot,
+};
+use crate::{notify, pidfile, signals, spawn};
 
 /// The channel to the keeper, when this process is a generation under one.
 static CHANNEL: OnceLock<OwnedFd> = OnceLock::new();
@@ -120,18 +123,33 @@ pub(crate) fn channel() -> Option<BorrowedFd<'static>> {
 /// Tells the keeper that `new_pid` serves now (called by the old generation once the new one is
 /// ready, before it drains). Without a keeper, nothing.
 pub(crate) fn handed_over(new_pid: u32) {
+    tell(&format!("{KEEPER_SERVING} {new_pid}"));
+}
+
+/// Tells the keeper that an upgrade starts. Without a keeper, nothing.
+pub(crate) fn reloading() {
+    tell(KEEPER_RELOADING);
+}
+
+/// Tells the keeper that an upgrade failed and this generation serves on.
+pub(crate) fn upgrade_failed() {
+    tell(KEEPER_UPGRADE_FAILED);
+}
+
+/// Tells the keeper that this generation begins a final stop.
+pub(crate) fn stopping() {
+    tell(KEEPER_STOPPING);
+}
+
+/// One message on the keeper channel, if this process is a generation under a keeper.
+fn tell(msg: &str) {
     if let Some(fd) = CHANNEL.get() {
-        let msg = format!("{KEEPER_SERVING} {new_pid}");
         if let Err(e) = socket::send(
             std::os::fd::AsRawFd::as_raw_fd(fd),
             msg.as_bytes(),
             MsgFlags::MSG_NOSIGNAL,
         ) {
-            tracing::error!(
-                new_pid,
-                "could not tell the keeper which generation serves: {}",
-                e.desc()
-            );
+            tracing::error!("could not tell the keeper {msg:?}: {}", e.desc());
         }
     }
 }
@@ -255,7 +273,15 @@ pub(crate) fn run(config: Config, snap: &Snapshot, exe: PathBuf, argv: Vec<OsStr
         new_group: true,
         upgrade_signal: Some(config.upgrade_signal),
     };
-    let child = spawn::spawn(&exe, &argv, &fds, &names, &[], extra).unwrap_or_else(|e| {
+    // The keeper is started by the service manager (never by an upgrade, see `role`): every
+    // fd it passes is the service manager's, and generation 1 must know it, since for it they
+    // come with a readiness pipe like an upgrade's (see activation.rs).
+    let activated: Vec<String> = (FDS_START..)
+        .take(fds.len())
+        .map(|fd| fd.to_string())
+        .collect();
+    let env = [(ACTIVATED_FDS, OsString::from(activated.join(":")))];
+    let child = spawn::spawn(&exe, &argv, &fds, &names, &env, extra).unwrap_or_else(|e| {
         fatal(format!(
             "cannot start generation 1 ({}): {e}",
             exe.display()
@@ -449,6 +475,23 @@ impl Keeper {
                 }
                 Ok(n) => {
                     let msg = String::from_utf8_lossy(&buf[..n]);
+                    // The keeper is the service's main pid: it speaks to the service manager
+                    // for the generations, which never send MAINPID (see notify.rs).
+                    match msg.as_ref() {
+                        KEEPER_RELOADING => {
+                            notify::reloading();
+                            continue;
+                        }
+                        KEEPER_UPGRADE_FAILED => {
+                            notify::upgrade_failed();
+                            continue;
+                        }
+                        KEEPER_STOPPING => {
+                            notify::stopping();
+                            continue;
+                        }
+                        _ => {}
+                    }
                     match msg
                         .strip_prefix(KEEPER_SERVING)
                         .and_then(|r| r.trim().parse::<i32>().ok())
@@ -467,6 +510,7 @@ impl Keeper {
                                 new_generation = new,
                                 "keeper: a new generation serves"
                             );
+                            notify::serving_again();
                         }
                         None => {
                             tracing::warn!(message = %msg, "keeper: unknown message on the keeper channel")
@@ -479,7 +523,8 @@ impl Keeper {
         }
     }
 
-    /// Generation 1's readiness (or exec failure), for the log.
+    /// Generation 1's readiness (or exec failure): for the log, and `READY=1` to the service
+    /// manager.
     fn read_ready(&mut self) {
         let Some(r) = &self.ready else { return };
         let mut buf = [0u8; 5];
@@ -489,6 +534,8 @@ impl Keeper {
                     generation = self.serving.load(Ordering::SeqCst),
                     "keeper: generation 1 is ready"
                 );
+                // The keeper is the main pid: its READY=1 is the service's.
+                notify::ready();
                 self.ready = None;
             }
             Ok(5) if buf[0] == EXEC_FAILED => {

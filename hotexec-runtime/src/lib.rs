@@ -2,7 +2,8 @@
 //! readiness-gated upgrade and draining. Users depend on the `hotexec` facade, not on this crate.
 //!
 //! Where to look: [`protocol`] (the hand-over between generations), `inherit.rs` (start-up
-//! checks), `exe.rs` (what an upgrade executes), `spawn.rs` (fork/exec of the new generation), `upgrade.rs` (the supervisor and its
+//! checks), `activation.rs` (which inherited socket serves which listener, and which came from
+//! a service manager), `exe.rs` (what an upgrade executes), `spawn.rs` (fork/exec of the new generation), `limits.rs` (the kernel limits an upgrade must fit), `upgrade.rs` (the supervisor and its
 //! state machine), `keeper.rs` (keeper mode), [`control`] (the control socket), `trigger.rs`
 //! (`upgrade()` and the control handler of a generation), [`handoff`] (established connections
 //! passed to the new generation), `drain.rs` (the
@@ -17,6 +18,8 @@
 pub mod syntax;
 
 // Everything below needs the `process` feature (see Cargo.toml); `syntax` does not.
+#[cfg(feature = "process")]
+mod activation;
 #[cfg(feature = "process")]
 mod config;
 #[cfg(feature = "process")]
@@ -33,6 +36,8 @@ pub mod handoff;
 mod inherit;
 #[cfg(feature = "process")]
 mod keeper;
+#[cfg(feature = "process")]
+mod limits;
 #[cfg(feature = "process")]
 mod listeners;
 #[cfg(feature = "process")]

@@ -13,6 +13,12 @@
 //!
 //! A generation that has handed over is no longer the main pid and sends nothing more.
 //!
+//! **In keeper mode** the keeper is the main pid for the whole life of the service: the
+//! generations send none of the above (they tell the keeper on its channel, see
+//! [`crate::protocol::KEEPER_SERVING`]), and the keeper sends `READY=1` when generation 1 is
+//! ready, `RELOADING=1` when an upgrade starts, `READY=1` when a new generation serves or the
+//! upgrade failed, `STOPPING=1` at a final stop. No message moves `MAINPID` away from it.
+//!
 //! **In, from a new generation**: for each upgrade the old generation binds a private `AF_UNIX`
 //! datagram socket (abstract, kernel-chosen name, CLOEXEC, `SO_PASSCRED`) and gives it to the new
 //! binary as its `NOTIFY_SOCKET`. A `READY=1` on it whose kernel-attested sender pid is the new
@@ -39,6 +45,14 @@ use crate::protocol;
 static TARGET: Mutex<Option<OsString>> = Mutex::new(None);
 /// `READY=1` of a fresh start is sent once.
 static SENT_READY: AtomicBool = AtomicBool::new(false);
+/// This process is a generation under a keeper, which is the main pid and speaks for it.
+static KEEPER_IS_MAIN: AtomicBool = AtomicBool::new(false);
+
+/// This process is a generation under a keeper: from now on it sends nothing to the service
+/// manager itself (the application's own `NOTIFY_SOCKET` is left as it is).
+pub(crate) fn keeper_is_main_pid() {
+    KEEPER_IS_MAIN.store(true, Ordering::SeqCst);
+}
 
 /// Reads `NOTIFY_SOCKET` (and, in the new generation of an upgrade, the real one from
 /// `HOTEXEC_NOTIFY_SOCKET`, which is put back as `NOTIFY_SOCKET` for the application).
@@ -103,6 +117,9 @@ pub fn send_to(addr: &OsStr, state: &str) -> io::Result<()> {
 /// Sends `state` to the service manager, if there is one. A failure is logged, never fatal: the
 /// server serves whether or not its manager hears about it.
 fn notify(state: &str) {
+    if KEEPER_IS_MAIN.load(Ordering::SeqCst) {
+        return;
+    }
     let target = TARGET.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if let Some(addr) = target {
         match send_to(&addr, state) {
@@ -132,6 +149,11 @@ pub(crate) fn reloading() {
 /// The new generation is ready and becomes the main pid.
 pub(crate) fn handed_over(new_pid: u32) {
     notify(&format!("MAINPID={new_pid}\nREADY=1"));
+}
+
+/// Keeper mode: a new generation serves; the keeper stays the main pid and is ready again.
+pub(crate) fn serving_again() {
+    notify("READY=1");
 }
 
 /// An upgrade failed: this process stays the main pid and is ready again.

@@ -9,11 +9,11 @@
 //! | `LISTEN_PID` | pid of the process the fds are meant for; any other process ignores them |
 //! | `LISTEN_FDS` | number of fds, numbered from 3 (`SD_LISTEN_FDS_START`) |
 //! | `LISTEN_FDNAMES` | colon-separated names, one per fd (the `name` of each `#[listen]`) |
-//! | `HOTEXEC_READY_FD` | write end of a pipe: the new generation writes [`READY`] to it once its listeners are held and its `main` runs |
+//! | `HOTEXEC_READY_FD` | write end of a pipe: the new generation writes [`READY`] to it once its listeners are held and its `main` runs, and keeps it: later it writes [`HANDED_ON`] or [`STOPPING`], so the previous generation knows not to roll back |
 //! | `NOTIFY_SOCKET` | during an upgrade, a private `AF_UNIX` datagram socket of the old generation: a new binary that is not built on hotexec reports ready with `sd_notify("READY=1")` on it instead of the pipe (only datagrams sent by the new pid count) |
 //! | `HOTEXEC_NOTIFY_SOCKET` | the service manager's real `NOTIFY_SOCKET` (empty: none), which a hotexec new generation puts back as its `NOTIFY_SOCKET` |
 //! | `HOTEXEC_OWNED_FDNAMES` | colon-separated names of the passed Unix listeners whose path a hotexec generation bound (not a socket activator): the generation that stops for good removes those paths |
-//!
+//! | `HOTEXEC_ACTIVATED_FDS` | with `HOTEXEC_READY_FD` only: colon-separated numbers of the passed fds that a service manager handed over (to the first generation, or to the keeper), so every later generation keeps adopting them whatever its declarations say (see `activation.rs`). Without `HOTEXEC_READY_FD` every fd is the service manager's and this variable is not read |
 //! | `HOTEXEC_KEEPER_FD` | keeper mode only: this process is a generation under a keeper, and this fd is its channel to the keeper (a `SOCK_SEQPACKET` socket; see [`KEEPER_SERVING`]) |
 //! | `HOTEXEC_HANDOFF_FD` | the connection hand-off channel from the old generation (a `SOCK_SEQPACKET` socket, after the keeper channel if any; records in [`crate::handoff::wire`]) |
 //!
@@ -39,22 +39,36 @@ pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 pub const UPSTREAM_NOTIFY_SOCKET: &str = "HOTEXEC_NOTIFY_SOCKET";
 /// `HOTEXEC_OWNED_FDNAMES`: Unix listeners whose path is hotexec's to remove on a final stop.
 pub const OWNED_FDNAMES: &str = "HOTEXEC_OWNED_FDNAMES";
+/// `HOTEXEC_ACTIVATED_FDS`: which fds of a hotexec hand-over came from a service manager.
+pub const ACTIVATED_FDS: &str = "HOTEXEC_ACTIVATED_FDS";
 /// `HOTEXEC_KEEPER_FD`: the channel to the keeper, in keeper mode. Scrubbed by the keeper module
 /// (it is not part of [`ALL`], which is the hand-over between generations).
 pub const KEEPER_FD: &str = "HOTEXEC_KEEPER_FD";
 /// `HOTEXEC_HANDOFF_FD`: the connection hand-off channel from the previous generation. Scrubbed
 /// by the handoff module (like [`KEEPER_FD`], it is not part of [`ALL`]).
 pub const HANDOFF_FD: &str = "HOTEXEC_HANDOFF_FD";
-/// Message a generation sends to the keeper when it hands over: `serving <new pid>`.
+/// Message a generation sends to the keeper when it hands over: `serving <new pid>`. The
+/// keeper forwards it to the new generation from then on, and, as the service's main pid,
+/// tells the service manager `READY=1`.
 pub const KEEPER_SERVING: &str = "serving";
+/// Message a generation sends to the keeper when an upgrade starts (the keeper says
+/// `RELOADING=1` to the service manager).
+pub const KEEPER_RELOADING: &str = "reloading";
+/// Message a generation sends to the keeper when an upgrade failed and it serves on (the keeper
+/// says `READY=1`).
+pub const KEEPER_UPGRADE_FAILED: &str = "upgrade-failed";
+/// Message a generation sends to the keeper when it begins a final stop (the keeper says
+/// `STOPPING=1`).
+pub const KEEPER_STOPPING: &str = "stopping";
 /// Every hotexec protocol variable, for scrubbing (`NOTIFY_SOCKET` is systemd's and stays).
-pub const ALL: [&str; 6] = [
+pub const ALL: [&str; 7] = [
     LISTEN_PID,
     LISTEN_FDS,
     LISTEN_FDNAMES,
     READY_FD,
     UPSTREAM_NOTIFY_SOCKET,
     OWNED_FDNAMES,
+    ACTIVATED_FDS,
 ];
 
 /// First inherited fd, as in systemd.
@@ -64,8 +78,23 @@ pub const MAX_FDS: usize = 1 << 20;
 
 /// Byte the new generation writes on the readiness pipe when it is serving.
 pub const READY: u8 = b'R';
+/// Byte a generation writes on its readiness pipe, after [`READY`], once it has handed over to
+/// a successor of its own: that successor serves now, and this generation's exit, whatever its
+/// status, is no reason for the previous one to roll back.
+pub const HANDED_ON: u8 = b'H';
+/// Byte a generation writes on its readiness pipe, after [`READY`], when a stop signal starts
+/// its final stop: the operator (or the service manager) wants it gone, and its exit, whatever
+/// its status, is no reason for the previous one to roll back.
+pub const STOPPING: u8 = b'S';
 /// Byte the forked child writes, followed by a native-endian `i32` errno, when `execve` failed.
 pub const EXEC_FAILED: u8 = b'E';
+
+/// Whether `name` in `LISTEN_FDNAMES` is a socket unit's (`app.socket`): the name systemd gives
+/// the fds of a `.socket` unit without `FileDescriptorName=`. It names no listener (a listener
+/// name has no `.`), so such fds are matched as unnamed ones are.
+pub fn is_unit_name(name: &str) -> bool {
+    name.len() > ".socket".len() && name.ends_with(".socket")
+}
 
 /// The raw values of the protocol variables, taken from the environment once.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -78,6 +107,8 @@ pub struct Snapshot {
     pub listen_fdnames: Option<OsString>,
     /// `HOTEXEC_READY_FD`
     pub ready_fd: Option<OsString>,
+    /// `HOTEXEC_ACTIVATED_FDS`
+    pub activated_fds: Option<OsString>,
 }
 
 /// What the variables say, once checked for form and for being meant for this process.
@@ -87,6 +118,10 @@ pub struct Handover {
     pub fds: Vec<(RawFd, Option<String>)>,
     /// The readiness pipe, when this process is the new generation of an upgrade.
     pub ready_fd: Option<RawFd>,
+    /// The fds (among `fds`) that a service manager handed over: all of them when there is no
+    /// readiness pipe (a service manager started this process), else those
+    /// `HOTEXEC_ACTIVATED_FDS` lists. In increasing order.
+    pub from_manager: Vec<RawFd>,
 }
 
 /// Why the protocol variables were refused. Each names the variable and the value.
@@ -210,10 +245,12 @@ impl Snapshot {
                     .map(|p| (!p.is_empty() && p != "unknown").then(|| p.to_owned()))
                     .collect();
                 // A name selects the socket of one `#[listen]`: given twice, which fd serves it
-                // would depend on order, and the other would be closed unnoticed.
+                // would depend on order, and the other would be closed unnoticed. A unit's name
+                // is no listener's: systemd gives it to every socket of a unit whose
+                // `FileDescriptorName=` is unset.
                 for (i, name) in names.iter().enumerate() {
-                    if let Some(n) = name {
-                        if let Some(j) = names[..i].iter().position(|m| m.as_ref() == Some(n)) {
+                    if let Some(n) = name.as_deref().filter(|n| !is_unit_name(n)) {
+                        if let Some(j) = names[..i].iter().position(|m| m.as_deref() == Some(n)) {
                             return Err(refuse(
                                 LISTEN_FDNAMES,
                                 v,
@@ -251,12 +288,46 @@ impl Snapshot {
                 Some(fd as RawFd)
             }
         };
-        let fds = names
+        let fds: Vec<(RawFd, Option<String>)> = names
             .into_iter()
             .enumerate()
             .map(|(i, name)| (FDS_START + i as RawFd, name))
             .collect();
-        Ok(Parsed::ForUs(Handover { fds, ready_fd }))
+        let from_manager = match (ready_fd, &self.activated_fds) {
+            // No readiness pipe: not a hotexec upgrade, so a service manager passed them all.
+            (None, _) => fds.iter().map(|(fd, _)| *fd).collect(),
+            (Some(_), None) => Vec::new(),
+            (Some(_), Some(v)) => {
+                let s = v
+                    .to_str()
+                    .ok_or_else(|| refuse(ACTIVATED_FDS, v, "not valid UTF-8"))?;
+                let mut listed = Vec::new();
+                for part in s.split(':').filter(|p| !p.is_empty()) {
+                    let n = decimal(ACTIVATED_FDS, &OsString::from(part))
+                        .map_err(|e| refuse(ACTIVATED_FDS, v, e.reason))?;
+                    if n < FDS_START as u64 || n >= last {
+                        return Err(refuse(
+                            ACTIVATED_FDS,
+                            v,
+                            format!("fd {n} is not one of the {LISTEN_FDS}={count} passed fds"),
+                        ));
+                    }
+                    listed.push(n as RawFd);
+                }
+                listed.sort_unstable();
+                let before = listed.len();
+                listed.dedup();
+                if listed.len() != before {
+                    return Err(refuse(ACTIVATED_FDS, v, "an fd is listed twice"));
+                }
+                listed
+            }
+        };
+        Ok(Parsed::ForUs(Handover {
+            fds,
+            ready_fd,
+            from_manager,
+        }))
     }
 }
 
@@ -275,7 +346,13 @@ mod tests {
             listen_fds: fds.map(Into::into),
             listen_fdnames: names.map(Into::into),
             ready_fd: ready.map(Into::into),
+            activated_fds: None,
         }
+    }
+
+    fn activated(mut s: Snapshot, v: &str) -> Snapshot {
+        s.activated_fds = Some(v.into());
+        s
     }
 
     #[test]
@@ -286,6 +363,7 @@ mod tests {
             Ok(Parsed::ForUs(Handover {
                 fds: vec![(3, Some("http".into())), (4, Some("admin".into()))],
                 ready_fd: Some(5),
+                from_manager: vec![],
             }))
         );
         let unnamed = snap(Some("42"), Some("1"), None, None).parse(42);
@@ -293,9 +371,38 @@ mod tests {
             unnamed,
             Ok(Parsed::ForUs(Handover {
                 fds: vec![(3, None)],
-                ready_fd: None
+                ready_fd: None,
+                from_manager: vec![3],
             }))
         );
+    }
+
+    #[test]
+    fn a_units_name_may_be_given_to_several_fds() {
+        let p = snap(Some("42"), Some("2"), Some("app.socket:app.socket"), None).parse(42);
+        assert!(
+            matches!(&p, Ok(Parsed::ForUs(h)) if h.fds[1].1.as_deref() == Some("app.socket")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn provenance() {
+        // A service manager's hand-over (no readiness pipe): every fd is its own, and a stray
+        // HOTEXEC_ACTIVATED_FDS changes nothing.
+        let direct = activated(snap(Some("42"), Some("2"), None, None), "4");
+        assert!(matches!(direct.parse(42), Ok(Parsed::ForUs(h)) if h.from_manager == [3, 4]));
+        // A hotexec upgrade: those listed.
+        let up = activated(snap(Some("42"), Some("3"), None, Some("6")), "5:3");
+        assert!(matches!(up.parse(42), Ok(Parsed::ForUs(h)) if h.from_manager == [3, 5]));
+        let none = activated(snap(Some("42"), Some("1"), None, Some("4")), "");
+        assert!(matches!(none.parse(42), Ok(Parsed::ForUs(h)) if h.from_manager.is_empty()));
+        for bad in ["2", "4", "x", "3:3", "-3"] {
+            let e = activated(snap(Some("42"), Some("1"), None, Some("4")), bad)
+                .parse(42)
+                .unwrap_err();
+            assert_eq!(e.var, ACTIVATED_FDS, "{bad}: {e}");
+        }
     }
 
     #[test]

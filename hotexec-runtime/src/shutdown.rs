@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
@@ -35,10 +35,17 @@ struct Inner {
     pipe_w: OwnedFd,
     /// Run once, right after a final stop resolved every clone (see [`Shutdown::on_final_stop`]).
     on_final_stop: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
+    /// The configured `drain_timeout`: the drain watchdog ends the process this long after the
+    /// trigger.
+    drain_timeout: Duration,
+    /// Made by [`Shutdown::detached`]: resolved by [`Shutdown::resolve`], not by the runtime.
+    detached: bool,
 }
 
 struct State {
     reason: Option<ShutdownReason>,
+    /// When `reason` was set: the drain deadline counts from here.
+    triggered_at: Option<Instant>,
     wakers: Vec<Waker>,
 }
 
@@ -64,19 +71,42 @@ impl std::fmt::Debug for Shutdown {
 }
 
 impl Shutdown {
-    pub(crate) fn new() -> io::Result<Shutdown> {
+    pub(crate) fn new(drain_timeout: Duration) -> io::Result<Shutdown> {
+        Shutdown::make(drain_timeout, false)
+    }
+
+    /// A `Shutdown` of its own, not tied to the hotexec runtime: it resolves when
+    /// [`resolve`](Shutdown::resolve) is called. For running the same serving code without
+    /// hotexec — a plain binary stopped by its own signal handling, or a test of the app — with
+    /// `drain_timeout` bounding its drain as the runtime's would (no watchdog ends the process).
+    pub fn detached(drain_timeout: Duration) -> io::Result<Shutdown> {
+        Shutdown::make(drain_timeout, true)
+    }
+
+    /// Resolves a [`detached`](Shutdown::detached) `Shutdown` (every clone) with `reason`.
+    /// Returns false, doing nothing, when it was already resolved or when it is the runtime's
+    /// own (that one resolves at the hand-over or on a stop signal, never on the app's word: use
+    /// [`upgrade`](crate::upgrade) to ask for an upgrade).
+    pub fn resolve(&self, reason: ShutdownReason) -> bool {
+        self.inner.detached && self.trigger(reason)
+    }
+
+    fn make(drain_timeout: Duration, detached: bool) -> io::Result<Shutdown> {
         let (pipe_r, pipe_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| io::Error::other(format!("pipe2: {}", e.desc())))?;
         Ok(Shutdown {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
                     reason: None,
+                    triggered_at: None,
                     wakers: Vec::new(),
                 }),
                 cond: Condvar::new(),
                 pipe_r,
                 pipe_w,
                 on_final_stop: Mutex::new(Vec::new()),
+                drain_timeout,
+                detached,
             }),
         })
     }
@@ -89,6 +119,7 @@ impl Shutdown {
                 return false;
             }
             st.reason = Some(reason);
+            st.triggered_at = Some(Instant::now());
             std::mem::take(&mut st.wakers)
         };
         self.inner.cond.notify_all();
@@ -128,6 +159,21 @@ impl Shutdown {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .reason
+    }
+
+    /// The time `main` has to return once shutdown resolves (`drain_timeout`, after its
+    /// environment override): past it, the process is ended with status 124.
+    pub fn drain_timeout(&self) -> Duration {
+        self.inner.drain_timeout
+    }
+
+    /// The instant the drain watchdog ends the process, once shutdown has resolved: the moment
+    /// it resolved plus [`drain_timeout`](Shutdown::drain_timeout). Draining code bounds its
+    /// waits by it (as `hotexec::drain::Connections::wait` does); for the runtime's own
+    /// `Shutdown`, the watchdog ends the process there with status 124.
+    pub fn drain_deadline(&self) -> Option<Instant> {
+        let st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.triggered_at.map(|t| t + self.inner.drain_timeout)
     }
 
     /// True once shutdown has been triggered.

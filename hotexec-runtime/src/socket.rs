@@ -40,6 +40,9 @@ pub struct SocketInfo {
     pub addr: ListenAddr,
     /// For stream sockets: whether `listen(2)` was called on it.
     pub listening: bool,
+    /// An IPv6 socket that takes IPv4 clients too (`IPV6_V6ONLY` off), as systemd's
+    /// `ListenStream=PORT` (`[::]:PORT`) is.
+    pub dual_stack: bool,
 }
 
 fn errno_io(call: &str, e: Errno) -> io::Error {
@@ -103,7 +106,14 @@ pub fn inspect(fd: BorrowedFd<'_>) -> Result<SocketInfo, String> {
             "fd {n} is a connected or unlistened stream socket ({addr}), not a listener"
         ));
     }
-    Ok(SocketInfo { addr, listening })
+    let dual_stack = ip.is_some_and(|sa| sa.is_ipv6())
+        && !socket::getsockopt(&fd, sockopt::Ipv6V6Only)
+            .map_err(|e| format!("fd {n}: getsockopt(IPV6_V6ONLY) failed: {}", e.desc()))?;
+    Ok(SocketInfo {
+        addr,
+        listening,
+        dual_stack,
+    })
 }
 
 /// Sets `FD_CLOEXEC` on `fd`, so no program the application execs inherits it.
@@ -309,6 +319,28 @@ pub fn matches(declared: &ListenAddr, found: &ListenAddr) -> bool {
     }
 }
 
+/// True when a socket a service manager passed, at `found`, serves a listener declared at
+/// `declared`: same kind and, for TCP and UDP, the same port (any, if the declared one is 0) and
+/// an address that takes the declared one's clients: the same, or a wildcard of its family
+/// (`0.0.0.0` serves `127.0.0.1`), or a dual-stack `[::]` for any IPv4 or IPv6 address; a
+/// declared wildcard accepts any address of its family, as in [`matches()`].
+pub fn covers(declared: &ListenAddr, found: &ListenAddr, dual_stack: bool) -> bool {
+    match (declared, found) {
+        (ListenAddr::Tcp(d), ListenAddr::Tcp(f)) | (ListenAddr::Udp(d), ListenAddr::Udp(f)) => {
+            let port = d.port() == 0 || d.port() == f.port();
+            let ip = if d.is_ipv4() == f.is_ipv4() {
+                d.ip() == f.ip() || d.ip().is_unspecified() || f.ip().is_unspecified()
+            } else {
+                // Only a dual-stack IPv6 wildcard takes IPv4 clients.
+                d.is_ipv4() && f.ip().is_unspecified() && dual_stack
+            };
+            port && ip
+        }
+        (ListenAddr::Unix(d), ListenAddr::Unix(f)) => d == f,
+        _ => false,
+    }
+}
+
 /// The address a bound fd really has (port 0 resolved).
 pub fn local_addr(fd: BorrowedFd<'_>) -> io::Result<ListenAddr> {
     inspect(fd.as_fd())
@@ -368,5 +400,34 @@ mod tests {
         assert!(!matches(&p("127.0.0.1:4001"), &p("127.0.0.1:4000")));
         assert!(!matches(&p("udp:127.0.0.1:4000"), &p("127.0.0.1:4000")));
         assert!(!matches(&p("[::1]:4000"), &p("127.0.0.1:4000")));
+    }
+
+    #[test]
+    fn what_a_passed_socket_covers() {
+        let p = |s| ListenAddr::parse(s).unwrap();
+        // systemd's `ListenStream=8080`: `[::]:8080`, dual-stack.
+        assert!(covers(&p("0.0.0.0:8080"), &p("[::]:8080"), true));
+        assert!(covers(&p("127.0.0.1:8080"), &p("[::]:8080"), true));
+        assert!(covers(&p("[::]:8080"), &p("[::]:8080"), true));
+        assert!(!covers(&p("0.0.0.0:8080"), &p("[::]:8080"), false));
+        assert!(!covers(&p("0.0.0.0:8080"), &p("[::]:8081"), true));
+        assert!(!covers(&p("0.0.0.0:8080"), &p("[::1]:8080"), false));
+        // Wildcards either side, within a family.
+        assert!(covers(&p("127.0.0.1:80"), &p("0.0.0.0:80"), false));
+        assert!(covers(&p("0.0.0.0:80"), &p("127.0.0.1:80"), false));
+        assert!(!covers(&p("[::]:80"), &p("0.0.0.0:80"), false));
+        assert!(covers(&p("127.0.0.1:0"), &p("127.0.0.1:4000"), false));
+        assert!(!covers(&p("127.0.0.2:80"), &p("127.0.0.1:80"), false));
+        assert!(!covers(&p("udp:0.0.0.0:80"), &p("0.0.0.0:80"), false));
+        assert!(covers(
+            &p("unix:/run/a.sock"),
+            &p("unix:/run/a.sock"),
+            false
+        ));
+        assert!(!covers(
+            &p("unix:/run/a.sock"),
+            &p("unix:/run/b.sock"),
+            false
+        ));
     }
 }

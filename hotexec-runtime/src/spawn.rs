@@ -24,6 +24,7 @@ use nix::fcntl::OFlag;
 use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::{ForkResult, Pid, fork};
 
+use crate::limits::{self, LimitError};
 use crate::protocol::{self, EXEC_FAILED, FDS_START};
 
 /// A started child: its pid and the read end of its readiness pipe.
@@ -67,8 +68,13 @@ pub fn spawn(
 ) -> io::Result<Spawned> {
     let n = fds.len();
     let ready_target = FDS_START + n as RawFd;
-    let (ready_r, ready_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
-        .map_err(|e| io::Error::other(format!("pipe2: {}", e.desc())))?;
+    let (ready_r, ready_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| match e {
+        nix::errno::Errno::EMFILE => io::Error::other(LimitError::NoFile {
+            call: "pipe2",
+            limit: limits::nofile(),
+        }),
+        e => io::Error::other(format!("pipe2: {}", e.desc())),
+    })?;
 
     let cstr = |b: &[u8]| {
         CString::new(b).map_err(|_| io::Error::other("argument or environment with a NUL byte"))
@@ -112,6 +118,8 @@ pub fn spawn(
     // LISTEN_PID must be the child's own pid, known only after fork: reserve room for it.
     let mut pid_var = PID_VAR.to_vec();
     pid_var.resize(PID_VAR.len() + 24, 0);
+    // E2BIG from execve would only say "Argument list too long": say which string, and why.
+    limits::check_exec(&argv_c, &envp_c, pid_var.len()).map_err(io::Error::other)?;
 
     let argv_p: Vec<*const libc::c_char> = argv_c
         .iter()
@@ -127,6 +135,8 @@ pub fn spawn(
     src.extend(extra.keeper.map(|k| k.as_raw_fd()));
     src.extend(extra.handoff.map(|h| h.as_raw_fd()));
     let mut tmp: Vec<RawFd> = vec![-1; src.len()];
+    // The child's EMFILE would be reported as an exec failure: check its room first.
+    limits::check_child_fds(src.len(), n).map_err(io::Error::other)?;
 
     let mut child = Child {
         path: path.as_ptr(),

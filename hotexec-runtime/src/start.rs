@@ -7,7 +7,7 @@ use crate::config::{Config, Declared};
 use crate::listeners::Listeners;
 use crate::shutdown::{Shutdown, ShutdownReason};
 use crate::syntax::ListenAddr;
-use crate::{control, exe, inherit, keeper, pidfile, ready, socket, trigger};
+use crate::{activation, control, exe, inherit, keeper, notify, pidfile, ready, socket, trigger};
 
 /// Refuses to start: the message goes to the app's tracing subscriber if it has one, and to
 /// stderr otherwise, then the process exits 1. In a new generation this makes the upgrade fail
@@ -38,7 +38,11 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
     match keeper::role(&config, &snap).unwrap_or_else(|e| fatal(e)) {
         keeper::Role::Keeper => keeper::run(config, &snap, exe, argv),
         // The pid file names the keeper, which stays: generations leave it alone.
-        keeper::Role::Generation => config.pid_file = None,
+        // So does the service manager's main pid: the keeper speaks for the generations.
+        keeper::Role::Generation => {
+            config.pid_file = None;
+            notify::keeper_is_main_pid();
+        }
         keeper::Role::Plain => {}
     }
 
@@ -52,10 +56,15 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
     for (decl, inherited) in config.listeners.iter().zip(adoption.claimed) {
         let (fd, addr, was_inherited) = match inherited {
             Some(s) => {
-                tracing::info!(listener = %decl.name, addr = %inherit::addr_of(&s), "adopted inherited listener");
+                let from_manager = s.source == activation::Source::Manager;
+                tracing::info!(listener = %decl.name, addr = %inherit::addr_of(&s), from_service_manager = from_manager, "adopted inherited listener");
                 let addr = s.info.addr.clone();
+                if from_manager {
+                    // Passed on as the service manager's, to every later generation.
+                    activation::record(&decl.name);
+                }
                 // A path a socket activator bound is the activator's to remove, not ours.
-                if let (ListenAddr::Unix(p), Some(name)) = (&addr, &s.name) {
+                if let (ListenAddr::Unix(p), Some(name), false) = (&addr, &s.name, from_manager) {
                     if inherit::path_is_owned(name) {
                         socket::own_path(&decl.name, p);
                     }
@@ -88,8 +97,18 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
         handed.push((decl.name.clone(), addr, user, was_inherited));
         sockets.push((decl.name.clone(), fd));
     }
-    let shutdown = Shutdown::new().unwrap_or_else(|e| fatal(format!("shutdown pipe: {e}")));
-    ready::arm(adoption.ready_fd, config.manual_ready);
+    // Said at start, not only at the first upgrade: the server serves, but cannot be upgraded.
+    let names: Vec<&str> = sockets.iter().map(|(n, _)| n.as_str()).collect();
+    if let Err(e) = crate::limits::check_fdnames(&names) {
+        tracing::warn!("every upgrade of this server will fail: {e}");
+    }
+    let shutdown = Shutdown::new(config.drain_timeout)
+        .unwrap_or_else(|e| fatal(format!("shutdown pipe: {e}")));
+    ready::arm(
+        adoption.ready_fd,
+        config.manual_ready,
+        config.pid_file.clone(),
+    );
     let pid_file = config.pid_file.clone();
     // A bad HOTEXEC_SPAWN is an error now, not at the first upgrade.
     if let Err(e) = crate::spawn::method() {

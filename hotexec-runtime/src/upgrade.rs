@@ -15,7 +15,7 @@ use nix::unistd::Pid;
 
 use crate::config::Config;
 use crate::error::UpgradeError;
-use crate::protocol::{self, EXEC_FAILED, READY};
+use crate::protocol::{self, EXEC_FAILED, HANDED_ON, READY, STOPPING};
 use crate::shutdown::{Shutdown, ShutdownReason};
 use crate::{drain, notify, pidfile, signals, spawn};
 
@@ -82,6 +82,9 @@ pub(crate) fn start(
                 phase: Phase::Serving,
                 handed_over_at: None,
                 rolled_back: false,
+                successor: None,
+                stop_requested: false,
+                deferred: false,
             }
             .run()
         })?;
@@ -135,6 +138,63 @@ struct Supervisor {
     handed_over_at: Option<Instant>,
     /// A generation rolls back at most once.
     rolled_back: bool,
+    /// What the current successor has said on its readiness pipe since it was ready.
+    successor: Option<Successor>,
+    /// A stop signal reached this generation after it handed over: whatever the successor
+    /// does now, this generation does not start again.
+    stop_requested: bool,
+    /// An upgrade signal reached this freshly started generation before it reported ready:
+    /// the upgrade starts as soon as it has (see [`Supervisor::on_signal`]).
+    deferred: bool,
+}
+
+/// The successor's readiness pipe, kept open after `READY`: the successor writes
+/// [`HANDED_ON`] or [`STOPPING`] on it (see `ready.rs`).
+struct Successor {
+    /// `None` once the successor closed its end (it exited, or exec'd something else).
+    pipe: Option<OwnedFd>,
+    handed_on: bool,
+    stopping: bool,
+}
+
+impl Successor {
+    fn new(pipe: OwnedFd) -> Successor {
+        // Read only when there is something: the supervisor must never block on it.
+        let _ = nix::fcntl::fcntl(
+            &pipe,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        );
+        Successor {
+            pipe: Some(pipe),
+            handed_on: false,
+            stopping: false,
+        }
+    }
+
+    /// Reads what the successor has written so far.
+    fn read(&mut self) {
+        let Some(fd) = &self.pipe else { return };
+        let mut buf = [0u8; 16];
+        loop {
+            match nix::unistd::read(fd, &mut buf) {
+                Ok(0) => {
+                    self.pipe = None;
+                    return;
+                }
+                Ok(n) => {
+                    for b in &buf[..n] {
+                        match *b {
+                            HANDED_ON => self.handed_on = true,
+                            STOPPING => self.stopping = true,
+                            _ => {}
+                        }
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => return,
+            }
+        }
+    }
 }
 
 /// What woke the supervisor during an upgrade.
@@ -159,22 +219,37 @@ impl Supervisor {
         loop {
             // While draining, also watch the new generation: it is reaped at once if it dies, and
             // a crash is noticed within 50 ms (connections queue in the backlog meanwhile).
+            // A deferred upgrade waits for readiness, which nothing signals to this thread:
+            // checked every 10 ms, only while one is deferred.
             let timeout = match self.phase {
+                Phase::Serving if self.deferred => PollTimeout::from(10u16),
                 Phase::Serving => PollTimeout::NONE,
                 Phase::Draining(_) => PollTimeout::from(50u16),
             };
-            let mut fds = [
+            let mut fds = vec![
                 PollFd::new(self.sig_r.as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.wake_r.as_fd(), PollFlags::POLLIN),
             ];
+            if let Some(pipe) = self.successor.as_ref().and_then(|s| s.pipe.as_ref()) {
+                fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
+            }
             if let Err(e) = poll(&mut fds, timeout) {
                 if e != nix::errno::Errno::EINTR {
                     tracing::error!("supervisor poll failed: {}", e.desc());
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
+            drop(fds);
+            if let Some(s) = &mut self.successor {
+                s.read();
+            }
             for sig in signals::drain(&self.sig_r) {
                 self.on_signal(sig);
+            }
+            if self.deferred && self.phase == Phase::Serving && crate::ready::reported() {
+                self.deferred = false;
+                tracing::info!("ready: starting the upgrade signalled before");
+                let _ = self.upgrade("signal");
             }
             self.drain_wake();
             for reply in self.take_requests() {
@@ -203,9 +278,18 @@ impl Supervisor {
         let upgrade_sig = self.ctx.config.upgrade_signal;
         match (sig, self.phase) {
             (s, Phase::Serving) if s == upgrade_sig && !crate::ready::reported() => {
-                // A broadcast (`pkill -USR2 app`) reaches the old and the new generation at
-                // once: the new one must not start a third before it even serves.
-                tracing::warn!(signal = %s, "upgrade signal ignored: this generation has not reported ready yet");
+                if crate::ready::started_by_upgrade() {
+                    // A broadcast (`pkill -USR2 app`) reaches the old and the new generation at
+                    // once: the new one must not start a third before it even serves.
+                    tracing::warn!(signal = %s, "upgrade signal ignored: this generation has not reported ready yet");
+                } else {
+                    // A fresh start has no older generation the signal could be meant for: the
+                    // operator read the pid file (written before `main`) and asked for an
+                    // upgrade. Dropping it would lose the request; acting on it now would
+                    // start a successor of a process that cannot serve yet.
+                    self.deferred = true;
+                    tracing::info!(signal = %s, "upgrade signal before this generation reported ready: the upgrade starts once it is ready");
+                }
             }
             (s, Phase::Serving) if s == upgrade_sig => {
                 let _ = self.upgrade("signal");
@@ -223,7 +307,11 @@ impl Supervisor {
                 std::process::exit(1);
             }
             (s, Phase::Draining(reason)) => {
-                tracing::info!(signal = %s, ?reason, "stop signal while draining: already stopping");
+                // After an upgrade too: the operator (or the service manager stopping the
+                // whole service) wants this process gone, so the successor's death from now on
+                // is no reason to start again.
+                self.stop_requested = true;
+                tracing::info!(signal = %s, ?reason, "stop signal while draining: already stopping, and no rollback from now on");
             }
         }
     }
@@ -240,55 +328,95 @@ impl Supervisor {
         tracing::info!(signal = %sig, drain_timeout = ?self.ctx.config.drain_timeout, "stopping: draining in-flight work");
         self.phase = Phase::Draining(reason);
         notify::stopping();
+        crate::keeper::stopping();
+        // The previous generation, if it is still in its probation, must not roll back.
+        crate::ready::stopping();
         self.ctx.shutdown.trigger(reason);
     }
 
-    /// Reaps the new generation if it died while we drain. A crash (killed by a signal or a
-    /// non-zero exit) of a successor that had not handed over in turn is rolled back: this
-    /// process still holds the listening sockets and starts its own code again.
+    /// Reaps the new generation if it died while we drain. Its crash (killed by a signal or
+    /// a non-zero exit) is rolled back only while it is in its probation, and only if it had
+    /// neither handed over in turn nor been told to stop, nor this process been told to stop:
+    /// this process still holds the listening sockets and starts its own code again. What the
+    /// successor did, it says itself on its readiness pipe ([`HANDED_ON`], [`STOPPING`]).
     fn watch_successor(&mut self, pid: u32) {
         let probation = self.ctx.config.probation.min(self.ctx.config.drain_timeout);
+        let in_probation = self.handed_over_at.is_some_and(|t| t.elapsed() < probation);
         match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) => {
-                if self.handed_over_at.is_none_or(|t| t.elapsed() >= probation) {
-                    self.ctx.settled.store(true, Ordering::SeqCst);
+                if !in_probation {
+                    self.settle(
+                        "the new generation is past its probation: no rollback from now on",
+                    );
+                } else if let Some(why) = self.no_rollback_because() {
+                    self.settle(why);
                 }
             }
-            Err(_) => self.ctx.settled.store(true, Ordering::SeqCst),
+            Err(_) => self.settle("the new generation is not a child of this process any more"),
             Ok(status) => {
+                // Whatever it wrote before it exited is still in the pipe.
+                if let Some(s) = &mut self.successor {
+                    s.read();
+                }
                 let crashed = !matches!(status, WaitStatus::Exited(_, 0));
-                // It had handed over to a generation of its own: that one serves.
-                let handed_on = self
-                    .ctx
-                    .config
-                    .pid_file
-                    .as_deref()
-                    .and_then(pidfile::read)
-                    .is_some_and(|p| p != pid && p != std::process::id());
                 let after = self.handed_over_at.map(|t| t.elapsed());
-                if crashed && !handed_on && !self.rolled_back {
+                let how = describe(status);
+                if let Some(why) = self.no_rollback_because() {
+                    tracing::info!(new_pid = pid, "the new generation exited ({how}): {why}");
+                } else if !crashed {
+                    tracing::error!(
+                        new_pid = pid,
+                        "the new generation exited while this one was draining ({how}): nothing is serving new connections"
+                    );
+                } else if !in_probation {
                     tracing::error!(
                         new_pid = pid,
                         after_ready = ?after,
-                        "the new generation died ({}) after taking over: rolling back to this generation's code",
-                        describe(status)
+                        ?probation,
+                        "the new generation died ({how}) after its probation: not rolling back (its crash is not a failed upgrade); nothing is serving new connections"
                     );
-                    self.rollback(pid);
-                } else if handed_on {
-                    tracing::info!(
+                } else if self.rolled_back {
+                    tracing::error!(
                         new_pid = pid,
-                        "the new generation exited ({}) after handing over in turn",
-                        describe(status)
+                        "the rolled-back generation died ({how}): nothing is serving new connections"
                     );
                 } else {
                     tracing::error!(
                         new_pid = pid,
-                        "the new generation exited while this one was draining ({}): nothing is serving new connections",
-                        describe(status)
+                        after_ready = ?after,
+                        "the new generation died ({how}) after taking over: rolling back to this generation's code"
                     );
+                    self.rollback(pid);
                 }
-                self.ctx.settled.store(true, Ordering::SeqCst);
+                self.settle("the new generation has exited");
             }
+        }
+    }
+
+    /// Why the successor's exit, whatever its status, must not be rolled back; `None`: it may.
+    fn no_rollback_because(&self) -> Option<&'static str> {
+        let s = self.successor.as_ref();
+        if s.is_some_and(|s| s.handed_on) {
+            Some("it had handed over to a generation of its own, which serves")
+        } else if s.is_some_and(|s| s.stopping) {
+            Some("it was told to stop: not rolling back")
+        } else if self.stop_requested {
+            Some("this generation was told to stop: not rolling back")
+        } else {
+            None
+        }
+    }
+
+    /// From now on this process starts nothing again: `main` may return, and hotexec's copies
+    /// of the listeners are closed, so that if the successor dies later new clients are refused
+    /// at once (and retry elsewhere) instead of queueing on a socket nobody will accept from.
+    fn settle(&mut self, why: &str) {
+        if !self.ctx.settled.swap(true, Ordering::SeqCst) {
+            let closed = self.ctx.close_listeners();
+            tracing::info!(
+                closed,
+                "{why}; hotexec's copies of the listeners are closed"
+            );
         }
     }
 
@@ -326,7 +454,7 @@ impl Supervisor {
             Event::Ready => {
                 // Its MAINPID is only accepted under NotifyAccess=all: this process stopped being
                 // the main pid at the hand-over, and systemd has seen that main pid die.
-                self.took_over(pid.as_raw() as u32);
+                self.took_over(pid.as_raw() as u32, child.ready_r);
                 tracing::warn!(
                     elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
                     "rolled back: a new process running this generation's code serves again"
@@ -355,6 +483,7 @@ impl Supervisor {
         let started = Instant::now();
         crate::exe::log_upgrade_target(&self.ctx.exe);
         notify::reloading();
+        crate::keeper::reloading();
         // A new binary that is not built on hotexec reports ready with sd_notify on this socket.
         let notify_sock = notify::ChildSocket::bind()
             .inspect_err(|e| tracing::warn!("no notify socket for the new generation ({e}): only the readiness pipe will count"))
@@ -362,9 +491,16 @@ impl Supervisor {
         let child = match self.spawn_next(&self.ctx.exe, notify_sock.as_ref()) {
             Ok(c) => c,
             Err(e) => {
-                let err = UpgradeError::Spawn(e.to_string());
+                let err = match e
+                    .get_ref()
+                    .and_then(|i| i.downcast_ref::<crate::limits::LimitError>())
+                {
+                    Some(limit) => UpgradeError::Limit(limit.to_string()),
+                    None => UpgradeError::Spawn(e.to_string()),
+                };
                 tracing::error!("upgrade failed: {err}; still serving");
                 notify::upgrade_failed();
+                crate::keeper::upgrade_failed();
                 return Err(err);
             }
         };
@@ -378,7 +514,7 @@ impl Supervisor {
             Event::Ready => {
                 self.ctx.pending.store(0, Ordering::SeqCst);
                 let new_pid = pid.as_raw() as u32;
-                let reason = self.took_over(new_pid);
+                let reason = self.took_over(new_pid, child.ready_r);
                 self.ctx.shutdown.trigger(reason);
                 drain::start(self.ctx.config.drain_timeout, reason, None);
                 tracing::info!(
@@ -428,6 +564,7 @@ impl Supervisor {
         if let Err(e) = &result {
             tracing::error!("upgrade failed: {e}; this generation keeps serving");
             notify::upgrade_failed();
+            crate::keeper::upgrade_failed();
         }
         result
     }
@@ -442,8 +579,16 @@ impl Supervisor {
         let sockets = self.ctx.sockets.lock().unwrap_or_else(|p| p.into_inner());
         let fds: Vec<BorrowedFd<'_>> = sockets.iter().map(|(_, fd)| fd.as_fd()).collect();
         let names: Vec<&str> = sockets.iter().map(|(n, _)| n.as_str()).collect();
-        let env = Self::child_env(notify_sock);
-        let handoff = crate::handoff::channel_for_child();
+        let mut env = Self::child_env(notify_sock);
+        // Which of them a service manager passed: the next generation must keep adopting those
+        // whatever it declares (see activation.rs). `names[i]` becomes fd 3 + i.
+        let activated: Vec<String> = (protocol::FDS_START..)
+            .zip(&names)
+            .filter(|(_, n)| crate::activation::from_manager(n))
+            .map(|(fd, _)| fd.to_string())
+            .collect();
+        env.push((protocol::ACTIVATED_FDS, activated.join(":").into()));
+        let handoff = crate::handoff::channel_for_child()?;
         let extra = spawn::Extra {
             keeper: crate::keeper::channel(),
             handoff: handoff.as_ref().map(|(_, theirs)| theirs.as_fd()),
@@ -459,7 +604,7 @@ impl Supervisor {
 
     /// What follows a generation's readiness, for an upgrade and a rollback alike: the pid file,
     /// the keeper and systemd learn the new pid, and this process is draining from now on.
-    fn took_over(&mut self, new_pid: u32) -> ShutdownReason {
+    fn took_over(&mut self, new_pid: u32, ready_r: OwnedFd) -> ShutdownReason {
         if let Some(p) = &self.ctx.config.pid_file {
             if let Err(e) = pidfile::write(p, new_pid) {
                 tracing::error!("{e}");
@@ -468,6 +613,9 @@ impl Supervisor {
         crate::keeper::handed_over(new_pid);
         notify::handed_over(new_pid);
         crate::handoff::child_ready(new_pid, self.ctx.config.drain_timeout);
+        // The generation before this one, if it is still in its probation, must not roll back.
+        crate::ready::handed_on();
+        self.successor = Some(Successor::new(ready_r));
         let reason = ShutdownReason::Upgrade { new_pid };
         self.phase = Phase::Draining(reason);
         self.handed_over_at = Some(Instant::now());
@@ -523,13 +671,18 @@ impl Supervisor {
                 return Event::Ready;
             }
             if fds[0].any().unwrap_or(false) {
-                let mut buf = [0u8; 5];
+                // One byte: what follows `READY` (the successor's later news) stays in the pipe.
+                let mut buf = [0u8; 1];
                 match nix::unistd::read(ready_r, &mut buf) {
                     Ok(0) => return Event::Eof,
                     Ok(_) if buf[0] == READY => return Event::Ready,
-                    Ok(n) if buf[0] == EXEC_FAILED && n == 5 => {
-                        let errno = i32::from_ne_bytes([buf[1], buf[2], buf[3], buf[4]]);
-                        return Event::ExecFailed(errno);
+                    Ok(_) if buf[0] == EXEC_FAILED => {
+                        // The child wrote the errno with the byte, in one write.
+                        let mut errno = [0u8; 4];
+                        return match nix::unistd::read(ready_r, &mut errno) {
+                            Ok(4) => Event::ExecFailed(i32::from_ne_bytes(errno)),
+                            _ => Event::Eof,
+                        };
                     }
                     Ok(_) => return Event::Eof,
                     Err(nix::errno::Errno::EINTR) => {}

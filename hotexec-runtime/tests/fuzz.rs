@@ -66,7 +66,13 @@ fn value() -> impl Strategy<Value = OsString> {
 fn coherent() -> impl Strategy<Value = Snapshot> {
     (
         proptest::collection::vec(
-            prop_oneof![Just("http"), Just("admin"), Just("unknown"), Just("")],
+            prop_oneof![
+                Just("http"),
+                Just("admin"),
+                Just("unknown"),
+                Just(""),
+                Just("app.socket")
+            ],
             0..4,
         ),
         proptest::option::of(0u32..10),
@@ -76,6 +82,7 @@ fn coherent() -> impl Strategy<Value = Snapshot> {
             listen_fds: Some(names.len().to_string().into()),
             listen_fdnames: (!names.is_empty()).then(|| names.join(":").into()),
             ready_fd: ready.map(|r| r.to_string().into()),
+            activated_fds: None,
         })
 }
 
@@ -92,13 +99,15 @@ fn arbitrary_snapshot() -> impl Strategy<Value = Snapshot> {
         proptest::option::of(value()),
         proptest::option::of(value()),
         proptest::option::of(value()),
+        proptest::option::of(value()),
     )
         .prop_map(
-            |(listen_pid, listen_fds, listen_fdnames, ready_fd)| Snapshot {
+            |(listen_pid, listen_fds, listen_fdnames, ready_fd, activated_fds)| Snapshot {
                 listen_pid,
                 listen_fds,
                 listen_fdnames,
                 ready_fd,
+                activated_fds,
             },
         )
 }
@@ -125,11 +134,25 @@ proptest! {
                         prop_assert!(!n.is_empty() && n != "unknown" && !n.contains(':'));
                     }
                 }
-                let named: Vec<_> = h.fds.iter().filter_map(|(_, n)| n.as_deref()).collect();
+                // A socket unit's name may be on several fds (systemd's default names).
+                let named: Vec<_> = h
+                    .fds
+                    .iter()
+                    .filter_map(|(_, n)| n.as_deref())
+                    .filter(|n| !hotexec_runtime::protocol::is_unit_name(n))
+                    .collect();
                 let mut dedup = named.clone();
                 dedup.sort_unstable();
                 dedup.dedup();
                 prop_assert_eq!(named.len(), dedup.len(), "a name is given to two fds: {:?}", named);
+                // The service manager's fds are among the passed ones, once each, in order.
+                prop_assert!(h.from_manager.windows(2).all(|w| w[0] < w[1]));
+                // (fds are 3, 4, … in order, checked above; LISTEN_FDS may be a million)
+                let end = FDS_START + h.fds.len() as i32;
+                prop_assert!(h.from_manager.iter().all(|fd| (FDS_START..end).contains(fd)));
+                if h.ready_fd.is_none() {
+                    prop_assert_eq!(h.from_manager.len(), h.fds.len());
+                }
                 if let Some(r) = h.ready_fd {
                     prop_assert!(r >= FDS_START);
                     prop_assert!(r >= FDS_START + h.fds.len() as i32, "ready fd {} inside the listen range", r);

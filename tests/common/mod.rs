@@ -7,6 +7,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -140,6 +141,46 @@ impl App {
         App::launch(name, listener_var, extra_listeners(name), env, wrapper)
     }
 
+    /// Starts example `name` under a socket activator, `wrapper… <binary>`, that listens on
+    /// `addr`, an address the test chose (the declared addresses, if any, are set in `env`: the
+    /// harness sets no `HOTEXEC_LISTEN_<NAME>` of its own but the example's other listeners).
+    /// The server is the activator, which execs it in place. The first connection to `addr` is
+    /// the one that makes the activator start the server: it carries a `GET /`, and what it got
+    /// is returned. Nothing else is waited for: the server may have refused to start.
+    pub fn start_activated(
+        name: &str,
+        addr: SocketAddr,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> (App, Outcome) {
+        App::start_activated_with(name, addr, env, wrapper, |_| {
+            // Refused until the activator listens; the first connection that succeeds is the
+            // activating one.
+            let stream = wait_for(Duration::from_secs(10), "the activator to listen", || {
+                TcpStream::connect(addr).ok()
+            });
+            request_on(stream, "/", Duration::from_secs(10))
+        })
+    }
+
+    /// As [`App::start_activated`], with `first` making the first contact (a datagram, …).
+    pub fn start_activated_with<T>(
+        name: &str,
+        addr: SocketAddr,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+        first: impl FnOnce(&App) -> T,
+    ) -> (App, T) {
+        let app = App::spawn(name, addr, None, extra_listeners(name), env, wrapper);
+        let got = first(&app);
+        (app, got)
+    }
+
+    /// The good build this app was started from (a replaced binary can exec it).
+    pub fn good_binary(&self) -> &Path {
+        &self.good_copy
+    }
+
     /// As [`App::start`], with the variables of the other listeners given.
     pub fn start_with(
         name: &str,
@@ -157,6 +198,36 @@ impl App {
         env: &[(&str, &str)],
         wrapper: &[&str],
     ) -> App {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let app = App::spawn(name, addr, Some(listener_var), extra_vars, env, wrapper);
+        if wrapper.is_empty() {
+            app.wait_pid_file(app.first_pid());
+        }
+        wait_for(Duration::from_secs(10), "the server to accept", || {
+            TcpStream::connect(app.addr).ok()
+        });
+        if !wrapper.is_empty() {
+            // The server is the wrapper (exec'ed in place) or its child; a socket activator
+            // starts it on the first connection, which the wait above made.
+            let server = wait_for(Duration::from_secs(10), "the pid file", || {
+                app.pid_in_file()
+            });
+            app.track(server);
+        }
+        app
+    }
+
+    /// Copies example `name` and spawns it (under `wrapper`, if any) with `listener_var` set to
+    /// `addr` (if given), each of `extra_vars` set to a free port, and `env` on top.
+    fn spawn(
+        name: &str,
+        addr: SocketAddr,
+        listener_var: Option<&str>,
+        extra_vars: &[&str],
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> App {
         subreaper();
         let dir = Scratch::new(name);
         let bin = dir.0.join("app");
@@ -165,8 +236,6 @@ impl App {
         copy_exe(&good_copy, &bin);
         let pid_file = dir.0.join("app.pid");
         let log = dir.0.join("app.log");
-        let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let logf = std::fs::File::create(&log).unwrap();
         let mut cmd = match wrapper.split_first() {
             None => Command::new(&bin),
@@ -177,8 +246,10 @@ impl App {
                 c
             }
         };
-        cmd.env(listener_var, addr.to_string())
-            .env("HOTEXEC_PID_FILE", &pid_file)
+        if let Some(var) = listener_var {
+            cmd.env(var, addr.to_string());
+        }
+        cmd.env("HOTEXEC_PID_FILE", &pid_file)
             .env("HOTEXEC_READY_TIMEOUT", "5s")
             .env("HOTEXEC_DRAIN_TIMEOUT", "10s")
             .env("RUST_LOG", "info")
@@ -218,7 +289,7 @@ impl App {
             }
         };
         let pid = child.id();
-        let app = App {
+        App {
             dir,
             bin,
             pid_file,
@@ -228,22 +299,7 @@ impl App {
             pids: Arc::new(Mutex::new(vec![pid])),
             extra,
             good_copy,
-        };
-        if wrapper.is_empty() {
-            app.wait_pid_file(pid);
         }
-        wait_for(Duration::from_secs(10), "the server to accept", || {
-            TcpStream::connect(app.addr).ok()
-        });
-        if !wrapper.is_empty() {
-            // The server is the wrapper (exec'ed in place) or its child; a socket activator
-            // starts it on the first connection, which the wait above made.
-            let server = wait_for(Duration::from_secs(10), "the pid file", || {
-                app.pid_in_file()
-            });
-            app.track(server);
-        }
-        app
     }
 
     /// The address of the listener set by `var` (see [`extra_listeners`]).
@@ -290,15 +346,51 @@ impl App {
     }
 
     /// Signals an upgrade and waits until the pid file names a new pid; returns (old, new).
+    ///
+    /// A generation ignores the upgrade signal until it has reported ready (shortly after
+    /// `main` starts, which may be after the pid file is written and connections are accepted):
+    /// each time the log shows the signal was ignored for that reason, it is sent again.
     pub fn upgrade(&self) -> (u32, u32) {
+        const NOT_READY: &str = "has not reported ready yet";
+        let mut ignored = self.log_text().matches(NOT_READY).count();
         let old = self.signal_upgrade();
         let new = wait_for(
             Duration::from_secs(10),
             "the pid file to name a new pid",
-            || self.pid_in_file().filter(|p| *p != old),
+            || {
+                if let Some(p) = self.pid_in_file().filter(|p| *p != old) {
+                    return Some(p);
+                }
+                let now = self.log_text().matches(NOT_READY).count();
+                if now > ignored {
+                    ignored = now;
+                    let _ = kill(Pid::from_raw(old as i32), Signal::SIGUSR2);
+                }
+                None
+            },
         );
         self.track(new);
         (old, new)
+    }
+
+    /// Sends the upgrade signal to `target` (a generation, or the keeper that forwards it) and
+    /// waits until `done` returns Some; sends it again each time the log shows that a
+    /// generation ignored it because it had not reported ready yet (see [`App::upgrade`]).
+    pub fn upgrade_via<T>(&self, target: u32, mut done: impl FnMut() -> Option<T>) -> T {
+        const NOT_READY: &str = "has not reported ready yet";
+        let mut ignored = self.log_text().matches(NOT_READY).count();
+        kill(Pid::from_raw(target as i32), Signal::SIGUSR2).unwrap();
+        wait_for(Duration::from_secs(10), "the upgrade to start", || {
+            if let Some(v) = done() {
+                return Some(v);
+            }
+            let now = self.log_text().matches(NOT_READY).count();
+            if now > ignored {
+                ignored = now;
+                let _ = kill(Pid::from_raw(target as i32), Signal::SIGUSR2);
+            }
+            None
+        })
     }
 
     /// Replaces the binary on disk atomically with `contents` (a script) or the good binary.
@@ -326,6 +418,27 @@ impl App {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The log without the terminal colour codes tracing puts around fields, so a needle can
+    /// span a message and its fields (`listening listener=http`).
+    pub fn plain_log(&self) -> String {
+        let text = self.log_text();
+        let mut out = String::with_capacity(text.len());
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // CSI: ESC [ parameters… final byte (a letter).
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
     }
 
     /// Waits until the log holds `needle` `count` times.
@@ -489,12 +602,17 @@ pub enum Outcome {
 /// One `GET path` on a new connection with `Connection: close`; a full response or a class of
 /// failure. Nothing counts as ok without a 200 status line and a complete `pid=` body.
 pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Outcome {
-    let mut s = match TcpStream::connect_timeout(&addr, timeout) {
+    let s = match TcpStream::connect_timeout(&addr, timeout) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Outcome::Refused,
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Outcome::Timeout,
         Err(e) => return Outcome::Other(format!("connect: {e}")),
     };
+    request_on(s, path, timeout)
+}
+
+/// As [`get`], on a connection already made.
+pub fn request_on(mut s: TcpStream, path: &str, timeout: Duration) -> Outcome {
     s.set_read_timeout(Some(timeout)).unwrap();
     s.set_write_timeout(Some(timeout)).unwrap();
     let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
@@ -836,6 +954,27 @@ impl Crafted {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The log without the terminal colour codes tracing puts around fields, so a needle can
+    /// span a message and its fields (`listening listener=http`).
+    pub fn plain_log(&self) -> String {
+        let text = self.log_text();
+        let mut out = String::with_capacity(text.len());
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // CSI: ESC [ parameters… final byte (a letter).
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
     /// Waits for the process to exit; its exit code (`None`: killed by a signal).
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let st = wait_for(timeout, "the crafted process to exit", || {
@@ -1121,6 +1260,27 @@ impl Started {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The log without the terminal colour codes tracing puts around fields, so a needle can
+    /// span a message and its fields (`listening listener=http`).
+    pub fn plain_log(&self) -> String {
+        let text = self.log_text();
+        let mut out = String::with_capacity(text.len());
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // CSI: ESC [ parameters… final byte (a letter).
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
     /// Waits until the log holds `needle`; fails early (with the log) if the process exited.
     pub fn wait_log(&mut self, needle: &str, timeout: Duration) {
         let log = self.log.clone();
@@ -1166,5 +1326,143 @@ impl Drop for Started {
                 self.log_text()
             );
         }
+    }
+}
+
+/// `HOTEXEC_COMPARE_PLAIN=1`: the serving tests run the same scenario against the example's plain
+/// mode (the integration switched off) and print what it loses instead of asserting zero.
+pub const COMPARE_PLAIN_VAR: &str = "HOTEXEC_COMPARE_PLAIN";
+
+/// True when the serving tests run in comparison mode (see [`COMPARE_PLAIN_VAR`]).
+pub fn compare_plain() -> bool {
+    std::env::var_os(COMPARE_PLAIN_VAR).is_some_and(|v| v == "1")
+}
+
+/// Failures counted by class (`Reset: 3, Eof: 2`), for the figures a test prints.
+pub fn by_class<'a>(failed: impl IntoIterator<Item = &'a Outcome>) -> String {
+    let mut classes: std::collections::BTreeMap<String, usize> = Default::default();
+    for o in failed {
+        let name = format!("{o:?}");
+        let name = name
+            .split(|c: char| !c.is_alphanumeric())
+            .next()
+            .unwrap_or("")
+            .to_string();
+        *classes.entry(name).or_default() += 1;
+    }
+    if classes.is_empty() {
+        return "none".into();
+    }
+    classes
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Prints a load run's figures (`mode` says with or without the integration) and, unless in
+/// comparison mode, asserts that it made at least `min` requests and that none failed.
+pub fn verdict(what: &str, outcomes: &[&Outcome], min: usize) {
+    let failed: Vec<&Outcome> = outcomes
+        .iter()
+        .copied()
+        .filter(|o| !matches!(o, Outcome::Ok { .. }))
+        .collect();
+    let mode = if compare_plain() {
+        "PLAIN (integration off)"
+    } else {
+        "with the integration"
+    };
+    eprintln!(
+        "FIGURES {what} [{mode}]: {} requests, {} failed ({})",
+        outcomes.len(),
+        failed.len(),
+        by_class(failed.iter().copied())
+    );
+    assert!(
+        outcomes.len() >= min,
+        "{what}: only {} requests (expected at least {min})",
+        outcomes.len()
+    );
+    if compare_plain() {
+        return;
+    }
+    assert!(
+        failed.is_empty(),
+        "{what}: {} of {} requests failed: {:?}",
+        failed.len(),
+        outcomes.len(),
+        &failed[..failed.len().min(10)]
+    );
+}
+
+/// A notify socket like systemd's: bound by the test, credentials passed with each datagram.
+pub struct NotifySocket {
+    pub sock: UnixDatagram,
+    /// The value for `NOTIFY_SOCKET`.
+    pub env: String,
+}
+
+impl NotifySocket {
+    pub fn at_path(path: &Path) -> NotifySocket {
+        let sock = UnixDatagram::bind(path).unwrap();
+        Self::finish(sock, path.to_string_lossy().into_owned())
+    }
+
+    pub fn abstract_name(tag: &str) -> NotifySocket {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("hotexec-test-{tag}-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let sock = UnixDatagram::bind_addr(&addr).unwrap();
+        Self::finish(sock, format!("@{name}"))
+    }
+
+    pub fn finish(sock: UnixDatagram, env: String) -> NotifySocket {
+        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::PassCred, &true).unwrap();
+        sock.set_nonblocking(true).unwrap();
+        NotifySocket { sock, env }
+    }
+
+    /// The next datagram and its sender's pid, waiting up to `timeout`.
+    pub fn next(&self, timeout: Duration) -> Option<(String, u32)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut buf = [0u8; 4096];
+            let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            match nix::sys::socket::recvmsg::<()>(
+                std::os::fd::AsRawFd::as_raw_fd(&self.sock),
+                &mut iov,
+                Some(&mut cmsg),
+                nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(msg) => {
+                    let pid = msg
+                        .cmsgs()
+                        .unwrap()
+                        .find_map(|c| match c {
+                            nix::sys::socket::ControlMessageOwned::ScmCredentials(cr) => {
+                                Some(cr.pid() as u32)
+                            }
+                            _ => None,
+                        })
+                        .expect("SO_PASSCRED gives every datagram its sender");
+                    let n = msg.bytes;
+                    return Some((String::from_utf8_lossy(&buf[..n]).into_owned(), pid));
+                }
+                Err(nix::errno::Errno::EAGAIN) => {
+                    if Instant::now() > deadline {
+                        return None;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("recvmsg: {e}"),
+            }
+        }
+    }
+
+    pub fn expect(&self, what: &str) -> (String, u32) {
+        self.next(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("no sd_notify message: expected {what}"))
     }
 }

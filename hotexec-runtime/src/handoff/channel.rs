@@ -22,7 +22,8 @@ pub(crate) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
         SocketFlags::CLOEXEC,
         None,
     )
-    .map_err(|e| io::Error::other(format!("socketpair(AF_UNIX, SOCK_SEQPACKET): {e}")))?;
+    // The errno as it is (the caller tells EMFILE apart), named by the caller.
+    .map_err(io::Error::from)?;
     // Room for a few records of the largest size in flight (the kernel caps it at wmem_max; a
     // smaller buffer only means fewer records in flight at once, and the largest still fits in
     // the default 208 KiB).

@@ -226,12 +226,25 @@ pub fn incoming() -> Option<HandedOff> {
 }
 
 /// Runtime hook before a new generation is spawned: a fresh channel; the child's end is passed
-/// like the keeper channel (see `spawn::Extra::handoff`). `None` (logged) if it cannot be made:
-/// the upgrade goes on without hand-off.
-pub(crate) fn channel_for_child() -> Option<(OwnedFd, OwnedFd)> {
-    channel::pair()
-        .inspect_err(|e| tracing::warn!("no hand-off channel for the new generation ({e}): it will drain as without hand-off"))
-        .ok()
+/// like the keeper channel (see `spawn::Extra::handoff`). At the fd limit (`EMFILE`) the upgrade
+/// fails clearly, as for its other fds (see `limits.rs`); any other failure is logged and the
+/// upgrade goes on without hand-off.
+pub(crate) fn channel_for_child() -> std::io::Result<Option<(OwnedFd, OwnedFd)>> {
+    match channel::pair() {
+        Ok(pair) => Ok(Some(pair)),
+        Err(e) if e.raw_os_error() == Some(libc::EMFILE) => {
+            Err(std::io::Error::other(crate::limits::LimitError::NoFile {
+                call: "socketpair (connection hand-off channel)",
+                limit: crate::limits::nofile(),
+            }))
+        }
+        Err(e) => {
+            tracing::warn!(
+                "no hand-off channel for the new generation (socketpair(AF_UNIX, SOCK_SEQPACKET): {e}): it will drain as without hand-off"
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// Runtime hook once the child is spawned: keeps our end of its channel until it is ready.

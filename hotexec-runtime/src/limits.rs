@@ -1,0 +1,259 @@
+//! The kernel's limits on what one upgrade can pass, checked before the new process is
+//! started, so that an upgrade past them fails with a message that names the limit, the numbers
+//! and what to do (instead of `execve`'s E2BIG, or EMFILE reported as an exec failure).
+//!
+//! - `MAX_ARG_STRLEN` (32 pages, 128 KiB with 4 KiB pages): the longest one argument or
+//!   environment string may be. `LISTEN_FDNAMES` holds every listener's name, so about 2,000
+//!   listeners with 64-character names pass it.
+//! - `ARG_MAX` (a quarter of `RLIMIT_STACK`): argv and the environment together.
+//! - `RLIMIT_NOFILE`: the new process is handed every listener (plus the readiness pipe and the
+//!   keeper channel) at fds 3.., and to place them it first needs as many free fd numbers
+//!   above them in this process's fd table (see `spawn.rs`), all below the soft limit.
+
+use std::ffi::CString;
+use std::fmt;
+
+use crate::protocol::{self, FDS_START};
+
+/// `MAX_ARG_STRLEN` of Linux: `32 * PAGE_SIZE`, the terminating NUL included.
+pub(crate) fn max_arg_strlen() -> usize {
+    // SAFETY: sysconf takes an integer and touches no memory.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    32 * usize::try_from(page)
+        .ok()
+        .filter(|p| *p > 0)
+        .unwrap_or(4096)
+}
+
+/// Why an upgrade cannot pass what it must pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum LimitError {
+    /// One environment string is longer than `MAX_ARG_STRLEN`.
+    EnvString {
+        /// The variable.
+        var: String,
+        /// Its length as `execve` counts it (`NAME=value` and the NUL).
+        len: usize,
+        /// The limit.
+        max: usize,
+        /// How many listener names it holds, for `LISTEN_FDNAMES`.
+        names: Option<usize>,
+    },
+    /// argv and the environment together are larger than `ARG_MAX`.
+    ArgMax {
+        /// Their size as `execve` counts it (strings, NULs and pointers).
+        total: usize,
+        /// `sysconf(_SC_ARG_MAX)`.
+        max: usize,
+    },
+    /// This process has no fd number left below `RLIMIT_NOFILE` for the upgrade itself.
+    NoFile {
+        /// The call that failed with EMFILE.
+        call: &'static str,
+        /// The soft limit.
+        limit: u64,
+    },
+    /// The new process could not be handed its fds below `RLIMIT_NOFILE`.
+    NoFileForChild {
+        /// The soft limit.
+        limit: u64,
+        /// How many fds it must be handed.
+        count: usize,
+        /// How many listeners among them.
+        listeners: usize,
+        /// From which fd number the free ones are needed.
+        from: i32,
+        /// How many are free from there below the limit.
+        free: usize,
+    },
+}
+
+impl fmt::Display for LimitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const RAISE: &str = "raise it (LimitNOFILE= in the systemd unit, `ulimit -n` in the shell that starts the server, or `prlimit --nofile=N --pid PID` on the running one) and upgrade again";
+        match self {
+            LimitError::EnvString {
+                var,
+                len,
+                max,
+                names,
+            } => {
+                write!(
+                    f,
+                    "environment variable {var} would be {len} bytes, but Linux allows one environment string at most {max} bytes (MAX_ARG_STRLEN): execve would fail with E2BIG"
+                )?;
+                if let Some(n) = names {
+                    write!(
+                        f,
+                        "; it holds the {n} listener names, colon-separated: use shorter listener names or fewer listeners"
+                    )?;
+                }
+                Ok(())
+            }
+            LimitError::ArgMax { total, max } => write!(
+                f,
+                "the arguments and environment of the new process would be {total} bytes, more than ARG_MAX ({max} bytes, a quarter of RLIMIT_STACK): execve would fail with E2BIG; shorten the environment or raise the stack limit (`ulimit -s`, LimitSTACK=)"
+            ),
+            LimitError::NoFile { call, limit } => write!(
+                f,
+                "{call} failed with EMFILE: this process has no free fd number below its RLIMIT_NOFILE soft limit of {limit}; {RAISE}"
+            ),
+            LimitError::NoFileForChild {
+                limit,
+                count,
+                listeners,
+                from,
+                free,
+            } => write!(
+                f,
+                "RLIMIT_NOFILE is {limit}: the new generation must be handed {count} fds ({listeners} listeners, {}), and placing them needs {count} free fd numbers from {from} below that limit, but only {free} are free; {RAISE}",
+                match count - listeners {
+                    0 | 1 => "the readiness pipe",
+                    2 => "the readiness pipe and the connection hand-off or keeper channel",
+                    _ =>
+                        "the readiness pipe, the keeper channel and the connection hand-off channel",
+                }
+            ),
+        }
+    }
+}
+
+impl std::error::Error for LimitError {}
+
+/// The soft `RLIMIT_NOFILE` (`u64::MAX`: unlimited, or unknown).
+pub(crate) fn nofile() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into `r`, which lives for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return u64::MAX;
+    }
+    r.rlim_cur
+}
+
+/// `LISTEN_FDNAMES` for `names`, checked against `MAX_ARG_STRLEN` (also used at start, to warn
+/// early that upgrades will fail).
+pub(crate) fn check_fdnames(names: &[&str]) -> Result<(), LimitError> {
+    let len = protocol::LISTEN_FDNAMES.len()
+        + 1
+        + names.iter().map(|n| n.len()).sum::<usize>()
+        + names.len().saturating_sub(1)
+        + 1;
+    let max = max_arg_strlen();
+    if len > max {
+        return Err(LimitError::EnvString {
+            var: protocol::LISTEN_FDNAMES.into(),
+            len,
+            max,
+            names: Some(names.len()),
+        });
+    }
+    Ok(())
+}
+
+/// Checks the prepared argv and environment (`NAME=value` strings) of the new process, and the
+/// `LISTEN_PID=` entry still to be written, against `MAX_ARG_STRLEN` and `ARG_MAX`.
+pub(crate) fn check_exec(
+    argv: &[CString],
+    envp: &[CString],
+    reserved: usize,
+) -> Result<(), LimitError> {
+    let max = max_arg_strlen();
+    for s in argv.iter().chain(envp) {
+        let len = s.as_bytes_with_nul().len();
+        if len > max {
+            let bytes = s.as_bytes();
+            let var = bytes
+                .iter()
+                .position(|b| *b == b'=')
+                .map(|i| String::from_utf8_lossy(&bytes[..i]).into_owned())
+                .unwrap_or_else(|| "(an argument)".into());
+            let names = (var == protocol::LISTEN_FDNAMES)
+                .then(|| bytes.iter().filter(|b| **b == b':').count() + 1);
+            return Err(LimitError::EnvString {
+                var,
+                len,
+                max,
+                names,
+            });
+        }
+    }
+    // SAFETY: sysconf takes an integer and touches no memory.
+    let arg_max = unsafe { libc::sysconf(libc::_SC_ARG_MAX) };
+    if let Ok(arg_max) = usize::try_from(arg_max) {
+        let ptr = std::mem::size_of::<*const libc::c_char>();
+        let total = argv
+            .iter()
+            .chain(envp)
+            .map(|s| s.as_bytes_with_nul().len() + ptr)
+            .sum::<usize>()
+            + reserved
+            + 3 * ptr;
+        if arg_max > 0 && total > arg_max {
+            return Err(LimitError::ArgMax {
+                total,
+                max: arg_max,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Checks that the child can place `count` fds (`listeners` of them listeners) at 3..: it
+/// first duplicates each to a free number at or above `3 + count` (see `spawn.rs`), so that
+/// many must be free there below the soft `RLIMIT_NOFILE`. The child inherits this fd table.
+/// Probed with `fcntl(F_GETFD)`, which needs no fd of its own (near the limit there is none to
+/// open `/proc/self/fd` with), one call per open fd above `3 + count` at most.
+pub(crate) fn check_child_fds(count: usize, listeners: usize) -> Result<(), LimitError> {
+    let limit = nofile();
+    let from = FDS_START + count as i32;
+    let mut free = 0;
+    let mut fd = from as u64;
+    while fd < limit && fd <= i32::MAX as u64 && free < count {
+        // SAFETY: F_GETFD only reads the flags of a number; a closed one gives -1 (EBADF).
+        if unsafe { libc::fcntl(fd as i32, libc::F_GETFD) } < 0 {
+            free += 1;
+        }
+        fd += 1;
+    }
+    if free < count {
+        return Err(LimitError::NoFileForChild {
+            limit,
+            count,
+            listeners,
+            from,
+            free,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listener_names_past_max_arg_strlen_are_refused_with_the_numbers() {
+        let long = "x".repeat(64);
+        let names: Vec<&str> = vec![long.as_str(); 2100];
+        let e = check_fdnames(&names).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("LISTEN_FDNAMES"), "{msg}");
+        assert!(msg.contains("2100 listener names"), "{msg}");
+        assert!(msg.contains(&max_arg_strlen().to_string()), "{msg}");
+        assert!(check_fdnames(&names[..100]).is_ok());
+        assert!(check_fdnames(&[]).is_ok());
+    }
+
+    #[test]
+    fn an_environment_string_past_the_limit_is_named() {
+        let big = CString::new(format!("BIG={}", "y".repeat(max_arg_strlen()))).unwrap();
+        let e = check_exec(&[], &[big], 0).unwrap_err();
+        assert!(
+            matches!(&e, LimitError::EnvString { var, names: None, .. } if var == "BIG"),
+            "{e:?}"
+        );
+    }
+}

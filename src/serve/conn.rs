@@ -1,0 +1,167 @@
+//! One HTTP connection through the drain phases of [`Connections`].
+//!
+//! - Until the hand-over: served as usual (HTTP/1.1 or HTTP/2, detected from its first bytes).
+//! - From the hand-over ([`Connections::draining`]): HTTP/2 gets a graceful `GOAWAY` at once
+//!   (hyper sends the two-step form: a `GOAWAY` naming the highest stream id, a `PING`, and when
+//!   its ack is back the `GOAWAY` with the last stream actually received, so a stream the client
+//!   opened while the first one was in flight is still served); open streams finish. HTTP/1.1
+//!   responses carry `Connection: close`, so a keep-alive client leaves right after its next
+//!   response, at a request boundary.
+//! - Once the grace window is over ([`Connections::closing`]): an HTTP/1.1 connection that is
+//!   still open is shut down gracefully (closed if idle, else after the response in progress);
+//!   so is one that has not sent a request yet.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use hyper::body::Incoming;
+use hyper::header::{CONNECTION, HeaderValue};
+use hyper::{Request, Response, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+
+use super::drain::Connections;
+
+/// The error type of a connection (what hyper returns).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Serves one already-accepted connection with a tower service (an axum `Router`, tonic's
+/// `Routes`), drained by `conns` as [`serve()`](super::serve()) drains its own: for apps that
+/// accept themselves, e.g. to terminate TLS.
+///
+/// ```no_run
+/// # async fn tls_accept(tcp: tokio::net::TcpStream) -> std::io::Result<tokio::net::TcpStream> { Ok(tcp) }
+/// # async fn run(mut listener: tokio::net::TcpListener, app: axum::Router, shutdown: hotexec::Shutdown) {
+/// let conns = hotexec::drain::Connections::new(shutdown);
+/// while let Some((tcp, _peer)) = conns.accept(&mut listener).await {
+///     let (app, c) = (app.clone(), conns.clone());
+///     conns.spawn(async move {
+///         // e.g. `tokio_rustls::TlsAcceptor::accept(&acceptor, tcp).await`
+///         let Ok(tls) = tls_accept(tcp).await else { return };
+///         let _ = hotexec::serve::connection(tls, app, &c).await;
+///     });
+/// }
+/// conns.wait().await;
+/// # }
+/// ```
+///
+/// HTTP/1.1 and HTTP/2 are told apart by the connection's first bytes (the HTTP/2 connection
+/// preface), so ALPN `h2` and `http/1.1` both work without configuration.
+pub async fn connection<I, S, B>(io: I, service: S, conns: &Connections) -> Result<(), BoxError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    connection_hyper(io, TowerToHyperService::new(service), conns).await
+}
+
+/// [`connection()`] for a hyper service (`hyper::service::service_fn(handler)`).
+pub async fn connection_hyper<I, S, B>(
+    io: I,
+    service: S,
+    conns: &Connections,
+) -> Result<(), BoxError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let builder = auto::Builder::new(TokioExecutor::new());
+    serve_conn(io, service, conns, &builder).await
+}
+
+/// The drain phases of one connection (see the module docs).
+pub(crate) async fn serve_conn<I, S, B>(
+    io: I,
+    service: S,
+    conns: &Connections,
+    builder: &auto::Builder<TokioExecutor>,
+) -> Result<(), BoxError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let draining = conns.draining();
+    let closing = conns.closing();
+    let http2 = Arc::new(AtomicBool::new(false));
+    let service = Grace {
+        inner: service,
+        conns: conns.clone(),
+        http2: http2.clone(),
+    };
+    // With upgrades, so that axum's WebSocket extractor works (an upgraded connection leaves
+    // hyper, and this drain, once the handshake response is written).
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => return r,
+        _ = draining.cancelled() => {}
+    }
+    if !http2.load(Ordering::Relaxed) {
+        // HTTP/1.1 (or nothing received yet): `Connection: close` on responses does the work;
+        // what is still open after the grace window is shut down then.
+        tokio::select! {
+            r = conn.as_mut() => return r,
+            _ = closing.cancelled() => {}
+        }
+    }
+    conn.as_mut().graceful_shutdown();
+    conn.await
+}
+
+/// Adds `Connection: close` to HTTP/1 responses once draining, and notes that a connection
+/// speaks HTTP/2.
+struct Grace<S> {
+    inner: S,
+    conns: Connections,
+    http2: Arc<AtomicBool>,
+}
+
+type ResponseFuture<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>;
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for Grace<S>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response<B>;
+    type Error = S::Error;
+    type Future = ResponseFuture<B, S::Error>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let http1 = req.version() < Version::HTTP_2;
+        if !http1 {
+            self.http2.store(true, Ordering::Relaxed);
+        }
+        let response = self.inner.call(req);
+        let conns = self.conns.clone();
+        Box::pin(async move {
+            let mut resp = response.await?;
+            // Checked when the response is ready: a slow request that started before the
+            // hand-over also tells its client to leave.
+            if http1 && conns.is_draining() {
+                resp.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok(resp)
+        })
+    }
+}

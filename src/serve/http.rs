@@ -1,0 +1,199 @@
+//! [`serve()`]: an HTTP server on a hotexec listener until the hand-over, then a lossless drain.
+
+use std::future::{Future, IntoFuture};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+
+use super::conn::{BoxError, serve_conn};
+use super::drain::Connections;
+use super::{DEFAULT_CLOSE_GRACE, Listener};
+use crate::Shutdown;
+
+/// Serves a tower service — an axum `Router`, tonic's `Routes` — on `listener` until
+/// `shutdown` resolves, then drains without losing a request; `.await` it.
+///
+/// In place of `axum::serve(listener, app).with_graceful_shutdown(..)`:
+///
+/// ```no_run
+/// use axum::{Router, routing::get};
+///
+/// #[hotexec::main(drain_timeout = "10s")]
+/// #[listen("127.0.0.1:3000", name = "http")]
+/// async fn main(listeners: hotexec::Listeners, shutdown: hotexec::Shutdown) -> std::io::Result<()> {
+///     let app = Router::new().route("/", get(|| async { "hello\n" }));
+///     let listener = listeners.take_tokio_tcp("http")?;
+///     hotexec::serve(listener, app, shutdown).await
+/// }
+/// ```
+///
+/// What it does:
+///
+/// - Accepts until `shutdown` resolves, exactly then: a connection waiting at that moment
+///   stays in the shared accept queue for the new generation.
+/// - HTTP/1.1 and HTTP/2 with prior knowledge (h2c, as gRPC clients speak it) on the same
+///   listener, told apart per connection.
+/// - Every connection accepted before the hand-over gets its requests served, never closed
+///   unread. HTTP/1.1 keep-alive clients get `Connection: close` on their responses for the
+///   [close grace window](Serve::close_grace) and leave at a request boundary; connections still
+///   idle after it are closed. HTTP/2 clients get a graceful (two-step) `GOAWAY`: open streams
+///   finish, new ones go to the new generation over a new connection.
+/// - Resolves once every connection is done, so `main` returns and the process exits cleanly
+///   (status 0) as soon as the drain is complete; at `drain_timeout` the runtime's watchdog ends
+///   the process (status 124) with whatever is still in flight.
+///
+/// Connections that are upgraded (WebSocket) leave hyper, and this drain, once the handshake is
+/// answered: track their tasks with a [`Connections`] of their own if they must finish.
+pub fn serve<L, S, B>(
+    listener: L,
+    service: S,
+    shutdown: Shutdown,
+) -> Serve<L, TowerToHyperService<S>>
+where
+    L: Listener,
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    serve_hyper(listener, TowerToHyperService::new(service), shutdown)
+}
+
+/// [`serve()`] for a hyper service, such as `hyper::service::service_fn(handler)`.
+///
+/// ```no_run
+/// use hyper::{Request, Response, body::Incoming, service::service_fn};
+///
+/// async fn hello(_: Request<Incoming>) -> Result<Response<String>, std::convert::Infallible> {
+///     Ok(Response::new(format!("pid={}\n", std::process::id())))
+/// }
+///
+/// #[hotexec::main]
+/// #[listen("127.0.0.1:3000", name = "http")]
+/// async fn main(listeners: hotexec::Listeners, shutdown: hotexec::Shutdown) -> std::io::Result<()> {
+///     let listener = listeners.take_tokio_tcp("http")?;
+///     hotexec::serve_hyper(listener, service_fn(hello), shutdown).await
+/// }
+/// ```
+pub fn serve_hyper<L, S>(listener: L, service: S, shutdown: Shutdown) -> Serve<L, S>
+where
+    L: Listener,
+{
+    Serve {
+        listener,
+        service,
+        shutdown,
+        close_grace: DEFAULT_CLOSE_GRACE,
+        protocols: Protocols::Auto,
+    }
+}
+
+/// An HTTP server to `.await`, from [`serve()`] or [`serve_hyper()`]; its methods set options.
+#[must_use = "a server does nothing until it is `.await`ed"]
+pub struct Serve<L, S> {
+    listener: L,
+    service: S,
+    shutdown: Shutdown,
+    close_grace: Duration,
+    protocols: Protocols,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Protocols {
+    Auto,
+    Http1,
+    Http2,
+}
+
+impl<L, S> std::fmt::Debug for Serve<L, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serve")
+            .field("close_grace", &self.close_grace)
+            .field("protocols", &self.protocols)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<L, S> Serve<L, S> {
+    /// How long, after the hand-over, HTTP/1.1 responses carry `Connection: close` before the
+    /// connections still idle are closed. Default [`DEFAULT_CLOSE_GRACE`] (500 ms; its docs say
+    /// why). Longer costs nothing but a later exit of the old process; zero closes idle
+    /// keep-alive connections at once, which loses a request a client sends at that moment.
+    pub fn close_grace(mut self, grace: Duration) -> Self {
+        self.close_grace = grace;
+        self
+    }
+
+    /// Speak HTTP/1.1 only (no HTTP/2 detection).
+    pub fn http1_only(mut self) -> Self {
+        self.protocols = Protocols::Http1;
+        self
+    }
+
+    /// Speak HTTP/2 only (prior knowledge, h2c), as a gRPC server does.
+    pub fn http2_only(mut self) -> Self {
+        self.protocols = Protocols::Http2;
+        self
+    }
+}
+
+impl<L, S, B> IntoFuture for Serve<L, S>
+where
+    L: Listener,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Output = io::Result<()>;
+    type IntoFuture = Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let Serve {
+                mut listener,
+                service,
+                shutdown,
+                close_grace,
+                protocols,
+            } = self;
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder = match protocols {
+                Protocols::Auto => builder,
+                Protocols::Http1 => builder.http1_only(),
+                Protocols::Http2 => builder.http2_only(),
+            };
+            let builder = Arc::new(builder);
+            let conns = Connections::with_close_grace(shutdown.clone(), close_grace);
+            while let Some((io, _peer)) = conns.accept(&mut listener).await {
+                let (service, builder, c) = (service.clone(), builder.clone(), conns.clone());
+                conns.spawn(async move {
+                    if let Err(e) = serve_conn(io, service, &c, &builder).await {
+                        tracing::debug!("connection: {e}");
+                    }
+                });
+            }
+            // This process's copy only: the listening socket stays open for the new generation.
+            drop(listener);
+            tracing::info!(
+                reason = ?shutdown.reason(),
+                open = conns.len(),
+                ?close_grace,
+                "stopped accepting; draining HTTP connections"
+            );
+            conns.wait().await;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,42 @@
+//! What [`Connections::accept`](super::drain::Connections::accept) and
+//! [`serve()`](super::serve()) accept connections from.
+
+use std::future::Future;
+use std::io;
+
+/// A listening socket to accept connections from: implemented for tokio's `TcpListener` (what
+/// [`Listeners::take_tokio_tcp`](crate::Listeners::take_tokio_tcp) returns) and `UnixListener`
+/// (`tokio::net::UnixListener::from_std(listeners.take_unix(name)?)`). Implement it for an
+/// acceptor of your own if you need to.
+pub trait Listener: Send + 'static {
+    /// An accepted connection.
+    type Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    /// The peer address of an accepted connection.
+    type Addr: Send + 'static;
+
+    /// Accepts the next connection.
+    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Io, Self::Addr)>> + Send;
+}
+
+impl Listener for tokio::net::TcpListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    /// Accepts a connection and sets `TCP_NODELAY` on it: a server writes each response in one
+    /// go, and waiting for the peer's ACK before sending the tail only adds latency.
+    async fn accept(&mut self) -> io::Result<(Self::Io, Self::Addr)> {
+        let (stream, peer) = tokio::net::TcpListener::accept(self).await?;
+        // Best effort: a connection that cannot take the option is still served.
+        let _ = stream.set_nodelay(true);
+        Ok((stream, peer))
+    }
+}
+
+impl Listener for tokio::net::UnixListener {
+    type Io = tokio::net::UnixStream;
+    type Addr = tokio::net::unix::SocketAddr;
+
+    async fn accept(&mut self) -> io::Result<(Self::Io, Self::Addr)> {
+        tokio::net::UnixListener::accept(self).await
+    }
+}
