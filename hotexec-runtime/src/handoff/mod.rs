@@ -542,3 +542,47 @@ mod serde_tests {
         drop(fut);
     }
 }
+
+#[cfg(test)]
+mod broken_peer_tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+
+    /// Garbage from the new side is skipped, not taken as an answer: the connection it was
+    /// sent stays unanswered (no second owner) until the new side answers it or closes.
+    #[test]
+    fn garbage_from_the_new_side_is_not_an_answer() {
+        let (old, new) = channel::pair().unwrap();
+        let tx = Handoff::start(old, 9, Instant::now() + Duration::from_secs(30)).unwrap();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let s = l.accept().unwrap().0;
+        let sender = std::thread::spawn(move || tx.send_blocking(s, b"u".to_vec(), Vec::new()));
+        // Act as a broken new side: read the CONN, answer garbage, then close.
+        let got = match channel::recv(new.as_fd(), false).unwrap() {
+            channel::Received::Message { bytes, .. } => bytes,
+            channel::Received::Eof => panic!("closed"),
+        };
+        let rec = wire::decode(&got, 1).unwrap();
+        assert_eq!(rec.kind, Kind::Conn);
+        channel::send(new.as_fd(), b"not a record at all", None, false).unwrap();
+        channel::send(
+            new.as_fd(),
+            &wire::encode(Kind::Ack, 999, b"", b""),
+            None,
+            false,
+        )
+        .unwrap();
+        // The old side shut the channel for writing: EOF here.
+        assert!(matches!(
+            channel::recv(new.as_fd(), false).unwrap(),
+            channel::Received::Eof
+        ));
+        assert!(!sender.is_finished(), "garbage was taken as an answer");
+        // Closing without answering (as a dead new side would): it comes back whole.
+        drop(new);
+        let back = sender.join().unwrap().unwrap_err();
+        assert_eq!(back.unread, b"u");
+        assert!(matches!(back.error, HandoffError::Closed(_)), "{back:?}");
+    }
+}

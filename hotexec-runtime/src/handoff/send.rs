@@ -460,6 +460,16 @@ impl Sender {
         }
     }
 
+    /// The new generation sent something that is not an answer. What it was sent stays unanswered
+    /// rather than given back (it may still take it: giving it back could make two owners);
+    /// nothing more is sent, and the channel is shut for writing, so a new generation that
+    /// works answers the rest and closes, and one that died gives everything back at EOF.
+    fn broken(&mut self, why: String) {
+        if !self.shut {
+            self.shut_down(HandoffError::Protocol(why));
+        }
+    }
+
     /// Shuts the channel for writing; what was never sent comes back at once.
     fn shut_down(&mut self, why: HandoffError) {
         channel::shut_write(&self.chan);
@@ -532,9 +542,10 @@ impl Sender {
                 Err(why) => {
                     tracing::error!(
                         new_pid = self.shared.new_pid,
-                        "hand-off: garbage from the new generation ({why}); giving up on the channel"
+                        "hand-off: garbage from the new generation ({why}); record skipped, nothing more is sent"
                     );
-                    return Some(HandoffError::Protocol(why));
+                    self.broken(why);
+                    continue;
                 }
             };
             let item = self
@@ -559,18 +570,24 @@ impl Sender {
                     tracing::error!(
                         new_pid = self.shared.new_pid,
                         id = rec.id,
-                        "hand-off: a {kind:?} for a connection this generation did not send; giving up on the channel"
+                        "hand-off: a {kind:?} for a connection this generation did not send; record skipped, nothing more is sent"
                     );
-                    return Some(HandoffError::Protocol(format!(
-                        "a {kind:?} for unknown connection {}",
-                        rec.id
-                    )));
+                    self.broken(format!("a {kind:?} for unknown connection {}", rec.id));
                 }
                 (kind, Some(item)) => {
+                    // Not an answer: the connection stays where it is (sent, unanswered).
                     let why = format!("unexpected {kind:?} record from the new generation");
-                    tracing::error!(new_pid = self.shared.new_pid, "hand-off: {why}");
-                    item.give_back(HandoffError::Protocol(why.clone()));
-                    return Some(HandoffError::Protocol(why));
+                    tracing::error!(
+                        new_pid = self.shared.new_pid,
+                        "hand-off: {why}; record skipped, nothing more is sent"
+                    );
+                    self.shared
+                        .queues
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .sent
+                        .insert(item.id, item);
+                    self.broken(why);
                 }
             }
         }
