@@ -72,6 +72,11 @@ pub use hotexec_runtime::{
 /// and get the outcome, as the `hotexec upgrade` command does.
 pub use hotexec_runtime::control;
 
+/// Connection hand-off: pass established connections (WebSocket, streaming, line-protocol
+/// sessions) to the new generation instead of draining them. See [`handoff::incoming`] and
+/// [`Shutdown::handoff`].
+pub use hotexec_runtime::handoff;
+
 /// The hand-over protocol between generations (environment variable names and fd layout), for
 /// tools and tests that speak it.
 pub use hotexec_runtime::protocol;

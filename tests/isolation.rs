@@ -72,8 +72,9 @@ fn children_of_the_application_inherit_neither_fds_nor_variables() {
     assert_child_sees_nothing(&app, "upgraded generation");
 }
 
-/// The new binary receives exactly: stdio, the listening sockets at 3 (http) and 4 (admin) and
-/// the readiness pipe at 5, with the variables naming them and its own pid. Nothing else of the old process (its
+/// The new binary receives exactly: stdio, the listening sockets at 3 (http) and 4 (admin),
+/// the readiness pipe at 5 and the connection hand-off channel at 6, with the variables naming
+/// them and its own pid. Nothing else of the old process (its
 /// signal pipe, shutdown pipe, epoll, accepted connections) crosses the exec.
 #[test]
 fn only_the_new_binary_receives_the_listening_fds() {
@@ -95,6 +96,7 @@ fn only_the_new_binary_receives_the_listening_fds() {
     assert!(seen.contains("LISTEN_FDS=2\n"), "{seen}");
     assert!(seen.contains("LISTEN_FDNAMES=http:admin\n"), "{seen}");
     assert!(seen.contains("HOTEXEC_READY_FD=5\n"), "{seen}");
+    assert!(seen.contains("HOTEXEC_HANDOFF_FD=6\n"), "{seen}");
     let old_sockets: Vec<String> = fd_targets(old)
         .into_iter()
         .filter(|(_, t)| t.starts_with("socket:"))
@@ -115,7 +117,7 @@ fn only_the_new_binary_receives_the_listening_fds() {
         fds.push((fd, target.to_string()));
     }
     let numbers: Vec<i32> = fds.iter().map(|(n, _)| *n).collect();
-    assert_eq!(numbers, [0, 1, 2, 3, 4, 5], "{seen}");
+    assert_eq!(numbers, [0, 1, 2, 3, 4, 5, 6], "{seen}");
     for fd in [3, 4] {
         assert!(fds[fd].1.starts_with("socket:"), "{seen}");
         assert!(
@@ -124,4 +126,7 @@ fn only_the_new_binary_receives_the_listening_fds() {
         );
     }
     assert!(fds[5].1.starts_with("pipe:"), "{seen}");
+    // The hand-off channel: a socket made for this upgrade, not one the old process serves on.
+    assert!(fds[6].1.starts_with("socket:"), "{seen}");
+    assert!(!old_sockets.contains(&fds[6].1), "{seen}");
 }

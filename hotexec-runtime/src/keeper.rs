@@ -269,6 +269,7 @@ pub(crate) fn run(config: Config, snap: &Snapshot, exe: PathBuf, argv: Vec<OsStr
     let names: Vec<&str> = passed.iter().map(|(_, n)| n.as_str()).collect();
     let extra = spawn::Extra {
         keeper: Some(theirs.as_fd()),
+        handoff: None,
         new_group: true,
         upgrade_signal: Some(config.upgrade_signal),
     };

@@ -5,7 +5,8 @@
 //! checks), `activation.rs` (which inherited socket serves which listener, and which came from
 //! a service manager), `exe.rs` (what an upgrade executes), `spawn.rs` (fork/exec of the new generation), `limits.rs` (the kernel limits an upgrade must fit), `upgrade.rs` (the supervisor and its
 //! state machine), `keeper.rs` (keeper mode), [`control`] (the control socket), `trigger.rs`
-//! (`upgrade()` and the control handler of a generation), `drain.rs` (the
+//! (`upgrade()` and the control handler of a generation), [`handoff`] (established connections
+//! passed to the new generation), `drain.rs` (the
 //! drain deadline), `ready.rs`, `notify.rs` (`sd_notify` to the service manager, and from a new
 //! generation), `pidfile.rs`, `signals.rs`.
 //!
@@ -29,6 +30,8 @@ mod drain;
 mod error;
 #[cfg(feature = "process")]
 mod exe;
+#[cfg(feature = "process")]
+pub mod handoff;
 #[cfg(feature = "process")]
 mod inherit;
 #[cfg(feature = "process")]

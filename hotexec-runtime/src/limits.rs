@@ -107,10 +107,11 @@ impl fmt::Display for LimitError {
             } => write!(
                 f,
                 "RLIMIT_NOFILE is {limit}: the new generation must be handed {count} fds ({listeners} listeners, {}), and placing them needs {count} free fd numbers from {from} below that limit, but only {free} are free; {RAISE}",
-                if count - listeners > 1 {
-                    "the readiness pipe and the keeper channel"
-                } else {
-                    "the readiness pipe"
+                match count - listeners {
+                    0 | 1 => "the readiness pipe",
+                    2 => "the readiness pipe and the connection hand-off or keeper channel",
+                    _ =>
+                        "the readiness pipe, the keeper channel and the connection hand-off channel",
                 }
             ),
         }

@@ -15,6 +15,7 @@
 //! | `HOTEXEC_OWNED_FDNAMES` | colon-separated names of the passed Unix listeners whose path a hotexec generation bound (not a socket activator): the generation that stops for good removes those paths |
 //! | `HOTEXEC_ACTIVATED_FDS` | with `HOTEXEC_READY_FD` only: colon-separated numbers of the passed fds that a service manager handed over (to the first generation, or to the keeper), so every later generation keeps adopting them whatever its declarations say (see `activation.rs`). Without `HOTEXEC_READY_FD` every fd is the service manager's and this variable is not read |
 //! | `HOTEXEC_KEEPER_FD` | keeper mode only: this process is a generation under a keeper, and this fd is its channel to the keeper (a `SOCK_SEQPACKET` socket; see [`KEEPER_SERVING`]) |
+//! | `HOTEXEC_HANDOFF_FD` | the connection hand-off channel from the old generation (a `SOCK_SEQPACKET` socket, after the keeper channel if any; records in [`crate::handoff::wire`]) |
 //!
 //! All but `NOTIFY_SOCKET` are removed from the environment before `main` runs, so nothing the
 //! application spawns sees them; `NOTIFY_SOCKET` is left as the service manager set it.
@@ -43,6 +44,9 @@ pub const ACTIVATED_FDS: &str = "HOTEXEC_ACTIVATED_FDS";
 /// `HOTEXEC_KEEPER_FD`: the channel to the keeper, in keeper mode. Scrubbed by the keeper module
 /// (it is not part of [`ALL`], which is the hand-over between generations).
 pub const KEEPER_FD: &str = "HOTEXEC_KEEPER_FD";
+/// `HOTEXEC_HANDOFF_FD`: the connection hand-off channel from the previous generation. Scrubbed
+/// by the handoff module (like [`KEEPER_FD`], it is not part of [`ALL`]).
+pub const HANDOFF_FD: &str = "HOTEXEC_HANDOFF_FD";
 /// Message a generation sends to the keeper when it hands over: `serving <new pid>`. The
 /// keeper forwards it to the new generation from then on, and, as the service's main pid,
 /// tells the service manager `READY=1`.

@@ -241,6 +241,21 @@ impl Shutdown {
         }
     }
 
+    /// After an upgrade to a generation that takes connection hand-offs: the [`Handoff`] to pass
+    /// it established connections instead of draining them (see [`crate::handoff`]). `None`
+    /// before an upgrade resolved this `Shutdown`, on a final stop, and when the new generation
+    /// does not take hand-offs (drain as usual then).
+    ///
+    /// [`Handoff`]: crate::handoff::Handoff
+    pub fn handoff(&self) -> Option<crate::handoff::Handoff> {
+        match self.reason() {
+            Some(ShutdownReason::Upgrade { new_pid }) => {
+                crate::handoff::active().filter(|h| h.new_pid() == new_pid)
+            }
+            _ => None,
+        }
+    }
+
     /// The read end of a pipe that becomes readable when shutdown is triggered, for event loops
     /// of their own (`poll`, `mio`).
     pub fn as_raw_fd(&self) -> std::os::fd::RawFd {

@@ -47,6 +47,9 @@ pub struct Extra<'a> {
     /// signals sent to the keeper's group (Ctrl-C in a terminal, `kill -TERM -PGID`) reach only
     /// the keeper, which forwards them once.
     pub new_group: bool,
+    /// The connection hand-off channel (see `handoff`): passed after the keeper channel, named
+    /// by `HOTEXEC_HANDOFF_FD`.
+    pub handoff: Option<BorrowedFd<'a>>,
     /// The upgrade signal of the new generation: blocked, with SIGTERM and SIGINT, from its
     /// first instruction until its runtime has installed its handlers (see `exec_mask`).
     pub upgrade_signal: Option<Signal>,
@@ -91,6 +94,10 @@ pub fn spawn(
     if extra.keeper.is_some() {
         ours.push((protocol::KEEPER_FD, (ready_target + 1).to_string().into()));
     }
+    if extra.handoff.is_some() {
+        let at = ready_target + 1 + RawFd::from(extra.keeper.is_some());
+        ours.push((protocol::HANDOFF_FD, at.to_string().into()));
+    }
     ours.extend(env.iter().cloned());
     let var = |k: &[u8], v: &[u8]| cstr(&[k, b"=", v].concat());
     let mut envp_c = Vec::new();
@@ -98,7 +105,7 @@ pub fn spawn(
         let k = k.as_bytes();
         let replaced = protocol::ALL
             .iter()
-            .chain([&protocol::KEEPER_FD])
+            .chain([&protocol::KEEPER_FD, &protocol::HANDOFF_FD])
             .chain(ours.iter().map(|(name, _)| name))
             .any(|p| k == p.as_bytes());
         if !replaced {
@@ -126,6 +133,7 @@ pub fn spawn(
     let mut src: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     src.push(ready_w.as_raw_fd());
     src.extend(extra.keeper.map(|k| k.as_raw_fd()));
+    src.extend(extra.handoff.map(|h| h.as_raw_fd()));
     let mut tmp: Vec<RawFd> = vec![-1; src.len()];
     // The child's EMFILE would be reported as an exec failure: check its room first.
     limits::check_child_fds(src.len(), n).map_err(io::Error::other)?;

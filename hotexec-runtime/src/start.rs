@@ -144,6 +144,7 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
     }
     tracing::info!(pid, upgraded, "serving");
 
+    crate::handoff::main_starting();
     let result = f(listeners, shutdown.clone());
 
     if matches!(shutdown.reason(), Some(ShutdownReason::Upgrade { .. })) {

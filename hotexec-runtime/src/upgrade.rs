@@ -588,12 +588,18 @@ impl Supervisor {
             .map(|(fd, _)| fd.to_string())
             .collect();
         env.push((protocol::ACTIVATED_FDS, activated.join(":").into()));
+        let handoff = crate::handoff::channel_for_child()?;
         let extra = spawn::Extra {
             keeper: crate::keeper::channel(),
+            handoff: handoff.as_ref().map(|(_, theirs)| theirs.as_fd()),
             new_group: false,
             upgrade_signal: Some(self.ctx.config.upgrade_signal),
         };
-        spawn::spawn(exe, &self.ctx.argv, &fds, &names, &env, extra)
+        let spawned = spawn::spawn(exe, &self.ctx.argv, &fds, &names, &env, extra)?;
+        if let Some((ours, _)) = handoff {
+            crate::handoff::spawned(spawned.pid.as_raw() as u32, ours);
+        }
+        Ok(spawned)
     }
 
     /// What follows a generation's readiness, for an upgrade and a rollback alike: the pid file,
@@ -606,6 +612,7 @@ impl Supervisor {
         }
         crate::keeper::handed_over(new_pid);
         notify::handed_over(new_pid);
+        crate::handoff::child_ready(new_pid, self.ctx.config.drain_timeout);
         // The generation before this one, if it is still in its probation, must not roll back.
         crate::ready::handed_on();
         self.successor = Some(Successor::new(ready_r));

@@ -1,0 +1,149 @@
+//! A stream wrapper that lets a WebSocket connection be handed off at a message boundary.
+//!
+//! tungstenite reads from its stream in large chunks: bytes of the next frame may already sit in
+//! its private buffer when a message is returned, and they would be lost with the connection.
+//! `FrameBoundary` reads from the socket into a buffer of its own but gives the WebSocket layer
+//! bytes only up to the end of the current frame. So once the WebSocket layer has returned a
+//! message and no frame is in progress ([`FrameBoundary::at_boundary`]), everything read but
+//! not processed is in this wrapper's buffer ([`FrameBoundary::into_parts`]): the unread bytes of
+//! the hand-off.
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+pub struct FrameBoundary<S> {
+    inner: S,
+    /// Read from `inner`, not yet given to the WebSocket layer.
+    buf: Vec<u8>,
+    /// Bytes of the current frame (header included) not yet given; 0 between frames.
+    frame_left: u64,
+    /// A data frame without FIN was given: a fragmented message is in progress.
+    in_message: bool,
+    /// Before the WebSocket handshake is over: pass bytes through, no framing.
+    raw: bool,
+}
+
+impl<S> FrameBoundary<S> {
+    /// Wraps `inner`; `unread` (bytes handed over with it) comes first.
+    pub fn new(inner: S, unread: Vec<u8>, raw: bool) -> Self {
+        FrameBoundary {
+            inner,
+            buf: unread,
+            frame_left: 0,
+            in_message: false,
+            raw,
+        }
+    }
+
+    /// From now on, give whole frames only (call once the HTTP upgrade is done).
+    pub fn frames(&mut self) {
+        self.raw = false;
+    }
+
+    /// No frame is half given and no fragmented message is in progress.
+    pub fn at_boundary(&self) -> bool {
+        !self.raw && self.frame_left == 0 && !self.in_message
+    }
+
+    /// The stream and the bytes read from it that the WebSocket layer has not seen.
+    pub fn into_parts(self) -> (S, Vec<u8>) {
+        (self.inner, self.buf)
+    }
+
+    /// If `buf` starts with a complete frame header: the frame's whole length, its FIN bit
+    /// and whether it is a control frame.
+    fn header(buf: &[u8]) -> Option<(u64, bool, bool)> {
+        if buf.len() < 2 {
+            return None;
+        }
+        let fin = buf[0] & 0x80 != 0;
+        let control = buf[0] & 0x08 != 0;
+        let masked = buf[1] & 0x80 != 0;
+        let (ext, len) = match buf[1] & 0x7f {
+            126 => (2, None),
+            127 => (8, None),
+            n => (0, Some(u64::from(n))),
+        };
+        let head = 2 + ext + if masked { 4 } else { 0 };
+        if buf.len() < head {
+            return None;
+        }
+        let len = len.unwrap_or_else(|| {
+            buf[2..2 + ext]
+                .iter()
+                .fold(0u64, |acc, &b| (acc << 8) | u64::from(b))
+        });
+        Some((head as u64 + len, fin, control))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FrameBoundary<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if this.raw && !this.buf.is_empty() {
+                let n = this.buf.len().min(out.remaining());
+                out.put_slice(&this.buf[..n]);
+                this.buf.drain(..n);
+                return Poll::Ready(Ok(()));
+            }
+            if !this.raw && this.frame_left == 0 {
+                if let Some((len, fin, control)) = Self::header(&this.buf) {
+                    this.frame_left = len;
+                    if !control {
+                        this.in_message = !fin;
+                    }
+                }
+            }
+            if !this.raw && this.frame_left > 0 && !this.buf.is_empty() {
+                let n = (this.buf.len() as u64)
+                    .min(this.frame_left)
+                    .min(out.remaining() as u64) as usize;
+                out.put_slice(&this.buf[..n]);
+                this.buf.drain(..n);
+                this.frame_left -= n as u64;
+                return Poll::Ready(Ok(()));
+            }
+            // Need more bytes from the socket.
+            let mut chunk = [0u8; 8192];
+            let mut rb = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    if rb.filled().is_empty() {
+                        // EOF: whatever is left (a partial header) goes as it is.
+                        let n = this.buf.len().min(out.remaining());
+                        out.put_slice(&this.buf[..n]);
+                        this.buf.drain(..n);
+                        return Poll::Ready(Ok(()));
+                    }
+                    this.buf.extend_from_slice(rb.filled());
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FrameBoundary<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,177 @@
+//! The channel itself: a `SOCK_SEQPACKET` Unix socketpair (one record per message, `CLOEXEC`),
+//! records sent and received with their fd through rustix, and the checks a received fd passes
+//! before it is adopted.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
+
+use super::wire::MAX_RECORD;
+
+/// A fresh channel: (the old generation's end, the new generation's end), both `CLOEXEC`
+/// (spawn clears the flag on the child's copy only, between fork and exec).
+pub(crate) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (a, b) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    // The errno as it is (the caller tells EMFILE apart), named by the caller.
+    .map_err(io::Error::from)?;
+    // Room for a few records of the largest size in flight (the kernel caps it at wmem_max; a
+    // smaller buffer only means fewer records in flight at once, and the largest still fits in
+    // the default 208 KiB).
+    for fd in [&a, &b] {
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size(fd, 4 * MAX_RECORD);
+    }
+    Ok((a, b))
+}
+
+/// Sends one record, with `fd` attached when given. Non-blocking when `dontwait`
+/// (`WouldBlock` then means: try again once the channel polls writable).
+pub(crate) fn send(
+    chan: BorrowedFd<'_>,
+    record: &[u8],
+    fd: Option<BorrowedFd<'_>>,
+    dontwait: bool,
+) -> io::Result<()> {
+    let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(io::Error::other(
+            "SCM_RIGHTS does not fit its control buffer",
+        ));
+    }
+    let mut flags = SendFlags::NOSIGNAL;
+    if dontwait {
+        flags |= SendFlags::DONTWAIT;
+    }
+    let n = rustix::net::sendmsg(chan, &[io::IoSlice::new(record)], &mut control, flags)?;
+    if n != record.len() {
+        // SEQPACKET sends a record whole or not at all; anything else is a kernel surprise.
+        return Err(io::Error::other(format!(
+            "sendmsg sent {n} of a {}-byte record",
+            record.len()
+        )));
+    }
+    Ok(())
+}
+
+/// One message as received.
+pub(crate) enum Received {
+    /// The peer closed its end or shut it down for writing.
+    Eof,
+    /// A message: its bytes (checked by `wire::decode`), and the fds that came with it, already
+    /// `CLOEXEC` and owned. `trouble` says what was wrong at the transport level (a truncated
+    /// record or control buffer): such a message is refused whatever its bytes say.
+    Message {
+        bytes: Vec<u8>,
+        fds: Vec<OwnedFd>,
+        trouble: Option<String>,
+    },
+}
+
+/// Receives one record. With `dontwait`, `WouldBlock` when none is queued.
+pub(crate) fn recv(chan: BorrowedFd<'_>, dontwait: bool) -> io::Result<Received> {
+    let mut buf = vec![0u8; MAX_RECORD + 1];
+    // Room for more fds than a record may carry, so extra ones are received (and closed) rather
+    // than left to truncation; a sender attaching even more gets MSG_CTRUNC, refused below.
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut flags = RecvFlags::CMSG_CLOEXEC;
+    if dontwait {
+        flags |= RecvFlags::DONTWAIT;
+    }
+    let got = loop {
+        match rustix::net::recvmsg(
+            chan,
+            &mut [io::IoSliceMut::new(&mut buf)],
+            &mut control,
+            flags,
+        ) {
+            Err(rustix::io::Errno::INTR) => continue,
+            r => break r?,
+        }
+    };
+    let mut fds = Vec::new();
+    for msg in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = msg {
+            fds.extend(received);
+        }
+    }
+    if got.bytes == 0 && fds.is_empty() {
+        return Ok(Received::Eof);
+    }
+    let mut trouble = None;
+    if got.flags.contains(ReturnFlags::CTRUNC) {
+        trouble = Some(
+            "its control data was truncated (more fds attached than a record may carry)".into(),
+        );
+    }
+    if got.flags.contains(ReturnFlags::TRUNC) || got.bytes > MAX_RECORD {
+        trouble = Some(format!(
+            "it is longer than the largest record ({MAX_RECORD} bytes)"
+        ));
+    }
+    buf.truncate(got.bytes.min(MAX_RECORD));
+    Ok(Received::Message {
+        bytes: buf,
+        fds,
+        trouble,
+    })
+}
+
+/// What a received connection is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// TCP over IPv4 or IPv6.
+    Tcp,
+    /// A Unix stream socket.
+    Unix,
+}
+
+/// Checks a received fd as inherited listeners are checked: a socket, `SOCK_STREAM`, of a family
+/// hotexec serves (IPv4, IPv6, Unix), and connected (not a listener, not yet shut). Names the
+/// fd's problem otherwise.
+pub(crate) fn check_connection(fd: BorrowedFd<'_>) -> Result<Family, String> {
+    let ty = rustix::net::sockopt::socket_type(fd).map_err(|e| match e {
+        rustix::io::Errno::NOTSOCK => "the fd is not a socket".to_string(),
+        e => format!("getsockopt(SO_TYPE): {e}"),
+    })?;
+    if ty != SocketType::STREAM {
+        return Err(format!(
+            "the fd is a {ty:?} socket, not a SOCK_STREAM connection"
+        ));
+    }
+    let family = match rustix::net::sockopt::socket_domain(fd)
+        .map_err(|e| format!("getsockopt(SO_DOMAIN): {e}"))?
+    {
+        AddressFamily::INET | AddressFamily::INET6 => Family::Tcp,
+        AddressFamily::UNIX => Family::Unix,
+        other => {
+            return Err(format!(
+                "the fd is a socket of family {other:?}, not TCP or Unix"
+            ));
+        }
+    };
+    if rustix::net::sockopt::socket_acceptconn(fd).unwrap_or(false) {
+        return Err("the fd is a listening socket, not a connection".into());
+    }
+    match rustix::net::getpeername(fd) {
+        Ok(_) => Ok(family),
+        Err(rustix::io::Errno::NOTCONN) => Err("the socket is not connected".into()),
+        Err(e) => Err(format!("getpeername: {e}")),
+    }
+}
+
+/// `shutdown(SHUT_WR)`: tells the peer no more records come, while replies can still be read.
+pub(crate) fn shut_write(chan: impl AsFd) {
+    let _ = rustix::net::shutdown(chan, rustix::net::Shutdown::Write);
+}

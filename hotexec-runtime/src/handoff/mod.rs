@@ -1,0 +1,588 @@
+//! Connection hand-off: long-lived connections (WebSocket, streaming, a line protocol's sessions)
+//! survive an upgrade. Once the new generation is ready, the old one can pass it established
+//! connections — the socket (`SCM_RIGHTS`), the bytes already read but not processed, and an
+//! application state blob — instead of draining them; the new generation resumes each one.
+//!
+//! ```text
+//!  old generation                                      new generation
+//!  ──────────────                                      ──────────────
+//!  socketpair(SEQPACKET) at spawn ───── fd, HOTEXEC_HANDOFF_FD ─────► adopted before main
+//!                               ◄──── HELLO v1 ────────────────────── as main starts, before
+//!                                                                      it reports ready
+//!  ready: HELLO seen → Shutdown::handoff() is Some
+//!  handoff.send(conn, unread, state) ── CONN id + fd ──────────────► queued for incoming()
+//!                               ◄──── ACK id ──────────────────────── app took it: it is ours
+//!  closes its copy; send → Ok                                         (or NAK id: not taken →
+//!                                                                      send → Err(Returned))
+//!  new generation dies / channel breaks before the ACK ──────────────► send → Err(Returned)
+//!  deadline (drain_timeout / 2): shutdown(SHUT_WR) ─────────────────► NAKs what it still
+//!                               ◄──── NAK … , close ────────────────── holds, closes
+//! ```
+//!
+//! **Ownership.** A connection belongs to exactly one process: the old generation keeps its fd
+//! until the new one acknowledges it, and an acknowledged connection is never given back. If the
+//! new generation dies, refuses, or the channel breaks before the ACK, [`Handoff::send`] resolves
+//! with [`Returned`] (the socket, the unread bytes and the state), and the old generation serves
+//! it on or drains it as without hand-off.
+//!
+//! **Detection.** The new generation says HELLO with its protocol [`VERSION`] before it reports
+//! ready. No HELLO (an older hotexec build, a program not built on hotexec) or another version:
+//! [`Shutdown::handoff`](crate::Shutdown::handoff) is `None` and the old generation drains as
+//! before. A new generation whose application never calls [`incoming`] refuses what it is
+//! offered ([`CLAIM_GRACE`] after its `main` started), so those connections come back too.
+//!
+//! **Checks.** Records are bounded ([`MAX_UNREAD`], [`MAX_STATE`]) and checked field by field
+//! (see [`wire`]); fds arrive `CLOEXEC` (`MSG_CMSG_CLOEXEC`) into `OwnedFd`, a truncated control
+//! buffer is refused, and each fd must be a connected `SOCK_STREAM` socket (TCP or Unix), as
+//! inherited listeners are checked. Garbage is refused with an error naming what is wrong, and
+//! nothing is adopted from it.
+//!
+//! **Limits.** Only what the kernel holds moves with the fd: the connection, its queued bytes and
+//! its TCP state. Whatever lives in the application — the bytes it buffered (pass them as
+//! `unread`), its protocol state, and TLS session keys of a userspace TLS stack (rustls,
+//! OpenSSL) — moves only if the application serializes it into `state`; kTLS sockets keep their
+//! keys in the kernel but the record sequence state still has to travel. The hand-off point is
+//! the application's to choose: a point where another process can resume (between lines,
+//! requests or WebSocket messages, with nothing half-written). Connections not handed off by the
+//! deadline are drained and closed at `drain_timeout` as without hand-off.
+//!
+//! Old side:
+//!
+//! ```no_run
+//! # async fn serve(shutdown: hotexec::Shutdown, conn: tokio::net::TcpStream) -> std::io::Result<()> {
+//! let reason = shutdown.clone().await;
+//! if let Some(handoff) = shutdown.handoff() {
+//!     // At a point where the protocol can resume elsewhere, with the bytes read but not yet
+//!     // processed and whatever state the session has.
+//!     match handoff.send(conn.into_std()?, Vec::new(), b"session-42".to_vec()).await {
+//!         Ok(()) => {}                     // the new generation serves it now
+//!         Err(returned) => {               // still ours: serve it on, drain it as before
+//!             let (conn, _unread, _state) = returned.into_tokio_tcp()?;
+//!             # drop(conn);
+//!         }
+//!     }
+//! }
+//! # let _ = reason; Ok(()) }
+//! ```
+//!
+//! New side:
+//!
+//! ```no_run
+//! # async fn resume() -> std::io::Result<()> {
+//! if let Some(mut incoming) = hotexec::handoff::incoming() {
+//!     while let Some(conn) = incoming.recv().await {
+//!         match conn {
+//!             Ok(conn) => {
+//!                 let (stream, unread, state) = conn.into_tokio_tcp()?;
+//!                 // serve `stream`: first `unread`, with the session restored from `state`
+//!                 # drop((stream, unread, state));
+//!             }
+//!             Err(e) => eprintln!("{e}"), // refused, nothing adopted
+//!         }
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+
+mod channel;
+mod recv;
+mod send;
+pub mod wire;
+
+use std::ffi::OsString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+pub use channel::Family;
+pub use recv::{CLAIM_GRACE, Connection, HandedOff, Next};
+pub use send::{Handoff, HandoffError, Returned, SendFuture};
+pub use wire::{MAX_STATE, MAX_UNREAD, VERSION};
+
+use crate::protocol::{FDS_START, HANDOFF_FD};
+use wire::Kind;
+
+/// This generation's channel from the previous one, adopted before `main`.
+static FROM_PARENT: Mutex<Option<OwnedFd>> = Mutex::new(None);
+/// Its reader, once `main` started.
+static INBOX: Mutex<Option<Arc<recv::Shared>>> = Mutex::new(None);
+/// The channel to the child being started (its pid and our end), until it reports ready.
+static TO_CHILD: Mutex<Option<(u32, OwnedFd)>> = Mutex::new(None);
+/// The hand-off to the generation that took over, if it takes hand-offs.
+static ACTIVE: Mutex<Option<Handoff>> = Mutex::new(None);
+static TAKEN: Once = Once::new();
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Takes `HOTEXEC_HANDOFF_FD` out of the environment before `main` (nothing the application
+/// spawns sees it) and adopts the fd close-on-exec. HELLO follows in [`main_starting`], once the
+/// number is known not to be another fd of the hand-over.
+#[ctor::ctor]
+fn take_at_start() {
+    // SAFETY: constructors run before `main`, on the only thread of the process.
+    unsafe { take() };
+}
+
+/// # Safety
+/// Mutates the environment: no other thread may be reading or writing it.
+unsafe fn take() {
+    TAKEN.call_once(|| {
+        let Some(value) = std::env::var_os(HANDOFF_FD) else {
+            return;
+        };
+        // SAFETY: guaranteed by the caller.
+        unsafe { std::env::remove_var(HANDOFF_FD) };
+        // A refusal is not logged (no subscriber before main): it means no HELLO, so the
+        // previous generation drains as without hand-off; the fd (if any) is left alone.
+        if let Ok(fd) = adopt(&value) {
+            *lock(&FROM_PARENT) = Some(fd);
+        }
+    });
+}
+
+/// Checks that `value` names an open `AF_UNIX` `SOCK_SEQPACKET` socket, and owns it.
+fn adopt(value: &OsString) -> Result<OwnedFd, String> {
+    let fd: RawFd = value
+        .to_str()
+        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("{HANDOFF_FD}={value:?}: expected a decimal fd number"))?;
+    if fd < FDS_START {
+        return Err(format!("{HANDOFF_FD}={fd}: not a usable fd number"));
+    }
+    // SAFETY: only inspected while nothing in this process owns the number; EBADF is "not open".
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    match rustix::net::sockopt::socket_type(borrowed) {
+        Ok(rustix::net::SocketType::SEQPACKET) => {}
+        _ => return Err(format!("{HANDOFF_FD}={fd}: not a SOCK_SEQPACKET socket")),
+    }
+    if rustix::net::sockopt::socket_domain(borrowed).ok() != Some(rustix::net::AddressFamily::UNIX)
+    {
+        return Err(format!("{HANDOFF_FD}={fd}: not a Unix socket"));
+    }
+    // SAFETY: checked open above; the variable hands it to this process. Another fd of the
+    // hand-over given the same number (a listener, the readiness pipe, the keeper channel) is
+    // found in `main_starting` before anything could close either, and this one is then let go
+    // without closing.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    crate::socket::set_cloexec(fd.as_fd()).map_err(|e| e.to_string())?;
+    Ok(fd)
+}
+
+/// Runtime hook, as `main` starts: reads the channel from the previous generation, if any.
+pub(crate) fn main_starting() {
+    // SAFETY: the runtime calls this before it or the application start threads (the
+    // constructor normally did it already, and this does nothing).
+    unsafe { take() };
+    let Some(fd) = lock(&FROM_PARENT).take() else {
+        return;
+    };
+    let n = fd.as_raw_fd();
+    let mut others: Vec<RawFd> = crate::keeper::channel()
+        .map(|k| k.as_raw_fd())
+        .into_iter()
+        .collect();
+    if let Ok(crate::protocol::Parsed::ForUs(h)) =
+        crate::inherit::snapshot().parse(std::process::id())
+    {
+        others.extend(h.fds.iter().map(|(fd, _)| *fd));
+        others.extend(h.ready_fd);
+    }
+    if others.contains(&n) {
+        tracing::error!(
+            "{HANDOFF_FD}={n} is also another fd of the hand-over: refused, no connection hand-off"
+        );
+        // Not ours to close: the other use owns that number.
+        std::mem::forget(fd);
+        return;
+    }
+    let hello = wire::encode(Kind::Hello, u64::from(std::process::id()), b"", b"");
+    if let Err(e) = channel::send(fd.as_fd(), &hello, None, true) {
+        tracing::warn!(
+            "hand-off: cannot say HELLO to the previous generation ({e}): no connection hand-off"
+        );
+        return;
+    }
+    match recv::start(fd) {
+        Ok(shared) => {
+            tracing::info!(
+                "hand-off channel from the previous generation open (version {VERSION})"
+            );
+            *lock(&INBOX) = Some(shared);
+        }
+        Err(e) => tracing::error!(
+            "hand-off: cannot start its reader ({e}): nothing will be handed to this generation"
+        ),
+    }
+}
+
+/// The connections the previous generation hands to this one; `None` when this generation was
+/// not started by an upgrade with hand-off (or the stream was already taken). Call it as `main`
+/// starts: offers that find no receiver [`CLAIM_GRACE`] after `main` started are refused.
+pub fn incoming() -> Option<HandedOff> {
+    lock(&INBOX).take().map(HandedOff::claim)
+}
+
+/// Runtime hook before a new generation is spawned: a fresh channel; the child's end is passed
+/// like the keeper channel (see `spawn::Extra::handoff`). At the fd limit (`EMFILE`) the upgrade
+/// fails clearly, as for its other fds (see `limits.rs`); any other failure is logged and the
+/// upgrade goes on without hand-off.
+pub(crate) fn channel_for_child() -> std::io::Result<Option<(OwnedFd, OwnedFd)>> {
+    match channel::pair() {
+        Ok(pair) => Ok(Some(pair)),
+        Err(e) if e.raw_os_error() == Some(libc::EMFILE) => {
+            Err(std::io::Error::other(crate::limits::LimitError::NoFile {
+                call: "socketpair (connection hand-off channel)",
+                limit: crate::limits::nofile(),
+            }))
+        }
+        Err(e) => {
+            tracing::warn!(
+                "no hand-off channel for the new generation (socketpair(AF_UNIX, SOCK_SEQPACKET): {e}): it will drain as without hand-off"
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// Runtime hook once the child is spawned: keeps our end of its channel until it is ready.
+pub(crate) fn spawned(pid: u32, ours: OwnedFd) {
+    *lock(&TO_CHILD) = Some((pid, ours));
+}
+
+/// Runtime hook once `new_pid` reported ready (an upgrade or a rollback), before `Shutdown`
+/// resolves: if it said HELLO in our version, connections can be handed to it until
+/// `drain_timeout / 2` from now.
+pub(crate) fn child_ready(new_pid: u32, drain_timeout: Duration) {
+    let chan = match lock(&TO_CHILD).take() {
+        Some((pid, fd)) if pid == new_pid => fd,
+        _ => return,
+    };
+    // The HELLO was sent before the readiness report, so it is queued by now if it ever comes.
+    let hello = match channel::recv(chan.as_fd(), true) {
+        Ok(channel::Received::Message {
+            bytes,
+            fds,
+            trouble: None,
+        }) => wire::decode(&bytes, fds.len()).map_err(|e| e.reason),
+        Ok(channel::Received::Message {
+            trouble: Some(t), ..
+        }) => Err(t),
+        Ok(channel::Received::Eof) => Err("it closed the channel".into()),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            Err("it did not say HELLO (an older build, or not built on hotexec)".into())
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    match hello {
+        Ok(r) if r.kind == Kind::Hello => {
+            let deadline = Instant::now() + drain_timeout / 2;
+            match Handoff::start(chan, new_pid, deadline) {
+                Ok(h) => {
+                    tracing::info!(
+                        new_pid,
+                        version = VERSION,
+                        "the new generation takes connection hand-offs"
+                    );
+                    *lock(&ACTIVE) = Some(h);
+                }
+                Err(e) => tracing::error!(
+                    "hand-off: cannot start its sender ({e}): draining as without hand-off"
+                ),
+            }
+        }
+        Ok(r) => tracing::warn!(
+            new_pid,
+            "no connection hand-off: the new generation sent a {:?} record first; draining as before",
+            r.kind
+        ),
+        Err(why) => tracing::info!(
+            new_pid,
+            "no connection hand-off to the new generation ({why}): draining as before"
+        ),
+    }
+}
+
+/// The hand-off to the generation that took over (see [`Shutdown::handoff`](crate::Shutdown::handoff)).
+pub(crate) fn active() -> Option<Handoff> {
+    lock(&ACTIVE).clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    /// A connected pair on 127.0.0.1: (client, server side).
+    fn tcp_pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        (c, s)
+    }
+
+    fn both_ends(deadline: Duration) -> (Handoff, HandedOff) {
+        let (old, new) = channel::pair().unwrap();
+        let rx = HandedOff::claim(recv::start(new).unwrap());
+        let tx = Handoff::start(old, 4242, Instant::now() + deadline).unwrap();
+        (tx, rx)
+    }
+
+    /// A connection, its unread bytes and its state arrive whole; after the ACK the old side's
+    /// copy is closed and the new side alone serves the client.
+    #[test]
+    fn a_connection_moves_with_its_bytes_and_state() {
+        let (tx, mut rx) = both_ends(Duration::from_secs(30));
+        let (mut client, server) = tcp_pair();
+        let taker = std::thread::spawn(move || {
+            let conn = rx.recv_blocking().unwrap().unwrap();
+            assert_eq!(conn.family, Family::Tcp);
+            let (mut s, unread, state) = conn.into_tcp().unwrap();
+            assert_eq!(unread, b"half a li");
+            assert_eq!(state, b"count=3");
+            s.write_all(b"from the new side\n").unwrap();
+            s
+        });
+        tx.send_blocking(server, b"half a li".to_vec(), b"count=3".to_vec())
+            .unwrap();
+        assert_eq!(tx.handed_off(), 1);
+        let kept = taker.join().unwrap();
+        let mut buf = [0u8; 18];
+        client.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"from the new side\n");
+        // The new side's copy is the only one left: closing it ends the connection.
+        drop(kept);
+        assert_eq!(client.read(&mut buf).unwrap(), 0);
+    }
+
+    /// The new side goes away before it took (acknowledged) the connection: it comes back whole,
+    /// still connected to its client.
+    #[test]
+    fn unacknowledged_connections_come_back_when_the_new_side_goes() {
+        let (tx, rx) = both_ends(Duration::from_secs(30));
+        let (mut client, server) = tcp_pair();
+        // Dropping the receiver refuses what it holds and what comes.
+        drop(rx);
+        let tx2 = tx.clone();
+        let sender =
+            std::thread::spawn(move || tx2.send_blocking(server, b"u".to_vec(), b"s".to_vec()));
+        let back = sender.join().unwrap().unwrap_err();
+        assert!(matches!(back.error, HandoffError::Refused(_)), "{back:?}");
+        let (mut s, unread, state) = back.into_tcp();
+        assert_eq!(
+            (unread.as_slice(), state.as_slice()),
+            (&b"u"[..], &b"s"[..])
+        );
+        s.write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        client.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"x");
+    }
+
+    /// The deadline passes with the new side never taking anything: everything comes back.
+    #[test]
+    fn the_deadline_gives_back_what_was_not_taken() {
+        let (old, new) = channel::pair().unwrap();
+        let _rx = HandedOff::claim(recv::start(new).unwrap());
+        let tx = Handoff::start(old, 1, Instant::now() + Duration::from_millis(300)).unwrap();
+        let (_c, s) = tcp_pair();
+        let back = tx.send_blocking(s, Vec::new(), Vec::new()).unwrap_err();
+        assert!(
+            matches!(
+                back.error,
+                HandoffError::Refused(_) | HandoffError::Deadline
+            ),
+            "{back:?}"
+        );
+        // After the deadline nothing more is taken.
+        let (_c2, s2) = tcp_pair();
+        assert!(tx.send_blocking(s2, Vec::new(), Vec::new()).is_err());
+    }
+
+    /// A new generation whose application never asks for hand-offs gives what it was offered
+    /// back once the claim grace is over, not only at the old side's deadline.
+    #[test]
+    fn an_application_that_does_not_receive_refuses_after_the_grace() {
+        let (old, new) = channel::pair().unwrap();
+        let _unclaimed = recv::start(new).unwrap();
+        let tx = Handoff::start(old, 7, Instant::now() + Duration::from_secs(60)).unwrap();
+        let (_c, s) = tcp_pair();
+        let back = tx.send_blocking(s, Vec::new(), Vec::new()).unwrap_err();
+        assert!(matches!(back.error, HandoffError::Refused(_)), "{back:?}");
+        assert!(
+            back.to_string().contains("does not take hand-offs"),
+            "{back}"
+        );
+    }
+
+    /// Over-size unread bytes or state are refused before anything is sent.
+    #[test]
+    fn over_size_payloads_are_refused_up_front() {
+        let (tx, _rx) = both_ends(Duration::from_secs(30));
+        let (_c, s) = tcp_pair();
+        let back = tx
+            .send_blocking(s, vec![0; MAX_UNREAD + 1], Vec::new())
+            .unwrap_err();
+        assert!(matches!(back.error, HandoffError::TooLarge(_)));
+        assert!(back.to_string().contains("unread bytes"), "{back}");
+    }
+
+    /// A pipe, a listener, and a socket nobody connected are refused on receipt, each with a
+    /// message saying what it is; the sender gets it back.
+    #[test]
+    fn fds_that_are_not_connections_are_refused() {
+        let (tx, mut rx) = both_ends(Duration::from_secs(30));
+        let (pr, _pw) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let fds: Vec<(OwnedFd, &str)> = vec![
+            (pr, "not a socket"),
+            (listener.into(), "listening socket"),
+            (udp.into(), "not a SOCK_STREAM"),
+        ];
+        for (fd, needle) in fds {
+            let back = tx.send_blocking(fd, Vec::new(), Vec::new()).unwrap_err();
+            assert!(back.to_string().contains(needle), "{needle:?}: {back}");
+            let e = rx.recv_blocking().unwrap().unwrap_err();
+            assert!(e.to_string().contains(needle), "{needle:?}: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod garbage_tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+
+    /// Garbage with a connection attached: the channel is given up and the connection is not
+    /// kept (its client sees it closed once the sender closes its copy).
+    #[test]
+    fn nothing_is_kept_from_garbage() {
+        let (old, new) = channel::pair().unwrap();
+        let mut rx = HandedOff::claim(recv::start(new).unwrap());
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let s: OwnedFd = l.accept().unwrap().0.into();
+        let (pr, _pw) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        channel::send(
+            old.as_fd(),
+            &wire::encode(Kind::Conn, 1, b"", b""),
+            Some(pr.as_fd()),
+            false,
+        )
+        .unwrap();
+        assert!(rx.recv_blocking().unwrap().is_err());
+        channel::send(
+            old.as_fd(),
+            b"GET / HTTP/1.1\r\n\r\n garbage",
+            Some(s.as_fd()),
+            false,
+        )
+        .unwrap();
+        let e = rx.recv_blocking().unwrap().unwrap_err();
+        assert!(e.to_string().contains("magic"), "{e}");
+        assert!(rx.recv_blocking().is_none());
+        drop(s);
+        let mut b = [0u8; 1];
+        assert_eq!(c.read(&mut b).unwrap(), 0);
+    }
+}
+
+#[cfg(all(test, feature = "serde"))]
+mod serde_tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct V1 {
+        user: String,
+        seq: u64,
+    }
+
+    /// A later build's state type with a field more (defaulted) reads the earlier one's state.
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct V2 {
+        user: String,
+        seq: u64,
+        #[serde(default)]
+        room: Option<String>,
+    }
+
+    #[test]
+    fn state_travels_as_a_serde_type_and_reads_in_a_later_shape() {
+        let (old, new) = channel::pair().unwrap();
+        let mut rx = HandedOff::claim(recv::start(new).unwrap());
+        let tx = Handoff::start(old, 1, Instant::now() + Duration::from_secs(30)).unwrap();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let s = l.accept().unwrap().0;
+        let taker = std::thread::spawn(move || rx.recv_blocking().unwrap().unwrap());
+        let state = V1 {
+            user: "ada".into(),
+            seq: 41,
+        };
+        let fut = tx.send_serde(s, Vec::new(), &state);
+        let conn = taker.join().unwrap();
+        assert_eq!(conn.state_as::<V1>().unwrap(), state);
+        assert_eq!(
+            conn.state_as::<V2>().unwrap(),
+            V2 {
+                user: "ada".into(),
+                seq: 41,
+                room: None
+            }
+        );
+        let e = conn.state_as::<u64>().unwrap_err();
+        assert!(e.to_string().contains("cannot read the state"), "{e}");
+        drop(fut);
+    }
+}
+
+#[cfg(test)]
+mod broken_peer_tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+
+    /// Garbage from the new side is skipped, not taken as an answer: the connection it was
+    /// sent stays unanswered (no second owner) until the new side answers it or closes.
+    #[test]
+    fn garbage_from_the_new_side_is_not_an_answer() {
+        let (old, new) = channel::pair().unwrap();
+        let tx = Handoff::start(old, 9, Instant::now() + Duration::from_secs(30)).unwrap();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let s = l.accept().unwrap().0;
+        let sender = std::thread::spawn(move || tx.send_blocking(s, b"u".to_vec(), Vec::new()));
+        // Act as a broken new side: read the CONN, answer garbage, then close.
+        let got = match channel::recv(new.as_fd(), false).unwrap() {
+            channel::Received::Message { bytes, .. } => bytes,
+            channel::Received::Eof => panic!("closed"),
+        };
+        let rec = wire::decode(&got, 1).unwrap();
+        assert_eq!(rec.kind, Kind::Conn);
+        channel::send(new.as_fd(), b"not a record at all", None, false).unwrap();
+        channel::send(
+            new.as_fd(),
+            &wire::encode(Kind::Ack, 999, b"", b""),
+            None,
+            false,
+        )
+        .unwrap();
+        // The old side shut the channel for writing: EOF here.
+        assert!(matches!(
+            channel::recv(new.as_fd(), false).unwrap(),
+            channel::Received::Eof
+        ));
+        assert!(!sender.is_finished(), "garbage was taken as an answer");
+        // Closing without answering (as a dead new side would): it comes back whole.
+        drop(new);
+        let back = sender.join().unwrap().unwrap_err();
+        assert_eq!(back.unread, b"u");
+        assert!(matches!(back.error, HandoffError::Closed(_)), "{back:?}");
+    }
+}

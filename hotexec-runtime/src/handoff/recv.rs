@@ -1,0 +1,451 @@
+//! The new generation's side: a thread reads the channel from the previous generation, checks
+//! every record and fd, and queues the connections for [`HandedOff`]. A connection is
+//! acknowledged (and so becomes this generation's) when the application takes it from the
+//! queue; until then the previous generation still owns it.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::os::fd::{AsFd, OwnedFd};
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use super::channel::{self, Family, Received};
+use super::send::HandoffError;
+use super::wire::{self, Kind};
+
+/// A connection handed over by the previous generation, now this generation's: resume serving
+/// it where the previous one stopped.
+pub struct Connection {
+    /// The connection's socket (`CLOEXEC`; blocking mode as the previous generation left it).
+    pub fd: OwnedFd,
+    /// What it is.
+    pub family: Family,
+    /// Bytes the previous generation had read from it but not processed: they come first.
+    pub unread: Vec<u8>,
+    /// The application's state for it, as the previous generation gave it.
+    pub state: Vec<u8>,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("fd", &self.fd)
+            .field("family", &self.family)
+            .field("unread", &self.unread.len())
+            .field("state", &self.state.len())
+            .finish()
+    }
+}
+
+/// The state of a hand-off as a serde type (JSON, as [`Handoff::send_serde`] sends it).
+///
+/// [`Handoff::send_serde`]: super::Handoff::send_serde
+#[cfg(feature = "serde")]
+pub(crate) fn decode_state<T: serde::de::DeserializeOwned>(
+    state: &[u8],
+) -> Result<T, HandoffError> {
+    serde_json::from_slice(state).map_err(|e| {
+        HandoffError::State(format!(
+            "cannot read the state ({} bytes) as {}: {e}",
+            state.len(),
+            std::any::type_name::<T>()
+        ))
+    })
+}
+
+impl Connection {
+    /// The state as the serde type the previous generation sent with
+    /// [`Handoff::send_serde`](super::Handoff::send_serde) (feature `serde`).
+    #[cfg(feature = "serde")]
+    pub fn state_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, HandoffError> {
+        decode_state(&self.state)
+    }
+
+    /// The socket as a std `TcpStream`; `None` (the connection given back) if it is not TCP.
+    pub fn into_tcp(self) -> Result<(std::net::TcpStream, Vec<u8>, Vec<u8>), Connection> {
+        match self.family {
+            Family::Tcp => Ok((self.fd.into(), self.unread, self.state)),
+            Family::Unix => Err(self),
+        }
+    }
+
+    /// The socket as a `tokio::net::TcpStream` (made non-blocking); inside a tokio runtime.
+    #[cfg(feature = "tokio")]
+    pub fn into_tokio_tcp(self) -> std::io::Result<(tokio::net::TcpStream, Vec<u8>, Vec<u8>)> {
+        let (s, unread, state) = self.into_tcp().map_err(|c| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("handed-off connection is {:?}, not TCP", c.family),
+            )
+        })?;
+        s.set_nonblocking(true)?;
+        Ok((tokio::net::TcpStream::from_std(s)?, unread, state))
+    }
+}
+
+struct Inbox {
+    queue: VecDeque<Result<(u64, Connection), HandoffError>>,
+    /// No more records come (the channel ended); `queue` may still hold some.
+    ended: bool,
+    /// The application asked for the stream ([`super::incoming`]).
+    claimed: bool,
+    /// The application dropped its stream: refuse what comes.
+    dropped: bool,
+    waker: Option<Waker>,
+}
+
+pub(crate) struct Shared {
+    inbox: Mutex<Inbox>,
+    cond: Condvar,
+    chan: OwnedFd,
+    /// When `main` started: an application that has not asked for hand-offs within
+    /// [`CLAIM_GRACE`] of it does not take them.
+    main_started: Instant,
+}
+
+/// How long after `main` started an application may take to call [`super::incoming`] before
+/// connections offered to it are refused (and so stay with the previous generation).
+pub const CLAIM_GRACE: Duration = Duration::from_secs(2);
+
+impl Shared {
+    /// Answers for connection `id`. A failed send means the previous generation is gone, and
+    /// with it its copy: the connection is ours either way.
+    fn answer(&self, kind: Kind, id: u64, reason: &str) {
+        let rec = wire::encode(kind, id, b"", reason.as_bytes());
+        if let Err(e) = channel::send(self.chan.as_fd(), &rec, None, false) {
+            tracing::debug!(id, "hand-off: could not answer {kind:?} ({e})");
+        }
+    }
+}
+
+/// Starts reading the channel (from the runtime, as `main` starts).
+pub(crate) fn start(chan: OwnedFd) -> std::io::Result<Arc<Shared>> {
+    let shared = Arc::new(Shared {
+        inbox: Mutex::new(Inbox {
+            queue: VecDeque::new(),
+            ended: false,
+            claimed: false,
+            dropped: false,
+            waker: None,
+        }),
+        cond: Condvar::new(),
+        chan,
+        main_started: Instant::now(),
+    });
+    let s = shared.clone();
+    std::thread::Builder::new()
+        .name("hotexec-handed-off".into())
+        .spawn(move || receive(&s))?;
+    Ok(shared)
+}
+
+/// Refuses what waits in the inbox of an application that has not asked for hand-offs within
+/// [`CLAIM_GRACE`]: those connections go back to the previous generation now, not at its
+/// deadline.
+fn refuse_unclaimed(s: &Shared) {
+    let mut inbox = s.inbox.lock().unwrap_or_else(|p| p.into_inner());
+    if inbox.claimed || inbox.dropped || s.main_started.elapsed() < CLAIM_GRACE {
+        return;
+    }
+    inbox.dropped = true;
+    let untaken: Vec<u64> = inbox
+        .queue
+        .drain(..)
+        .filter_map(|r| r.ok().map(|(id, _)| id))
+        .collect();
+    drop(inbox);
+    if !untaken.is_empty() {
+        tracing::warn!(
+            refused = untaken.len(),
+            "hand-off: this application did not call hotexec::handoff::incoming() within {CLAIM_GRACE:?} of main: connections offered go back to the previous generation"
+        );
+    }
+    for id in untaken {
+        s.answer(
+            Kind::Nak,
+            id,
+            "this generation does not take hand-offs (its application does not receive them)",
+        );
+    }
+}
+
+fn receive(s: &Shared) {
+    loop {
+        // Until the application claimed the stream (or the grace is over), wake up in time to
+        // refuse what it will not take.
+        let grace_left = CLAIM_GRACE.saturating_sub(s.main_started.elapsed());
+        let unclaimed = {
+            let inbox = s.inbox.lock().unwrap_or_else(|p| p.into_inner());
+            !inbox.claimed && !inbox.dropped
+        };
+        if unclaimed {
+            let mut fds = [nix::poll::PollFd::new(
+                s.chan.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let ms = u16::try_from(grace_left.as_millis() + 1).unwrap_or(u16::MAX);
+            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms));
+            refuse_unclaimed(s);
+            if !fds[0].any().unwrap_or(false) {
+                continue;
+            }
+        }
+        let got = channel::recv(s.chan.as_fd(), false);
+        let (bytes, fds, trouble) = match got {
+            Ok(Received::Message {
+                bytes,
+                fds,
+                trouble,
+            }) => (bytes, fds, trouble),
+            Ok(Received::Eof) => break,
+            Err(e) => {
+                tracing::error!(
+                    "hand-off: reading the channel from the previous generation failed: {e}"
+                );
+                break;
+            }
+        };
+        let decoded = match trouble {
+            Some(t) => Err(wire::WireError {
+                id: None,
+                reason: t,
+            }),
+            None => wire::decode(&bytes, fds.len()),
+        };
+        let rec = match decoded {
+            Ok(r) if r.kind == Kind::Conn => r,
+            Ok(r) => {
+                drop(fds);
+                let reason = format!("a {:?} record from the previous generation", r.kind);
+                return refuse_all(s, wire::WireError { id: None, reason });
+            }
+            Err(e) if e.id.is_some() => {
+                // The header was readable: refuse this connection and read on.
+                tracing::error!(
+                    "hand-off from the previous generation refused: {}; nothing adopted",
+                    e.reason
+                );
+                s.answer(Kind::Nak, e.id.unwrap_or(0), &e.reason);
+                push(s, Err(HandoffError::Protocol(e.reason)));
+                continue;
+            }
+            Err(e) => {
+                // Whatever came with it is closed here: nothing is adopted from garbage.
+                drop(fds);
+                return refuse_all(s, e);
+            }
+        };
+        let fd = fds.into_iter().next().expect("decode checked one fd");
+        let family = match channel::check_connection(fd.as_fd()) {
+            Ok(f) => f,
+            Err(why) => {
+                tracing::error!(id = rec.id, "handed-off fd refused: {why}; nothing adopted");
+                drop(fd);
+                s.answer(Kind::Nak, rec.id, &format!("fd refused: {why}"));
+                push(
+                    s,
+                    Err(HandoffError::Protocol(format!(
+                        "handed-off fd refused: {why}"
+                    ))),
+                );
+                continue;
+            }
+        };
+        let conn = Connection {
+            fd,
+            family,
+            unread: rec.unread,
+            state: rec.state,
+        };
+        let mut inbox = s.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        let unclaimed = !inbox.claimed && s.main_started.elapsed() >= CLAIM_GRACE;
+        if inbox.dropped || unclaimed {
+            drop(inbox);
+            drop(conn);
+            s.answer(
+                Kind::Nak,
+                rec.id,
+                "this generation does not take hand-offs (its application does not receive them)",
+            );
+            continue;
+        }
+        inbox.queue.push_back(Ok((rec.id, conn)));
+        let w = inbox.waker.take();
+        drop(inbox);
+        s.cond.notify_all();
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+    // The previous generation is done (or gone): what the application has not taken yet goes
+    // back, under the lock, so no acknowledgement can follow these refusals.
+    let mut inbox = s.inbox.lock().unwrap_or_else(|p| p.into_inner());
+    inbox.ended = true;
+    let untaken: Vec<u64> = inbox
+        .queue
+        .iter()
+        .filter_map(|r| r.as_ref().ok().map(|(id, _)| *id))
+        .collect();
+    inbox.queue.retain(|r| r.is_err());
+    for id in untaken {
+        s.answer(
+            Kind::Nak,
+            id,
+            "the hand-off ended before the application took it",
+        );
+    }
+    // Closing our end tells the previous generation every answer is in.
+    let _ = rustix::net::shutdown(&s.chan, rustix::net::Shutdown::Both);
+    let w = inbox.waker.take();
+    drop(inbox);
+    s.cond.notify_all();
+    if let Some(w) = w {
+        w.wake();
+    }
+}
+
+/// A record that cannot be answered (unreadable header, wrong kind): the channel is not a
+/// hotexec hand-off one or is broken. Nothing is adopted; the channel is given up, which hands
+/// everything still unanswered back to the previous generation.
+fn refuse_all(s: &Shared, e: wire::WireError) {
+    tracing::error!(
+        "hand-off channel from the previous generation refused: {}; nothing adopted, channel closed",
+        e.reason
+    );
+    push(s, Err(HandoffError::Protocol(e.reason)));
+    let mut inbox = s.inbox.lock().unwrap_or_else(|p| p.into_inner());
+    inbox.ended = true;
+    let untaken: Vec<u64> = inbox
+        .queue
+        .iter()
+        .filter_map(|r| r.as_ref().ok().map(|(id, _)| *id))
+        .collect();
+    inbox.queue.retain(|r| r.is_err());
+    for id in untaken {
+        s.answer(Kind::Nak, id, "the hand-off channel broke");
+    }
+    let _ = rustix::net::shutdown(&s.chan, rustix::net::Shutdown::Both);
+    let w = inbox.waker.take();
+    drop(inbox);
+    s.cond.notify_all();
+    if let Some(w) = w {
+        w.wake();
+    }
+}
+
+fn push(s: &Shared, r: Result<(u64, Connection), HandoffError>) {
+    let mut inbox = s.inbox.lock().unwrap_or_else(|p| p.into_inner());
+    inbox.queue.push_back(r);
+    let w = inbox.waker.take();
+    drop(inbox);
+    s.cond.notify_all();
+    if let Some(w) = w {
+        w.wake();
+    }
+}
+
+/// The connections the previous generation hands to this one, in the order it sent them. Got
+/// from [`incoming`](super::incoming). Ends when the previous generation has finished handing
+/// off (or exited).
+///
+/// Each connection taken with [`recv`](Self::recv) or [`recv_blocking`](Self::recv_blocking)
+/// is acknowledged at that moment: from then on it is this generation's alone. Connections not
+/// taken stay the previous generation's; dropping `HandedOff` refuses them.
+pub struct HandedOff {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for HandedOff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandedOff").finish_non_exhaustive()
+    }
+}
+
+impl HandedOff {
+    pub(crate) fn claim(shared: Arc<Shared>) -> HandedOff {
+        shared
+            .inbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .claimed = true;
+        HandedOff { shared }
+    }
+
+    /// Takes the next one if any, acknowledging it. `Err`: a record that was refused (garbage
+    /// or a bad fd; nothing was adopted from it). `None`: the hand-off is over.
+    fn take(&self, inbox: &mut Inbox) -> Option<Option<Result<Connection, HandoffError>>> {
+        match inbox.queue.pop_front() {
+            Some(Ok((id, conn))) => {
+                // Acknowledged under the lock: the end of the channel cannot refuse it meanwhile.
+                self.shared.answer(Kind::Ack, id, "");
+                Some(Some(Ok(conn)))
+            }
+            Some(Err(e)) => Some(Some(Err(e))),
+            None if inbox.ended => Some(None),
+            None => None,
+        }
+    }
+
+    /// The next handed-off connection (`None` once the hand-off is over).
+    pub fn recv(&mut self) -> Next<'_> {
+        Next { rx: self }
+    }
+
+    /// [`recv`](Self::recv) for threads outside an async runtime.
+    pub fn recv_blocking(&mut self) -> Option<Result<Connection, HandoffError>> {
+        let mut inbox = self.shared.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(r) = self.take(&mut inbox) {
+                return r;
+            }
+            inbox = self
+                .shared
+                .cond
+                .wait(inbox)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl Drop for HandedOff {
+    fn drop(&mut self) {
+        let mut inbox = self.shared.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        inbox.dropped = true;
+        let untaken: Vec<u64> = inbox
+            .queue
+            .drain(..)
+            .filter_map(|r| r.ok().map(|(id, _)| id))
+            .collect();
+        for id in untaken {
+            self.shared.answer(
+                Kind::Nak,
+                id,
+                "the application dropped its HandedOff receiver",
+            );
+        }
+    }
+}
+
+/// The future of [`HandedOff::recv`].
+pub struct Next<'a> {
+    rx: &'a mut HandedOff,
+}
+
+impl Future for Next<'_> {
+    type Output = Option<Result<Connection, HandoffError>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let rx = &*self.rx;
+        let mut inbox = rx.shared.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        match rx.take(&mut inbox) {
+            Some(r) => Poll::Ready(r),
+            None => {
+                inbox.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
