@@ -313,9 +313,21 @@ fn signal_storm() {
         app.track(*old);
         app.track(*new);
     }
-    assert!(
-        zombies_seen.is_empty(),
-        "zombies during the storm: {zombies_seen:?}"
+    // A generation that exits is a zombie until its parent's supervisor reaps it (it polls every
+    // 50 ms while draining, later under load): seen once is no leak, still there is.
+    wait_for(T, "every zombie seen during the storm to be reaped", || {
+        zombies_seen
+            .iter()
+            .all(|(parent, child)| {
+                App::children_of(*parent)
+                    .iter()
+                    .all(|(c, s)| c != child || *s != 'Z')
+            })
+            .then_some(())
+    });
+    eprintln!(
+        "signal storm: {} zombies sampled during the storm, all reaped since",
+        zombies_seen.len()
     );
     for (old, _) in &handovers {
         app.wait_exit(*old, T);
