@@ -6,7 +6,7 @@
 //! them can never collide with anything on the machine.
 //!
 //! `fail/`: one mistake per file (except `many_errors_at_once.rs`), with the expected diagnostic
-//! checked in next to it. Regenerate with `TRYBUILD=overwrite cargo test --test ui` and read the
+//! checked in next to it. Regenerate with `TRYBUILD=overwrite cargo test -p hotexec-ui-tests` and read the
 //! diff: each message must say what is wrong and what is expected, on the token at fault.
 
 #[test]

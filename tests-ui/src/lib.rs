@@ -1,0 +1,1 @@
+//! Compile-time tests of the hotexec macros: see `tests/ui.rs`.
