@@ -327,6 +327,8 @@ pub(crate) fn run(config: Config, snap: &Snapshot, exe: PathBuf, argv: Vec<OsStr
         ready: Some(child.ready_r),
         sig_r,
         forwarded,
+        upgrade_signal: config.upgrade_signal,
+        held: false,
         pid_file: config.pid_file.clone(),
         drain_timeout: config.drain_timeout,
         ending: None,
@@ -340,6 +342,12 @@ struct Keeper {
     ready: Option<OwnedFd>,
     sig_r: OwnedFd,
     forwarded: Vec<Signal>,
+    upgrade_signal: Signal,
+    /// The upgrade signal arrived before generation 1 reported ready: forwarded once it has.
+    /// Generation 1 discards an upgrade signal before it is ready (to it, it looks like a
+    /// broadcast meant for an older generation), but the keeper knows there is none: the pid
+    /// file names the keeper from the start, and whoever signals it asks for an upgrade.
+    held: bool,
     pid_file: Option<PathBuf>,
     drain_timeout: Duration,
     /// Set once the serving generation is gone with no successor: the exit code, and until when
@@ -375,6 +383,11 @@ impl Keeper {
                 let target = self.serving.load(Ordering::SeqCst);
                 if self.ending.is_some() {
                     tracing::info!(signal = %sig, "keeper: no generation serves any more; signal not forwarded");
+                    continue;
+                }
+                if sig == self.upgrade_signal && self.ready.is_some() {
+                    tracing::info!(signal = %sig, "keeper: generation 1 is not ready yet: the upgrade signal is forwarded once it is");
+                    self.held = true;
                     continue;
                 }
                 tracing::info!(signal = %sig, generation = target, "keeper: forwarding to the serving generation");
@@ -537,6 +550,17 @@ impl Keeper {
                 // The keeper is the main pid: its READY=1 is the service's.
                 notify::ready();
                 self.ready = None;
+                if std::mem::take(&mut self.held) {
+                    let target = self.serving.load(Ordering::SeqCst);
+                    tracing::info!(signal = %self.upgrade_signal, generation = target, "keeper: forwarding the upgrade signal held until generation 1 was ready");
+                    if let Err(e) = kill(Pid::from_raw(target), self.upgrade_signal) {
+                        tracing::warn!(
+                            generation = target,
+                            "keeper: forwarding failed: {}",
+                            e.desc()
+                        );
+                    }
+                }
             }
             Ok(5) if buf[0] == EXEC_FAILED => {
                 let errno = i32::from_ne_bytes([buf[1], buf[2], buf[3], buf[4]]);
@@ -545,9 +569,13 @@ impl Keeper {
                     Errno::from_raw(errno).desc()
                 );
                 self.ready = None;
+                self.held = false;
             }
             Err(Errno::EAGAIN) | Err(Errno::EINTR) => {}
-            _ => self.ready = None,
+            _ => {
+                self.ready = None;
+                self.held = false;
+            }
         }
     }
 }

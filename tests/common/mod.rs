@@ -101,6 +101,22 @@ pub fn tool(name: &str) -> Option<String> {
     }
 }
 
+/// Waits until `sig` is pending neither for the thread nor for the process `pid`: its handler
+/// has taken it (for a process whose log says nothing of it).
+pub fn wait_signal_handled(pid: u32, sig: Signal, timeout: Duration) {
+    let bit = 1u64 << (sig as i32 - 1);
+    let mask = |field: &str| -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let hex = status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?;
+        u64::from_str_radix(hex.trim(), 16).ok()
+    };
+    wait_for(timeout, &format!("{sig} to be handled by {pid}"), || {
+        ((mask("SigPnd")? | mask("ShdPnd")?) & bit == 0).then_some(())
+    });
+}
+
 /// Copies an executable with `cp` in a child process, so this (multi-threaded) test process never
 /// holds a write fd on it: a sibling test thread forking meanwhile would inherit that fd until its
 /// child execs, and any `execve` of the copy in that window fails with ETXTBSY — in a wrapper such
