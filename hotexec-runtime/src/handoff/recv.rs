@@ -282,6 +282,14 @@ fn receive(s: &Shared) {
     }
     // The previous generation is done (or gone): what the application has not taken yet goes
     // back, under the lock, so no acknowledgement can follow these refusals.
+    give_back_untaken(s, "the hand-off ended before the application took it");
+}
+
+/// Ends the hand-off on this side: every connection the application has not taken is refused
+/// (NAK, so the previous generation resumes it), under the inbox lock, so no acknowledgement can
+/// follow; then our end is shut, which tells the previous generation every answer is in, and
+/// whoever waits on the inbox is woken.
+fn give_back_untaken(s: &Shared, why: &str) {
     let mut inbox = s.inbox.lock().unwrap_or_else(|p| p.into_inner());
     inbox.ended = true;
     let untaken: Vec<u64> = inbox
@@ -291,13 +299,8 @@ fn receive(s: &Shared) {
         .collect();
     inbox.queue.retain(|r| r.is_err());
     for id in untaken {
-        s.answer(
-            Kind::Nak,
-            id,
-            "the hand-off ended before the application took it",
-        );
+        s.answer(Kind::Nak, id, why);
     }
-    // Closing our end tells the previous generation every answer is in.
     let _ = rustix::net::shutdown(&s.chan, rustix::net::Shutdown::Both);
     let w = inbox.waker.take();
     drop(inbox);
@@ -316,24 +319,7 @@ fn refuse_all(s: &Shared, e: wire::WireError) {
         e.reason
     );
     push(s, Err(HandoffError::Protocol(e.reason)));
-    let mut inbox = s.inbox.lock().unwrap_or_else(|p| p.into_inner());
-    inbox.ended = true;
-    let untaken: Vec<u64> = inbox
-        .queue
-        .iter()
-        .filter_map(|r| r.as_ref().ok().map(|(id, _)| *id))
-        .collect();
-    inbox.queue.retain(|r| r.is_err());
-    for id in untaken {
-        s.answer(Kind::Nak, id, "the hand-off channel broke");
-    }
-    let _ = rustix::net::shutdown(&s.chan, rustix::net::Shutdown::Both);
-    let w = inbox.waker.take();
-    drop(inbox);
-    s.cond.notify_all();
-    if let Some(w) = w {
-        w.wake();
-    }
+    give_back_untaken(s, "the hand-off channel broke");
 }
 
 fn push(s: &Shared, r: Result<(u64, Connection), HandoffError>) {
