@@ -45,18 +45,6 @@ fn signal(pid: u32, sig: Signal) {
 }
 
 /// No zombie among the keeper's children, and only `generation` left once the old ones drained.
-fn wait_only_child(keeper: u32, generation: u32) {
-    wait_for(
-        Duration::from_secs(15),
-        "old generations to be reaped",
-        || {
-            let kids = App::children_of(keeper);
-            (kids == vec![(generation, kids.first().map_or('?', |k| k.1))] && kids[0].1 != 'Z')
-                .then_some(())
-        },
-    );
-}
-
 #[test]
 fn keeper_pid_is_unchanged_across_upgrades_under_load() {
     let mut app = App::start(
@@ -104,7 +92,7 @@ fn keeper_pid_is_unchanged_across_upgrades_under_load() {
         &results,
     );
     // Every old generation was reaped by the keeper: no zombie, only the serving one is left.
-    wait_only_child(keeper, current);
+    wait_only_child(keeper, current, Duration::from_secs(15));
     for old in &generations[..generations.len() - 1] {
         assert!(
             stat(*old).is_none(),
@@ -135,7 +123,7 @@ fn keeper_exits_with_the_status_of_the_last_generation() {
     let first = serving(&app);
     signal(keeper, Signal::SIGUSR2);
     let second = wait_new_generation(&app, first);
-    wait_only_child(keeper, second);
+    wait_only_child(keeper, second, Duration::from_secs(15));
     // The serving generation dies: the keeper exits with its status, as a shell reports it.
     signal(second, Signal::SIGKILL);
     let st = app.wait_exit(keeper, Duration::from_secs(10));

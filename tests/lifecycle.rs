@@ -208,10 +208,7 @@ fn keeper_chain_no_rollback_after_the_successor_handed_on() {
     for _ in 0..20 {
         assert_eq!(serving(&app), g3);
     }
-    wait_for(T, "only generation 3 under the keeper", || {
-        let kids = App::children_of(keeper);
-        (kids.len() == 1 && kids[0].0 == g3 && kids[0].1 != 'Z').then_some(())
-    });
+    wait_only_child(keeper, g3, T);
 }
 
 /// The old generation dies (SIGKILL, OOM) while the new one warms up. The new one holds the
@@ -290,10 +287,7 @@ fn orphaned_new_generation_takes_over_under_a_keeper() {
     app.replace_binary(None);
     let next = keeper_upgrade(&app, keeper, new, 2);
     assert_ne!(next, new);
-    wait_for(T, "only the last generation under the keeper", || {
-        let kids = App::children_of(keeper);
-        (kids.len() == 1 && kids[0].0 == next && kids[0].1 != 'Z').then_some(())
-    });
+    wait_only_child(keeper, next, T);
 }
 
 /// Keeper mode under a notifying service manager: the keeper is the main pid for the whole

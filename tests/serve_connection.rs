@@ -63,13 +63,18 @@ fn closed_cleanly(c: &mut std::io::BufReader<TcpStream>) -> bool {
     matches!(c.read_to_end(&mut rest), Ok(0))
 }
 
-#[test]
-fn own_accept_loop_drains_http1_connections_like_serve() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+/// The tokio runtime each in-process scenario serves on (two workers, as on the CI machine).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn own_accept_loop_drains_http1_connections_like_serve() {
+    let rt = runtime();
     let shutdown = hotexec::Shutdown::detached(Duration::from_secs(10)).unwrap();
     let (addr, server) = start_server(&rt, shutdown.clone());
     let me = std::process::id();
@@ -132,11 +137,7 @@ fn own_accept_loop_drains_http1_connections_like_serve() {
 
 #[test]
 fn own_accept_loop_sends_http2_clients_a_goaway_and_finishes_their_streams() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let shutdown = hotexec::Shutdown::detached(Duration::from_secs(10)).unwrap();
     let (addr, server) = start_server(&rt, shutdown.clone());
     let me = std::process::id();

@@ -117,6 +117,19 @@ pub fn wait_signal_handled(pid: u32, sig: Signal, timeout: Duration) {
     });
 }
 
+/// Waits (up to `timeout`) until `generation` is the only child of `keeper`, and not a zombie:
+/// every older generation has been reaped.
+pub fn wait_only_child(keeper: u32, generation: u32, timeout: Duration) {
+    wait_for(
+        timeout,
+        &format!("{generation} to be the keeper's only child"),
+        || {
+            let kids = App::children_of(keeper);
+            (kids.len() == 1 && kids[0].0 == generation && kids[0].1 != 'Z').then_some(())
+        },
+    );
+}
+
 /// Copies an executable with `cp` in a child process, so this (multi-threaded) test process never
 /// holds a write fd on it: a sibling test thread forking meanwhile would inherit that fd until its
 /// child execs, and any `execve` of the copy in that window fails with ETXTBSY — in a wrapper such
