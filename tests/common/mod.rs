@@ -680,6 +680,9 @@ pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Outcome {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Outcome::Refused,
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Outcome::Timeout,
+        // A handshake the kernel completed, then reset (the listener closed with it queued):
+        // the same outcome as a reset after connect, not another kind of failure.
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Outcome::Reset,
         Err(e) => return Outcome::Other(format!("connect: {e}")),
     };
     request_on(s, path, timeout)
