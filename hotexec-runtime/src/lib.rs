@@ -33,6 +33,8 @@ mod exe;
 #[cfg(feature = "process")]
 pub mod handoff;
 #[cfg(feature = "process")]
+pub mod health;
+#[cfg(feature = "process")]
 mod inherit;
 #[cfg(feature = "process")]
 mod keeper;

@@ -1,0 +1,693 @@
+//! The commit decision: [`verdict`] compares what a new generation served during its probation
+//! with what the old one served before the upgrade. Pure (numbers in, decision out), so every
+//! case is a unit test; [`Probation`] feeds it the reports as they come and adds a window.
+//!
+//! The rule, in words (defaults in `policy.rs`):
+//!
+//! - **Bad answers** are 5xx responses, handler panics and requests left without an answer.
+//!   The limit for the new generation is `max_error_rate` (2%), or `max_error_ratio` (2) times
+//!   the old generation's rate if that is higher — an old generation that was itself at 3%
+//!   leaves room up to 6%, so a release during an incident elsewhere (or the one that fixes
+//!   it) is not refused for the incident. The old rate counts only if the old generation
+//!   served at least `min_sample` requests; otherwise the limit is `max_error_rate`.
+//! - **Unhealthy** as soon as the new generation's rate is above the limit with 99.9%
+//!   confidence (the lower bound of the Wilson score interval, [`Z`]) and it has given at least
+//!   [`MIN_BAD`] bad answers — at any time, so a bad build is stopped after a few hundred
+//!   requests, not at the end of the probation. Under the defaults a build answering 500 to 5%
+//!   of requests (the old at under 1%) is unhealthy after 300–400 requests. The same test runs
+//!   on failed connections (per connection served), and an app's own check that fails
+//!   ([`Health::add_check`](super::Health::add_check)) is unhealthy at once.
+//! - **Healthy** once the probation is over and the new generation answered at least
+//!   `min_sample` requests without being unhealthy. Fewer requests: the probation is extended
+//!   up to `max_probation`, and then the new generation is committed on what there is (a
+//!   quiet service cannot prove anything either way; the log says so).
+//! - A new generation that counts nothing (it does not serve through `hotexec::serve` and
+//!   records no outcome, or sends no report: a build without this feature, a program not built
+//!   on hotexec) is committed when the probation is over, on the crash watch alone.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::Duration;
+
+use super::policy::HealthPolicy;
+use super::{Counts, Report};
+
+/// The z-score of the one-sided 99.9% confidence bound the verdict uses.
+pub(crate) const Z: f64 = 3.09;
+/// A new generation is never judged unhealthy on fewer bad answers than this.
+pub(crate) const MIN_BAD: u64 = 5;
+/// The recent window [`Probation`] judges besides the whole probation: a build that turns bad
+/// after a good start is caught on its last second, not diluted by its first ones.
+pub(crate) const WINDOW: Duration = Duration::from_secs(1);
+
+/// The decision, for now.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Verdict {
+    /// Not yet: what it waits for.
+    Pending(String),
+    /// Commit: why, and the numbers.
+    Healthy { why: String, numbers: Numbers },
+    /// Do not commit: the old build serves again.
+    Unhealthy { reason: String, numbers: Numbers },
+}
+
+/// One dimension of the comparison: bad answers of requests, or failed connections.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Rates {
+    /// Bad outcomes of the new generation.
+    pub new_bad: u64,
+    /// All outcomes of the new generation.
+    pub new_total: u64,
+    /// Bad outcomes of the old generation before the upgrade.
+    pub old_bad: u64,
+    /// All outcomes of the old generation before the upgrade.
+    pub old_total: u64,
+    /// The limit the new generation was held to.
+    pub limit: f64,
+    /// The new generation's rate is at least this, with 99.9% confidence.
+    pub new_lower: f64,
+}
+
+impl Rates {
+    fn new(
+        new_bad: u64,
+        new_total: u64,
+        old_bad: u64,
+        old_total: u64,
+        policy: &HealthPolicy,
+    ) -> Rates {
+        let old_rate = (old_total >= policy.min_sample).then(|| ratio(old_bad, old_total));
+        let limit = old_rate
+            .map_or(policy.max_error_rate, |r| {
+                policy.max_error_rate.max(r * policy.max_error_ratio)
+            })
+            .min(1.0);
+        Rates {
+            new_bad,
+            new_total,
+            old_bad,
+            old_total,
+            limit,
+            new_lower: wilson_lower(new_bad, new_total, Z),
+        }
+    }
+
+    /// Confidently above the limit, on enough bad outcomes.
+    fn over(&self) -> bool {
+        self.new_bad >= MIN_BAD && self.new_lower > self.limit
+    }
+
+    fn describe(&self, f: &mut fmt::Formatter<'_>, what: &str, of: &str) -> fmt::Result {
+        write!(
+            f,
+            "new generation: {} {what} of {} {of} ({}, at least {} at 99.9% confidence); old generation before the upgrade: {} of {} ({}); limit {}",
+            self.new_bad,
+            self.new_total,
+            pct(ratio(self.new_bad, self.new_total)),
+            pct(self.new_lower),
+            self.old_bad,
+            self.old_total,
+            pct(ratio(self.old_bad, self.old_total)),
+            pct(self.limit),
+        )
+    }
+}
+
+/// The numbers behind a verdict, for the log and the operator.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Numbers {
+    /// Bad answers (5xx, panics, errors) per request.
+    pub requests: Rates,
+    /// Failed connections per connection.
+    pub connections: Rates,
+    /// Time since the new generation took over.
+    pub elapsed: Duration,
+}
+
+impl fmt::Display for Numbers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.requests
+            .describe(f, "bad answers (5xx, panics, errors)", "requests")?;
+        if self.connections.new_bad > 0 || self.connections.old_bad > 0 {
+            f.write_str("; ")?;
+            self.connections
+                .describe(f, "failed connections", "connections")?;
+        }
+        write!(f, "; after {:.1}s", self.elapsed.as_secs_f64())
+    }
+}
+
+fn ratio(bad: u64, total: u64) -> f64 {
+    if total == 0 {
+        0.0
+    } else {
+        bad as f64 / total as f64
+    }
+}
+
+fn pct(r: f64) -> String {
+    let p = r * 100.0;
+    if p != 0.0 && p < 0.1 {
+        format!("{p:.3}%")
+    } else {
+        format!("{p:.1}%")
+    }
+}
+
+/// The lower bound of the Wilson score interval of `bad` in `total` at `z`: the rate the true
+/// one is above with the confidence `z` stands for. Sound for small samples and for rates near
+/// 0 or 1, where the normal approximation is not. 0 for an empty sample.
+pub(crate) fn wilson_lower(bad: u64, total: u64, z: f64) -> f64 {
+    if total == 0 || bad == 0 {
+        // Exactly 0 (the formula gives it up to rounding).
+        return 0.0;
+    }
+    let n = total as f64;
+    let p = (bad.min(total)) as f64 / n;
+    let z2 = z * z;
+    let center = p + z2 / (2.0 * n);
+    let margin = z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    ((center - margin) / (1.0 + z2 / n)).clamp(0.0, 1.0)
+}
+
+/// Compares `new` (the new generation's report, `elapsed` after it took over) with `old` (the
+/// old generation's, taken when the upgrade was triggered) under `policy`. See the module docs.
+pub(crate) fn verdict(
+    old: &Report,
+    new: &Report,
+    policy: &HealthPolicy,
+    elapsed: Duration,
+) -> Verdict {
+    let (o, n) = (&old.counts, &new.counts);
+    let numbers = Numbers {
+        requests: Rates::new(n.bad(), n.requests(), o.bad(), o.requests(), policy),
+        connections: Rates::new(
+            n.connections_failed,
+            n.connections,
+            o.connections_failed,
+            o.connections,
+            policy,
+        ),
+        elapsed,
+    };
+    if !policy.enabled {
+        return Verdict::Healthy {
+            why: "the health gate is off".into(),
+            numbers,
+        };
+    }
+    if let Some(veto) = &new.veto {
+        return Verdict::Unhealthy {
+            reason: veto.clone(),
+            numbers,
+        };
+    }
+    if !new.counting {
+        return if elapsed >= policy.probation {
+            Verdict::Healthy {
+                why: "the new generation counts nothing it serves (not on hotexec::serve, no outcome recorded): committed on the crash watch alone".into(),
+                numbers,
+            }
+        } else {
+            Verdict::Pending("the end of the probation (crash watch)".into())
+        };
+    }
+    if numbers.requests.over() {
+        return Verdict::Unhealthy {
+            reason: format!(
+                "{} of its requests got a bad answer, above the limit of {}",
+                pct(ratio(numbers.requests.new_bad, numbers.requests.new_total)),
+                pct(numbers.requests.limit)
+            ),
+            numbers,
+        };
+    }
+    if numbers.connections.over() {
+        return Verdict::Unhealthy {
+            reason: format!(
+                "{} of its connections failed, above the limit of {}",
+                pct(ratio(
+                    numbers.connections.new_bad,
+                    numbers.connections.new_total
+                )),
+                pct(numbers.connections.limit)
+            ),
+            numbers,
+        };
+    }
+    let sample = n.requests().max(n.connections);
+    if elapsed < policy.probation {
+        return Verdict::Pending(format!(
+            "the end of the probation ({:?}; {sample} requests so far)",
+            policy.probation
+        ));
+    }
+    if sample >= policy.min_sample {
+        return Verdict::Healthy {
+            why: format!("{sample} requests within the limits"),
+            numbers,
+        };
+    }
+    if elapsed >= policy.max_probation {
+        return Verdict::Healthy {
+            why: format!(
+                "only {sample} requests in {:?} (fewer than min_sample = {}): too few to judge, committed on what there is",
+                policy.max_probation, policy.min_sample
+            ),
+            numbers,
+        };
+    }
+    Verdict::Pending(format!(
+        "{} requests (min_sample; {sample} so far), at most until {:?}",
+        policy.min_sample, policy.max_probation
+    ))
+}
+
+/// A probation in progress, without I/O: the supervisor of the old generation makes one when
+/// the new generation takes over, passes it each report as it arrives and each deadline
+/// tick, and acts on the first verdict that is not [`Verdict::Pending`].
+///
+/// Besides the whole probation it judges the last [`WINDOW`] (the latest report minus the one
+/// a window before), so that a build that goes bad after a good first second is caught on its
+/// recent numbers. Reports whose counts go backwards (a broken or lying peer) are dropped and
+/// counted in [`Probation::ignored`].
+#[derive(Debug)]
+pub(crate) struct Probation {
+    policy: HealthPolicy,
+    baseline: Report,
+    /// Reports received, with the time they came, oldest first; only what the window needs.
+    history: VecDeque<(Duration, Counts)>,
+    latest: Option<Report>,
+    ignored: u64,
+}
+
+impl Probation {
+    /// `baseline`: the old generation's report when the upgrade was triggered.
+    pub(crate) fn new(baseline: Report, policy: HealthPolicy) -> Probation {
+        Probation {
+            policy,
+            baseline,
+            history: VecDeque::new(),
+            latest: None,
+            ignored: 0,
+        }
+    }
+
+    /// A report from the new generation, `elapsed` after it took over.
+    pub(crate) fn report(&mut self, report: Report, elapsed: Duration) -> Verdict {
+        if let Some(last) = &self.latest {
+            let (a, b) = (last.counts.to_array(), report.counts.to_array());
+            if a.iter().zip(&b).any(|(was, now)| now < was) {
+                self.ignored += 1;
+                return self.tick(elapsed);
+            }
+        }
+        self.history.push_back((elapsed, report.counts));
+        // Keep one entry at least a window old, as the start of the window.
+        while self.history.len() > 2 && self.history[1].0 + WINDOW <= elapsed {
+            self.history.pop_front();
+        }
+        self.latest = Some(report);
+        self.tick(elapsed)
+    }
+
+    /// The verdict at `elapsed` on what has been reported so far (no report yet: as a new
+    /// generation that counts nothing).
+    pub(crate) fn tick(&self, elapsed: Duration) -> Verdict {
+        let Some(latest) = &self.latest else {
+            return verdict(&self.baseline, &Report::default(), &self.policy, elapsed);
+        };
+        if let Some(&(since, start)) = self.history.front() {
+            if since + WINDOW <= elapsed && self.history.len() > 1 {
+                let window = Report {
+                    counts: latest.counts.since(&start),
+                    ..latest.clone()
+                };
+                if let Verdict::Unhealthy { reason, numbers } =
+                    verdict(&self.baseline, &window, &self.policy, elapsed)
+                {
+                    let span = elapsed.saturating_sub(since).as_secs_f64();
+                    return Verdict::Unhealthy {
+                        reason: format!("in its last {span:.1}s, {reason}"),
+                        numbers,
+                    };
+                }
+            }
+        }
+        verdict(&self.baseline, latest, &self.policy, elapsed)
+    }
+
+    /// Reports dropped because their counts went backwards.
+    pub(crate) fn ignored(&self) -> u64 {
+        self.ignored
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// A counting generation's report: `ok` 200s, `bad` 500s, one connection per request.
+    fn served(ok: u64, bad: u64) -> Report {
+        Report {
+            counts: Counts {
+                success: ok,
+                server_error: bad,
+                connections: ok + bad,
+                ..Counts::default()
+            },
+            uptime: ms(1000),
+            counting: true,
+            veto: None,
+        }
+    }
+
+    fn policy() -> HealthPolicy {
+        HealthPolicy::default()
+    }
+
+    fn is_unhealthy(v: &Verdict) -> bool {
+        matches!(v, Verdict::Unhealthy { .. })
+    }
+
+    fn is_healthy(v: &Verdict) -> bool {
+        matches!(v, Verdict::Healthy { .. })
+    }
+
+    #[test]
+    fn wilson_bound_behaves() {
+        assert_eq!(wilson_lower(0, 0, Z), 0.0);
+        assert_eq!(wilson_lower(0, 1000, Z), 0.0);
+        let l = wilson_lower(50, 1000, Z);
+        assert!(l > 0.03 && l < 0.05, "{l}");
+        assert!(wilson_lower(10, 10, Z) > 0.4);
+        // Never above the observed rate.
+        assert!(wilson_lower(1, 3, Z) < 1.0 / 3.0);
+    }
+
+    #[test]
+    fn five_percent_where_the_old_was_under_one_is_unhealthy_within_a_few_hundred() {
+        let old = served(99_500, 500); // 0.5%
+        let p = policy();
+        // Early in the probation, as soon as the evidence is there.
+        let v = verdict(&old, &served(380, 20), &p, ms(300));
+        assert!(is_unhealthy(&v), "{v:?}");
+        let Verdict::Unhealthy { reason, numbers } = v else {
+            unreachable!()
+        };
+        assert!(
+            reason.contains("5.0% of its requests") && reason.contains("limit of 2.0%"),
+            "{reason}"
+        );
+        let text = numbers.to_string();
+        assert!(
+            text.contains("20 bad answers") && text.contains("of 400 requests"),
+            "{text}"
+        );
+        assert!(text.contains("500 of 100000 (0.5%)"), "{text}");
+        // 100 requests are not enough evidence yet.
+        assert!(matches!(
+            verdict(&old, &served(95, 5), &p, ms(300)),
+            Verdict::Pending(_)
+        ));
+    }
+
+    #[test]
+    fn a_healthy_build_is_committed_after_the_probation_not_before() {
+        let old = served(99_500, 500);
+        let p = policy();
+        let new = served(4_950, 50); // 1%
+        assert!(matches!(
+            verdict(&old, &new, &p, ms(1_999)),
+            Verdict::Pending(_)
+        ));
+        let v = verdict(&old, &new, &p, ms(2_000));
+        assert!(is_healthy(&v), "{v:?}");
+    }
+
+    #[test]
+    fn an_old_generation_at_three_percent_leaves_room_up_to_six() {
+        let old = served(97_000, 3_000);
+        let p = policy();
+        assert!(is_healthy(&verdict(
+            &old,
+            &served(9_500, 500),
+            &p,
+            ms(2_000)
+        )));
+        // The release that fixes it, too.
+        assert!(is_healthy(&verdict(
+            &old,
+            &served(10_000, 0),
+            &p,
+            ms(2_000)
+        )));
+        // But not a build three times as bad.
+        assert!(is_unhealthy(&verdict(
+            &old,
+            &served(9_000, 1_000),
+            &p,
+            ms(500)
+        )));
+    }
+
+    #[test]
+    fn an_old_generation_with_too_few_requests_is_no_baseline() {
+        // 30% of 20 requests: a noisy start, not a rate to hold the new one to.
+        let old = served(14, 6);
+        let v = verdict(&old, &served(950, 50), &policy(), ms(500));
+        assert!(is_unhealthy(&v), "{v:?}");
+    }
+
+    #[test]
+    fn small_samples_wait_then_commit_on_what_there_is() {
+        let old = served(10_000, 0);
+        let p = policy();
+        // One bad answer of 10: not enough to call it bad, not enough to call it good.
+        let new = served(9, 1);
+        assert!(matches!(
+            verdict(&old, &new, &p, ms(2_000)),
+            Verdict::Pending(_)
+        ));
+        assert!(matches!(
+            verdict(&old, &new, &p, ms(9_999)),
+            Verdict::Pending(_)
+        ));
+        let v = verdict(&old, &new, &p, ms(10_000));
+        let Verdict::Healthy { why, .. } = v else {
+            panic!("{v:?}")
+        };
+        assert!(why.contains("too few to judge"), "{why}");
+        // Ten of ten failing is enough, early.
+        assert!(is_unhealthy(&verdict(&old, &served(0, 10), &p, ms(100))));
+        // Four of four is not: never on fewer than MIN_BAD bad answers.
+        assert!(!is_unhealthy(&verdict(&old, &served(0, 4), &p, ms(10_000))));
+    }
+
+    #[test]
+    fn panics_and_errors_are_bad_answers_and_4xx_are_not() {
+        let old = served(10_000, 0);
+        let p = policy();
+        let mut new = served(950, 0);
+        new.counts.panics = 30;
+        new.counts.errors = 20;
+        assert!(is_unhealthy(&verdict(&old, &new, &p, ms(500))));
+        let mut clients = served(500, 0);
+        clients.counts.client_error = 500;
+        assert!(is_healthy(&verdict(&old, &clients, &p, ms(2_000))));
+    }
+
+    #[test]
+    fn failed_connections_are_judged_per_connection() {
+        let old = served(10_000, 0);
+        let mut new = served(1_000, 0);
+        new.counts.connections_failed = 100;
+        let v = verdict(&old, &new, &policy(), ms(500));
+        let Verdict::Unhealthy { reason, numbers } = v else {
+            panic!("{v:?}")
+        };
+        assert!(reason.contains("of its connections failed"), "{reason}");
+        assert!(
+            numbers
+                .to_string()
+                .contains("100 failed connections of 1000")
+        );
+    }
+
+    #[test]
+    fn a_check_vetoes_at_once_and_off_commits_at_once() {
+        let old = served(10_000, 0);
+        let mut new = served(10, 0);
+        new.veto = Some("check \"db\" failed: no answer".into());
+        let v = verdict(&old, &new, &policy(), ms(10));
+        assert!(
+            matches!(&v, Verdict::Unhealthy { reason, .. } if reason.contains("db")),
+            "{v:?}"
+        );
+        let off = HealthPolicy {
+            enabled: false,
+            ..policy()
+        };
+        assert!(is_healthy(&verdict(&old, &served(0, 1_000), &off, ms(0))));
+    }
+
+    #[test]
+    fn a_generation_that_counts_nothing_is_committed_on_the_crash_watch() {
+        let old = served(10_000, 0);
+        let silent = Report::default();
+        assert!(matches!(
+            verdict(&old, &silent, &policy(), ms(1_000)),
+            Verdict::Pending(_)
+        ));
+        let v = verdict(&old, &silent, &policy(), ms(2_000));
+        assert!(
+            matches!(&v, Verdict::Healthy { why, .. } if why.contains("crash watch")),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn an_idle_counting_generation_waits_for_max_probation() {
+        let old = served(10_000, 0);
+        let idle = served(0, 0);
+        assert!(matches!(
+            verdict(&old, &idle, &policy(), ms(5_000)),
+            Verdict::Pending(_)
+        ));
+        assert!(is_healthy(&verdict(&old, &idle, &policy(), ms(10_000))));
+    }
+
+    #[test]
+    fn the_window_catches_a_build_that_goes_bad_after_a_good_start() {
+        let old = served(100_000, 0);
+        let mut p = Probation::new(old, policy());
+        // 1000 good requests a second for 1.5 s.
+        let mut ok = 0;
+        let mut bad = 0;
+        let mut t = 0;
+        while t < 1_500 {
+            t += 100;
+            ok += 100;
+            let v = p.report(served(ok, bad), ms(t));
+            assert!(matches!(v, Verdict::Pending(_)), "{t}: {v:?}");
+        }
+        // Then one bad answer in five: within 0.2 s the last second is over the limit with
+        // confidence, while the whole probation (40 of 1,700) is not yet.
+        let mut verdict = None;
+        while t < 2_000 {
+            t += 100;
+            ok += 80;
+            bad += 20;
+            let v = p.report(served(ok, bad), ms(t));
+            if !matches!(v, Verdict::Pending(_)) {
+                verdict = Some(v);
+                break;
+            }
+        }
+        let v = verdict.expect("a verdict before the end of the probation");
+        let Verdict::Unhealthy { reason, .. } = v else {
+            panic!("{v:?}")
+        };
+        assert!(reason.starts_with("in its last 1.0s"), "{reason}");
+        assert_eq!(t, 1_700);
+        // The same numbers without the window: no verdict yet.
+        let whole = self::verdict(&served(100_000, 0), &served(ok, bad), &policy(), ms(t));
+        assert!(matches!(whole, Verdict::Pending(_)), "{whole:?}");
+    }
+
+    #[test]
+    fn probation_without_reports_and_with_backwards_ones() {
+        let mut p = Probation::new(served(1_000, 0), policy());
+        assert!(matches!(p.tick(ms(1_000)), Verdict::Pending(_)));
+        assert!(is_healthy(&p.tick(ms(2_000))));
+        let _ = p.report(served(500, 0), ms(100));
+        // Counts that go backwards are dropped, not believed.
+        let v = p.report(served(10, 0), ms(2_000));
+        assert_eq!(p.ignored(), 1);
+        assert!(matches!(v, Verdict::Healthy { .. }), "{v:?}");
+    }
+
+    fn rep(ok: u64, bad: u64, conns: u64, failed: u64, counting: bool) -> Report {
+        Report {
+            counts: Counts {
+                success: ok,
+                server_error: bad,
+                connections: conns,
+                connections_failed: failed,
+                ..Counts::default()
+            },
+            uptime: Duration::ZERO,
+            counting,
+            veto: None,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn more_bad_answers_never_make_a_build_healthier(
+            old_ok in 0u64..1_000_000, old_bad in 0u64..100_000,
+            ok in 0u64..100_000, bad in 0u64..10_000, more in 1u64..10_000, t in 0u64..20_000,
+        ) {
+            let old = served(old_ok, old_bad);
+            let p = policy();
+            let a = verdict(&old, &served(ok, bad), &p, ms(t));
+            let b = verdict(&old, &served(ok, bad + more), &p, ms(t));
+            if is_unhealthy(&a) {
+                prop_assert!(is_unhealthy(&b), "{:?} then {:?}", a, b);
+            }
+        }
+
+        #[test]
+        fn timing_rules_hold_for_any_numbers(
+            ok in 0u64..100_000, bad in 0u64..10_000, conns in 0u64..100_000, failed in 0u64..1_000,
+            counting in any::<bool>(), t in 0u64..30_000,
+            rate in 0u32..=100, ratio in 1u32..10, min in 1u64..10_000, prob in 0u64..5_000, extra in 0u64..20_000,
+        ) {
+            let p = HealthPolicy {
+                enabled: true,
+                probation: ms(prob),
+                max_probation: ms(prob + extra),
+                max_error_rate: f64::from(rate) / 100.0,
+                max_error_ratio: f64::from(ratio),
+                min_sample: min,
+            };
+            let old = served(50_000, 100);
+            let new = rep(ok, bad, conns, failed, counting);
+            let v = verdict(&old, &new, &p, ms(t));
+            // Never committed before the probation is over.
+            if t < prob {
+                prop_assert!(!is_healthy(&v), "{:?}", v);
+            }
+            // Always decided once the longest probation is over.
+            if t >= prob + extra {
+                prop_assert!(!matches!(v, Verdict::Pending(_)), "{:?}", v);
+            }
+            // Unhealthy only on enough evidence above the limit.
+            if let Verdict::Unhealthy { numbers, .. } = &v {
+                let r = numbers.requests;
+                let c = numbers.connections;
+                prop_assert!((r.new_bad >= MIN_BAD && r.new_lower > r.limit) || (c.new_bad >= MIN_BAD && c.new_lower > c.limit));
+                prop_assert!(counting);
+            }
+            // A limit is never below max_error_rate.
+            if let Verdict::Healthy { numbers, .. } | Verdict::Unhealthy { numbers, .. } = &v {
+                prop_assert!(numbers.requests.limit >= p.max_error_rate.min(1.0));
+            }
+        }
+
+        #[test]
+        fn wilson_lower_is_a_lower_bound(bad in 0u64..1_000_000, total in 1u64..1_000_000) {
+            let bad = bad.min(total);
+            let l = wilson_lower(bad, total, Z);
+            prop_assert!((0.0..=1.0).contains(&l));
+            prop_assert!(l <= bad as f64 / total as f64 + 1e-12);
+        }
+    }
+}
