@@ -33,6 +33,8 @@ struct Inner {
     // listener (`Shutdown::accept`).
     pipe_r: OwnedFd,
     pipe_w: OwnedFd,
+    /// What this generation serves, counted (see [`Shutdown::health`]).
+    health: crate::health::Health,
     /// Run once, right after a final stop resolved every clone (see [`Shutdown::on_final_stop`]).
     on_final_stop: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
     /// The configured `drain_timeout`: the drain watchdog ends the process this long after the
@@ -104,6 +106,7 @@ impl Shutdown {
                 cond: Condvar::new(),
                 pipe_r,
                 pipe_w,
+                health: crate::health::Health::new(),
                 on_final_stop: Mutex::new(Vec::new()),
                 drain_timeout,
                 detached,
@@ -254,6 +257,14 @@ impl Shutdown {
             }
             _ => None,
         }
+    }
+
+    /// The health counters of this generation: `hotexec::serve` counts into them, a server
+    /// of its own records its outcomes there, and any app adds its own checks. During the
+    /// probation after an upgrade they decide whether the new generation is committed (see
+    /// [`crate::health`]).
+    pub fn health(&self) -> crate::health::Health {
+        self.inner.health.clone()
     }
 
     /// The read end of a pipe that becomes readable when shutdown is triggered, for event loops
