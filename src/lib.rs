@@ -68,6 +68,11 @@ pub use hotexec_runtime::{
     upgrade,
 };
 
+/// The health of a generation: what it serves, counted ([`health::Health`], reached through
+/// [`Shutdown::health`]). `hotexec::serve` counts by itself; other servers record their
+/// outcomes, and any app adds checks of its own.
+pub use hotexec_runtime::health;
+
 /// The control socket (`@hotexec/<pid-ns>/<pid>`) and its client: trigger an upgrade of a running server
 /// and get the outcome, as the `hotexec upgrade` command does.
 pub use hotexec_runtime::control;

@@ -7,11 +7,15 @@
 //!   opened while the first one was in flight is still served); open streams finish. HTTP/1.1
 //!   responses carry `Connection: close`, so a keep-alive client leaves right after its next
 //!   response, at a request boundary.
+//! - Throughout: each request's outcome (status class, a panic answered 500, an error) and a
+//!   connection that fails by the server's fault are counted into the generation's health
+//!   (`count.rs`).
 //! - Once the grace window is over ([`Connections::closing`]): an HTTP/1.1 connection that is
 //!   still open is shut down gracefully (closed if idle, else after the response in progress);
 //!   so is one that has not sent a request yet.
 
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +27,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 
+use super::count::{CatchUnwind, CountedBody, panic_message, server_fault};
 use super::drain::Connections;
+use crate::health::Health;
 
 /// The error type of a connection (what hyper returns).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -98,6 +104,33 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
+    let health = conns.shutdown().health();
+    health.record_connection();
+    let result = drive(io, service, conns, builder, health.clone()).await;
+    if let Err(e) = &result {
+        if server_fault(e) {
+            health.record_connection_failed();
+        }
+    }
+    result
+}
+
+async fn drive<I, S, B>(
+    io: I,
+    service: S,
+    conns: &Connections,
+    builder: &auto::Builder<TokioExecutor>,
+    health: Health,
+) -> Result<(), BoxError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
     let draining = conns.draining();
     let closing = conns.closing();
     let http2 = Arc::new(AtomicBool::new(false));
@@ -105,6 +138,7 @@ where
         inner: service,
         conns: conns.clone(),
         http2: http2.clone(),
+        health,
     };
     // With upgrades, so that axum's WebSocket extractor works (an upgraded connection leaves
     // hyper, and this drain, once the handshake response is written).
@@ -126,15 +160,18 @@ where
     conn.await
 }
 
-/// Adds `Connection: close` to HTTP/1 responses once draining, and notes that a connection
-/// speaks HTTP/2.
+/// Counts each request's outcome into the generation's health (a panic is caught and
+/// answered 500), adds `Connection: close` to HTTP/1 responses once draining, and notes that
+/// a connection speaks HTTP/2.
 struct Grace<S> {
     inner: S,
     conns: Connections,
     http2: Arc<AtomicBool>,
+    health: Health,
 }
 
-type ResponseFuture<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>;
+type ResponseFuture<B, E> =
+    Pin<Box<dyn Future<Output = Result<Response<CountedBody<B>>, E>> + Send>>;
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for Grace<S>
 where
@@ -142,7 +179,7 @@ where
     S::Future: Send + 'static,
     B: Send + 'static,
 {
-    type Response = Response<B>;
+    type Response = Response<CountedBody<B>>;
     type Error = S::Error;
     type Future = ResponseFuture<B, S::Error>;
 
@@ -151,10 +188,34 @@ where
         if !http1 {
             self.http2.store(true, Ordering::Relaxed);
         }
-        let response = self.inner.call(req);
+        // The handler may panic in `call` itself (a tower service's synchronous part) or in
+        // its future: both are caught.
+        let response = catch_unwind(AssertUnwindSafe(|| self.inner.call(req)));
         let conns = self.conns.clone();
+        let health = self.health.clone();
         Box::pin(async move {
-            let mut resp = response.await?;
+            let outcome = match response {
+                Ok(future) => CatchUnwind::new(future).await,
+                Err(payload) => Err(payload),
+            };
+            let mut resp = match outcome {
+                Ok(Ok(resp)) => {
+                    health.record_response(resp.status().as_u16());
+                    resp.map(|inner| CountedBody::Body { inner })
+                }
+                Ok(Err(e)) => {
+                    health.record_error();
+                    return Err(e);
+                }
+                Err(payload) => {
+                    health.record_panic();
+                    tracing::error!(
+                        panic = panic_message(payload.as_ref()),
+                        "a handler panicked: answered 500 Internal Server Error"
+                    );
+                    CountedBody::internal_error()
+                }
+            };
             // Checked when the response is ready: a slow request that started before the
             // hand-over also tells its client to leave.
             if http1 && conns.is_draining() {

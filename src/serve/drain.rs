@@ -138,7 +138,8 @@ impl Connections {
     /// accepts nothing, even a connection that is waiting at that moment; it stays queued on
     /// the shared listening socket and the new generation accepts it. Errors of one
     /// connection (reset before it was accepted) are skipped; others (out of file
-    /// descriptors) are logged and retried after a short pause, so the loop never ends on its own.
+    /// descriptors) are logged, counted as failed connections in the generation's health
+    /// ([`Shutdown::health`]), and retried after a short pause, so the loop never ends on its own.
     pub async fn accept<L: Listener>(&self, listener: &mut L) -> Option<(L::Io, L::Addr)> {
         let mut shutdown = self.inner.shutdown.clone();
         loop {
@@ -149,6 +150,11 @@ impl Connections {
                     Ok(conn) => return Some(conn),
                     Err(e) if is_connection_error(&e) => continue,
                     Err(e) => {
+                        // The server cannot take connections (out of file descriptors, of
+                        // memory): a failed connection in the generation's health.
+                        let health = self.inner.shutdown.health();
+                        health.record_connection();
+                        health.record_connection_failed();
                         tracing::warn!("accept: {e}; retrying in 50ms");
                         tokio::select! {
                             biased;

@@ -45,6 +45,11 @@ use crate::Shutdown;
 ///   [close grace window](Serve::close_grace) and leave at a request boundary; connections still
 ///   idle after it are closed. HTTP/2 clients get a graceful (two-step) `GOAWAY`: open streams
 ///   finish, new ones go to the new generation over a new connection.
+/// - Counts what every request ended with (status class; a panicking handler is caught,
+///   answered `500` and counted as a panic; a request the service failed) and every
+///   connection that failed by the server's fault, into the generation's health
+///   ([`Shutdown::health`]): after an upgrade, the new generation is committed only if these
+///   numbers are no worse than the old one's (see the README, "Safe commits").
 /// - Resolves once every connection is done, so `main` returns and the process exits cleanly
 ///   (status 0) as soon as the drain is complete; at `drain_timeout` the runtime's watchdog ends
 ///   the process (status 124) with whatever is still in flight.
@@ -175,6 +180,8 @@ where
                 Protocols::Http2 => builder.http2_only(),
             };
             let builder = Arc::new(builder);
+            // From now on this generation's health says what it serves, also while idle.
+            shutdown.health().mark_counting();
             let conns = Connections::with_close_grace(shutdown.clone(), close_grace);
             while let Some((io, _peer)) = conns.accept(&mut listener).await {
                 let (service, builder, c) = (service.clone(), builder.clone(), conns.clone());

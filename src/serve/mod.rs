@@ -22,13 +22,16 @@
 //! | any tokio protocol | [`drain::Connections`]: `accept`, `spawn`, `closing`, `wait` |
 //!
 //! Files: `listener.rs` (what can be accepted from), `drain.rs`, `http.rs` (the builder and the
-//! accept loop), `conn.rs` (one HTTP connection through the drain phases).
+//! accept loop), `conn.rs` (one HTTP connection through the drain phases), `count.rs` (each
+//! request's outcome counted into the generation's health).
 
 pub mod drain;
 mod listener;
 
 #[cfg(feature = "http")]
 mod conn;
+#[cfg(feature = "http")]
+mod count;
 #[cfg(feature = "http")]
 mod http;
 
