@@ -29,7 +29,6 @@ use hyper_util::service::TowerToHyperService;
 
 use super::count::{CatchUnwind, CountedBody, panic_message, server_fault};
 use super::drain::Connections;
-use crate::health::Health;
 
 /// The error type of a connection (what hyper returns).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -104,9 +103,9 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let health = conns.shutdown().health();
+    let health = conns.health();
     health.record_connection();
-    let result = drive(io, service, conns, builder, health.clone()).await;
+    let result = drive(io, service, conns, builder).await;
     if let Err(e) = &result {
         if server_fault(e) {
             health.record_connection_failed();
@@ -120,7 +119,6 @@ async fn drive<I, S, B>(
     service: S,
     conns: &Connections,
     builder: &auto::Builder<TokioExecutor>,
-    health: Health,
 ) -> Result<(), BoxError>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -138,7 +136,6 @@ where
         inner: service,
         conns: conns.clone(),
         http2: http2.clone(),
-        health,
     };
     // With upgrades, so that axum's WebSocket extractor works (an upgraded connection leaves
     // hyper, and this drain, once the handshake response is written).
@@ -167,7 +164,6 @@ struct Grace<S> {
     inner: S,
     conns: Connections,
     http2: Arc<AtomicBool>,
-    health: Health,
 }
 
 type ResponseFuture<B, E> =
@@ -192,8 +188,8 @@ where
         // its future: both are caught.
         let response = catch_unwind(AssertUnwindSafe(|| self.inner.call(req)));
         let conns = self.conns.clone();
-        let health = self.health.clone();
         Box::pin(async move {
+            let health = conns.health();
             let outcome = match response {
                 Ok(future) => CatchUnwind::new(future).await,
                 Err(payload) => Err(payload),

@@ -78,6 +78,9 @@ pub struct Connections {
 
 struct Inner {
     shutdown: Shutdown,
+    /// The generation's health, held here so that a request task counts through the
+    /// `Connections` clone it has anyway (one shared refcount per request, not two).
+    health: crate::health::Health,
     tracker: TaskTracker,
     draining: CancellationToken,
     closing: CancellationToken,
@@ -115,6 +118,7 @@ impl Connections {
     pub fn with_close_grace(shutdown: Shutdown, grace: Duration) -> Connections {
         let inner = Arc::new(Inner {
             shutdown: shutdown.clone(),
+            health: shutdown.health(),
             tracker: TaskTracker::new(),
             draining: CancellationToken::new(),
             closing: CancellationToken::new(),
@@ -152,9 +156,8 @@ impl Connections {
                     Err(e) => {
                         // The server cannot take connections (out of file descriptors, of
                         // memory): a failed connection in the generation's health.
-                        let health = self.inner.shutdown.health();
-                        health.record_connection();
-                        health.record_connection_failed();
+                        self.inner.health.record_connection();
+                        self.inner.health.record_connection_failed();
                         tracing::warn!("accept: {e}; retrying in 50ms");
                         tokio::select! {
                             biased;
@@ -198,6 +201,12 @@ impl Connections {
     /// The `Shutdown` these connections are drained by.
     pub fn shutdown(&self) -> &Shutdown {
         &self.inner.shutdown
+    }
+
+    /// The generation's health (the `Shutdown`'s), to count through.
+    #[cfg(feature = "http")]
+    pub(crate) fn health(&self) -> &crate::health::Health {
+        &self.inner.health
     }
 
     /// Connection tasks still running.

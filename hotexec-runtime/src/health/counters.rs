@@ -52,13 +52,13 @@ struct Stripe([AtomicU64; SLOTS]);
 
 /// Striped counters; see the module docs.
 pub(crate) struct Counters {
-    stripes: Box<[Stripe]>,
+    stripes: Box<[Stripe; STRIPES]>,
 }
 
 impl Default for Counters {
     fn default() -> Self {
         Counters {
-            stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
+            stripes: Box::new(std::array::from_fn(|_| Stripe::default())),
         }
     }
 }
@@ -72,18 +72,22 @@ thread_local! {
     static MY_STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
+#[inline]
 fn my_stripe() -> usize {
     MY_STRIPE
         .try_with(|s| {
-            let mut i = s.get();
-            if i == usize::MAX {
-                i = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES;
-                s.set(i);
+            let i = s.get();
+            if i != usize::MAX {
+                return i;
             }
+            let i = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed);
+            s.set(i);
             i
         })
         // During the thread's teardown (a destructor that counts): any stripe is correct.
         .unwrap_or(0)
+        // A mask, not `%`: in bounds by construction, so the index needs no check.
+        & (STRIPES - 1)
 }
 
 impl Counters {
