@@ -78,6 +78,7 @@ impl Default for HealthPolicy {
 
 /// What the attribute declared (`None`: not given).
 #[derive(Clone, Debug, Default, PartialEq)]
+#[doc(hidden)]
 pub struct DeclaredHealth {
     pub(crate) enabled: Option<bool>,
     pub(crate) probation: Option<Duration>,
@@ -85,6 +86,44 @@ pub struct DeclaredHealth {
     pub(crate) max_error_rate: Option<f64>,
     pub(crate) max_error_ratio: Option<f64>,
     pub(crate) min_sample: Option<u64>,
+}
+
+/// What `#[hotexec::main(..)]` generates calls to (`hotexec::__private::HealthSpec`); values
+/// were checked at compile time with the same grammar as the environment's.
+#[doc(hidden)]
+#[allow(missing_docs)]
+impl DeclaredHealth {
+    pub fn new() -> Self {
+        DeclaredHealth::default()
+    }
+    pub fn enabled(mut self, on: bool) -> Self {
+        self.enabled = Some(on);
+        self
+    }
+    pub fn probation_ms(mut self, ms: u64) -> Self {
+        self.probation = Some(Duration::from_millis(ms));
+        self
+    }
+    pub fn max_probation_ms(mut self, ms: u64) -> Self {
+        self.max_probation = Some(Duration::from_millis(ms));
+        self
+    }
+    pub fn max_error_rate(mut self, rate: f64) -> Self {
+        self.max_error_rate = Some(rate);
+        self
+    }
+    pub fn max_error_ratio(mut self, ratio: f64) -> Self {
+        self.max_error_ratio = Some(ratio);
+        self
+    }
+    pub fn min_sample(mut self, n: u64) -> Self {
+        self.min_sample = Some(n);
+        self
+    }
+    /// The declared probation, for `Config` (which resolves `HOTEXEC_PROBATION` over it).
+    pub(crate) fn probation(&self) -> Option<Duration> {
+        self.probation
+    }
 }
 
 impl HealthPolicy {
