@@ -67,6 +67,9 @@ pub struct Config {
     pub keeper: Option<bool>,
     /// Warnings to log once logging is possible (unknown override variables).
     pub warnings: Vec<String>,
+    /// The health gate (issue 18); its `probation` is `probation` above.
+    #[allow(dead_code)] // read by the supervisor's probation, wired in the second step of issue 18
+    pub health: crate::health::policy::HealthPolicy,
 }
 
 /// The attribute's values, before the environment is consulted.
@@ -79,6 +82,7 @@ pub struct Declared {
     pub(crate) manual_ready: bool,
     pub(crate) keeper: bool,
     pub(crate) listeners: Vec<(&'static str, &'static str, ListenOptions)>,
+    pub(crate) health: crate::health::policy::DeclaredHealth,
 }
 
 fn env_str(var: &str, value: OsString) -> Result<String, String> {
@@ -124,7 +128,8 @@ impl Config {
                 get(ENV_READY_TIMEOUT).unwrap_or_default().to_string_lossy()
             ));
         }
-        let probation = duration(ENV_PROBATION, DEFAULT_PROBATION, None)?;
+        let probation = duration(ENV_PROBATION, DEFAULT_PROBATION, declared.health.probation())?;
+        let health = crate::health::policy::HealthPolicy::resolve(&declared.health, get, probation)?;
         let signal_name = match get(ENV_UPGRADE_SIGNAL) {
             Some(v) => {
                 let s = env_str(ENV_UPGRADE_SIGNAL, v)?;
@@ -207,6 +212,7 @@ impl Config {
             listeners,
             keeper,
             warnings,
+            health,
         })
     }
 }

@@ -263,6 +263,29 @@ mod tests {
     }
 
     #[test]
+    fn config_resolves_the_policy_with_its_probation() {
+        use crate::config::{Config, Declared};
+        let declared = Declared {
+            health: DeclaredHealth::new().probation_ms(3_000).min_sample(50),
+            ..Declared::default()
+        };
+        let c = Config::resolve(&declared, []).unwrap();
+        assert_eq!(c.probation, Duration::from_secs(3));
+        assert_eq!(c.health.probation, c.probation);
+        assert_eq!(c.health.min_sample, 50);
+        let env = [
+            ("HOTEXEC_PROBATION".into(), "4s".into()),
+            (ENV_MAX_ERROR_RATE.into(), "1%".into()),
+        ];
+        let c = Config::resolve(&declared, env).unwrap();
+        assert_eq!(c.health.probation, Duration::from_secs(4));
+        assert_eq!(c.health.max_error_rate, 0.01);
+        let bad = [(ENV_MIN_SAMPLE.into(), "many".into())];
+        let e = Config::resolve(&declared, bad).unwrap_err();
+        assert!(e.starts_with(ENV_MIN_SAMPLE) && e.contains("many"), "{e}");
+    }
+
+    #[test]
     fn malformed_values_name_the_variable_and_the_value() {
         for (var, value) in [
             (ENV_HEALTH, "maybe"),
