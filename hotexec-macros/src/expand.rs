@@ -126,6 +126,24 @@ fn expand_main(
     if args.keeper {
         options.extend(quote!(.keeper()));
     }
+    if !args.health.is_empty() {
+        let h = &args.health;
+        let enabled = h.enabled.map(|b| quote!(.enabled(#b)));
+        let probation = h.probation_ms.map(|(ms, _)| quote!(.probation_ms(#ms)));
+        let max_probation = h.max_probation_ms.map(|(ms, _)| quote!(.max_probation_ms(#ms)));
+        let rate = h.max_error_rate.map(|r| {
+            let r = proc_macro2::Literal::f64_suffixed(r);
+            quote!(.max_error_rate(#r))
+        });
+        let ratio = h.max_error_ratio.map(|r| {
+            let r = proc_macro2::Literal::f64_suffixed(r);
+            quote!(.max_error_ratio(#r))
+        });
+        let min_sample = h.min_sample.map(|n| quote!(.min_sample(#n)));
+        options.extend(quote! {
+            .health(::hotexec::__private::HealthSpec::new() #enabled #probation #max_probation #rate #ratio #min_sample)
+        });
+    }
     for Listener {
         name,
         addr,
@@ -263,6 +281,34 @@ mod tests {
             }
         };
         assert_eq!(expanded.to_string(), expected.to_string());
+    }
+
+    #[test]
+    fn health_options_become_one_spec_and_absent_ones_nothing() {
+        let expanded = main(
+            quote!(
+                health = false,
+                probation = "3s",
+                max_error_rate = "0.5%",
+                max_error_ratio = 1.5,
+                min_sample = 500
+            ),
+            quote!(
+                fn main() {}
+            ),
+        )
+        .to_string();
+        let expected = quote! {
+            .health(::hotexec::__private::HealthSpec::new()
+                .enabled(false)
+                .probation_ms(3000u64)
+                .max_error_rate(0.005f64)
+                .max_error_ratio(1.5f64)
+                .min_sample(500u64))
+        };
+        assert!(expanded.contains(&expected.to_string()), "{expanded}");
+        let plain = main(quote!(), quote!(fn main() {})).to_string();
+        assert!(!plain.contains("HealthSpec"), "{plain}");
     }
 
     #[test]

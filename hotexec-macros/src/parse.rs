@@ -29,6 +29,12 @@ mod kw {
     syn::custom_keyword!(flavor);
     syn::custom_keyword!(worker_threads);
     syn::custom_keyword!(keeper);
+    syn::custom_keyword!(health);
+    syn::custom_keyword!(probation);
+    syn::custom_keyword!(max_probation);
+    syn::custom_keyword!(max_error_rate);
+    syn::custom_keyword!(max_error_ratio);
+    syn::custom_keyword!(min_sample);
 
     syn::custom_keyword!(name);
     syn::custom_keyword!(backlog);
@@ -85,6 +91,12 @@ enum MainKey {
     Flavor,
     WorkerThreads,
     Keeper,
+    Health,
+    Probation,
+    MaxProbation,
+    MaxErrorRate,
+    MaxErrorRatio,
+    MinSample,
 }
 
 /// The name of an option key, as the user writes it.
@@ -115,6 +127,12 @@ impl KeyName for MainKey {
         MainKey::Flavor,
         MainKey::WorkerThreads,
         MainKey::Keeper,
+        MainKey::Health,
+        MainKey::Probation,
+        MainKey::MaxProbation,
+        MainKey::MaxErrorRate,
+        MainKey::MaxErrorRatio,
+        MainKey::MinSample,
     ];
 
     fn as_str(self) -> &'static str {
@@ -128,6 +146,12 @@ impl KeyName for MainKey {
             MainKey::Flavor => "flavor",
             MainKey::WorkerThreads => "worker_threads",
             MainKey::Keeper => "keeper",
+            MainKey::Health => "health",
+            MainKey::Probation => "probation",
+            MainKey::MaxProbation => "max_probation",
+            MainKey::MaxErrorRate => "max_error_rate",
+            MainKey::MaxErrorRatio => "max_error_ratio",
+            MainKey::MinSample => "min_sample",
         }
     }
 }
@@ -159,6 +183,12 @@ impl Parse for Key<MainKey> {
             flavor => Flavor,
             worker_threads => WorkerThreads,
             keeper => Keeper,
+            health => Health,
+            max_probation => MaxProbation,
+            probation => Probation,
+            max_error_rate => MaxErrorRate,
+            max_error_ratio => MaxErrorRatio,
+            min_sample => MinSample,
         }
         if input.peek(Ident::peek_any) {
             return Ok(Key::Unknown(input.call(Ident::parse_any)?));
@@ -202,6 +232,32 @@ pub(crate) struct MainArgs {
     pub(crate) worker_threads: Option<(usize, Span)>,
     /// `keeper = true`: the started process stays as a keeper of the serving generation.
     pub(crate) keeper: bool,
+    /// The health gate's options (`health`, `probation`, `max_probation`, `max_error_rate`,
+    /// `max_error_ratio`, `min_sample`).
+    pub(crate) health: HealthArgs,
+}
+
+/// The health gate's options; `None`: not given.
+#[derive(Default)]
+pub(crate) struct HealthArgs {
+    pub(crate) enabled: Option<bool>,
+    /// With the span of the key, to point at it if `max_probation` is shorter.
+    pub(crate) probation_ms: Option<(u64, Span)>,
+    pub(crate) max_probation_ms: Option<(u64, Span)>,
+    pub(crate) max_error_rate: Option<f64>,
+    pub(crate) max_error_ratio: Option<f64>,
+    pub(crate) min_sample: Option<u64>,
+}
+
+impl HealthArgs {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.enabled.is_none()
+            && self.probation_ms.is_none()
+            && self.max_probation_ms.is_none()
+            && self.max_error_rate.is_none()
+            && self.max_error_ratio.is_none()
+            && self.min_sample.is_none()
+    }
 }
 
 impl Parse for MainArgs {
@@ -232,6 +288,18 @@ impl Parse for MainArgs {
                 break;
             }
             input.parse::<Token![,]>()?;
+        }
+        if let (Some((p, _)), Some((m, span))) = (args.health.probation_ms, args.health.max_probation_ms) {
+            if m < p {
+                errors.push(syn::Error::new(
+                    span,
+                    format!(
+                        "`max_probation` ({m} ms) is shorter than `probation` ({p} ms): it is how \
+                         long the probation may be extended while too few requests came, so it \
+                         must be at least as long"
+                    ),
+                ));
+            }
         }
         args.errors = errors;
         Ok(args)
@@ -331,6 +399,59 @@ impl MainArgs {
                     ));
                 }
                 self.worker_threads = Some((n, span));
+            }
+            MainKey::Health => {
+                self.health.enabled = Some(match value {
+                    Expr::Lit(ExprLit {
+                        lit: Lit::Bool(b), ..
+                    }) => b.value,
+                    _ => {
+                        return Err(syn::Error::new_spanned(
+                            value,
+                            "`health` expects `true` or `false`: with `health = false` a new \
+                             generation is committed once it survived the probation, whatever it \
+                             answered",
+                        ));
+                    }
+                });
+            }
+            MainKey::Probation => {
+                self.health.probation_ms = Some((duration_ms(name, value)?, span));
+            }
+            MainKey::MaxProbation => {
+                self.health.max_probation_ms = Some((duration_ms(name, value)?, span));
+            }
+            MainKey::MaxErrorRate => {
+                let lit = lit_str(name, value, "\"2%\"")?;
+                let rate = syntax::parse_rate(&lit.value())
+                    .map_err(|e| syn::Error::new_spanned(&lit, format!("`{name}`: {e}")))?;
+                self.health.max_error_rate = Some(rate);
+            }
+            MainKey::MaxErrorRatio => {
+                let digits = match value {
+                    Expr::Lit(ExprLit {
+                        lit: Lit::Int(i), ..
+                    }) if i.suffix().is_empty() => i.base10_digits().to_owned(),
+                    Expr::Lit(ExprLit {
+                        lit: Lit::Float(f), ..
+                    }) if f.suffix().is_empty() => f.base10_digits().to_owned(),
+                    _ => {
+                        return Err(syn::Error::new_spanned(
+                            value,
+                            "`max_error_ratio` expects a number, e.g. `max_error_ratio = 2` or \
+                             `max_error_ratio = 1.5` (times the old generation's error rate)",
+                        ));
+                    }
+                };
+                let ratio = syntax::parse_ratio(&digits)
+                    .map_err(|e| syn::Error::new_spanned(value, format!("`{name}`: {e}")))?;
+                self.health.max_error_ratio = Some(ratio);
+            }
+            MainKey::MinSample => {
+                let lit = lit_int(name, value, "200")?;
+                let n = syntax::parse_sample(lit.base10_digits())
+                    .map_err(|e| syn::Error::new_spanned(&lit, format!("`{name}`: {e}")))?;
+                self.health.min_sample = Some(n);
             }
             MainKey::Keeper => {
                 self.keeper = match value {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::config::Declared;
 use crate::socket::ListenOptions;
+pub use crate::health::policy::DeclaredHealth as HealthSpec;
 pub use crate::{Listeners, Shutdown};
 
 /// Options of one `#[listen]`.
@@ -76,6 +77,11 @@ impl Builder {
     }
     pub fn keeper(mut self) -> Self {
         self.declared.keeper = true;
+        self
+    }
+    /// The health gate's options (issue 18).
+    pub fn health(mut self, spec: HealthSpec) -> Self {
+        self.declared.health = spec;
         self
     }
     pub fn listen(mut self, spec: ListenSpec) -> Self {

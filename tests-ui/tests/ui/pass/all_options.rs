@@ -17,6 +17,12 @@ mod telemetry {
     flavor = "multi_thread",
     worker_threads = 2,
     keeper = true,
+    health = true,
+    probation = "3s",
+    max_probation = "20s",
+    max_error_rate = "0.5%",
+    max_error_ratio = 1.5,
+    min_sample = 500,
 )]
 #[listen("[::1]:0", name = "http", backlog = 64)]
 #[listen("unix:/run/hotexec-ui-test.sock", name = "admin")]

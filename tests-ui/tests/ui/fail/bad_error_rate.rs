@@ -1,0 +1,2 @@
+#[hotexec::main(max_error_rate = "5")]
+fn main() {}

@@ -1,0 +1,2 @@
+#[hotexec::main(health = "off")]
+fn main() {}

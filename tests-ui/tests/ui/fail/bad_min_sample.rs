@@ -1,0 +1,2 @@
+#[hotexec::main(min_sample = 0)]
+fn main() {}

@@ -1,0 +1,2 @@
+#[hotexec::main(max_error_ratio = "2")]
+fn main() {}
