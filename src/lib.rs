@@ -73,6 +73,10 @@ pub use hotexec_runtime::{
 /// outcomes, and any app adds checks of its own.
 pub use hotexec_runtime::health;
 
+/// Preflight: what an upgrade would execute, checked without running it (path, symlinks, ELF
+/// machine, interpreter, and the hand-over protocol range in a hotexec binary's note).
+pub use hotexec_runtime::preflight;
+
 /// The control socket (`@hotexec/<pid-ns>/<pid>`) and its client: trigger an upgrade of a running server
 /// and get the outcome, as the `hotexec upgrade` command does.
 pub use hotexec_runtime::control;

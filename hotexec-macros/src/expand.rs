@@ -130,7 +130,9 @@ fn expand_main(
         let h = &args.health;
         let enabled = h.enabled.map(|b| quote!(.enabled(#b)));
         let probation = h.probation_ms.map(|(ms, _)| quote!(.probation_ms(#ms)));
-        let max_probation = h.max_probation_ms.map(|(ms, _)| quote!(.max_probation_ms(#ms)));
+        let max_probation = h
+            .max_probation_ms
+            .map(|(ms, _)| quote!(.max_probation_ms(#ms)));
         let rate = h.max_error_rate.map(|r| {
             let r = proc_macro2::Literal::f64_suffixed(r);
             quote!(.max_error_rate(#r))
@@ -203,15 +205,44 @@ fn expand_main(
         }
     };
 
+    let note = note();
     quote! {
         #(#attrs)*
         #vis fn #ident() #output {
             #inner_fn
+            #note
             #init
             ::hotexec::__private::Builder::new()
                 #options
                 .run(|#listeners_arg, #shutdown_arg| { #run_body })
         }
+    }
+}
+
+/// The ELF note that says, without running the binary, which hotexec built it and which
+/// hand-over protocols can start it (read by the preflight of every upgrade). In the app's own
+/// crate, so that the linker keeps it: a `#[used]` static of a dependency is dropped with the
+/// object file nothing references. `SHT_NOTE` and allocated, it survives `strip`.
+fn note() -> TokenStream {
+    let env = |var: &str| {
+        quote! {
+            match ::core::option_env!(#var) {
+                ::core::option::Option::Some(v) => v,
+                ::core::option::Option::None => "",
+            }
+        }
+    };
+    let (name, version, build) = (
+        env("CARGO_PKG_NAME"),
+        env("CARGO_PKG_VERSION"),
+        env("HOTEXEC_BUILD_ID"),
+    );
+    quote! {
+        #[cfg(target_os = "linux")]
+        #[used]
+        #[unsafe(link_section = ".note.hotexec")]
+        static __HOTEXEC_NOTE: ::hotexec::__private::ElfNote =
+            ::hotexec::__private::ElfNote::new(#name, #version, #build);
     }
 }
 
@@ -262,6 +293,24 @@ mod tests {
                 async fn __hotexec_main(shutdown: Shutdown, listeners: hotexec::Listeners) -> std::io::Result<()> {
                     Ok(())
                 }
+                #[cfg(target_os = "linux")]
+                #[used]
+                #[unsafe(link_section = ".note.hotexec")]
+                static __HOTEXEC_NOTE: ::hotexec::__private::ElfNote =
+                    ::hotexec::__private::ElfNote::new(
+                        match ::core::option_env!("CARGO_PKG_NAME") {
+                            ::core::option::Option::Some(v) => v,
+                            ::core::option::Option::None => "",
+                        },
+                        match ::core::option_env!("CARGO_PKG_VERSION") {
+                            ::core::option::Option::Some(v) => v,
+                            ::core::option::Option::None => "",
+                        },
+                        match ::core::option_env!("HOTEXEC_BUILD_ID") {
+                            ::core::option::Option::Some(v) => v,
+                            ::core::option::Option::None => "",
+                        }
+                    );
                 let __hotexec_init: fn() = telemetry::install;
                 __hotexec_init();
                 ::hotexec::__private::Builder::new()
@@ -307,7 +356,13 @@ mod tests {
                 .min_sample(500u64))
         };
         assert!(expanded.contains(&expected.to_string()), "{expanded}");
-        let plain = main(quote!(), quote!(fn main() {})).to_string();
+        let plain = main(
+            quote!(),
+            quote!(
+                fn main() {}
+            ),
+        )
+        .to_string();
         assert!(!plain.contains("HealthSpec"), "{plain}");
     }
 

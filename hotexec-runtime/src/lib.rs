@@ -47,6 +47,8 @@ mod notify;
 #[cfg(feature = "process")]
 pub mod pidfile;
 #[cfg(feature = "process")]
+pub mod preflight;
+#[cfg(feature = "process")]
 #[doc(hidden)]
 pub mod private;
 #[cfg(feature = "process")]

@@ -8,8 +8,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::config::Declared;
-use crate::socket::ListenOptions;
 pub use crate::health::policy::DeclaredHealth as HealthSpec;
+pub use crate::preflight::ElfNote;
+use crate::socket::ListenOptions;
 pub use crate::{Listeners, Shutdown};
 
 /// Options of one `#[listen]`.
