@@ -289,7 +289,9 @@ impl Parse for MainArgs {
             }
             input.parse::<Token![,]>()?;
         }
-        if let (Some((p, _)), Some((m, span))) = (args.health.probation_ms, args.health.max_probation_ms) {
+        if let (Some((p, _)), Some((m, span))) =
+            (args.health.probation_ms, args.health.max_probation_ms)
+        {
             if m < p {
                 errors.push(syn::Error::new(
                     span,

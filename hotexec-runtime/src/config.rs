@@ -68,7 +68,8 @@ pub struct Config {
     /// Warnings to log once logging is possible (unknown override variables).
     pub warnings: Vec<String>,
     /// The health gate (issue 18); its `probation` is `probation` above.
-    #[allow(dead_code)] // read by the supervisor's probation, wired in the second step of issue 18
+    #[allow(dead_code)]
+    // read by the supervisor's probation, wired in the second step of issue 18
     pub health: crate::health::policy::HealthPolicy,
 }
 
@@ -128,8 +129,13 @@ impl Config {
                 get(ENV_READY_TIMEOUT).unwrap_or_default().to_string_lossy()
             ));
         }
-        let probation = duration(ENV_PROBATION, DEFAULT_PROBATION, declared.health.probation())?;
-        let health = crate::health::policy::HealthPolicy::resolve(&declared.health, get, probation)?;
+        let probation = duration(
+            ENV_PROBATION,
+            DEFAULT_PROBATION,
+            declared.health.probation(),
+        )?;
+        let health =
+            crate::health::policy::HealthPolicy::resolve(&declared.health, get, probation)?;
         let signal_name = match get(ENV_UPGRADE_SIGNAL) {
             Some(v) => {
                 let s = env_str(ENV_UPGRADE_SIGNAL, v)?;

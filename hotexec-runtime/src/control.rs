@@ -19,10 +19,14 @@
 //! | request | reply |
 //! |---|---|
 //! | `upgrade` | `ok <new pid>`, or `error <kind> <reason>` |
+//! | `check` | `checked <fact>\t<fact>…` (what an upgrade would execute, see `hotexec::preflight`; nothing is started), or `error <kind> <reason>` |
 //!
 //! `kind` is one of `busy` (an upgrade is running, or this generation is draining), `spawn`,
 //! `limit` (what the upgrade must pass is past a kernel limit; nothing was started), `exec` (the binary could not be executed), `exited` (the new process exited before it was
-//! ready), `ready-timeout`, `aborted` (a stop signal arrived meanwhile), `not-running`,
+//! ready), `ready-timeout`, `aborted` (a stop signal arrived meanwhile), `unhealthy` (the new generation was ready but
+//! served worse than the old one during its probation: the old build serves again), the
+//! preflight refusals before anything is started (`missing`, `not-executable`, `format`,
+//! `machine`, `interpreter`, `incompatible`: see `hotexec::preflight`), `not-running`,
 //! `unreachable` (a keeper could not reach its serving generation), `refused` (peer of another
 //! user), `bad-request`. On every error the serving generation keeps serving.
 //!
@@ -60,6 +64,9 @@ const MAX_ACTIVE: usize = 16;
 pub enum Reply {
     /// `ok <pid>`: the new generation that now serves.
     Ok(u32),
+    /// `checked <fact>\t<fact>…`: what an upgrade would execute, one fact a line (tabs in a
+    /// fact are sent as spaces).
+    Checked(Vec<String>),
     /// `error <kind> <reason>`.
     Error {
         /// Machine-readable class, see the module docs.
@@ -84,6 +91,8 @@ impl Reply {
                     UpgradeError::ReadyTimeout { .. } => "ready-timeout",
                     UpgradeError::Aborted => "aborted",
                     UpgradeError::NotRunning => "not-running",
+                    UpgradeError::Refused(p) => p.kind(),
+                    UpgradeError::Unhealthy { .. } => "unhealthy",
                 };
                 Reply::error(kind, e.to_string())
             }
@@ -102,6 +111,13 @@ impl Reply {
     pub fn to_line(&self) -> String {
         match self {
             Reply::Ok(pid) => format!("ok {pid}"),
+            Reply::Checked(facts) => {
+                let facts: Vec<String> = facts
+                    .iter()
+                    .map(|f| f.replace(['\t', '\n', '\r'], " "))
+                    .collect();
+                format!("checked {}", facts.join("\t"))
+            }
             Reply::Error { kind, reason } => format!("error {kind} {reason}"),
         }
     }
@@ -115,12 +131,17 @@ impl Reply {
                 .map(Reply::Ok)
                 .map_err(|_| format!("malformed reply {line:?}: `ok` must be followed by a pid"));
         }
+        if let Some(rest) = line.strip_prefix("checked ") {
+            return Ok(Reply::Checked(
+                rest.split('\t').map(str::to_owned).collect(),
+            ));
+        }
         if let Some(rest) = line.strip_prefix("error ") {
             let (kind, reason) = rest.split_once(' ').unwrap_or((rest, ""));
             return Ok(Reply::error(kind, reason));
         }
         Err(format!(
-            "malformed reply {line:?}: expected `ok <pid>` or `error <kind> <reason>`"
+            "malformed reply {line:?}: expected `ok <pid>`, `checked <facts>` or `error <kind> <reason>`"
         ))
     }
 }
@@ -382,9 +403,26 @@ mod tests {
             Reply::Ok(42),
             Reply::error("exec", "could not execute /x: No such file or directory"),
             Reply::error("busy", ""),
+            Reply::Checked(vec!["exe: /srv/app".into(), "note: none".into()]),
         ] {
             assert_eq!(Reply::parse(&format!("{}\n", r.to_line())), Ok(r));
         }
+        // A tab or newline inside a fact cannot split it.
+        let odd = Reply::Checked(vec!["exe: /a\tb\nc".into()]);
+        assert_eq!(
+            Reply::parse(&odd.to_line()),
+            Ok(Reply::Checked(vec!["exe: /a b c".into()]))
+        );
+        assert_eq!(
+            Reply::from_upgrade(Err(UpgradeError::Unhealthy {
+                pid: 9,
+                reason: "5.0% of its requests got a bad answer".into()
+            })),
+            Reply::error(
+                "unhealthy",
+                "new process 9 was not committed, the old build serves again: 5.0% of its requests got a bad answer"
+            )
+        );
         assert!(Reply::parse("ok x").is_err());
         assert!(Reply::parse("hello").is_err());
         assert_eq!(

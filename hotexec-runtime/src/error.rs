@@ -43,6 +43,19 @@ pub enum UpgradeError {
     Aborted,
     /// `hotexec::upgrade()` was called outside a `#[hotexec::main]` program.
     NotRunning,
+    /// The preflight refused the binary before anything was started: missing, not executable,
+    /// built for another machine, or a hotexec binary that cannot be started by this
+    /// generation's hand-over protocol (see `hotexec::preflight`).
+    Refused(crate::preflight::PreflightError),
+    /// The new generation was ready, but during its probation it served worse than this one
+    /// did before the upgrade (or a check of the app's own failed): it was not committed, the
+    /// old build serves again, and the new generation drains and stops.
+    Unhealthy {
+        /// Its pid.
+        pid: u32,
+        /// Why, with the numbers.
+        reason: String,
+    },
 }
 
 impl fmt::Display for UpgradeError {
@@ -68,6 +81,11 @@ impl fmt::Display for UpgradeError {
             UpgradeError::NotRunning => {
                 write!(f, "no hotexec runtime is running in this process")
             }
+            UpgradeError::Refused(e) => write!(f, "nothing was started: {e}"),
+            UpgradeError::Unhealthy { pid, reason } => write!(
+                f,
+                "new process {pid} was not committed, the old build serves again: {reason}"
+            ),
         }
     }
 }

@@ -32,9 +32,14 @@ pub fn upgrade() -> Result<u32, UpgradeError> {
 pub(crate) fn control_handler() -> Handler {
     Arc::new(|request| match request {
         "upgrade" => Reply::from_upgrade(upgrade()),
+        // Issue 18: what an upgrade would execute, checked; nothing is started.
+        "check" => match CTX.get() {
+            Some(ctx) => crate::preflight::control_reply(&ctx.exe),
+            None => Reply::from_upgrade(Err(UpgradeError::NotRunning)),
+        },
         other => Reply::error(
             "bad-request",
-            format!("unknown request {other:?}: expected `upgrade`"),
+            format!("unknown request {other:?}: expected `upgrade` or `check`"),
         ),
     })
 }

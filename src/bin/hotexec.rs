@@ -137,6 +137,10 @@ fn upgrade(target: Target, timeout: Duration) -> u8 {
             eprintln!("hotexec: upgraded: pid {new} serves now");
             0
         }
+        Ok(Reply::Checked(_)) => {
+            eprintln!("hotexec: pid {pid} answered a check where an upgrade was asked for");
+            FAILED
+        }
         Ok(Reply::Error { kind, reason }) => {
             eprintln!("hotexec: upgrade failed ({kind}): {reason}");
             match kind.as_str() {
