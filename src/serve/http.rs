@@ -14,6 +14,8 @@ use hyper_util::service::TowerToHyperService;
 
 use super::conn::{BoxError, serve_conn};
 use super::drain::Connections;
+use super::probe::Probe;
+use super::readiness;
 use super::{DEFAULT_CLOSE_GRACE, Listener};
 use crate::Shutdown;
 
@@ -99,6 +101,7 @@ where
         shutdown,
         close_grace: DEFAULT_CLOSE_GRACE,
         protocols: Protocols::Auto,
+        probe: None,
     }
 }
 
@@ -110,6 +113,8 @@ pub struct Serve<L, S> {
     shutdown: Shutdown,
     close_grace: Duration,
     protocols: Protocols,
+    /// Sent through the service before ready; `Err`: its text was refused.
+    probe: Option<Result<Probe, String>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -124,6 +129,7 @@ impl<L, S> std::fmt::Debug for Serve<L, S> {
         f.debug_struct("Serve")
             .field("close_grace", &self.close_grace)
             .field("protocols", &self.protocols)
+            .field("probe", &self.probe)
             .finish_non_exhaustive()
     }
 }
@@ -149,6 +155,30 @@ impl<L, S> Serve<L, S> {
         self.protocols = Protocols::Http2;
         self
     }
+
+    /// Before this generation reports ready, sends `probe` through the app's own service (in
+    /// process: no socket, not counted in the health) and goes on only if it answers `2xx`.
+    /// Anything else — another status, a panic, an error, no answer within the probe's
+    /// timeout — and this generation does not report ready: `serve` returns an error naming
+    /// the probe and what it got (`probe GET /healthz answered 503 Service Unavailable:
+    /// "db down"`), so the upgrade fails and the old generation serves on.
+    ///
+    /// ```no_run
+    /// # async fn run(listener: tokio::net::TcpListener, app: axum::Router, shutdown: hotexec::Shutdown) -> std::io::Result<()> {
+    /// hotexec::serve(listener, app, shutdown).probe("GET /healthz").await
+    /// # }
+    /// ```
+    ///
+    /// `probe` is a [`Probe`] or its text: `"GET /healthz"`, `"/healthz"`, `"HEAD /ready"`.
+    /// Text that is not a probe makes `serve` return an error at once.
+    pub fn probe<P>(mut self, probe: P) -> Self
+    where
+        P: TryInto<Probe>,
+        P::Error: std::fmt::Display,
+    {
+        self.probe = Some(probe.try_into().map_err(|e| e.to_string()));
+        self
+    }
 }
 
 impl<L, S, B> IntoFuture for Serve<L, S>
@@ -172,7 +202,27 @@ where
                 shutdown,
                 close_grace,
                 protocols,
+                probe,
             } = self;
+            // Readiness waits for the probe; the hold ends with this block.
+            let hold = readiness::hold_ready(&shutdown);
+            if let Some(probe) = probe {
+                let probe = probe.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                match probe.run(service.clone()).await {
+                    Ok((status, took)) => tracing::info!(
+                        probe = %format!("{} {}", probe.method(), probe.path()),
+                        %status,
+                        took_ms = took.as_secs_f64() * 1e3,
+                        "probe passed"
+                    ),
+                    Err(failed) => {
+                        let reason = failed.to_string();
+                        readiness::fail_start(&shutdown, &reason);
+                        return Err(io::Error::other(reason));
+                    }
+                }
+            }
+            drop(hold);
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder = match protocols {
                 Protocols::Auto => builder,

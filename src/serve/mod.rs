@@ -23,7 +23,8 @@
 //!
 //! Files: `listener.rs` (what can be accepted from), `drain.rs`, `http.rs` (the builder and the
 //! accept loop), `conn.rs` (one HTTP connection through the drain phases), `count.rs` (each
-//! request's outcome counted into the generation's health).
+//! request's outcome counted into the generation's health), `probe.rs` (a request through the
+//! app's own service before ready), `readiness.rs` (the hold on the runtime's readiness).
 
 pub mod drain;
 mod listener;
@@ -34,6 +35,10 @@ mod conn;
 mod count;
 #[cfg(feature = "http")]
 mod http;
+#[cfg(feature = "http")]
+mod probe;
+#[cfg(feature = "http")]
+mod readiness;
 
 pub use listener::Listener;
 
@@ -41,6 +46,8 @@ pub use listener::Listener;
 pub use conn::{BoxError, connection, connection_hyper};
 #[cfg(feature = "http")]
 pub use http::{Serve, serve, serve_hyper};
+#[cfg(feature = "http")]
+pub use probe::{DEFAULT_PROBE_TIMEOUT, Probe, ProbeSpecError};
 
 /// The default keep-alive grace window ([`Serve::close_grace`], [`drain::Connections::with_close_grace`]).
 ///
