@@ -9,9 +9,12 @@
 //! FAULT=abort-on-request       # serves until a request for /abort, then aborts
 //! FAULT=fail-after-drain       # main returns an error once it stopped accepting (exit status 1)
 //! FAULT=ready-on-file=PATH     # warms up until PATH exists (at most 60 s), then reports ready
+//! FAULT=500-every=N            # every N-th request answers 500
 //! ```
 //!
-//! Without `FAULT` it is a plain server answering `pid=<pid>` on every request.
+//! Without `FAULT` it is a plain server answering `pid=<pid>` on every request. It serves HTTP
+//! by hand, not through `hotexec::serve`, so it records each answer in the generation's health
+//! itself (`shutdown.health().record_response(status)`), as any server of its own would.
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -44,8 +47,27 @@ fn main(listeners: hotexec::Listeners, shutdown: hotexec::Shutdown) -> io::Resul
         });
     }
     let abort_on_request = fault == "abort-on-request";
+    let fail_every: u64 = fault
+        .strip_prefix("500-every=")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let health = shutdown.health();
+    let mut n = 0u64;
     while let Some((conn, _)) = shutdown.accept(&listener)? {
-        std::thread::spawn(move || serve(conn, abort_on_request));
+        n += 1;
+        let status = if fail_every > 0 && n % fail_every == 0 {
+            500
+        } else {
+            200
+        };
+        let health = health.clone();
+        std::thread::spawn(move || {
+            health.record_connection();
+            // An error here is the client going away: not an answer, and not the server's fault.
+            if serve(conn, abort_on_request, status).is_ok() {
+                health.record_response(status);
+            }
+        });
     }
     if fault == "fail-after-drain" {
         eprintln!("faulty: pid {} failing after the drain", std::process::id());
@@ -56,7 +78,7 @@ fn main(listeners: hotexec::Listeners, shutdown: hotexec::Shutdown) -> io::Resul
     Ok(())
 }
 
-fn serve(conn: TcpStream, abort_on_request: bool) -> io::Result<()> {
+fn serve(conn: TcpStream, abort_on_request: bool, status: u16) -> io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
@@ -69,9 +91,14 @@ fn serve(conn: TcpStream, abort_on_request: bool) -> io::Result<()> {
     }
     let body = format!("pid={}\n", std::process::id());
     let mut out = conn;
+    let reason = if status == 200 {
+        "OK"
+    } else {
+        "Internal Server Error"
+    };
     write!(
         out,
-        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
 }
