@@ -35,7 +35,12 @@
 //! | `upgrade_signal = "SIGUSR2"` | `HOTEXEC_UPGRADE_SIGNAL` | `SIGUSR2` | `SIGUSR2`, `SIGUSR1` or `SIGHUP` |
 //! | `pid_file = "/run/app.pid"` | `HOTEXEC_PID_FILE` | none | written atomically; names the serving generation (empty variable: none) |
 //! | `#[listen("ADDR", name = "N")]` | `HOTEXEC_LISTEN_<N>` | — | the listener's address (`N` upper-cased, `-` → `_`) |
-//! | — | `HOTEXEC_PROBATION` | `2s` | how long the old process watches its successor after a hand-over, rolling back if it crashes |
+//! | `probation = "2s"` | `HOTEXEC_PROBATION` | `2s` | how long the old process watches its successor after a hand-over, rolling back if it crashes |
+//! | `health = false` | `HOTEXEC_HEALTH` | on | the health-gated commit (see [`health`]) |
+//! | `max_probation = "10s"` | `HOTEXEC_MAX_PROBATION` | `10s` | how long the probation may wait for `min_sample` requests |
+//! | `max_error_rate = "2%"` | `HOTEXEC_MAX_ERROR_RATE` | `2%` | bad answers a new generation may give (or the old rate × `max_error_ratio`, if higher) |
+//! | `max_error_ratio = 2` | `HOTEXEC_MAX_ERROR_RATIO` | `2` | times the old generation's error rate a new one may reach |
+//! | `min_sample = 200` | `HOTEXEC_MIN_SAMPLE` | `200` | requests needed to commit on the numbers |
 //! | `ready = "manual"` | — | `auto` | the app calls [`ready()`] itself after its warm-up |
 //! | `keeper = true` | `HOTEXEC_KEEPER` | off (on in the foreground of a terminal) | the started process stays as a keeper of the serving generation: its pid never changes (containers, supervisors) |
 //!

@@ -47,6 +47,12 @@ use proc_macro::TokenStream;
 /// | `flavor` | `"multi_thread"` (default) or `"current_thread"` | async only: the tokio runtime |
 /// | `worker_threads` | an integer ≥ 1 | async, multi-thread only: the runtime's worker threads |
 /// | `keeper` | `true` or `false` (default) | the started process stays as a small keeper of the serving generation, so its pid never changes (containers, supervisors) |
+/// | `probation` | `"2s"` | how long the old process watches a new generation after the hand-over |
+/// | `health` | `true` (default) or `false` | the health-gated commit: a new generation that serves worse than the old one is not committed |
+/// | `max_probation` | `"10s"` | how long the probation may wait for `min_sample` requests |
+/// | `max_error_rate` | `"2%"` or `"0.02"` | bad answers (5xx, panics, errors) a new generation may give, unless the old one's rate × `max_error_ratio` is higher |
+/// | `max_error_ratio` | `2`, `1.5` | times the old generation's error rate a new one may reach |
+/// | `min_sample` | `200` | requests a new generation must answer to be committed on its numbers |
 ///
 /// Everything is checked at compile time: a bad duration, signal, address or listener name is
 /// an error on the literal at fault.
@@ -89,6 +95,19 @@ use proc_macro::TokenStream;
 ///                 ))
 ///         })
 /// }
+/// ```
+///
+/// Inside the generated `main`, before the builder, comes the ELF note every hotexec binary
+/// carries (read by an upgrade's preflight without running the binary):
+///
+/// ```ignore
+/// #[cfg(target_os = "linux")]
+/// #[used]
+/// #[unsafe(link_section = ".note.hotexec")]
+/// static __HOTEXEC_NOTE: ::hotexec::__private::ElfNote = ::hotexec::__private::ElfNote::new(
+///     /* option_env!("CARGO_PKG_NAME"), option_env!("CARGO_PKG_VERSION"),
+///        option_env!("HOTEXEC_BUILD_ID"), each "" when unset */
+/// );
 /// ```
 ///
 /// A sync `main` is called directly inside `run`, after `::hotexec::__private::main_started()`.
