@@ -124,9 +124,10 @@ fn each_failing_probe_names_itself_and_what_it_got() {
         let (addr, shutdown, server) = serve_with(&rt, probe.clone());
         let e = failure(&rt, server);
         assert!(e.contains(want), "{probe:?}: {e}");
-        // Nothing was accepted: the failed generation served no one.
+        // Nothing was accepted: the failed generation served no one, and its copy of the
+        // listener is gone with it.
         assert_eq!(shutdown.health().counts().requests(), 0);
-        drop(addr);
+        assert_eq!(common::get(addr, "/", Duration::from_secs(5)), Outcome::Refused);
     }
 }
 
