@@ -127,7 +127,10 @@ fn each_failing_probe_names_itself_and_what_it_got() {
         // Nothing was accepted: the failed generation served no one, and its copy of the
         // listener is gone with it.
         assert_eq!(shutdown.health().counts().requests(), 0);
-        assert_eq!(common::get(addr, "/", Duration::from_secs(5)), Outcome::Refused);
+        assert_eq!(
+            common::get(addr, "/", Duration::from_secs(5)),
+            Outcome::Refused
+        );
     }
 }
 

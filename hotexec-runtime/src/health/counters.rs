@@ -1,14 +1,15 @@
 //! The counters behind [`Health`](super::Health): one increment per outcome on the request
-//! path, no lock, and no cache line that two cores fight over.
+//! path, no lock, and no cache line that cores write in turn.
 //!
-//! A single `AtomicU64` per outcome is correct but, under load on several cores, every
-//! increment takes the cache line away from the core that wrote it last: on the 2-core machine
-//! of BENCHMARKS.md ("Health counters") that is ~5x the cost of an uncontended increment. So
-//! each counter is striped: [`STRIPES`] copies, each on cache lines of its own, and a thread
-//! always increments the copy it was given the first time it counted (tokio's worker threads
-//! live as long as the runtime, so in practice every worker has its own stripe). A snapshot
-//! sums the stripes; it is not atomic across counters, which a rate over many requests does not
-//! notice (the report is taken every few hundred milliseconds, not per request).
+//! A single `AtomicU64` per outcome is correct, but every increment takes its cache line away
+//! from the core that wrote it last, so on a server with many cores serving at once every
+//! request pays a cross-core transfer, more the more cores there are. Each counter is
+//! therefore striped: [`STRIPES`] copies, each on cache lines of its own, and a thread always
+//! increments the copy it was given the first time it counted (tokio's worker threads live as
+//! long as the runtime, so in practice every worker has its own stripe). A snapshot sums the
+//! stripes; it is not atomic across counters, which a rate over many requests does not notice
+//! (reports are taken every few hundred milliseconds, not per request). What it costs, measured
+//! against one shared atomic, is in BENCHMARKS.md ("Health counters").
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

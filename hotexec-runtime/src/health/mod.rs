@@ -100,7 +100,6 @@ impl Health {
     /// A response was sent with this status code.
     #[inline]
     pub fn record_response(&self, status: u16) {
-        self.mark_counting();
         self.inner.counters.add(match status {
             0..=199 => Slot::Informational,
             200..=299 => Slot::Success,
@@ -114,7 +113,6 @@ impl Health {
     /// client 500 without also calling [`record_response`](Health::record_response)).
     #[inline]
     pub fn record_panic(&self) {
-        self.mark_counting();
         self.inner.counters.add(Slot::Panic);
     }
 
@@ -122,7 +120,6 @@ impl Health {
     /// connection was closed under it). Counted as a bad answer.
     #[inline]
     pub fn record_error(&self) {
-        self.mark_counting();
         self.inner.counters.add(Slot::Error);
     }
 
@@ -131,7 +128,6 @@ impl Health {
     /// [`record_connection_failed`]: Health::record_connection_failed
     #[inline]
     pub fn record_connection(&self) {
-        self.mark_counting();
         self.inner.counters.add(Slot::Connection);
     }
 
@@ -139,24 +135,23 @@ impl Health {
     /// [`record_connection`](Health::record_connection) as well.
     #[inline]
     pub fn record_connection_failed(&self) {
-        self.mark_counting();
         self.inner.counters.add(Slot::ConnectionFailed);
     }
 
     /// Says that this generation counts what it serves, before it has served anything: an
     /// idle generation that counts is judged on its (empty) numbers, one that does not count
-    /// is judged by the crash watch alone. `hotexec::serve` calls it as it starts.
+    /// is judged by the crash watch alone. `hotexec::serve` calls it as it starts; recording
+    /// any outcome says it too.
     pub fn mark_counting(&self) {
-        // A load first: after the first call this is a read of a line every core keeps
-        // shared, not a write that would bounce it between cores on every request.
-        if !self.inner.counting.load(Ordering::Relaxed) {
-            self.inner.counting.store(true, Ordering::Relaxed);
-        }
+        self.inner.counting.store(true, Ordering::Relaxed);
     }
 
-    /// Whether anything counts into these counters (see [`mark_counting`](Health::mark_counting)).
+    /// Whether anything counts into these counters: [`mark_counting`](Health::mark_counting)
+    /// was called, or an outcome was recorded. (Not a flag the request path sets: that would
+    /// be one more shared write per request.)
     pub fn is_counting(&self) -> bool {
         self.inner.counting.load(Ordering::Relaxed)
+            || self.inner.counters.sum().iter().any(|n| *n > 0)
     }
 
     /// Adds a check of the app's own, called in the new generation during its probation each
