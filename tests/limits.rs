@@ -130,8 +130,9 @@ fn an_upgrade_near_rlimit_nofile_fails_clearly_and_the_old_one_serves_on() {
     let mut saved = None;
     let (mut in_this_process, mut for_the_new_one) = (false, false);
     // `room` fd numbers are free below the limit. The upgrade needs a few itself (the readiness
-    // pipe, the hand-off socketpair), then 4 more for the new process (2 listeners, the
-    // readiness pipe, the hand-off channel): it fails at every step here.
+    // pipe, the hand-off and link socketpairs), then 5 more for the new process (2 listeners,
+    // the readiness pipe, the hand-off channel, the generation link): it fails at every step
+    // here.
     for room in 1..=free.len() {
         let limit = free[room - 1] as u64 + 1;
         let old_limits = set_nofile(old, limit);
@@ -143,7 +144,7 @@ fn an_upgrade_near_rlimit_nofile_fails_clearly_and_the_old_one_serves_on() {
         assert!(line.contains(&limit.to_string()), "{line}");
         assert!(line.contains("LimitNOFILE"), "{line}");
         in_this_process |= line.contains("failed with EMFILE");
-        for_the_new_one |= line.contains("the new generation must be handed 4 fds");
+        for_the_new_one |= line.contains("the new generation must be handed 5 fds");
         assert_eq!(app.pid_in_file(), Some(old));
         assert!(
             App::children_of(old).is_empty(),

@@ -1,37 +1,85 @@
-//! Upgrade requests from inside the process: [`upgrade()`] (`hotexec::upgrade`) and the control
-//! socket's handler both end here, at the supervisor of the running generation.
+//! The runtime of this process as the public free functions reach it: [`upgrade()`] and
+//! [`ready()`] (`hotexec::upgrade`, `hotexec::ready`), and the control socket's handler.
 //!
-//! This module sits below `start` (which registers the supervisor once it runs) and `control`
-//! (which only serves sockets): `start` → `control`, `start` → `keeper` → `control`, and both
-//! `start` and the generation's control handler → `trigger`, so the arrows point one way.
+//! Everything else travels in parameters (the application's [`Shutdown`](crate::Shutdown)
+//! reaches its generation); these functions take none, so the one place they find the runtime
+//! is [`CURRENT`], set once when `main` starts.
 
 use std::sync::{Arc, OnceLock};
 
 use crate::control::{Handler, Reply};
 use crate::error::UpgradeError;
-use crate::upgrade::Ctx;
+use crate::generation::Generation;
+use crate::supervisor::Handle;
 
-static CTX: OnceLock<Arc<Ctx>> = OnceLock::new();
+/// What the public free functions reach.
+pub(crate) struct Current {
+    pub generation: Arc<Generation>,
+    pub supervisor: Arc<Handle>,
+}
 
-/// Registers the supervisor of this generation (once, at start).
-pub(crate) fn set(ctx: Arc<Ctx>) {
-    let _ = CTX.set(ctx);
+/// A static because `hotexec::upgrade()` and `hotexec::ready()` have no parameter to carry it.
+static CURRENT: OnceLock<Current> = OnceLock::new();
+
+/// Registers this process's runtime (once, at start).
+pub(crate) fn set(current: Current) {
+    let _ = CURRENT.set(current);
 }
 
 /// Triggers an upgrade, as the upgrade signal does, and waits for its outcome: the new pid, or
 /// why it failed (then this generation keeps serving). Blocks up to `ready_timeout`; from async
 /// code call it in `spawn_blocking`.
 pub fn upgrade() -> Result<u32, UpgradeError> {
-    match CTX.get() {
-        Some(ctx) => ctx.request_upgrade(),
+    match CURRENT.get() {
+        Some(c) => c.supervisor.request_upgrade(),
         None => Err(UpgradeError::NotRunning),
     }
 }
 
+/// Reports this generation ready: the previous generation (if this process was started by an
+/// upgrade) stops accepting and drains; after a fresh start, `READY=1` goes to the service
+/// manager if `NOTIFY_SOCKET` is set. Idempotent.
+///
+/// If the previous generation is gone (it died while this one warmed up), this generation
+/// takes over on its own: it writes the pid file and tells the service manager (or the keeper)
+/// that it is the main pid now, and says so in the log.
+///
+/// With the default `ready = "auto"`, `#[hotexec::main]` calls it once `main` is running
+/// (sync: before the body; async: after the first poll). Apps with a long warm-up use
+/// `#[hotexec::main(ready = "manual")]` and call it themselves when they can serve, or hold
+/// the report for a while with [`Shutdown::hold_ready`](crate::Shutdown::hold_ready).
+pub fn ready() {
+    if let Some(c) = CURRENT.get() {
+        c.generation.ready();
+    }
+}
+
+/// The connections the previous generation hands to this one; `None` when this generation was
+/// not started by an upgrade with hand-off (or the stream was already taken). Call it as `main`
+/// starts: offers that find no receiver [`CLAIM_GRACE`](crate::handoff::CLAIM_GRACE) after
+/// `main` started are refused.
+pub fn incoming() -> Option<crate::handoff::HandedOff> {
+    let c = CURRENT.get()?;
+    let inbox = c
+        .generation
+        .handoff_inbox
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    inbox.map(crate::handoff::Inbox::claim)
+}
+
+/// The generated code calls this once the application's `main` runs.
+pub(crate) fn main_started() {
+    if let Some(c) = CURRENT.get() {
+        c.generation.main_started();
+    }
+}
+
 /// The control socket handler of a generation: `upgrade` runs [`upgrade()`].
-pub(crate) fn control_handler() -> Handler {
-    Arc::new(|request| match request {
-        "upgrade" => Reply::from_upgrade(upgrade()),
+pub(crate) fn control_handler(supervisor: Arc<Handle>) -> Handler {
+    Arc::new(move |request| match request {
+        "upgrade" => Reply::from_upgrade(supervisor.request_upgrade()),
         other => Reply::error(
             "bad-request",
             format!("unknown request {other:?}: expected `upgrade`"),
