@@ -2,7 +2,6 @@
 //! terminate TLS) themselves: served through an accept loop of the app's own on
 //! `hotexec::drain::Connections`, a connection drains as under `hotexec::serve`. In process,
 //! with a detached `Shutdown` resolved by the test (no upgrade needed to check the phases).
-mod common;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
@@ -11,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::{Router, routing::get};
-use common::*;
+use hotexec_testkit::prelude::*;
 
 // Long enough that the requests sent after the hand-over fall inside it on a loaded machine.
 const GRACE: Duration = Duration::from_millis(1500);

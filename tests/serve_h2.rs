@@ -9,7 +9,6 @@
 //!
 //! `HOTEXEC_COMPARE_PLAIN=1 cargo test --test serve_h2 -- --nocapture` runs the same load
 //! against plain `axum::serve(..).with_graceful_shutdown(..)` and prints what it loses.
-mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use hyper::Request;
 
-use common::*;
+use hotexec_testkit::prelude::*;
 
 const HTTP: &str = "HOTEXEC_LISTEN_HTTP";
 const UPGRADES: usize = 4;

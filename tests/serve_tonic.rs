@@ -6,7 +6,6 @@
 //! `HOTEXEC_COMPARE_PLAIN=1 cargo test --test serve_tonic -- --nocapture` runs the same
 //! scenario against the example's plain mode (tonic's own `serve_with_incoming_shutdown`) and
 //! prints what it loses instead of asserting zero.
-mod common;
 #[path = "../examples/support/grpc.rs"]
 mod grpc;
 
@@ -15,8 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
 use grpc::GreeterClient;
+use hotexec_testkit::prelude::*;
 
 const GRPC: &str = "HOTEXEC_LISTEN_GRPC";
 const UPGRADES: usize = 4;
