@@ -195,11 +195,7 @@ fn run_scenario(
         Load::start(load::Config {
             addr: target.addr,
             modes: vec![mode; opts.clients],
-            generation_of: if kind == Kind::Nginx {
-                GenerationOf::Parent
-            } else {
-                GenerationOf::Pid
-            },
+            generation_of: kind.generation_of(),
             timeout: Duration::from_secs(5),
             max_duration: Duration::from_secs(600),
         })

@@ -24,7 +24,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hotexec_testkit::bench::{load, targets};
-use load::{Class, GenerationOf, Load, Mode, Rec, quantile};
+use load::{Class, Load, Mode, Rec, quantile};
 use targets::{Kind, Target, Tracker};
 
 /// MiB of ballast each generation of the server holds (a server role of this binary).
@@ -189,11 +189,7 @@ fn row(
     let load = Load::start(load::Config {
         addr: target.addr,
         modes: vec![Mode::Close, Mode::Close, Mode::KeepAlive, Mode::KeepAlive],
-        generation_of: if kind == Kind::Nginx {
-            GenerationOf::Parent
-        } else {
-            GenerationOf::Pid
-        },
+        generation_of: kind.generation_of(),
         timeout: Duration::from_secs(5),
         max_duration: Duration::from_secs(600),
     });

@@ -149,11 +149,7 @@ fn ws_run(clients: usize, upgrades: usize, handoff: bool) -> WsRun {
         ("RUST_LOG", "info"),
     ];
     let mut app = App::start("websocket", "HOTEXEC_LISTEN_WS", &env);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let last_pid: Arc<Vec<AtomicU32>> = Arc::new((0..clients).map(|_| AtomicU32::new(0)).collect());
     let tally = Arc::new(Tally::default());
     let (stop_tx, stop) = tokio::sync::watch::channel(false);

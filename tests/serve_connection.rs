@@ -62,15 +62,6 @@ fn closed_cleanly(c: &mut std::io::BufReader<TcpStream>) -> bool {
     matches!(c.read_to_end(&mut rest), Ok(0))
 }
 
-/// The tokio runtime each in-process scenario serves on (two workers, as on the CI machine).
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn own_accept_loop_drains_http1_connections_like_serve() {
     let rt = runtime();

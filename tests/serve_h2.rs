@@ -203,11 +203,7 @@ fn run(what: &str, one_shot: bool) {
     let mut app = start_axum();
     let first = app.first_pid();
     let addr = app.addr;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..CONNECTIONS)
         .map(|i| rt.spawn(client(addr, stop.clone(), one_shot, i % 2 == 1)))

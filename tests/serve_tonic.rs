@@ -262,11 +262,7 @@ fn unary_and_streaming_calls_lose_nothing_across_upgrades() {
     let mut app = start_tonic();
     let addr = app.addr;
     let first_pid = app.first_pid();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
 
     let stop = Arc::new(AtomicBool::new(false));
     let kept = unary_load(&rt, addr, UNARY_CLIENTS, false, &stop);

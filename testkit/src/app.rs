@@ -262,24 +262,10 @@ impl App {
     /// `main` starts, which may be after the pid file is written and connections are accepted):
     /// each time the log shows the signal was ignored for that reason, it is sent again.
     pub fn upgrade(&self) -> (u32, u32) {
-        const NOT_READY: &str = "has not reported ready yet";
-        let mut ignored = self.log_text().matches(NOT_READY).count();
-        let old = self.signal_upgrade();
-        let new = wait_for(
-            Duration::from_secs(10),
-            "the pid file to name a new pid",
-            || {
-                if let Some(p) = self.pid_in_file().filter(|p| *p != old) {
-                    return Some(p);
-                }
-                let now = self.log_text().matches(NOT_READY).count();
-                if now > ignored {
-                    ignored = now;
-                    let _ = kill(Pid::from_raw(old as i32), Signal::SIGUSR2);
-                }
-                None
-            },
-        );
+        let old = self.pid_in_file().expect("pid file");
+        let new = self.signal_until_done(old, "the pid file to name a new pid", || {
+            self.pid_in_file().filter(|p| *p != old)
+        });
         self.track(new);
         (old, new)
     }
@@ -287,11 +273,22 @@ impl App {
     /// Sends the upgrade signal to `target` (a generation, or the keeper that forwards it) and
     /// waits until `done` returns Some; sends it again each time the log shows that a
     /// generation ignored it because it had not reported ready yet (see [`App::upgrade`]).
-    pub fn upgrade_via<T>(&self, target: u32, mut done: impl FnMut() -> Option<T>) -> T {
+    pub fn upgrade_via<T>(&self, target: u32, done: impl FnMut() -> Option<T>) -> T {
+        self.signal_until_done(target, "the upgrade to start", done)
+    }
+
+    /// The upgrade signal to `target`, again after each "not ready yet" in the log, until
+    /// `done` returns Some (within 10 s, or the test fails waiting for `what`).
+    fn signal_until_done<T>(
+        &self,
+        target: u32,
+        what: &str,
+        mut done: impl FnMut() -> Option<T>,
+    ) -> T {
         const NOT_READY: &str = "has not reported ready yet";
         let mut ignored = self.log_text().matches(NOT_READY).count();
         kill(Pid::from_raw(target as i32), Signal::SIGUSR2).unwrap();
-        wait_for(Duration::from_secs(10), "the upgrade to start", || {
+        wait_for(Duration::from_secs(10), what, || {
             if let Some(v) = done() {
                 return Some(v);
             }

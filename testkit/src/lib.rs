@@ -19,6 +19,7 @@
 //! | [`client`] | a blocking HTTP/1.1 client |
 //! | [`load`] | the tests' load (client threads) and the verdicts over it |
 //! | [`cli`] | the `hotexec` command run under a time limit |
+//! | [`rt`] | the tokio runtime of a test's clients |
 //! | [`notify`], [`pty`], [`tools`], [`ansi`] | an sd_notify socket, a pseudo-terminal, systemd's tools, colour codes |
 //! | [`bench`] | the benchmarks' targets (hotexec, naive restart, nginx…) and tokio load generator |
 //!
@@ -38,6 +39,7 @@ pub mod outcome;
 pub mod procfs;
 pub mod pty;
 pub mod reap;
+pub mod rt;
 pub mod scratch;
 pub mod spawn;
 pub mod tools;
@@ -64,6 +66,7 @@ pub mod prelude {
     };
     pub use crate::pty::openpty;
     pub use crate::reap::{kill_and_reap, subreaper, wait_only_child};
+    pub use crate::rt::runtime;
     pub use crate::scratch::Scratch;
     pub use crate::spawn::{Started, copy_exe, example, script, spawn_retrying};
     pub use crate::tools::tool;

@@ -9,38 +9,44 @@ use std::time::{Duration, Instant};
 use crate::client::{get, get_keepalive};
 use crate::outcome::Outcome;
 
-/// Clients hammering `GET /` with a new connection per request until stopped.
-pub struct Load {
+/// Client threads each calling its `request` until stopped; every result with its completion
+/// time. Bounded in count and time whatever happens.
+struct Clients<R> {
     stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<Vec<(Instant, Outcome)>>>,
+    threads: Vec<std::thread::JoinHandle<Vec<(Instant, R)>>>,
 }
 
-impl Load {
-    pub fn start(addr: SocketAddr, clients: usize) -> Load {
+impl<R: Send + 'static> Clients<R> {
+    /// `clients` threads, each with a `request` of its own from `new_client` (its own
+    /// connection, say).
+    fn start<F>(clients: usize, new_client: impl Fn() -> F) -> Clients<R>
+    where
+        F: FnMut() -> R + Send + 'static,
+    {
         let stop = Arc::new(AtomicBool::new(false));
         let threads = (0..clients)
             .map(|_| {
                 let stop = stop.clone();
+                let mut request = new_client();
                 std::thread::spawn(move || {
                     let mut out = Vec::new();
-                    // Bounded in count and time whatever happens.
                     let hard_stop = Instant::now() + Duration::from_secs(120);
                     while !stop.load(Ordering::Relaxed)
                         && out.len() < 1_000_000
                         && Instant::now() < hard_stop
                     {
-                        let o = get(addr, "/", Duration::from_secs(5));
-                        out.push((Instant::now(), o));
+                        let r = request();
+                        out.push((Instant::now(), r));
                     }
                     out
                 })
             })
             .collect();
-        Load { stop, threads }
+        Clients { stop, threads }
     }
 
-    /// Stops the clients and returns every request's (completion time, outcome), in time order.
-    pub fn finish(self) -> Vec<(Instant, Outcome)> {
+    /// Stops the clients; every result, in time order.
+    fn finish(self) -> Vec<(Instant, R)> {
         self.stop.store(true, Ordering::Relaxed);
         let mut all: Vec<_> = self
             .threads
@@ -49,6 +55,22 @@ impl Load {
             .collect();
         all.sort_by_key(|(t, _)| *t);
         all
+    }
+}
+
+/// Clients hammering `GET /` with a new connection per request until stopped.
+pub struct Load(Clients<Outcome>);
+
+impl Load {
+    pub fn start(addr: SocketAddr, clients: usize) -> Load {
+        Load(Clients::start(clients, || {
+            move || get(addr, "/", Duration::from_secs(5))
+        }))
+    }
+
+    /// Stops the clients and returns every request's (completion time, outcome), in time order.
+    pub fn finish(self) -> Vec<(Instant, Outcome)> {
+        self.0.finish()
     }
 }
 
@@ -84,47 +106,24 @@ pub fn failures(results: &[(Instant, Outcome)]) -> Vec<&Outcome> {
 
 /// Keep-alive clients hammering `GET /` until stopped: each reuses its connection and opens a
 /// new one only after the server closed it (`Connection: close`) or a request failed.
-pub struct KeepAliveLoad {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<Vec<(Instant, Outcome, bool)>>>,
-}
+pub struct KeepAliveLoad(Clients<(Outcome, bool)>);
 
 impl KeepAliveLoad {
     pub fn start(addr: SocketAddr, clients: usize) -> KeepAliveLoad {
-        let stop = Arc::new(AtomicBool::new(false));
-        let threads = (0..clients)
-            .map(|_| {
-                let stop = stop.clone();
-                std::thread::spawn(move || {
-                    let mut out = Vec::new();
-                    let mut conn = None;
-                    let hard_stop = Instant::now() + Duration::from_secs(120);
-                    while !stop.load(Ordering::Relaxed)
-                        && out.len() < 1_000_000
-                        && Instant::now() < hard_stop
-                    {
-                        let (o, reused) =
-                            get_keepalive(&mut conn, addr, "/", Duration::from_secs(5));
-                        out.push((Instant::now(), o, reused));
-                    }
-                    out
-                })
-            })
-            .collect();
-        KeepAliveLoad { stop, threads }
+        KeepAliveLoad(Clients::start(clients, || {
+            let mut conn = None;
+            move || get_keepalive(&mut conn, addr, "/", Duration::from_secs(5))
+        }))
     }
 
     /// Stops the clients; every request's (completion time, outcome, on a reused connection),
     /// in time order.
     pub fn finish(self) -> Vec<(Instant, Outcome, bool)> {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut all: Vec<_> = self
-            .threads
+        self.0
+            .finish()
             .into_iter()
-            .flat_map(|t| t.join().unwrap())
-            .collect();
-        all.sort_by_key(|(t, _, _)| *t);
-        all
+            .map(|(t, (o, reused))| (t, o, reused))
+            .collect()
     }
 }
 

@@ -378,13 +378,7 @@ async fn request_h2(
                     .await?
                     .map_err(|e| classify_hyper(&e))?
                     .to_bytes();
-                    return body
-                        .strip_prefix(b"pid=")
-                        .and_then(|r| {
-                            let digits = r.iter().take_while(|b| b.is_ascii_digit()).count();
-                            std::str::from_utf8(&r[..digits]).ok()?.parse().ok()
-                        })
-                        .ok_or(Class::BadStatus);
+                    return pid_in_body(&body).ok_or(Class::BadStatus);
                 }
                 Err(e) if e.message().is_some() || h2_unprocessed(e.error()) => {}
                 Err(e) => return Err(classify_hyper(e.error())),
@@ -450,13 +444,7 @@ pub async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<
                 return Err(Class::BadStatus);
             }
             let body = &buf[body_start..body_start + len];
-            let pid = body
-                .strip_prefix(b"pid=")
-                .and_then(|r| {
-                    let digits = r.iter().take_while(|b| b.is_ascii_digit()).count();
-                    std::str::from_utf8(&r[..digits]).ok()?.parse().ok()
-                })
-                .ok_or(Class::BadStatus)?;
+            let pid = pid_in_body(body).ok_or(Class::BadStatus)?;
             return Ok(Response { pid, close });
         }
         let n = stream
@@ -468,6 +456,13 @@ pub async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<
         }
         buf.extend_from_slice(&chunk[..n]);
     }
+}
+
+/// The pid of a body that starts `pid=<digits>`.
+fn pid_in_body(body: &[u8]) -> Option<u32> {
+    let r = body.strip_prefix(b"pid=")?;
+    let digits = r.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&r[..digits]).ok()?.parse().ok()
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

@@ -14,6 +14,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use super::load::GenerationOf;
 use super::roles;
 use crate::net::free_addr;
 use crate::procfs::{alive, child_count, children_of};
@@ -57,6 +58,15 @@ impl Kind {
     }
     pub fn upgrades(self) -> bool {
         !matches!(self, Kind::Plain | Kind::HotexecSteady)
+    }
+
+    /// Which process a responding pid stands for: nginx's workers answer for their master.
+    pub fn generation_of(self) -> GenerationOf {
+        if self == Kind::Nginx {
+            GenerationOf::Parent
+        } else {
+            GenerationOf::Pid
+        }
     }
 }
 
