@@ -21,7 +21,7 @@
 //! | [`cli`] | the `hotexec` command run under a time limit |
 //! | [`rt`] | the tokio runtime of a test's clients |
 //! | [`notify`], [`pty`], [`tools`], [`ansi`] | an sd_notify socket, a pseudo-terminal, systemd's tools, colour codes |
-//! | [`bench`] | the benchmarks' targets (hotexec, naive restart, nginx…) and tokio load generator |
+//! | [`mod@bench`] | the benchmarks' targets (hotexec, naive restart, nginx…) and tokio load generator |
 //!
 //! Tests take the whole kit with `use hotexec_testkit::prelude::*;`.
 

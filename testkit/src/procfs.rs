@@ -112,7 +112,7 @@ pub fn fd_targets(pid: u32) -> Vec<(i32, String)> {
     out
 }
 
-/// The value of `field` in /proc/<pid>/status, as written (`VmRSS` gives `1234 kB`).
+/// The value of `field` in `/proc/<pid>/status`, as written (`VmRSS` gives `1234 kB`).
 fn status_text(pid: u32, field: &str) -> Option<String> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
@@ -120,7 +120,7 @@ fn status_text(pid: u32, field: &str) -> Option<String> {
         .map(|v| v.trim().to_string())
 }
 
-/// A numeric field of /proc/<pid>/status (`VmRSS` in kB, `Threads`, …).
+/// A numeric field of `/proc/<pid>/status` (`VmRSS` in kB, `Threads`, …).
 pub fn status_field(pid: u32, field: &str) -> Option<u64> {
     status_text(pid, field)?
         .split_whitespace()
