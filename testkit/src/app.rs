@@ -12,8 +12,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-use crate::ansi::strip_ansi;
 use crate::client::request_on;
+use crate::logfile::{read_log, show_if_failing, strip_ansi};
 use crate::net::free_addr;
 use crate::outcome::Outcome;
 use crate::procfs::{alive, descendants, running_from};
@@ -345,7 +345,7 @@ impl App {
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        read_log(&self.log)
     }
 
     /// The log without the terminal colour codes tracing puts around fields, so a needle can
@@ -419,12 +419,6 @@ impl Drop for App {
         }
         let first = self.first.take();
         kill_and_reap(&pids, first);
-        if std::thread::panicking() {
-            eprintln!(
-                "---- server log ({}) ----\n{}",
-                self.log.display(),
-                self.log_text()
-            );
-        }
+        show_if_failing("server log", &self.log);
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::ansi::strip_ansi;
+use crate::logfile::{read_log, show_if_failing, strip_ansi};
 use crate::procfs::{descendants, stat};
 use crate::reap::{kill_and_reap, subreaper};
 use crate::scratch::Scratch;
@@ -116,7 +116,7 @@ impl Crafted {
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        read_log(&self.log)
     }
 
     /// The log without the terminal colour codes tracing puts around fields, so a needle can
@@ -163,12 +163,6 @@ impl Drop for Crafted {
         }
         // Re-parented to this subreaper once their parent died: reap them too.
         kill_and_reap(&orphans, None);
-        if std::thread::panicking() {
-            eprintln!(
-                "---- output ({}) ----\n{}",
-                self.log.display(),
-                self.log_text()
-            );
-        }
+        show_if_failing("output", &self.log);
     }
 }

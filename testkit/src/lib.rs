@@ -20,12 +20,12 @@
 //! | [`load`] | the tests' load (client threads) and the verdicts over it |
 //! | [`cli`] | the `hotexec` command run under a time limit |
 //! | [`rt`] | the tokio runtime of a test's clients |
-//! | [`notify`], [`pty`], [`tools`], [`ansi`] | an sd_notify socket, a pseudo-terminal, systemd's tools, colour codes |
+//! | [`logfile`] | a process's captured output: read, without colour codes, shown on failure |
+//! | [`notify`], [`pty`], [`tools`] | an sd_notify socket, a pseudo-terminal, systemd's tools |
 //! | [`mod@bench`] | the benchmarks' targets (hotexec, naive restart, nginx…) and tokio load generator |
 //!
 //! Tests take the whole kit with `use hotexec_testkit::prelude::*;`.
 
-pub mod ansi;
 pub mod app;
 pub mod bench;
 pub mod cli;
@@ -33,6 +33,7 @@ pub mod client;
 pub mod crafted;
 pub mod limits;
 pub mod load;
+pub mod logfile;
 pub mod net;
 pub mod notify;
 pub mod outcome;
@@ -47,7 +48,6 @@ pub mod wait;
 
 /// What the integration tests use, in one import.
 pub mod prelude {
-    pub use crate::ansi::strip_ansi;
     pub use crate::app::{App, extra_listeners};
     pub use crate::cli::{CliRun, hotexec_cli};
     pub use crate::client::{answered_by, get, get_keepalive, get_text, post, request_on};
@@ -57,6 +57,7 @@ pub mod prelude {
         COMPARE_PLAIN_VAR, KeepAliveLoad, Load, assert_no_failures, by_class, compare_plain,
         failures, verdict,
     };
+    pub use crate::logfile::strip_ansi;
     pub use crate::net::{free_addr, free_port};
     pub use crate::notify::NotifySocket;
     pub use crate::outcome::{Class, Outcome, classify};

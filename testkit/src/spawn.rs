@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::ansi::strip_ansi;
+use crate::logfile::{read_log, show_if_failing, strip_ansi};
 use crate::procfs::{descendants, running_from};
 use crate::reap::{kill_and_reap, subreaper};
 use crate::wait::wait_for;
@@ -116,7 +116,7 @@ impl Started {
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        read_log(&self.log)
     }
 
     /// The log without the terminal colour codes tracing puts around fields, so a needle can
@@ -130,7 +130,7 @@ impl Started {
         let log = self.log.clone();
         let child = self.child.as_mut().expect("running");
         wait_for(timeout, &format!("{needle:?} in the log"), || {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let text = read_log(&log);
             if text.contains(needle) {
                 return Some(());
             }
@@ -163,12 +163,6 @@ impl Drop for Started {
             }
         }
         kill_and_reap(&pids, self.child.take());
-        if std::thread::panicking() {
-            eprintln!(
-                "---- log ({}) ----\n{}",
-                self.log.display(),
-                self.log_text()
-            );
-        }
+        show_if_failing("log", &self.log);
     }
 }

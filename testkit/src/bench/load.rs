@@ -405,7 +405,6 @@ pub struct Response {
 /// expected, as requests are not pipelined).
 pub async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Response, Class> {
     buf.clear();
-    let mut chunk = [0u8; 1024];
     loop {
         if let Some(head_end) = find(buf, b"\r\n\r\n") {
             let (status_ok, len, close) = {
@@ -431,14 +430,7 @@ pub async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<
             let len = len.ok_or(Class::BadStatus)?;
             let body_start = head_end + 4;
             while buf.len() < body_start + len {
-                let n = stream
-                    .read(&mut chunk)
-                    .await
-                    .map_err(|e| Class::of_io(&e))?;
-                if n == 0 {
-                    return Err(Class::Eof);
-                }
-                buf.extend_from_slice(&chunk[..n]);
+                read_more(stream, buf).await?;
             }
             if !status_ok {
                 return Err(Class::BadStatus);
@@ -447,15 +439,22 @@ pub async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<
             let pid = pid_in_body(body).ok_or(Class::BadStatus)?;
             return Ok(Response { pid, close });
         }
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| Class::of_io(&e))?;
-        if n == 0 {
-            return Err(Class::Eof);
-        }
-        buf.extend_from_slice(&chunk[..n]);
+        read_more(stream, buf).await?;
     }
+}
+
+/// Appends what `stream` has next to `buf`; the end of the stream is [`Class::Eof`].
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), Class> {
+    let mut chunk = [0u8; 1024];
+    let n = stream
+        .read(&mut chunk)
+        .await
+        .map_err(|e| Class::of_io(&e))?;
+    if n == 0 {
+        return Err(Class::Eof);
+    }
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(())
 }
 
 /// The pid of a body that starts `pid=<digits>`.

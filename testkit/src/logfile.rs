@@ -1,4 +1,20 @@
-//! Terminal colour codes in captured output.
+//! The captured output of a process under test: read as text, without the terminal colour
+//! codes tracing may put around fields, and shown when the test fails.
+
+use std::path::Path;
+
+/// The text of the log at `path` (empty while it does not exist).
+pub fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// When the current thread is panicking (a failing test), prints the log at `path` under
+/// `title`: a failed test shows what the server said.
+pub fn show_if_failing(title: &str, path: &Path) {
+    if std::thread::panicking() {
+        eprintln!("---- {title} ({}) ----\n{}", path.display(), read_log(path));
+    }
+}
 
 /// `text` without the terminal colour codes (CSI sequences) tracing puts around fields.
 pub fn strip_ansi(text: &str) -> String {
