@@ -92,18 +92,24 @@ pub fn answered_by(addr: SocketAddr, pid: u32, timeout: Duration) {
 
 /// The body of a `GET path` answered 200, or why there is none.
 pub fn get_text(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String, String> {
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(timeout)).unwrap();
     let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes())
-        .map_err(|e| format!("write: {e}"))?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).map_err(|e| format!("read: {e}"))?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
+    let text = round_trip(addr, &req, timeout)?;
     match text.split_once("\r\n\r\n") {
         Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
         _ => Err(format!("not a 200 response: {text:?}")),
     }
+}
+
+/// Sends `req` on a new connection and reads until the server closes it: the whole response,
+/// or which step failed.
+fn round_trip(addr: SocketAddr, req: &str, timeout: Duration) -> Result<String, String> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(timeout)).unwrap();
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(|e| format!("read: {e}"))?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// One `GET path` on the keep-alive connection in `conn` (connecting first when there is
@@ -186,16 +192,10 @@ pub fn get_keepalive(
 
 /// One `POST path` (empty body) on a new connection: (status code, body), or why it failed.
 pub fn post(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String), String> {
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(timeout)).unwrap();
     let req = format!(
         "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );
-    s.write_all(req.as_bytes())
-        .map_err(|e| format!("write: {e}"))?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).map_err(|e| format!("read: {e}"))?;
-    let text = String::from_utf8_lossy(&buf);
+    let text = round_trip(addr, &req, timeout)?;
     let (head, body) = text
         .split_once("\r\n\r\n")
         .ok_or(format!("no header end in {text:?}"))?;
