@@ -99,14 +99,7 @@ fn ns_init(parent: u32) -> u32 {
         "pid 1 of the new namespace",
         || {
             descendants(parent).into_iter().map(|(p, _)| p).find(|p| {
-                std::fs::read_to_string(format!("/proc/{p}/status"))
-                    .ok()
-                    .and_then(|s| {
-                        s.lines()
-                            .find_map(|l| l.strip_prefix("NSpid:"))
-                            .map(|v| v.split_whitespace().last() == Some("1"))
-                    })
-                    .unwrap_or(false)
+                status_text(*p, "NSpid").is_some_and(|v| v.split_whitespace().last() == Some("1"))
             })
         },
     )

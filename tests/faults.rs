@@ -193,24 +193,6 @@ fn sigterm_during_an_upgrade_abandons_it_and_stops_gracefully() {
     assert!(log.contains("stop signal during the upgrade"), "{log}");
 }
 
-/// Strips the ANSI colours tracing writes.
-fn plain(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut it = s.chars();
-    while let Some(c) = it.next() {
-        if c == '\u{1b}' {
-            for d in it.by_ref() {
-                if d == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 fn field(line: &str, name: &str) -> Option<u32> {
     let at = line.find(&format!("{name}="))? + name.len() + 1;
     line[at..]
@@ -258,7 +240,7 @@ fn signal_storm() {
     let results = load.finish();
     let last = app.pid_in_file().unwrap();
     app.track(last);
-    let log = plain(&app.log_text());
+    let log = strip_ansi(&app.log_text());
     let handovers: Vec<(u32, u32)> = log
         .lines()
         .filter(|l| l.contains("new generation is ready"))

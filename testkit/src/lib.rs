@@ -62,7 +62,7 @@ pub mod prelude {
     pub use crate::notify::NotifySocket;
     pub use crate::outcome::{Class, Outcome, classify};
     pub use crate::procfs::{
-        alive, children_of, descendants, fd_targets, running_from, stat, status_field,
+        alive, children_of, descendants, fd_targets, running_from, stat, status_field, status_text,
         wait_signal_handled,
     };
     pub use crate::pty::openpty;

@@ -113,7 +113,7 @@ pub fn fd_targets(pid: u32) -> Vec<(i32, String)> {
 }
 
 /// The value of `field` in `/proc/<pid>/status`, as written (`VmRSS` gives `1234 kB`).
-fn status_text(pid: u32, field: &str) -> Option<String> {
+pub fn status_text(pid: u32, field: &str) -> Option<String> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
