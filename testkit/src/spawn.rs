@@ -22,7 +22,9 @@ fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// Path of a built example (cargo builds examples before integration tests).
+/// Path of a built example. `cargo test` builds the examples before the integration tests;
+/// `cargo test --test NAME` does not (it would run a stale example): `cargo build --examples`
+/// first.
 pub fn example(name: &str) -> PathBuf {
     let p = target_dir().join("examples").join(name);
     assert!(p.exists(), "example binary {} not built", p.display());
