@@ -1,10 +1,9 @@
 //! What crosses a process boundary: only the new binary of an upgrade receives the listening fds
 //! and the hand-over variables; programs the application spawns receive neither.
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use hotexec_testkit::prelude::*;
 
 const HTTP: &str = "HOTEXEC_LISTEN_HTTP";
 const T: Duration = Duration::from_secs(10);

@@ -2,11 +2,10 @@
 //! may still roll back (only within probation, never once a stop was asked for, never once the
 //! successor handed on in turn), what a new generation does when the old one dies while it warms
 //! up, and who talks to systemd in keeper mode.
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use hotexec_testkit::prelude::*;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
@@ -228,7 +227,7 @@ fn orphaned_new_generation_takes_over() {
     assert!(msg.starts_with("RELOADING=1"), "{msg:?}");
     assert_eq!(from, old);
     let new = wait_for(T, "the new process", || {
-        App::children_of(old).first().map(|(c, _)| *c)
+        children_of(old).first().map(|(c, _)| *c)
     });
     app.track(new);
     signal(old, Signal::SIGKILL);
@@ -267,7 +266,7 @@ fn orphaned_new_generation_takes_over_under_a_keeper() {
         app.log_text().contains("warming up").then_some(())
     });
     let new = wait_for(T, "the new process", || {
-        App::children_of(old).first().map(|(c, _)| *c)
+        children_of(old).first().map(|(c, _)| *c)
     });
     app.track(new);
     signal(old, Signal::SIGKILL);
@@ -353,9 +352,9 @@ fn an_upgrade_signal_before_a_fresh_start_is_ready_runs_once_it_is() {
     // comes first; it only makes the old behaviour (the signal dropped) show reliably.
     std::thread::sleep(Duration::from_millis(200));
     assert!(
-        App::children_of(first).is_empty(),
+        children_of(first).is_empty(),
         "nothing may start before this generation is ready: {:?}",
-        App::children_of(first)
+        children_of(first)
     );
     assert_eq!(app.pid_in_file(), Some(first));
     std::fs::write(&go, b"").unwrap();

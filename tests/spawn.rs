@@ -2,11 +2,10 @@
 //! `clone(CLONE_VM | CLONE_VFORK)` (the default) and `fork` (`HOTEXEC_SPAWN=fork`).
 //! What it receives (fds, `LISTEN_PID`, the signal state at exec), exec errors, a bad
 //! `HOTEXEC_SPAWN`, and a broadcast upgrade signal during upgrades (issue 13 item 7).
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use hotexec_testkit::prelude::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
