@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 
+#[path = "support/logging.rs"]
+mod logging;
+
 struct Fault {
     every: u64,
     after: Duration,
@@ -48,7 +51,7 @@ async fn healthz(State(fault): State<Arc<Fault>>) -> (StatusCode, &'static str) 
     }
 }
 
-#[hotexec::main(init = init_tracing)]
+#[hotexec::main(init = logging::init_tracing)]
 #[listen("127.0.0.1:3001", name = "http")]
 async fn main(listeners: hotexec::Listeners, shutdown: hotexec::Shutdown) -> std::io::Result<()> {
     let fault = Arc::new(Fault {
@@ -70,13 +73,4 @@ async fn main(listeners: hotexec::Listeners, shutdown: hotexec::Shutdown) -> std
     } else {
         serve.await
     }
-}
-
-fn init_tracing() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
 }

@@ -2,14 +2,13 @@
 //! without running them, also after `strip`), a socket-activation program without hotexec
 //! carries none and is allowed, and a real build whose note names another hand-over protocol
 //! is refused. Through a running server's control socket too (`check`: nothing is started).
-mod common;
 
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
 use hotexec::control::{self, Reply};
 use hotexec::preflight::{Format, HANDOVER_VERSION, preflight};
+use hotexec_testkit::prelude::*;
 
 /// A copy of `from` at `to` whose hotexec note says hand-over protocols `min..=max`: a real
 /// binary that runs, refused only because of what its note says.
@@ -139,7 +138,7 @@ fn check_over_the_control_socket_both_ways_starts_nothing() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(App::children_of(pid), vec![], "check started nothing");
+    assert_eq!(children_of(pid), vec![], "check started nothing");
     assert_eq!(app.pid_in_file(), Some(pid));
     assert_no_failures("during the checks", &load.finish());
 }

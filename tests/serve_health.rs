@@ -3,7 +3,6 @@
 //! status class, a panicking handler (caught, answered 500 on a connection that goes on), a
 //! request the service failed, a connection that failed by the server's fault. In process,
 //! with a detached `Shutdown`, over real sockets.
-mod common;
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -11,16 +10,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use axum::{Router, http::StatusCode, routing::get};
-use common::wait_for;
 use hotexec::health::Counts;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use hotexec_testkit::prelude::*;
 
 fn app() -> Router {
     Router::new()

@@ -2,22 +2,13 @@
 //! the generation reports ready. In process, with a detached `Shutdown`: a passing probe lets
 //! the server serve (and is not counted in its health); each way of failing makes `serve`
 //! return an error naming the probe and what it got, before a single connection is accepted.
-mod common;
 
 use std::future::IntoFuture;
 use std::time::Duration;
 
 use axum::{Router, http::StatusCode, routing::get};
-use common::*;
 use hotexec::serve::Probe;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use hotexec_testkit::prelude::*;
 
 fn app() -> Router {
     Router::new()
@@ -84,7 +75,7 @@ fn a_passing_probe_serves_and_is_not_counted() {
     let rt = runtime();
     let (addr, shutdown, server) = serve_with(&rt, "GET /healthz");
     assert_eq!(
-        common::get(addr, "/", Duration::from_secs(5)),
+        hotexec_testkit::client::get(addr, "/", Duration::from_secs(5)),
         Outcome::Ok {
             pid: std::process::id()
         }
@@ -128,7 +119,7 @@ fn each_failing_probe_names_itself_and_what_it_got() {
         // listener is gone with it.
         assert_eq!(shutdown.health().counts().requests(), 0);
         assert_eq!(
-            common::get(addr, "/", Duration::from_secs(5)),
+            hotexec_testkit::client::get(addr, "/", Duration::from_secs(5)),
             Outcome::Refused
         );
     }
