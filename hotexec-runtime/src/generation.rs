@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::handoff;
+use crate::health::Health;
 use crate::link::{self, MAX_CARRIED, Record};
 use crate::readiness::{Readiness, Reported};
 
@@ -48,6 +49,8 @@ pub(crate) struct Generation {
     pub(crate) handoff_inbox: Mutex<Option<handoff::Inbox>>,
     /// The hand-off to the generation this one handed over to, if it takes hand-offs.
     pub(crate) handoff: Mutex<Option<handoff::Handoff>>,
+    /// What this generation serves, counted ([`Shutdown::health`](crate::Shutdown::health)).
+    pub(crate) health: Health,
 }
 
 impl Generation {
@@ -73,6 +76,7 @@ impl Generation {
             parent_link,
             handoff_inbox: Mutex::new(None),
             handoff: Mutex::new(None),
+            health: Health::new(),
         }
     }
 

@@ -35,8 +35,6 @@ struct Inner {
     // listener (`Shutdown::accept`).
     pipe_r: OwnedFd,
     pipe_w: OwnedFd,
-    /// What this generation serves, counted (see [`Shutdown::health`]).
-    health: crate::health::Health,
     /// Run once, right after a final stop resolved every clone (see [`Shutdown::on_final_stop`]).
     on_final_stop: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
     /// The configured `drain_timeout`: the drain watchdog ends the process this long after the
@@ -100,6 +98,13 @@ impl Shutdown {
         self.inner.detached && self.trigger(reason)
     }
 
+    /// Whether this is a [`detached`](Shutdown::detached) `Shutdown` (not the runtime's): code
+    /// that would end the process on the runtime's behalf (a failed start) reports an error
+    /// to its caller instead.
+    pub fn is_detached(&self) -> bool {
+        self.inner.detached
+    }
+
     fn make(
         drain_timeout: Duration,
         detached: bool,
@@ -117,7 +122,6 @@ impl Shutdown {
                 cond: Condvar::new(),
                 pipe_r,
                 pipe_w,
-                health: crate::health::Health::new(),
                 on_final_stop: Mutex::new(Vec::new()),
                 drain_timeout,
                 detached,
@@ -281,7 +285,7 @@ impl Shutdown {
     /// probation after an upgrade they decide whether the new generation is committed (see
     /// [`crate::health`]).
     pub fn health(&self) -> crate::health::Health {
-        self.inner.health.clone()
+        self.inner.generation.health.clone()
     }
 
     /// This generation's number: 1 after a fresh start, +1 per upgrade (a rollback counts as

@@ -204,10 +204,19 @@ where
                 protocols,
                 probe,
             } = self;
-            // Readiness waits for the probe; the hold ends with this block.
+            // From now on this generation's health says what it serves, also while idle; said
+            // before it reports ready, so that the previous generation judges it.
+            shutdown.health().mark_counting();
+            // Readiness waits for the probe.
             let hold = readiness::hold_ready(&shutdown);
             if let Some(probe) = probe {
-                let probe = probe.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                let probe = match probe {
+                    Ok(p) => p,
+                    Err(e) => {
+                        readiness::fail_start(&shutdown, hold, &e);
+                        return Err(io::Error::new(io::ErrorKind::InvalidInput, e));
+                    }
+                };
                 match probe.run(service.clone()).await {
                     Ok((status, took)) => tracing::info!(
                         probe = %format!("{} {}", probe.method(), probe.path()),
@@ -217,7 +226,7 @@ where
                     ),
                     Err(failed) => {
                         let reason = failed.to_string();
-                        readiness::fail_start(&shutdown, &reason);
+                        readiness::fail_start(&shutdown, hold, &reason);
                         return Err(io::Error::other(reason));
                     }
                 }
@@ -230,8 +239,6 @@ where
                 Protocols::Http2 => builder.http2_only(),
             };
             let builder = Arc::new(builder);
-            // From now on this generation's health says what it serves, also while idle.
-            shutdown.health().mark_counting();
             let conns = Connections::with_close_grace(shutdown.clone(), close_grace);
             while let Some((io, _peer)) = conns.accept(&mut listener).await {
                 let (service, builder, c) = (service.clone(), builder.clone(), conns.clone());
