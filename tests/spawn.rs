@@ -84,15 +84,33 @@ fn fork_spawn_is_still_available_and_gives_the_same() {
     check_what_the_new_image_gets(Some("fork"));
 }
 
-/// Exec errors come back over the readiness pipe from the clone child, with the errno.
+/// Exec errors come back over the readiness pipe from the clone child, with the errno. A
+/// removed binary is refused by the preflight before anything is spawned, so this one fails
+/// inside `execve` itself: a script whose interpreter is a script whose interpreter does not
+/// exist (the preflight checks one level; the kernel follows the chain and fails with ENOENT).
 #[test]
 fn clone_spawn_reports_exec_errors() {
     let app = App::start("http", HTTP, &[]);
     let first = app.first_pid();
-    app.remove_binary();
+    let inner = app.dir.0.join("inner-interpreter");
+    script(
+        &inner,
+        "#!/nonexistent/hotexec-interpreter
+",
+    );
+    app.replace_binary(Some(&format!(
+        "#!{}
+",
+        inner.display()
+    )));
     let pid = app.signal_upgrade();
     assert_eq!(pid, first);
-    app.wait_log("No such file", 1, Duration::from_secs(10));
+    app.wait_log("could not execute", 1, Duration::from_secs(10));
+    assert!(
+        app.log_text().contains("No such file"),
+        "{}",
+        app.log_text()
+    );
     assert!(
         matches!(get(app.addr, "/", Duration::from_secs(5)), Outcome::Ok { pid } if pid == first),
         "{}",

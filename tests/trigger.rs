@@ -57,9 +57,10 @@ fn trigger_reports_success_and_each_failure() {
     type Break = fn(&App);
     let cases: [(&str, Break, &str, &str); 3] = [
         (
+            // Refused by the preflight, before anything is started.
             "removed binary",
             |a| a.remove_binary(),
-            "exec",
+            "missing",
             "No such file",
         ),
         (

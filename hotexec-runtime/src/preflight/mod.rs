@@ -416,9 +416,12 @@ fn executable_file(path: &Path) -> Result<File, PreflightError> {
     // also refuses a file on a `noexec` mount.
     if let Err(e) = nix::unistd::access(path, nix::unistd::AccessFlags::X_OK) {
         let why = if e == nix::errno::Errno::EACCES && meta.mode() & 0o111 != 0 {
-            "permission denied (its mode allows execution: a `noexec` mount, or a directory on the path not searchable)".to_owned()
+            "Permission denied (its mode allows execution: a `noexec` mount, or a directory on the path not searchable)".to_owned()
         } else if e == nix::errno::Errno::EACCES {
-            format!("it is not executable (mode {:o})", meta.mode() & 0o7777)
+            format!(
+                "Permission denied (mode {:o}: no execute permission)",
+                meta.mode() & 0o7777
+            )
         } else {
             e.desc().to_owned()
         };

@@ -389,7 +389,7 @@ fn missing_directories_modes_and_garbage_name_what_is_wrong() {
     let plain = s.file("plain", &Crafted::like_host().bytes(), 0o644);
     let e = check(&plain, &host()).unwrap_err();
     assert_eq!(e.kind(), "not-executable");
-    assert!(e.to_string().contains("mode 644"), "{e}");
+    assert!(e.to_string().contains("Permission denied (mode 644"), "{e}");
     let e = check(&s.file("empty", b"", 0o755), &host()).unwrap_err();
     assert_eq!(e.kind(), "format");
     assert!(e.to_string().contains("it is empty"), "{e}");

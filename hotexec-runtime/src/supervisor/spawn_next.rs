@@ -123,6 +123,16 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
 pub(crate) fn spawn(setup: &Setup, target: Target) -> Result<Child, UpgradeError> {
     let (exe, notify_sock) = match target {
         Target::Deploy => {
+            // Before anything is started: is it there, executable on this machine, and (for a
+            // hotexec build) able to be started by this generation's hand-over protocol?
+            let checked =
+                crate::preflight::preflight(&setup.announcer.exe).map_err(UpgradeError::Refused)?;
+            if checked.note.is_none() {
+                tracing::info!(
+                    exe = %setup.announcer.exe.display(),
+                    "the new binary carries no hotexec note (not built with #[hotexec::main], or by a hotexec before 0.1): started as any socket-activation program"
+                );
+            }
             // A new binary that is not built on hotexec reports ready with sd_notify here.
             let sock = ChildSocket::bind()
                 .inspect_err(|e| tracing::warn!("no notify socket for the new generation ({e}): only the readiness pipe will count"))
