@@ -103,12 +103,30 @@ impl Generation {
 
     /// `hotexec::ready()`.
     pub(crate) fn ready(&self) {
+        self.report_health_before_ready();
         self.reported(self.readiness.ready());
     }
 
     /// The generated code calls this once the application's `main` runs.
     pub(crate) fn main_started(&self) {
+        self.report_health_before_ready();
         self.reported(self.readiness.main_started());
+    }
+
+    /// Before READY may be written: a health report to the previous generation, so that when
+    /// it reads READY it knows whether this generation counts what it serves (and judges it,
+    /// see `health/link.rs`). Sent on each call that may report ready; the extra ones are
+    /// harmless (the previous generation keeps the last).
+    fn report_health_before_ready(&self) {
+        if !self.readiness.started_by_upgrade() || self.readiness.reported() {
+            return;
+        }
+        if let Some(l) = &self.parent_link {
+            let record = crate::health::link::HealthRecord::Report(self.health.report());
+            if let Err(e) = link::send(l.as_fd(), &record.to_record()) {
+                tracing::debug!("generation link: health report not sent: {e}");
+            }
+        }
     }
 
     /// Takes what the previous generation carried under `key`.
@@ -215,6 +233,7 @@ impl ReadyHold {
 impl Drop for ReadyHold {
     fn drop(&mut self) {
         if let Some(g) = self.generation.take() {
+            g.report_health_before_ready();
             g.reported(g.readiness.release());
         }
     }

@@ -38,7 +38,8 @@ const CARRIED: u16 = 2;
 const CARRY_END: u16 = 3;
 const STOP: u16 = 4;
 const START_FAILED: u16 = 5;
-/// Kinds from this one on belong to other modules (health reports, drain summaries).
+/// Kinds from this one on belong to other modules: 16 and 17 are the health gate's
+/// (`health/link.rs`: reports, verdicts).
 pub(crate) const FIRST_OTHER: u16 = 16;
 
 /// One record.

@@ -28,13 +28,9 @@
 //! [`Health::add_check`].
 
 mod counters;
-// Wired into the supervisor with the generation link (issue 18, second step): until then only
-// the tests use the report encoding, the policy and the verdict.
-#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) mod link;
 pub(crate) mod policy;
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod verdict;
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod wire;
 
 use std::fmt;

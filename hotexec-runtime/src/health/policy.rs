@@ -45,7 +45,7 @@ pub const DEFAULT_MAX_ERROR_RATIO: f64 = 2.0;
 pub const DEFAULT_MIN_SAMPLE: u64 = 200;
 
 /// The health gate's options, resolved.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct HealthPolicy {
     /// The gate is on: a new generation is committed only on its numbers (or, if it counts
     /// nothing, on the crash watch alone).

@@ -3,6 +3,8 @@
 use nix::sys::signal::Signal;
 
 use crate::error::UpgradeError;
+use crate::health::Report;
+use crate::health::link::Verdict;
 use crate::shutdown::ShutdownReason;
 
 /// What asked for an upgrade.
@@ -84,6 +86,15 @@ pub(crate) enum Event {
     Tick,
     /// The application's `main` returned.
     MainReturned,
+    /// This generation's own health when the upgrade started: the baseline the new
+    /// generation is judged against.
+    Baseline(Report),
+    /// A new generation's health report (over the generation link).
+    HealthReport { pid: u32, report: Report },
+    /// The previous generation's verdict on this one (over the generation link).
+    Verdict(Verdict),
+    /// The generation link to the previous generation closed: it exited.
+    ParentGone,
 }
 
 /// What the shell announces: every lifecycle event goes through `announce.rs`.
@@ -97,6 +108,11 @@ pub(crate) enum Announcement {
     HandedOver { new_pid: u32, rollback: bool },
     /// A final stop begins.
     Stopping { signal: Signal },
+    /// `new_pid` is ready and counts what it serves: it serves beside this generation until
+    /// the health verdict.
+    Judging { new_pid: u32 },
+    /// The previous generation died while it judged this one: this one serves alone now.
+    TakingOver,
 }
 
 /// What to do.
@@ -132,4 +148,12 @@ pub(crate) enum Action {
     },
     /// A second stop signal: clean up and exit now.
     ExitNow,
+    /// Tell the new generation `pid` its verdict over the generation link (a rejected one
+    /// drains and stops; the shell keeps it only to reap it).
+    TellVerdict {
+        pid: u32,
+        verdict: Verdict,
+    },
+    /// Send this generation's health report to the previous generation.
+    SendReport,
 }

@@ -29,6 +29,10 @@ use nix::sys::signal::Signal;
 
 use super::event::{Action, Announcement, Event, News, Target, Trigger, Waiter};
 use crate::error::UpgradeError;
+use crate::health::Report;
+use crate::health::link::{REPORT_INTERVAL, Verdict as Told};
+use crate::health::policy::HealthPolicy;
+use crate::health::verdict::{Probation as Watch, Verdict};
 use crate::shutdown::ShutdownReason;
 
 /// The durations the machine decides with.
@@ -37,6 +41,8 @@ pub(crate) struct Timing {
     pub ready_timeout: Duration,
     /// How long a generation that handed over may still roll back (at most `drain_timeout`).
     pub probation: Duration,
+    /// The health gate (its `probation` is the one above, before the `drain_timeout` bound).
+    pub health: HealthPolicy,
 }
 
 /// An upgrade in progress.
@@ -56,11 +62,24 @@ enum State {
     /// [`Action::Spawn`] is being done.
     Spawning { target: Target, upgrade: Upgrade },
     /// The new generation runs and has not reported ready. `closed`: it closed its readiness
-    /// pipe; it is given until `upgrade.deadline` to exit, then killed.
+    /// pipe; it is given until `upgrade.deadline` to exit, then killed. `report`: the last
+    /// health report it sent (it sends one just before READY).
     WaitingReady {
         pid: u32,
         upgrade: Upgrade,
         closed: bool,
+        report: Option<Report>,
+    },
+    /// The new generation is ready and counts what it serves: both generations serve, this one
+    /// has not stopped accepting, and the health verdict decides which goes on (issue 18).
+    Judging {
+        pid: u32,
+        upgrade: Upgrade,
+        watch: Box<Watch>,
+        since: Instant,
+        /// When the verdict can next change without a report: the probation's end, then its
+        /// longest extension.
+        next: Instant,
     },
     /// Handed over: the successor serves, this generation drains, and a crash of the successor
     /// before `until` rolls back.
@@ -81,6 +100,7 @@ impl State {
             State::Serving { .. } => "serving",
             State::Spawning { .. } => "spawning",
             State::WaitingReady { .. } => "waiting for ready",
+            State::Judging { .. } => "judging",
             State::Probation { .. } => "probation",
             State::Draining { .. } => "draining",
             State::Exiting => "exiting",
@@ -108,11 +128,26 @@ pub(crate) struct Machine {
     reason: Option<ShutdownReason>,
     /// The generation this one handed over to last.
     successor: Option<u32>,
+    /// This generation's health when the current upgrade started.
+    baseline: Report,
+    /// Started by a generation that can judge it (over a generation link): until its verdict
+    /// this generation reports its health and starts no upgrade of its own.
+    judged_by_parent: bool,
+    /// Awaiting the previous generation's verdict, until then at the latest.
+    awaiting_until: Option<Instant>,
+    /// When the next health report to the previous generation is due.
+    next_report: Option<Instant>,
 }
 
 impl Machine {
-    pub(crate) fn new(timing: Timing, started_by_upgrade: bool) -> Machine {
+    /// `judged_by_parent`: started by an upgrade, with a generation link to the previous
+    /// generation (which judges this one's health).
+    pub(crate) fn new(timing: Timing, started_by_upgrade: bool, judged_by_parent: bool) -> Machine {
         Machine {
+            baseline: Report::default(),
+            judged_by_parent,
+            awaiting_until: None,
+            next_report: None,
             state: State::Serving { deferred: false },
             timing,
             started_by_upgrade,
@@ -128,10 +163,16 @@ impl Machine {
 
     /// When the next [`Event::Tick`] is due, if anything waits for time.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        match &self.state {
+        let state = match &self.state {
             State::WaitingReady { upgrade, .. } => Some(upgrade.deadline),
+            State::Judging { next, .. } => Some(*next),
             State::Probation { until, .. } => Some(*until),
             _ => None,
+        };
+        let report = self.next_report.filter(|_| self.awaiting_until.is_some());
+        match (state, report) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -150,6 +191,18 @@ impl Machine {
     /// One event in, the actions out.
     pub(crate) fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
         let mut out = Vec::new();
+        // This generation's side of a health probation, whatever the state.
+        let event = match event {
+            Event::Tick => {
+                self.report_if_due(now, &mut out);
+                Event::Tick
+            }
+            Event::Baseline(report) => {
+                self.baseline = report;
+                return out;
+            }
+            other => other,
+        };
         let state = std::mem::replace(&mut self.state, State::Exiting);
         self.state = self.step(state, now, event, &mut out);
         if self.main_returned && self.nothing_pending() {
@@ -162,14 +215,49 @@ impl Machine {
         match &self.state {
             State::Serving { .. } | State::Exiting => true,
             State::Draining { .. } => true,
-            State::Spawning { .. } | State::WaitingReady { .. } | State::Probation { .. } => false,
+            State::Spawning { .. }
+            | State::WaitingReady { .. }
+            | State::Judging { .. }
+            | State::Probation { .. } => false,
         }
+    }
+
+    /// Sends the next health report to the previous generation if one is due.
+    fn report_if_due(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let Some(until) = self.awaiting_until else {
+            return;
+        };
+        if now >= until {
+            tracing::warn!(
+                "no health verdict from the previous generation in time: this generation stops reporting and acts on upgrades again"
+            );
+            self.awaiting_until = None;
+            self.next_report = None;
+            return;
+        }
+        if self.next_report.is_some_and(|t| now >= t) {
+            out.push(Action::SendReport);
+            self.next_report = Some(now + REPORT_INTERVAL);
+        }
+    }
+
+    /// Whether this generation awaits its previous generation's verdict (then it starts no
+    /// upgrade of its own: it is not committed yet).
+    fn on_probation(&self, now: Instant) -> bool {
+        self.awaiting_until.is_some_and(|u| now < u)
     }
 
     fn step(&mut self, state: State, now: Instant, event: Event, out: &mut Vec<Action>) -> State {
         match (state, event) {
             // ---- events that mean the same in every state -------------------------------
             (state, Event::SelfReady) => {
+                if !self.ready && self.judged_by_parent && self.timing.health.enabled {
+                    // The first report went with READY; the next ones follow until the verdict.
+                    let h = self.timing.health;
+                    self.awaiting_until =
+                        Some(now + h.probation + h.max_probation + Duration::from_secs(5));
+                    self.next_report = Some(now + REPORT_INTERVAL);
+                }
                 self.ready = true;
                 match state {
                     State::Serving { deferred: true } => {
@@ -180,7 +268,31 @@ impl Machine {
                 }
             }
 
+            (state, Event::Verdict(told)) => self.told(state, told, out),
+            (state, Event::ParentGone) => {
+                if self.awaiting_until.take().is_some() {
+                    self.next_report = None;
+                    out.push(Action::Announce(Announcement::TakingOver));
+                }
+                state
+            }
+
             // ---- Serving ---------------------------------------------------------------
+            (State::Serving { deferred }, Event::UpgradeSignal) if self.on_probation(now) => {
+                tracing::warn!(
+                    "upgrade signal ignored: this generation is on probation, the previous generation has not committed it yet"
+                );
+                State::Serving { deferred }
+            }
+            (state @ State::Serving { .. }, Event::Request(w)) if self.on_probation(now) => {
+                out.push(Action::Reply {
+                    waiters: vec![w],
+                    result: Err(UpgradeError::Busy(
+                        "this generation is on probation: the previous generation has not committed it yet",
+                    )),
+                });
+                state
+            }
             (State::Serving { deferred }, Event::UpgradeSignal) => {
                 if self.ready {
                     self.begin(Trigger::Signal, Vec::new(), now, out)
@@ -218,6 +330,7 @@ impl Machine {
                     pid,
                     upgrade,
                     closed: false,
+                    report: None,
                 },
             },
             (State::Spawning { target, upgrade }, Event::SpawnFailed(error)) => match target {
@@ -229,11 +342,45 @@ impl Machine {
             },
 
             // ---- WaitingReady --------------------------------------------------------------
-            (State::WaitingReady { pid, upgrade, .. }, Event::ChildReady { pid: p })
-                if p == pid =>
-            {
-                self.hand_over(pid, upgrade, now, out)
-            }
+            (
+                State::WaitingReady {
+                    pid,
+                    upgrade,
+                    closed,
+                    ..
+                },
+                Event::HealthReport { pid: p, report },
+            ) if p == pid => State::WaitingReady {
+                pid,
+                upgrade,
+                closed,
+                report: Some(report),
+            },
+            (
+                State::WaitingReady {
+                    pid,
+                    upgrade,
+                    report,
+                    ..
+                },
+                Event::ChildReady { pid: p },
+            ) if p == pid => match report {
+                // It counts what it serves: both serve until the verdict.
+                Some(report)
+                    if report.counting && self.timing.health.enabled && !upgrade.rollback =>
+                {
+                    out.push(Action::Announce(Announcement::Judging { new_pid: pid }));
+                    let mut watch = Box::new(Watch::new(
+                        std::mem::take(&mut self.baseline),
+                        self.timing.health,
+                    ));
+                    let first = watch.report(report, Duration::ZERO);
+                    self.judge(pid, upgrade, watch, now, now, first, out)
+                }
+                // A generation that counts nothing (or a build that does not report): committed
+                // on the crash watch of the probation, as before the health gate.
+                _ => self.hand_over(pid, upgrade, now, out),
+            },
             (State::WaitingReady { pid, upgrade, .. }, Event::ExecFailed { pid: p, errno })
                 if p == pid =>
             {
@@ -247,7 +394,10 @@ impl Machine {
             }
             (
                 State::WaitingReady {
-                    pid, mut upgrade, ..
+                    pid,
+                    mut upgrade,
+                    report,
+                    ..
                 },
                 Event::ReadyClosed { pid: p },
             ) if p == pid => {
@@ -258,6 +408,7 @@ impl Machine {
                     pid,
                     upgrade,
                     closed: true,
+                    report,
                 }
             }
             (State::WaitingReady { pid, upgrade, .. }, Event::ChildExited { pid: p, exit })
@@ -274,6 +425,7 @@ impl Machine {
                     pid,
                     upgrade,
                     closed,
+                    report,
                 },
                 Event::Tick,
             ) => {
@@ -282,6 +434,7 @@ impl Machine {
                         pid,
                         upgrade,
                         closed,
+                        report,
                     };
                 }
                 out.push(Action::Kill { pid });
@@ -320,6 +473,7 @@ impl Machine {
                     pid,
                     upgrade,
                     closed,
+                    report,
                 },
                 Event::MainReturned,
             ) => {
@@ -330,11 +484,93 @@ impl Machine {
                         pid,
                         upgrade,
                         closed,
+                        report,
                     };
                 }
                 // No child outlives this process half-started.
                 out.push(Action::Kill { pid });
                 self.failed(upgrade, UpgradeError::Aborted, out)
+            }
+
+            // ---- Judging -------------------------------------------------------------------
+            (
+                State::Judging {
+                    pid,
+                    upgrade,
+                    mut watch,
+                    since,
+                    ..
+                },
+                Event::HealthReport { pid: p, report },
+            ) if p == pid => {
+                let verdict = watch.report(report, now.saturating_duration_since(since));
+                self.judge(pid, upgrade, watch, since, now, verdict, out)
+            }
+            (
+                State::Judging {
+                    pid,
+                    upgrade,
+                    watch,
+                    since,
+                    ..
+                },
+                Event::Tick,
+            ) => {
+                let verdict = watch.tick(now.saturating_duration_since(since));
+                self.judge(pid, upgrade, watch, since, now, verdict, out)
+            }
+            (State::Judging { pid, upgrade, .. }, Event::ChildExited { pid: p, exit })
+                if p == pid =>
+            {
+                // This generation never stopped serving: nothing to roll back.
+                let error = UpgradeError::Unhealthy {
+                    pid,
+                    reason: format!("it exited during its probation ({})", exit.how),
+                };
+                self.failed(upgrade, error, out)
+            }
+            (State::Judging { pid, upgrade, .. }, Event::SuccessorNews { pid: p, news })
+                if p == pid =>
+            {
+                // It was told to stop on its own (a signal to its pid): it will not serve.
+                tracing::warn!(
+                    new_pid = pid,
+                    ?news,
+                    "the new generation stops during its probation: this one serves on"
+                );
+                let error = UpgradeError::Unhealthy {
+                    pid,
+                    reason: "it stopped during its probation (a stop signal reached it)".into(),
+                };
+                self.failed(upgrade, error, out)
+            }
+            (State::Judging { pid, upgrade, .. }, Event::StopSignal(sig)) => {
+                self.abandon_judged(pid, upgrade, sig, out)
+            }
+            (State::Judging { pid, upgrade, .. }, Event::StopPassedOn) => {
+                self.abandon_judged(pid, upgrade, Signal::SIGTERM, out)
+            }
+            (state @ State::Judging { .. }, Event::UpgradeSignal) => {
+                tracing::warn!(
+                    "upgrade signal ignored: an upgrade is already running (its health verdict is pending)"
+                );
+                state
+            }
+            (state @ State::Judging { .. }, Event::Request(w)) => {
+                out.push(Action::Reply {
+                    waiters: vec![w],
+                    result: Err(UpgradeError::Busy("an upgrade is already running")),
+                });
+                state
+            }
+            (State::Judging { pid, upgrade, .. }, Event::MainReturned) => {
+                // This generation does not serve any more: the new one does, judged or not.
+                self.main_returned = true;
+                tracing::warn!(
+                    new_pid = pid,
+                    "main returned during the new generation's probation: it is committed without a verdict"
+                );
+                self.hand_over(pid, upgrade, now, out)
             }
 
             // ---- Probation -----------------------------------------------------------------
@@ -591,6 +827,11 @@ impl Machine {
         let rollback = upgrade.rollback;
         self.successor_news = None;
         self.successor = Some(pid);
+        // It serves alone from now on: it stops reporting its health and may upgrade in turn.
+        out.push(Action::TellVerdict {
+            pid,
+            verdict: Told::Committed,
+        });
         out.push(Action::Announce(Announcement::HandedOver {
             new_pid: pid,
             rollback,
@@ -611,6 +852,115 @@ impl Machine {
             until: now + self.timing.probation,
             rolled_back: rollback,
         }
+    }
+
+    /// Acts on a health verdict during the probation of `pid`.
+    #[allow(clippy::too_many_arguments)]
+    fn judge(
+        &mut self,
+        pid: u32,
+        upgrade: Upgrade,
+        watch: Box<Watch>,
+        since: Instant,
+        now: Instant,
+        verdict: Verdict,
+        out: &mut Vec<Action>,
+    ) -> State {
+        if !matches!(verdict, Verdict::Pending(_)) && watch.ignored() > 0 {
+            tracing::warn!(
+                new_pid = pid,
+                dropped = watch.ignored(),
+                "health reports whose counts went backwards were dropped"
+            );
+        }
+        match verdict {
+            Verdict::Pending(_) => {
+                // Reports come every REPORT_INTERVAL; these are the moments the verdict can
+                // change without one.
+                let end = since + self.timing.health.probation;
+                let next = if now < end {
+                    end
+                } else {
+                    since + self.timing.health.max_probation
+                };
+                State::Judging {
+                    pid,
+                    upgrade,
+                    watch,
+                    since,
+                    next,
+                }
+            }
+            Verdict::Healthy { why, numbers } => {
+                tracing::info!(new_pid = pid, %numbers, "health verdict: committed ({why})");
+                self.hand_over(pid, upgrade, now, out)
+            }
+            Verdict::Unhealthy { reason, numbers } => {
+                let reason = format!("{reason} ({numbers})");
+                out.push(Action::TellVerdict {
+                    pid,
+                    verdict: Told::Rejected {
+                        by: std::process::id(),
+                        reason: reason.clone(),
+                    },
+                });
+                self.failed(upgrade, UpgradeError::Unhealthy { pid, reason }, out)
+            }
+        }
+    }
+
+    /// The previous generation's verdict on this one.
+    fn told(&mut self, state: State, told: Told, out: &mut Vec<Action>) -> State {
+        let awaited = self.awaiting_until.take().is_some();
+        self.next_report = None;
+        match told {
+            Told::Committed => {
+                if awaited {
+                    tracing::info!("the previous generation committed this one");
+                }
+                state
+            }
+            Told::Rejected { by, reason } => match state {
+                State::Serving { .. } => {
+                    tracing::error!(
+                        previous_pid = by,
+                        "the previous generation did not commit this one and serves on: {reason}; this one drains and stops"
+                    );
+                    // Another generation serves: drain as after a hand-over, and say nothing to
+                    // anyone (the pid file, the keeper, the service manager name `by`).
+                    let reason = ShutdownReason::Upgrade { new_pid: by };
+                    self.reason = Some(reason);
+                    out.push(Action::ArmDeadline(reason));
+                    out.push(Action::TriggerShutdown(reason));
+                    self.settle("this generation was not committed", out)
+                }
+                other => {
+                    tracing::warn!(
+                        state = other.name(),
+                        "a rejection by the previous generation in a state that does not serve: ignored"
+                    );
+                    other
+                }
+            },
+        }
+    }
+
+    /// A stop signal while the new generation is judged: both serve, so both stop (the stop
+    /// was meant for the service).
+    fn abandon_judged(
+        &mut self,
+        pid: u32,
+        upgrade: Upgrade,
+        sig: Signal,
+        out: &mut Vec<Action>,
+    ) -> State {
+        tracing::warn!(signal = %sig, new_pid = pid, "stop signal during the new generation's probation: passed on to it, and this one stops");
+        out.push(Action::StopSuccessor { pid });
+        out.push(Action::Reply {
+            waiters: upgrade.waiters,
+            result: Err(UpgradeError::Aborted),
+        });
+        self.stop(sig, out)
     }
 
     /// A stop signal during an upgrade: the half-started process is killed, and this
@@ -684,3 +1034,7 @@ impl Machine {
 #[cfg(test)]
 #[path = "machine_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "machine_health_tests.rs"]
+mod health_tests;

@@ -20,8 +20,10 @@ fn machine(started_by_upgrade: bool) -> Machine {
         Timing {
             ready_timeout: READY_TIMEOUT,
             probation: PROBATION,
+            health: crate::health::policy::HealthPolicy::default(),
         },
         started_by_upgrade,
+        false,
     )
 }
 
@@ -226,6 +228,11 @@ fn an_upgrade_from_signal_to_commit() {
     assert_eq!(
         m.handle(t0, Event::ChildReady { pid: CHILD }),
         vec![
+            // It serves alone: it stops reporting its health (issue 18).
+            Action::TellVerdict {
+                pid: CHILD,
+                verdict: crate::health::link::Verdict::Committed
+            },
             Action::Announce(Announcement::HandedOver {
                 new_pid: CHILD,
                 rollback: false

@@ -25,6 +25,7 @@ use crate::announce::Announcer;
 use crate::config::Config;
 use crate::error::UpgradeError;
 use crate::generation::Generation;
+use crate::health::link::{HealthRecord, Verdict};
 use crate::link::{self, Received, Record};
 use crate::readiness::Said;
 use crate::shutdown::Shutdown;
@@ -112,10 +113,14 @@ pub(crate) fn start(setup: Setup) -> std::io::Result<Arc<Handle>> {
     let timing = Timing {
         ready_timeout: setup.config.ready_timeout,
         probation: setup.config.probation.min(setup.config.drain_timeout),
+        health: setup.config.health,
     };
     let started_by_upgrade = setup.generation.readiness.started_by_upgrade();
+    // A previous generation with a link judges this one's health (a keeper has no link).
+    let judged = started_by_upgrade && setup.generation.parent_link.is_some();
     let shell = Shell {
-        machine: Machine::new(timing, started_by_upgrade),
+        machine: Machine::new(timing, started_by_upgrade, judged),
+        rejected: Vec::new(),
         handle: handle.clone(),
         sig_r,
         wake_r,
@@ -148,8 +153,10 @@ struct Shell {
     wake_r: OwnedFd,
     replies: HashMap<Waiter, Reply>,
     next_waiter: Waiter,
-    /// The child being started (an upgrade or a rollback).
+    /// The child being started (an upgrade or a rollback), or judged.
     child: Option<Child>,
+    /// New generations that were not committed: they drain and stop; kept only to be reaped.
+    rejected: Vec<Child>,
     successor: Option<Successor>,
     parent_link_open: bool,
     /// The machine has heard that this generation reported ready.
@@ -193,6 +200,9 @@ impl Shell {
         for c in children {
             c.poll_fds(&mut fds);
         }
+        for c in &self.rejected {
+            c.poll_exit_fd(&mut fds);
+        }
         // Without pidfds (old kernels) a child's exit is noticed by polling every 50 ms.
         let timeout = if self.child_without_pidfd() {
             PollTimeout::from(50u16).min(timeout)
@@ -211,7 +221,8 @@ impl Shell {
         let children = self
             .child
             .iter()
-            .chain(self.successor.iter().map(|s| &s.child));
+            .chain(self.successor.iter().map(|s| &s.child))
+            .chain(&self.rejected);
         children.into_iter().any(|c| c.pidfd.is_none() && !c.reaped)
     }
 
@@ -226,6 +237,9 @@ impl Shell {
             self.told_ready = true;
             events.push(Event::SelfReady);
         }
+        // The previous generation's verdict before signals: an upgrade signal sent once the
+        // pid file names this generation finds it committed (the verdict is sent first).
+        self.read_parent_link(&mut events);
         let upgrade_signal = self.setup.config.upgrade_signal;
         for sig in signals::drain(&self.sig_r) {
             events.push(if sig == upgrade_signal {
@@ -234,7 +248,6 @@ impl Shell {
                 Event::StopSignal(sig)
             });
         }
-        self.read_parent_link(&mut events);
         let mut buf = [0u8; 64];
         while matches!(nix::unistd::read(&self.wake_r, &mut buf), Ok(n) if n > 0) {}
         let inbox =
@@ -253,6 +266,12 @@ impl Shell {
         }
         if let Some(c) = &mut self.child {
             let pid = c.pid;
+            // Its link first: the health report it sends just before READY decides whether it
+            // is judged.
+            c.read_link();
+            for report in c.reports.drain(..) {
+                events.push(Event::HealthReport { pid, report });
+            }
             for said in c.ready.read() {
                 events.push(match said {
                     Said::Ready => Event::ChildReady { pid },
@@ -273,7 +292,6 @@ impl Shell {
                 tracing::info!("the new generation reported READY=1 on its notify socket");
                 events.push(Event::ChildReady { pid });
             }
-            c.read_link();
             if let Some(exit) = c.exited() {
                 events.push(Event::ChildExited { pid, exit });
             }
@@ -295,10 +313,22 @@ impl Shell {
                 }
             }
             s.child.read_link();
+            s.child.reports.clear();
             if let Some(exit) = s.child.exited() {
                 events.push(Event::ChildExited { pid, exit });
             }
         }
+        self.rejected.retain_mut(|c| match c.exited() {
+            Some(exit) => {
+                tracing::info!(
+                    new_pid = c.pid,
+                    "the generation that was not committed has exited ({})",
+                    exit.how
+                );
+                false
+            }
+            None => true,
+        });
         events
     }
 
@@ -317,6 +347,19 @@ impl Shell {
                     tracing::info!("the previous generation passed a stop on to this one");
                     events.push(Event::StopPassedOn);
                 }
+                Received::Record(r @ Record::Other { .. }) => match HealthRecord::from_record(&r) {
+                    Some(Ok(HealthRecord::Verdict(v))) => events.push(Event::Verdict(v)),
+                    Some(Ok(other)) => tracing::debug!(
+                        ?other,
+                        "generation link: health record from the previous generation"
+                    ),
+                    Some(Err(why)) => tracing::warn!(
+                        "generation link: refused {why} from the previous generation"
+                    ),
+                    None => {
+                        tracing::debug!(?r, "generation link: record from the previous generation")
+                    }
+                },
                 Received::Record(other) => {
                     tracing::debug!(
                         ?other,
@@ -329,6 +372,7 @@ impl Shell {
                 Received::Empty => return,
                 Received::Closed => {
                     self.parent_link_open = false;
+                    events.push(Event::ParentGone);
                     return;
                 }
             }
@@ -394,6 +438,9 @@ impl Shell {
                         trigger = trigger.as_str(),
                     ));
                 }
+                // The baseline a new generation is judged against: this one's health now.
+                let baseline = matches!(a, Announcement::UpgradeStarted { .. })
+                    .then(|| Event::Baseline(self.setup.generation.health.snapshot()));
                 let span = self.span.clone();
                 let _enter = span.as_ref().map(|s| s.enter());
                 let ends = matches!(
@@ -420,6 +467,36 @@ impl Shell {
                 self.setup.announcer.announce(&a);
                 if ends {
                     self.span = None;
+                }
+                baseline
+            }
+            Action::TellVerdict { pid, verdict } => {
+                let record = HealthRecord::Verdict(verdict.clone()).to_record();
+                let child = self.child.as_ref().filter(|c| c.pid == pid).or(self
+                    .successor
+                    .as_ref()
+                    .map(|s| &s.child)
+                    .filter(|c| c.pid == pid));
+                if let Some(l) = child.and_then(|c| c.link.as_ref()) {
+                    if let Err(e) = link::send(l.as_fd(), &record) {
+                        tracing::debug!(new_pid = pid, "generation link: verdict not sent: {e}");
+                    }
+                }
+                if matches!(verdict, Verdict::Rejected { .. }) {
+                    if let Some(c) = self.child.take_if(|c| c.pid == pid) {
+                        self.rejected.push(c);
+                    }
+                }
+                None
+            }
+            Action::SendReport => {
+                if let (true, Some(l)) = (self.parent_link_open, &self.setup.generation.parent_link)
+                {
+                    let report = self.setup.generation.health.report();
+                    if let Err(e) = link::send(l.as_fd(), &HealthRecord::Report(report).to_record())
+                    {
+                        tracing::debug!("generation link: health report not sent: {e}");
+                    }
                 }
                 None
             }

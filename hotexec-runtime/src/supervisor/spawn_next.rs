@@ -42,6 +42,8 @@ pub(crate) struct Child {
     pub reaped: bool,
     /// Why it says it could not start ([`Record::StartFailed`]).
     failure: Option<String>,
+    /// Health reports it sent, not yet handed to the machine.
+    pub reports: Vec<crate::health::Report>,
 }
 
 impl Child {
@@ -67,6 +69,14 @@ impl Child {
             .is_some_and(|s| s.ready_from(self.pid as i32))
     }
 
+    /// Only the fd that says it exited (a generation that was not committed: nothing it says
+    /// matters any more, and an unread readiness pipe would keep `poll` awake).
+    pub(crate) fn poll_exit_fd<'a>(&'a self, fds: &mut Vec<PollFd<'a>>) {
+        if let (false, Some(p)) = (self.reaped, &self.pidfd) {
+            fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+        }
+    }
+
     /// Reads its records on the generation link (bounded per wake-up).
     pub(crate) fn read_link(&mut self) {
         let Some(l) = &self.link else { return };
@@ -78,6 +88,22 @@ impl Child {
                         "the new generation cannot start: {reason}"
                     );
                     self.failure = Some(reason);
+                }
+                Received::Record(r @ Record::Other { .. }) => {
+                    match crate::health::link::HealthRecord::from_record(&r) {
+                        Some(Ok(crate::health::link::HealthRecord::Report(report))) => {
+                            self.reports.push(report)
+                        }
+                        Some(Ok(other)) => tracing::debug!(
+                            new_pid = self.pid,
+                            ?other,
+                            "generation link: unexpected health record"
+                        ),
+                        Some(Err(why)) => {
+                            tracing::warn!(new_pid = self.pid, "generation link: refused {why}")
+                        }
+                        None => tracing::debug!(new_pid = self.pid, ?r, "generation link: record"),
+                    }
                 }
                 Received::Record(other) => {
                     tracing::debug!(new_pid = self.pid, ?other, "generation link: record")
@@ -215,6 +241,7 @@ pub(crate) fn spawn(setup: &Setup, target: Target) -> Result<Child, UpgradeError
         link: link.map(|(ours, _)| ours),
         reaped: false,
         failure: None,
+        reports: Vec::new(),
     })
 }
 
