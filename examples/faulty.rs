@@ -43,6 +43,11 @@ fn main(listeners: hotexec::Listeners, shutdown: hotexec::Shutdown) -> io::Resul
     if let Some(to) = fault.strip_prefix("stop-then-ready=") {
         stop_then_ready(to);
     }
+    if fault.starts_with("500-every=") {
+        // A server of its own that records its answers says so before it reports ready, so
+        // that the previous generation judges it on them (hotexec::serve does this itself).
+        shutdown.health().mark_counting();
+    }
     hotexec::ready();
     if let Some(ms) = fault.strip_prefix("crash-after-ready=") {
         let ms: u64 = ms.parse().unwrap_or(300);
@@ -59,6 +64,7 @@ fn main(listeners: hotexec::Listeners, shutdown: hotexec::Shutdown) -> io::Resul
         .unwrap_or(0);
     let health = shutdown.health();
     let mut n = 0u64;
+    let mut sessions = Vec::new();
     while let Some((conn, _)) = shutdown.accept(&listener)? {
         n += 1;
         let status = if fail_every > 0 && n % fail_every == 0 {
@@ -67,13 +73,18 @@ fn main(listeners: hotexec::Listeners, shutdown: hotexec::Shutdown) -> io::Resul
             200
         };
         let health = health.clone();
-        std::thread::spawn(move || {
+        sessions.push(std::thread::spawn(move || {
             health.record_connection();
             // An error here is the client going away: not an answer, and not the server's fault.
             if serve(conn, abort_on_request, status).is_ok() {
                 health.record_response(status);
             }
-        });
+        }));
+        sessions.retain(|s| !s.is_finished());
+    }
+    // The requests in flight finish before main returns (the process would cut them).
+    for s in sessions {
+        let _ = s.join();
     }
     if fault == "fail-after-drain" {
         eprintln!("faulty: pid {} failing after the drain", std::process::id());

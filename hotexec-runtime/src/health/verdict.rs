@@ -17,10 +17,17 @@
 //!   of requests (the old at under 1%) is unhealthy after 300–400 requests. The same test runs
 //!   on failed connections (per connection served), and an app's own check that fails
 //!   ([`Health::add_check`](super::Health::add_check)) is unhealthy at once.
-//! - **Healthy** once the probation is over and the new generation answered at least
-//!   `min_sample` requests without being unhealthy. Fewer requests: the probation is extended
-//!   up to `max_probation`, and then the new generation is committed on what there is (a
-//!   quiet service cannot prove anything either way; the log says so).
+//! - **Healthy** once the probation is over, the new generation answered at least `min_sample`
+//!   requests, and its rate is within the limit with 95% confidence (the upper Wilson bound,
+//!   [`Z_HEALTHY`]): a build without errors is committed at the end of the probation, one at
+//!   1% against a 2% limit after several hundred requests, one at 5% never.
+//! - Not a single request during the probation (an idle service): committed at its end, on the
+//!   crash watch; there is nothing to wait for.
+//! - Neither yet: the probation is extended up to `max_probation`. Then the new generation is
+//!   committed unless its rate over the probation is above the limit (on at least
+//!   [`MIN_BAD`] bad answers): a quiet service cannot prove much either way, but a build that
+//!   answered worse than the limit is not committed on the benefit of the doubt. The log says
+//!   which it was.
 //! - A new generation that counts nothing (it does not serve through `hotexec::serve` and
 //!   records no outcome, or sends no report: a build without this feature, a program not built
 //!   on hotexec) is committed when the probation is over, on the crash watch alone.
@@ -32,8 +39,10 @@ use std::time::Duration;
 use super::policy::HealthPolicy;
 use super::{Counts, Report};
 
-/// The z-score of the one-sided 99.9% confidence bound the verdict uses.
+/// The z-score of the one-sided 99.9% confidence bound an unhealthy verdict needs.
 pub(crate) const Z: f64 = 3.09;
+/// The z-score of the one-sided 95% confidence bound a healthy verdict needs.
+pub(crate) const Z_HEALTHY: f64 = 1.645;
 /// A new generation is never judged unhealthy on fewer bad answers than this.
 pub(crate) const MIN_BAD: u64 = 5;
 /// The recent window [`Probation`] judges besides the whole probation: a build that turns bad
@@ -66,6 +75,8 @@ pub(crate) struct Rates {
     pub limit: f64,
     /// The new generation's rate is at least this, with 99.9% confidence.
     pub new_lower: f64,
+    /// The new generation's rate is at most this, with 95% confidence.
+    pub new_upper: f64,
 }
 
 impl Rates {
@@ -89,6 +100,7 @@ impl Rates {
             old_total,
             limit,
             new_lower: wilson_lower(new_bad, new_total, Z),
+            new_upper: wilson_upper(new_bad, new_total, Z_HEALTHY),
         }
     }
 
@@ -97,14 +109,25 @@ impl Rates {
         self.new_bad >= MIN_BAD && self.new_lower > self.limit
     }
 
+    /// Confidently within the limit.
+    fn within(&self) -> bool {
+        self.new_upper <= self.limit
+    }
+
+    /// Above the limit as observed (not with confidence), on enough bad outcomes.
+    fn observed_over(&self) -> bool {
+        self.new_bad >= MIN_BAD && ratio(self.new_bad, self.new_total) > self.limit
+    }
+
     fn describe(&self, f: &mut fmt::Formatter<'_>, what: &str, of: &str) -> fmt::Result {
         write!(
             f,
-            "new generation: {} {what} of {} {of} ({}, at least {} at 99.9% confidence); old generation before the upgrade: {} of {} ({}); limit {}",
+            "new generation: {} {what} of {} {of} ({}; {} to {} with 99.9% and 95% confidence); old generation before the upgrade: {} of {} ({}); limit {}",
             self.new_bad,
             self.new_total,
             pct(ratio(self.new_bad, self.new_total)),
             pct(self.new_lower),
+            pct(self.new_upper),
             self.old_bad,
             self.old_total,
             pct(ratio(self.old_bad, self.old_total)),
@@ -157,6 +180,19 @@ fn pct(r: f64) -> String {
 /// The lower bound of the Wilson score interval of `bad` in `total` at `z`: the rate the true
 /// one is above with the confidence `z` stands for. Sound for small samples and for rates near
 /// 0 or 1, where the normal approximation is not. 0 for an empty sample.
+/// The upper bound of the Wilson score interval (see [`wilson_lower`]); 1 for an empty sample.
+pub(crate) fn wilson_upper(bad: u64, total: u64, z: f64) -> f64 {
+    if total == 0 {
+        return 1.0;
+    }
+    let n = total as f64;
+    let p = (bad.min(total)) as f64 / n;
+    let z2 = z * z;
+    let center = p + z2 / (2.0 * n);
+    let margin = z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    ((center + margin) / (1.0 + z2 / n)).clamp(0.0, 1.0)
+}
+
 pub(crate) fn wilson_lower(bad: u64, total: u64, z: f64) -> f64 {
     if total == 0 || bad == 0 {
         // Exactly 0 (the formula gives it up to rounding).
@@ -242,25 +278,64 @@ pub(crate) fn verdict(
             policy.probation
         ));
     }
-    if sample >= policy.min_sample {
+    if sample == 0 {
+        // Idle: there is nothing to wait for (an idle service stays idle), and nothing to judge.
         return Verdict::Healthy {
-            why: format!("{sample} requests within the limits"),
+            why: "no request during the probation: nothing to judge, committed on the crash watch"
+                .into(),
+            numbers,
+        };
+    }
+    let within = |r: &Rates| r.new_total == 0 || r.within();
+    if sample >= policy.min_sample && within(&numbers.requests) && within(&numbers.connections) {
+        return Verdict::Healthy {
+            why: format!("{sample} requests, within the limits with 95% confidence"),
             numbers,
         };
     }
     if elapsed >= policy.max_probation {
+        for (r, what) in [
+            (&numbers.requests, "of its requests got a bad answer"),
+            (&numbers.connections, "of its connections failed"),
+        ] {
+            if r.observed_over() {
+                return Verdict::Unhealthy {
+                    reason: format!(
+                        "{} {what} over the whole probation ({:?}), above the limit of {} (too few requests to be sure either way, and not committed on the benefit of the doubt)",
+                        pct(ratio(r.new_bad, r.new_total)),
+                        policy.max_probation,
+                        pct(r.limit)
+                    ),
+                    numbers,
+                };
+            }
+        }
         return Verdict::Healthy {
-            why: format!(
-                "only {sample} requests in {:?} (fewer than min_sample = {}): too few to judge, committed on what there is",
-                policy.max_probation, policy.min_sample
-            ),
+            why: if sample < policy.min_sample {
+                format!(
+                    "only {sample} requests in {:?} (fewer than min_sample = {}): too few to judge, committed on what there is",
+                    policy.max_probation, policy.min_sample
+                )
+            } else {
+                format!(
+                    "{sample} requests in {:?}, not confidently within the limits but not above them",
+                    policy.max_probation
+                )
+            },
             numbers,
         };
     }
-    Verdict::Pending(format!(
-        "{} requests (min_sample; {sample} so far), at most until {:?}",
-        policy.min_sample, policy.max_probation
-    ))
+    Verdict::Pending(if sample < policy.min_sample {
+        format!(
+            "{} requests (min_sample; {sample} so far), at most until {:?}",
+            policy.min_sample, policy.max_probation
+        )
+    } else {
+        format!(
+            "more requests to tell its rate from the limit, at most until {:?}",
+            policy.max_probation
+        )
+    })
 }
 
 /// A probation in progress, without I/O: the supervisor of the old generation makes one when
@@ -552,14 +627,23 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_counting_generation_waits_for_max_probation() {
+    fn an_idle_counting_generation_is_committed_at_the_end_of_the_probation() {
         let old = served(10_000, 0);
         let idle = served(0, 0);
         assert!(matches!(
-            verdict(&old, &idle, &policy(), ms(5_000)),
+            verdict(&old, &idle, &policy(), ms(1_999)),
             Verdict::Pending(_)
         ));
-        assert!(is_healthy(&verdict(&old, &idle, &policy(), ms(10_000))));
+        let v = verdict(&old, &idle, &policy(), ms(2_000));
+        assert!(
+            matches!(&v, Verdict::Healthy { why, .. } if why.contains("nothing to judge")),
+            "{v:?}"
+        );
+        // One request is not idle: it waits for more.
+        assert!(matches!(
+            verdict(&old, &served(1, 0), &policy(), ms(2_000)),
+            Verdict::Pending(_)
+        ));
     }
 
     #[test]
@@ -648,14 +732,14 @@ mod tests {
         fn timing_rules_hold_for_any_numbers(
             ok in 0u64..100_000, bad in 0u64..10_000, conns in 0u64..100_000, failed in 0u64..1_000,
             counting in any::<bool>(), t in 0u64..30_000,
-            rate in 0u32..=100, ratio in 1u32..10, min in 1u64..10_000, prob in 0u64..5_000, extra in 0u64..20_000,
+            rate in 0u32..=100, times in 1u32..10, min in 1u64..10_000, prob in 0u64..5_000, extra in 0u64..20_000,
         ) {
             let p = HealthPolicy {
                 enabled: true,
                 probation: ms(prob),
                 max_probation: ms(prob + extra),
                 max_error_rate: f64::from(rate) / 100.0,
-                max_error_ratio: f64::from(ratio),
+                max_error_ratio: f64::from(times),
                 min_sample: min,
             };
             let old = served(50_000, 100);
@@ -669,12 +753,28 @@ mod tests {
             if t >= prob + extra {
                 prop_assert!(!matches!(v, Verdict::Pending(_)), "{:?}", v);
             }
-            // Unhealthy only on enough evidence above the limit.
+            // Unhealthy only on enough evidence above the limit: with 99.9% confidence, or as
+            // observed over the longest probation.
             if let Verdict::Unhealthy { numbers, .. } = &v {
-                let r = numbers.requests;
-                let c = numbers.connections;
-                prop_assert!((r.new_bad >= MIN_BAD && r.new_lower > r.limit) || (c.new_bad >= MIN_BAD && c.new_lower > c.limit));
+                let over = |r: &Rates| r.new_bad >= MIN_BAD && r.new_lower > r.limit;
+                let observed = |r: &Rates| {
+                    t >= prob + extra && r.new_bad >= MIN_BAD && ratio(r.new_bad, r.new_total) > r.limit
+                };
+                let (r, c) = (numbers.requests, numbers.connections);
+                prop_assert!(over(&r) || over(&c) || observed(&r) || observed(&c));
                 prop_assert!(counting);
+            }
+            // Committed before the longest probation only when confidently within the limits;
+            // never, when counting, over the limit as observed on enough bad answers.
+            if let Verdict::Healthy { numbers, .. } = &v {
+                if counting {
+                    let (r, c) = (numbers.requests, numbers.connections);
+                    if t < prob + extra {
+                        prop_assert!(r.new_total == 0 || r.new_upper <= r.limit);
+                        prop_assert!(c.new_total == 0 || c.new_upper <= c.limit);
+                    }
+                    prop_assert!(!(r.new_bad >= MIN_BAD && ratio(r.new_bad, r.new_total) > r.limit));
+                }
             }
             // A limit is never below max_error_rate.
             if let Verdict::Healthy { numbers, .. } | Verdict::Unhealthy { numbers, .. } = &v {
@@ -683,11 +783,13 @@ mod tests {
         }
 
         #[test]
-        fn wilson_lower_is_a_lower_bound(bad in 0u64..1_000_000, total in 1u64..1_000_000) {
+        fn wilson_bounds_bracket_the_observed_rate(bad in 0u64..1_000_000, total in 1u64..1_000_000) {
             let bad = bad.min(total);
+            let p = bad as f64 / total as f64;
             let l = wilson_lower(bad, total, Z);
-            prop_assert!((0.0..=1.0).contains(&l));
-            prop_assert!(l <= bad as f64 / total as f64 + 1e-12);
+            let u = wilson_upper(bad, total, Z_HEALTHY);
+            prop_assert!((0.0..=1.0).contains(&l) && (0.0..=1.0).contains(&u));
+            prop_assert!(l <= p + 1e-12 && p <= u + 1e-12);
         }
     }
 }

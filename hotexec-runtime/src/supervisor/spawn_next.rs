@@ -128,6 +128,9 @@ impl Child {
         let mut exit = super::reap(self.pid)?;
         self.reaped = true;
         self.pidfd = None;
+        // What it sent just before it exited (why it could not start) may have arrived after
+        // this wake-up's read of the link: read what is left before saying how it ended.
+        self.read_link();
         if let Some(why) = &self.failure {
             exit.how = format!("{}: {why}", exit.how);
         }
