@@ -1,7 +1,8 @@
 //! The health-gated commit, end to end (issue 18): real processes, real clients under load, the
 //! `hotexec` command as an operator runs it. A release that starts, reports ready and then
-//! answers errors is not committed — the old build never stopped serving — and `hotexec
-//! upgrade` says `unhealthy` with the numbers; a good one is committed; a probe that fails, an
+//! answers errors is not committed: the old build serves again (its exact image, started anew
+//! by the rollback, also when the deploy path now leads to the bad build) and `hotexec upgrade`
+//! says `unhealthy` with the numbers; a good one is committed; a probe that fails, an
 //! incompatible binary and a server that reports its own outcomes are each refused; no client
 //! request is reset, refused or timed out in any of them.
 //!
@@ -9,6 +10,7 @@
 //! generation's environment: the bad build is committed and `hotexec upgrade` exits 0; see
 //! `without_the_gate_the_bad_build_is_committed`, which keeps that counterfactual honest).
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -39,6 +41,43 @@ fn split(results: &[(Instant, Outcome)]) -> (usize, Vec<&Outcome>) {
     (fivehundreds, other)
 }
 
+/// The running image of `pid` (device, inode): the same file even once it was replaced on disk.
+fn image(pid: u32) -> (u64, u64) {
+    let m = std::fs::metadata(format!("/proc/{pid}/exe")).unwrap();
+    (m.dev(), m.ino())
+}
+
+/// The pid `hotexec upgrade` named as not committed.
+fn rejected_pid(run: &CliRun) -> u32 {
+    run.stderr
+        .split("new process ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {run:?}"))
+}
+
+/// After an unhealthy verdict: the pid file names a rollback of `old` (its exact image), which
+/// answers; the rejected generation drains and exits. Returns the rollback's pid.
+fn rolled_back(app: &App, old: u32, old_image: (u64, u64), bad: u32) -> u32 {
+    app.track(bad);
+    let rollback = app.pid_in_file().expect("pid file");
+    assert!(rollback != old && rollback != bad, "{old} {bad} {rollback}");
+    app.track(rollback);
+    assert_eq!(
+        image(rollback),
+        old_image,
+        "the rollback runs the old build's image"
+    );
+    answered_by(app.addr, rollback, Duration::from_secs(5));
+    wait_for(
+        Duration::from_secs(15),
+        "the rejected generation to exit",
+        || (!alive(bad)).then_some(()),
+    );
+    rollback
+}
+
 /// Puts `example` at the app's path as a copy (the way a deploy renames a new build in).
 fn deploy(app: &App, example_name: &str) {
     app.install_binary(&example(example_name));
@@ -56,6 +95,7 @@ fn a_bad_build_is_refused_under_load_and_a_good_one_commits() {
     // ignores it.
     let app = App::start("axum", HTTP, &[("FLAKY_500_EVERY", "20")]);
     let old = app.first_pid();
+    let old_image = image(old);
     let started = Instant::now();
     let load = Load::start(app.addr, 16);
     std::thread::sleep(Duration::from_secs(2));
@@ -71,9 +111,8 @@ fn a_bad_build_is_refused_under_load_and_a_good_one_commits() {
         "the reason and the numbers: {run:?}"
     );
     assert!(run.stderr.contains("new generation:"), "{run:?}");
-    // The old build serves again: it never stopped, and the pid file still names it.
-    assert_eq!(app.pid_in_file(), Some(old));
-    answered_by(app.addr, old, Duration::from_secs(5));
+    // The old build answers again.
+    let rollback = rolled_back(&app, old, old_image, rejected_pid(&run));
 
     let rest = Duration::from_secs(10).saturating_sub(started.elapsed());
     std::thread::sleep(rest);
@@ -100,15 +139,12 @@ fn a_bad_build_is_refused_under_load_and_a_good_one_commits() {
         fivehundreds > 0,
         "the bad build served (else this checked nothing)"
     );
-    // It drained and stopped on its own: only the old build is left.
     let log = app.plain_log();
     assert!(
         log.contains("the previous generation did not commit this one"),
         "{log}"
     );
-    wait_for(Duration::from_secs(15), "the bad build to exit", || {
-        children_of(old).is_empty().then_some(())
-    });
+    assert_eq!(app.pid_in_file(), Some(rollback));
 
     // A later good build commits.
     deploy(&app, "axum");
@@ -178,6 +214,7 @@ fn a_build_that_turns_bad_within_its_probation_is_refused() {
         ],
     );
     let old = app.first_pid();
+    let old_image = image(old);
     let load = Load::start(app.addr, 8);
     std::thread::sleep(Duration::from_millis(300));
     deploy(&app, "axum_flaky");
@@ -189,8 +226,7 @@ fn a_build_that_turns_bad_within_its_probation_is_refused() {
         trigger.elapsed() >= Duration::from_millis(900),
         "judged on its good first second too: {run:?}"
     );
-    assert_eq!(app.pid_in_file(), Some(old));
-    answered_by(app.addr, old, Duration::from_secs(5));
+    rolled_back(&app, old, old_image, rejected_pid(&run));
     let results = load.finish();
     let (_, other) = split(&results);
     assert!(other.is_empty(), "{}", by_class(other.iter().copied()));
@@ -230,14 +266,14 @@ fn a_server_of_its_own_is_judged_on_the_outcomes_it_records() {
     subreaper();
     let app = App::start("faulty", HTTP, &[]);
     let old = app.first_pid();
+    let old_image = image(old);
     let load = Load::start(app.addr, 8);
     std::thread::sleep(Duration::from_millis(300));
     app.install_faulty("500-every=5");
     let run = cli(&app, &[]);
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("upgrade failed (unhealthy)"), "{run:?}");
-    assert_eq!(app.pid_in_file(), Some(old));
-    answered_by(app.addr, old, Duration::from_secs(5));
+    rolled_back(&app, old, old_image, rejected_pid(&run));
     let results = load.finish();
     let (_, other) = split(&results);
     assert!(other.is_empty(), "{}", by_class(other.iter().copied()));
@@ -315,4 +351,70 @@ fn check_both_ways_and_an_incompatible_build_refused_before_exec() {
     assert!(children_of(old).is_empty(), "--check started nothing");
     assert_eq!(app.pid_in_file(), Some(old));
     assert_no_failures("checks and a refused upgrade", &load.finish());
+}
+
+/// `ln -sfn target link`, atomically, as deploy tools do.
+fn switch_symlink(target: &str, link: &Path) {
+    let tmp = link.with_extension("new");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).unwrap();
+    std::fs::rename(&tmp, link).unwrap();
+}
+
+/// Pinned identity: releases switched by symlink, `current` now leads to the bad build; the
+/// rollback after its unhealthy verdict runs the exact image of the generation it restores
+/// (`releases/v1`), not what the deploy path leads to.
+#[test]
+fn the_rollback_runs_the_old_image_when_the_deploy_path_leads_to_the_bad_build() {
+    subreaper();
+    let dir = Scratch::new("health-symlink");
+    let root = dir.0.clone();
+    for v in ["v1", "v2"] {
+        std::fs::create_dir_all(root.join("releases").join(v)).unwrap();
+    }
+    copy_exe(&example("axum"), &root.join("releases/v1/app"));
+    copy_exe(&example("axum_flaky"), &root.join("releases/v2/app"));
+    std::os::unix::fs::symlink("releases/v1", root.join("current")).unwrap();
+    let pid_file = root.join("app.pid");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("cd \"$0\" && exec ./current/app")
+        .arg(&root)
+        .env(HTTP, addr.to_string())
+        .env("HOTEXEC_PID_FILE", &pid_file)
+        .env("FLAKY_500_EVERY", "10")
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null());
+    let server = Started::spawn(cmd, &root, &root.join("log"));
+    let first = server.pid();
+    wait_for(Duration::from_secs(10), "the server to answer", || {
+        (get(addr, "/", Duration::from_secs(5)) == Outcome::Ok { pid: first }).then_some(())
+    });
+    let load = Load::start(addr, 8);
+    std::thread::sleep(Duration::from_millis(300));
+    switch_symlink("releases/v2", &root.join("current"));
+    let run = hotexec_cli(
+        &["upgrade", "--pid-file", pid_file.to_str().unwrap()],
+        LIMIT,
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("upgrade failed (unhealthy)"), "{run:?}");
+    let bad = rejected_pid(&run);
+    let rollback: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(rollback != first && rollback != bad);
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{rollback}/exe")).unwrap(),
+        root.join("releases/v1/app"),
+        "the rollback runs the old release, not what `current` leads to"
+    );
+    answered_by(addr, rollback, Duration::from_secs(5));
+    let results = load.finish();
+    let (_, other) = split(&results);
+    assert!(other.is_empty(), "{}", by_class(other.iter().copied()));
+    drop(server);
 }

@@ -9,8 +9,6 @@
 //! | an upgrade starts | what it executes | — | `RELOADING=1` | `reloading` | — |
 //! | an upgrade failed | why | — | `READY=1` | `upgrade-failed` | — |
 //! | a new pid serves (upgrade, rollback, orphan taking over) | yes | new pid | `MAINPID` + `READY=1` | `serving <pid>` | handed on |
-//! | a new generation is judged (both serve until its health verdict) | yes | — | — | — | — |
-//! | the previous generation died while it judged this one | yes | own pid | `MAINPID` + `READY=1` | `serving <pid>` | — |
 //! | a final stop begins | yes | — | `STOPPING=1` | `stopping` | stopping |
 //! | the process ends after a final stop | — | removed if ours | — | — | — |
 
@@ -105,15 +103,6 @@ impl Announcer {
                     );
                 }
             }
-            Announcement::Judging { new_pid } => {
-                tracing::info!(
-                    new_pid,
-                    "upgrade: the new generation is ready and counts what it serves: it serves beside this one until its health verdict"
-                );
-            }
-            Announcement::TakingOver => {
-                self.take_over("the previous generation exited while it judged this one");
-            }
             Announcement::Stopping { signal } => {
                 tracing::info!(signal = %signal, "stopping: draining in-flight work");
                 self.notifier.stopping();
@@ -136,25 +125,19 @@ impl Announcer {
                 tracing::info!(pid, "reported ready to the previous generation")
             }
             Reported::ParentGone => {
-                self.take_over("the previous generation is gone (it died while this one warmed up)")
+                // Taking over rather than exiting: this process holds every listener and is
+                // ready, and nothing else serves; exiting would turn a crash of the old
+                // generation into an outage. Serving unannounced is the one wrong answer.
+                let msg = "the previous generation is gone (it died while this one warmed up): taking over as the serving generation";
+                tracing::warn!(pid, "{msg}");
+                // Rare and what an operator looks for afterwards: to stderr too when the
+                // application logs nothing.
+                if !tracing::dispatcher::has_been_set() {
+                    eprintln!("hotexec: pid {pid}: {msg}");
+                }
+                self.serves(pid);
             }
         }
-    }
-
-    /// The previous generation is gone before it handed over: this one serves alone.
-    fn take_over(&self, why: &str) {
-        let pid = std::process::id();
-        // Taking over rather than exiting: this process holds every listener and is ready, and
-        // nothing else serves; exiting would turn a crash of the old generation into an outage.
-        // Serving unannounced is the one wrong answer.
-        let msg = format!("{why}: taking over as the serving generation");
-        tracing::warn!(pid, "{msg}");
-        // Rare and what an operator looks for afterwards: to stderr too when the application
-        // logs nothing.
-        if !tracing::dispatcher::has_been_set() {
-            eprintln!("hotexec: pid {pid}: {msg}");
-        }
-        self.serves(pid);
     }
 
     /// `pid` is the serving generation now: the pid file names it, the keeper forwards to it,

@@ -35,11 +35,20 @@ pub(crate) struct Host {
 
 impl Host {
     /// This process: its own binary's identification, this build's protocol.
-    pub(crate) fn running() -> Result<Host, String> {
-        let file = File::open("/proc/self/exe")
-            .map_err(|e| format!("cannot read this process's own binary: {e}"))?;
+    pub(crate) fn running() -> Result<Host, PreflightError> {
+        let own = Path::new("/proc/self/exe");
+        let file = File::open(own).map_err(|e| match e.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE) => PreflightError::OutOfFds { path: own.into() },
+            _ => PreflightError::Format {
+                path: own.into(),
+                why: format!("cannot read this process's own binary: {e}"),
+            },
+        })?;
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let elf = elf::read(&file, len).map_err(|e| format!("this process's own binary: {e}"))?;
+        let elf = elf::read(&file, len).map_err(|e| PreflightError::Format {
+            path: own.into(),
+            why: format!("this process's own binary: {e}"),
+        })?;
         Ok(Host {
             ident: elf.ident,
             protocol: HANDOVER_VERSION,
@@ -169,6 +178,12 @@ pub enum PreflightError {
         /// Why.
         why: String,
     },
+    /// This process has no fd free to read the binary with (`RLIMIT_NOFILE`): nothing is wrong
+    /// with the binary.
+    OutOfFds {
+        /// What could not be opened.
+        path: PathBuf,
+    },
     /// A hotexec binary this generation cannot start: its hand-over protocol range does not
     /// include this generation's, or its note cannot be read.
     Incompatible {
@@ -191,6 +206,7 @@ impl PreflightError {
             PreflightError::Machine { .. } => "machine",
             PreflightError::Interpreter { .. } => "interpreter",
             PreflightError::Incompatible { .. } => "incompatible",
+            PreflightError::OutOfFds { .. } => "limit",
         }
     }
 }
@@ -226,6 +242,11 @@ impl fmt::Display for PreflightError {
                 path.display(),
                 interpreter.display()
             ),
+            PreflightError::OutOfFds { path } => write!(
+                f,
+                "{} cannot be read: this process has no free fd below its RLIMIT_NOFILE",
+                path.display()
+            ),
             PreflightError::Incompatible { path, theirs, ours } => write!(
                 f,
                 "{} is {theirs}; this generation is {ours}",
@@ -248,10 +269,7 @@ pub(crate) fn control_reply(path: &Path) -> crate::control::Reply {
 
 /// Checks what executing `path` would run (see the module docs), against this process.
 pub fn preflight(path: &Path) -> Result<Preflight, PreflightError> {
-    let host = Host::running().map_err(|why| PreflightError::Format {
-        path: "/proc/self/exe".into(),
-        why,
-    })?;
+    let host = Host::running()?;
     check(path, &host)
 }
 
@@ -427,7 +445,12 @@ fn executable_file(path: &Path) -> Result<File, PreflightError> {
         };
         return Err(not_exec(why));
     }
-    File::open(path).map_err(|e| not_exec(io_why(&e)))
+    File::open(path).map_err(|e| match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE) => PreflightError::OutOfFds {
+            path: path.to_owned(),
+        },
+        _ => not_exec(io_why(&e)),
+    })
 }
 
 /// The interpreter of a `#!` line (what follows `#!`, up to the first blank).

@@ -43,6 +43,15 @@ fn host() -> Host {
     Host::running().unwrap()
 }
 
+#[test]
+fn out_of_fds_is_a_limit_not_a_bad_binary() {
+    let e = PreflightError::OutOfFds {
+        path: "/srv/app".into(),
+    };
+    assert_eq!(e.kind(), "limit");
+    assert!(e.to_string().contains("RLIMIT_NOFILE"), "{e}");
+}
+
 /// An ELF file written by hand: header, program headers (PT_INTERP, PT_NOTE), the interpreter
 /// path, one note area, and optionally section headers (a null one and an SHT_NOTE one).
 struct Crafted {

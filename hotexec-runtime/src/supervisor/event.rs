@@ -108,11 +108,6 @@ pub(crate) enum Announcement {
     HandedOver { new_pid: u32, rollback: bool },
     /// A final stop begins.
     Stopping { signal: Signal },
-    /// `new_pid` is ready and counts what it serves: it serves beside this generation until
-    /// the health verdict.
-    Judging { new_pid: u32 },
-    /// The previous generation died while it judged this one: this one serves alone now.
-    TakingOver,
 }
 
 /// What to do.

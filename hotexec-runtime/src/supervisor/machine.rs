@@ -45,6 +45,19 @@ pub(crate) struct Timing {
     pub health: HealthPolicy,
 }
 
+/// The health verdict on a successor, pending.
+#[derive(Debug)]
+pub(crate) struct Judge {
+    watch: Watch,
+    /// When it took over.
+    since: Instant,
+    /// When the verdict can next change without a report: the probation's end, then its
+    /// longest extension.
+    next: Instant,
+    /// The requests that asked for the upgrade: answered with the verdict.
+    waiters: Vec<Waiter>,
+}
+
 /// An upgrade in progress.
 #[derive(Debug)]
 struct Upgrade {
@@ -70,23 +83,16 @@ enum State {
         closed: bool,
         report: Option<Report>,
     },
-    /// The new generation is ready and counts what it serves: both generations serve, this one
-    /// has not stopped accepting, and the health verdict decides which goes on (issue 18).
-    Judging {
-        pid: u32,
-        upgrade: Upgrade,
-        watch: Box<Watch>,
-        since: Instant,
-        /// When the verdict can next change without a report: the probation's end, then its
-        /// longest extension.
-        next: Instant,
-    },
+
     /// Handed over: the successor serves, this generation drains, and a crash of the successor
-    /// before `until` rolls back.
+    /// before `until` rolls back. `judge`: the successor counts what it serves and its health
+    /// verdict is pending (issue 18): the probation lasts until it is in, and an unhealthy one
+    /// rolls back too.
     Probation {
         successor: u32,
         until: Instant,
         rolled_back: bool,
+        judge: Option<Box<Judge>>,
     },
     /// Nothing is left to decide but the drain (after an upgrade, or a final stop).
     Draining { reason: ShutdownReason },
@@ -100,7 +106,6 @@ impl State {
             State::Serving { .. } => "serving",
             State::Spawning { .. } => "spawning",
             State::WaitingReady { .. } => "waiting for ready",
-            State::Judging { .. } => "judging",
             State::Probation { .. } => "probation",
             State::Draining { .. } => "draining",
             State::Exiting => "exiting",
@@ -137,6 +142,9 @@ pub(crate) struct Machine {
     awaiting_until: Option<Instant>,
     /// When the next health report to the previous generation is due.
     next_report: Option<Instant>,
+    /// A successor found unhealthy, whose rollback is starting: told it is not committed (and
+    /// the upgrade's requests answered) once the rollback serves.
+    unhealthy: Option<(u32, String)>,
 }
 
 impl Machine {
@@ -148,6 +156,7 @@ impl Machine {
             judged_by_parent,
             awaiting_until: None,
             next_report: None,
+            unhealthy: None,
             state: State::Serving { deferred: false },
             timing,
             started_by_upgrade,
@@ -165,7 +174,7 @@ impl Machine {
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         let state = match &self.state {
             State::WaitingReady { upgrade, .. } => Some(upgrade.deadline),
-            State::Judging { next, .. } => Some(*next),
+            State::Probation { judge: Some(j), .. } => Some(j.next),
             State::Probation { until, .. } => Some(*until),
             _ => None,
         };
@@ -215,10 +224,7 @@ impl Machine {
         match &self.state {
             State::Serving { .. } | State::Exiting => true,
             State::Draining { .. } => true,
-            State::Spawning { .. }
-            | State::WaitingReady { .. }
-            | State::Judging { .. }
-            | State::Probation { .. } => false,
+            State::Spawning { .. } | State::WaitingReady { .. } | State::Probation { .. } => false,
         }
     }
 
@@ -239,12 +245,6 @@ impl Machine {
             out.push(Action::SendReport);
             self.next_report = Some(now + REPORT_INTERVAL);
         }
-    }
-
-    /// Whether this generation awaits its previous generation's verdict (then it starts no
-    /// upgrade of its own: it is not committed yet).
-    fn on_probation(&self, now: Instant) -> bool {
-        self.awaiting_until.is_some_and(|u| now < u)
     }
 
     fn step(&mut self, state: State, now: Instant, event: Event, out: &mut Vec<Action>) -> State {
@@ -270,29 +270,13 @@ impl Machine {
 
             (state, Event::Verdict(told)) => self.told(state, told, out),
             (state, Event::ParentGone) => {
-                if self.awaiting_until.take().is_some() {
-                    self.next_report = None;
-                    out.push(Action::Announce(Announcement::TakingOver));
-                }
+                // The previous generation exited: nobody to report to any more.
+                self.awaiting_until = None;
+                self.next_report = None;
                 state
             }
 
             // ---- Serving ---------------------------------------------------------------
-            (State::Serving { deferred }, Event::UpgradeSignal) if self.on_probation(now) => {
-                tracing::warn!(
-                    "upgrade signal ignored: this generation is on probation, the previous generation has not committed it yet"
-                );
-                State::Serving { deferred }
-            }
-            (state @ State::Serving { .. }, Event::Request(w)) if self.on_probation(now) => {
-                out.push(Action::Reply {
-                    waiters: vec![w],
-                    result: Err(UpgradeError::Busy(
-                        "this generation is on probation: the previous generation has not committed it yet",
-                    )),
-                });
-                state
-            }
             (State::Serving { deferred }, Event::UpgradeSignal) => {
                 if self.ready {
                     self.begin(Trigger::Signal, Vec::new(), now, out)
@@ -365,17 +349,21 @@ impl Machine {
                 },
                 Event::ChildReady { pid: p },
             ) if p == pid => match report {
-                // It counts what it serves: both serve until the verdict.
+                // It counts what it serves: it serves from now on, and its health decides
+                // whether it stays (the answer to the upgrade waits for the verdict).
                 Some(report)
                     if report.counting && self.timing.health.enabled && !upgrade.rollback =>
                 {
-                    out.push(Action::Announce(Announcement::Judging { new_pid: pid }));
-                    let mut watch = Box::new(Watch::new(
-                        std::mem::take(&mut self.baseline),
-                        self.timing.health,
-                    ));
-                    let first = watch.report(report, Duration::ZERO);
-                    self.judge(pid, upgrade, watch, now, now, first, out)
+                    let mut watch =
+                        Watch::new(std::mem::take(&mut self.baseline), self.timing.health);
+                    let _ = watch.report(report, Duration::ZERO);
+                    let judge = Box::new(Judge {
+                        watch,
+                        since: now,
+                        next: now + self.timing.health.probation,
+                        waiters: Vec::new(),
+                    });
+                    self.hand_over_judged(pid, upgrade, Some(judge), now, out)
                 }
                 // A generation that counts nothing (or a build that does not report): committed
                 // on the crash watch of the probation, as before the health gate.
@@ -492,93 +480,39 @@ impl Machine {
                 self.failed(upgrade, UpgradeError::Aborted, out)
             }
 
-            // ---- Judging -------------------------------------------------------------------
-            (
-                State::Judging {
-                    pid,
-                    upgrade,
-                    mut watch,
-                    since,
-                    ..
-                },
-                Event::HealthReport { pid: p, report },
-            ) if p == pid => {
-                let verdict = watch.report(report, now.saturating_duration_since(since));
-                self.judge(pid, upgrade, watch, since, now, verdict, out)
-            }
-            (
-                State::Judging {
-                    pid,
-                    upgrade,
-                    watch,
-                    since,
-                    ..
-                },
-                Event::Tick,
-            ) => {
-                let verdict = watch.tick(now.saturating_duration_since(since));
-                self.judge(pid, upgrade, watch, since, now, verdict, out)
-            }
-            (State::Judging { pid, upgrade, .. }, Event::ChildExited { pid: p, exit })
-                if p == pid =>
-            {
-                // This generation never stopped serving: nothing to roll back.
-                let error = UpgradeError::Unhealthy {
-                    pid,
-                    reason: format!("it exited during its probation ({})", exit.how),
-                };
-                self.failed(upgrade, error, out)
-            }
-            (State::Judging { pid, upgrade, .. }, Event::SuccessorNews { pid: p, news })
-                if p == pid =>
-            {
-                // It was told to stop on its own (a signal to its pid): it will not serve.
-                tracing::warn!(
-                    new_pid = pid,
-                    ?news,
-                    "the new generation stops during its probation: this one serves on"
-                );
-                let error = UpgradeError::Unhealthy {
-                    pid,
-                    reason: "it stopped during its probation (a stop signal reached it)".into(),
-                };
-                self.failed(upgrade, error, out)
-            }
-            (State::Judging { pid, upgrade, .. }, Event::StopSignal(sig)) => {
-                self.abandon_judged(pid, upgrade, sig, out)
-            }
-            (State::Judging { pid, upgrade, .. }, Event::StopPassedOn) => {
-                self.abandon_judged(pid, upgrade, Signal::SIGTERM, out)
-            }
-            (state @ State::Judging { .. }, Event::UpgradeSignal) => {
-                tracing::warn!(
-                    "upgrade signal ignored: an upgrade is already running (its health verdict is pending)"
-                );
-                state
-            }
-            (state @ State::Judging { .. }, Event::Request(w)) => {
-                out.push(Action::Reply {
-                    waiters: vec![w],
-                    result: Err(UpgradeError::Busy("an upgrade is already running")),
-                });
-                state
-            }
-            (State::Judging { pid, upgrade, .. }, Event::MainReturned) => {
-                // This generation does not serve any more: the new one does, judged or not.
-                self.main_returned = true;
-                tracing::warn!(
-                    new_pid = pid,
-                    "main returned during the new generation's probation: it is committed without a verdict"
-                );
-                self.hand_over(pid, upgrade, now, out)
-            }
-
             // ---- Probation -----------------------------------------------------------------
             (
                 State::Probation {
                     successor,
                     until,
                     rolled_back,
+                    judge: Some(mut judge),
+                },
+                Event::HealthReport { pid, report },
+            ) if pid == successor => {
+                let verdict = judge
+                    .watch
+                    .report(report, now.saturating_duration_since(judge.since));
+                self.judged(successor, until, rolled_back, judge, verdict, now, out)
+            }
+            (
+                State::Probation {
+                    successor,
+                    until,
+                    rolled_back,
+                    judge: Some(judge),
+                },
+                Event::Tick,
+            ) => {
+                let verdict = judge.watch.tick(now.saturating_duration_since(judge.since));
+                self.judged(successor, until, rolled_back, judge, verdict, now, out)
+            }
+            (
+                State::Probation {
+                    successor,
+                    until,
+                    rolled_back,
+                    judge: None,
                 },
                 Event::Tick,
             ) => {
@@ -587,6 +521,7 @@ impl Machine {
                         successor,
                         until,
                         rolled_back,
+                        judge: None,
                     }
                 } else {
                     self.settle(
@@ -595,42 +530,63 @@ impl Machine {
                     )
                 }
             }
-            (State::Probation { successor, .. }, Event::SuccessorNews { pid, news })
-                if pid == successor =>
-            {
+            (
+                State::Probation {
+                    successor, judge, ..
+                },
+                Event::SuccessorNews { pid, news },
+            ) if pid == successor => {
                 self.successor_news = Some(news);
+                if let Some(j) = judge {
+                    // It handed on (a newer release serves) or was told to stop: there is no
+                    // verdict to wait for.
+                    let result = match news {
+                        News::HandedOn => Ok(pid),
+                        News::Stopping => Err(UpgradeError::Aborted),
+                    };
+                    out.push(Action::Reply {
+                        waiters: j.waiters,
+                        result,
+                    });
+                }
                 self.settle(self.no_rollback_because().unwrap_or("it said so"), out)
             }
             (
                 State::Probation {
                     successor,
                     rolled_back,
+                    judge,
                     ..
                 },
                 Event::ChildExited { pid, exit },
             ) if pid == successor => {
+                // The upgrade's requests are answered once it is clear what serves.
+                let waiters = judge.map(|j| j.waiters).unwrap_or_default();
+                if !waiters.is_empty() {
+                    let reason = format!("it exited during its probation ({})", exit.how);
+                    self.unhealthy = Some((pid, reason));
+                }
                 if let Some(why) = self.no_rollback_because() {
                     tracing::info!(
                         new_pid = pid,
                         "the new generation exited ({}): {why}",
                         exit.how
                     );
+                    self.answer_unhealthy(waiters, "it was not rolled back", out);
                     return self.settle("the new generation has exited", out);
                 }
-                if exit.clean {
+                if exit.clean || rolled_back {
                     tracing::error!(
                         new_pid = pid,
-                        "the new generation exited while this one was draining ({}): nothing is serving new connections",
+                        "the {} exited while this one was draining ({}): nothing is serving new connections",
+                        if rolled_back {
+                            "rolled-back generation"
+                        } else {
+                            "new generation"
+                        },
                         exit.how
                     );
-                    return self.settle("the new generation has exited", out);
-                }
-                if rolled_back {
-                    tracing::error!(
-                        new_pid = pid,
-                        "the rolled-back generation died ({}): nothing is serving new connections",
-                        exit.how
-                    );
+                    self.answer_unhealthy(waiters, "it was not rolled back", out);
                     return self.settle("the new generation has exited", out);
                 }
                 tracing::error!(
@@ -638,19 +594,22 @@ impl Machine {
                     "the new generation died ({}) after taking over: rolling back to this generation's code",
                     exit.how
                 );
-                out.push(Action::Spawn(Target::Rollback));
-                State::Spawning {
-                    target: Target::Rollback,
-                    upgrade: Upgrade {
-                        waiters: Vec::new(),
-                        deadline: now + self.timing.ready_timeout,
-                        rollback: true,
-                    },
-                }
+                self.roll_back(waiters, now, out)
             }
-            (State::Probation { successor, .. }, Event::StopSignal(sig)) => {
+            (
+                State::Probation {
+                    successor, judge, ..
+                },
+                Event::StopSignal(sig),
+            ) => {
                 // Meant for the service: the sender may have read this pid just before the
                 // hand-over (the pid file, the keeper, the service manager's MAINPID).
+                if let Some(j) = judge {
+                    out.push(Action::Reply {
+                        waiters: j.waiters,
+                        result: Err(UpgradeError::Aborted),
+                    });
+                }
                 tracing::info!(
                     signal = %sig,
                     new_pid = successor,
@@ -660,7 +619,18 @@ impl Machine {
                 out.push(Action::StopSuccessor { pid: successor });
                 self.settle("this generation was told to stop: not rolling back", out)
             }
-            (State::Probation { successor, .. }, Event::StopPassedOn) => {
+            (
+                State::Probation {
+                    successor, judge, ..
+                },
+                Event::StopPassedOn,
+            ) => {
+                if let Some(j) = judge {
+                    out.push(Action::Reply {
+                        waiters: j.waiters,
+                        result: Err(UpgradeError::Aborted),
+                    });
+                }
                 self.stop_requested = true;
                 out.push(Action::StopSuccessor { pid: successor });
                 self.settle("this generation was told to stop: not rolling back", out)
@@ -803,6 +773,22 @@ impl Machine {
     /// failed rollback leaves nothing serving, and nothing more to try.
     fn failed(&mut self, upgrade: Upgrade, error: UpgradeError, out: &mut Vec<Action>) -> State {
         if upgrade.rollback {
+            if let Some((bad, reason)) = self.unhealthy.take() {
+                // The unhealthy generation was not told anything yet: it serves on, which is
+                // better than nothing serving.
+                tracing::error!(
+                    new_pid = bad,
+                    "rollback failed ({error}): the new generation, unhealthy, serves on"
+                );
+                out.push(Action::Reply {
+                    waiters: upgrade.waiters,
+                    result: Err(UpgradeError::Unhealthy {
+                        pid: bad,
+                        reason: format!("{reason}; rolling back failed ({error}): it serves on"),
+                    }),
+                });
+                return self.settle("the rollback failed", out);
+            }
             tracing::error!("rollback failed ({error}): nothing is serving new connections");
             return self.settle("the rollback failed", out);
         }
@@ -816,7 +802,7 @@ impl Machine {
         State::Serving { deferred: false }
     }
 
-    /// The child is ready: it serves from now on.
+    /// The child is ready: it serves from now on, committed (it stops reporting its health).
     fn hand_over(
         &mut self,
         pid: u32,
@@ -824,14 +810,28 @@ impl Machine {
         now: Instant,
         out: &mut Vec<Action>,
     ) -> State {
-        let rollback = upgrade.rollback;
-        self.successor_news = None;
-        self.successor = Some(pid);
-        // It serves alone from now on: it stops reporting its health and may upgrade in turn.
         out.push(Action::TellVerdict {
             pid,
             verdict: Told::Committed,
         });
+        self.hand_over_judged(pid, upgrade, None, now, out)
+    }
+
+    /// The child is ready: it serves from now on. With a `judge`, the answer to the upgrade
+    /// waits for its health verdict; without one it is answered now. A rollback that serves
+    /// after an unhealthy successor answers for that successor, and tells it it was not
+    /// committed (it drains and stops).
+    fn hand_over_judged(
+        &mut self,
+        pid: u32,
+        upgrade: Upgrade,
+        judge: Option<Box<Judge>>,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> State {
+        let rollback = upgrade.rollback;
+        self.successor_news = None;
+        self.successor = Some(pid);
         out.push(Action::Announce(Announcement::HandedOver {
             new_pid: pid,
             rollback,
@@ -843,33 +843,84 @@ impl Machine {
             out.push(Action::TriggerShutdown(reason));
             out.push(Action::ArmDeadline(reason));
         }
-        out.push(Action::Reply {
-            waiters: upgrade.waiters,
-            result: Ok(pid),
+        let judge = judge.map(|mut j| {
+            j.waiters = upgrade.waiters.clone();
+            j
         });
+        match (rollback, self.unhealthy.take()) {
+            (true, Some((bad, reason))) => {
+                out.push(Action::TellVerdict {
+                    pid: bad,
+                    verdict: Told::Rejected {
+                        by: pid,
+                        reason: reason.clone(),
+                    },
+                });
+                out.push(Action::Reply {
+                    waiters: upgrade.waiters,
+                    result: Err(UpgradeError::Unhealthy { pid: bad, reason }),
+                });
+            }
+            _ if judge.is_some() => tracing::info!(
+                new_pid = pid,
+                "the new generation counts what it serves: the upgrade is answered with its health verdict"
+            ),
+            _ => out.push(Action::Reply {
+                waiters: upgrade.waiters,
+                result: Ok(pid),
+            }),
+        }
         State::Probation {
             successor: pid,
             until: now + self.timing.probation,
             rolled_back: rollback,
+            judge,
         }
     }
 
-    /// Acts on a health verdict during the probation of `pid`.
+    /// Starts this generation's own image again; the upgrade's requests (`waiters`) are answered
+    /// when it serves.
+    fn roll_back(&mut self, waiters: Vec<Waiter>, now: Instant, out: &mut Vec<Action>) -> State {
+        out.push(Action::Spawn(Target::Rollback));
+        State::Spawning {
+            target: Target::Rollback,
+            upgrade: Upgrade {
+                waiters,
+                deadline: now + self.timing.ready_timeout,
+                rollback: true,
+            },
+        }
+    }
+
+    /// Answers `waiters` with the unhealthy verdict recorded, when no rollback follows.
+    fn answer_unhealthy(&mut self, waiters: Vec<Waiter>, what: &str, out: &mut Vec<Action>) {
+        if let Some((pid, reason)) = self.unhealthy.take() {
+            out.push(Action::Reply {
+                waiters,
+                result: Err(UpgradeError::Unhealthy {
+                    pid,
+                    reason: format!("{reason}; {what}"),
+                }),
+            });
+        }
+    }
+
+    /// Acts on a health verdict during the probation of `successor`.
     #[allow(clippy::too_many_arguments)]
-    fn judge(
+    fn judged(
         &mut self,
-        pid: u32,
-        upgrade: Upgrade,
-        watch: Box<Watch>,
-        since: Instant,
-        now: Instant,
+        successor: u32,
+        until: Instant,
+        rolled_back: bool,
+        mut judge: Box<Judge>,
         verdict: Verdict,
+        now: Instant,
         out: &mut Vec<Action>,
     ) -> State {
-        if !matches!(verdict, Verdict::Pending(_)) && watch.ignored() > 0 {
+        if !matches!(verdict, Verdict::Pending(_)) && judge.watch.ignored() > 0 {
             tracing::warn!(
-                new_pid = pid,
-                dropped = watch.ignored(),
+                new_pid = successor,
+                dropped = judge.watch.ignored(),
                 "health reports whose counts went backwards were dropped"
             );
         }
@@ -877,34 +928,59 @@ impl Machine {
             Verdict::Pending(_) => {
                 // Reports come every REPORT_INTERVAL; these are the moments the verdict can
                 // change without one.
-                let end = since + self.timing.health.probation;
-                let next = if now < end {
+                let end = judge.since + self.timing.health.probation;
+                judge.next = if now < end {
                     end
                 } else {
-                    since + self.timing.health.max_probation
+                    judge.since + self.timing.health.max_probation
                 };
-                State::Judging {
-                    pid,
-                    upgrade,
-                    watch,
-                    since,
-                    next,
+                State::Probation {
+                    successor,
+                    until,
+                    rolled_back,
+                    judge: Some(judge),
                 }
             }
             Verdict::Healthy { why, numbers } => {
-                tracing::info!(new_pid = pid, %numbers, "health verdict: committed ({why})");
-                self.hand_over(pid, upgrade, now, out)
+                tracing::info!(new_pid = successor, %numbers, "health verdict: committed ({why})");
+                out.push(Action::TellVerdict {
+                    pid: successor,
+                    verdict: Told::Committed,
+                });
+                out.push(Action::Reply {
+                    waiters: judge.waiters,
+                    result: Ok(successor),
+                });
+                if now < until {
+                    State::Probation {
+                        successor,
+                        until,
+                        rolled_back,
+                        judge: None,
+                    }
+                } else {
+                    self.settle(
+                        "the new generation is committed and past its probation",
+                        out,
+                    )
+                }
             }
             Verdict::Unhealthy { reason, numbers } => {
                 let reason = format!("{reason} ({numbers})");
-                out.push(Action::TellVerdict {
-                    pid,
-                    verdict: Told::Rejected {
-                        by: std::process::id(),
-                        reason: reason.clone(),
-                    },
-                });
-                self.failed(upgrade, UpgradeError::Unhealthy { pid, reason }, out)
+                tracing::error!(
+                    new_pid = successor,
+                    "health verdict: unhealthy: {reason}; rolling back to this generation's code"
+                );
+                self.unhealthy = Some((successor, reason));
+                if self.settled || self.stop_requested {
+                    self.answer_unhealthy(
+                        judge.waiters,
+                        "it is not rolled back (this generation was told to stop)",
+                        out,
+                    );
+                    return self.settle("this generation was told to stop", out);
+                }
+                self.roll_back(judge.waiters, now, out)
             }
         }
     }
@@ -943,24 +1019,6 @@ impl Machine {
                 }
             },
         }
-    }
-
-    /// A stop signal while the new generation is judged: both serve, so both stop (the stop
-    /// was meant for the service).
-    fn abandon_judged(
-        &mut self,
-        pid: u32,
-        upgrade: Upgrade,
-        sig: Signal,
-        out: &mut Vec<Action>,
-    ) -> State {
-        tracing::warn!(signal = %sig, new_pid = pid, "stop signal during the new generation's probation: passed on to it, and this one stops");
-        out.push(Action::StopSuccessor { pid });
-        out.push(Action::Reply {
-            waiters: upgrade.waiters,
-            result: Err(UpgradeError::Aborted),
-        });
-        self.stop(sig, out)
     }
 
     /// A stop signal during an upgrade: the half-started process is killed, and this

@@ -1,6 +1,8 @@
-//! The health gate in the supervisor (issue 18), without a process: the old generation judging
-//! a new one that counts what it serves (both serve until the verdict), and the new generation
-//! reporting, refusing upgrades until it is committed, draining when it is not.
+//! The health gate in the supervisor (issue 18), without a process: a new generation that
+//! counts what it serves is handed over at READY as always, but the upgrade is answered with
+//! its health verdict; an unhealthy one is rolled back to this generation's exact image and
+//! told, once the rollback serves, that it was not committed. The new generation's side:
+//! reporting until the verdict, draining quietly when rejected.
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +17,8 @@ use crate::health::{Counts, Report};
 use crate::shutdown::ShutdownReason;
 
 const CHILD: u32 = 100;
+const ROLLBACK: u32 = 200;
+const WAITER: u64 = 7;
 const PROBATION: Duration = Duration::from_secs(2);
 
 fn machine(started_by_upgrade: bool, judged: bool, health: HealthPolicy) -> Machine {
@@ -47,14 +51,15 @@ fn served(ok: u64, bad: u64) -> Report {
     }
 }
 
-/// A serving generation whose upgrade's child is spawned and has sent `first` before READY.
+/// A serving generation whose upgrade (asked for by request WAITER) has spawned CHILD, which
+/// sent `first` before READY.
 fn spawned(t0: Instant, health: HealthPolicy, first: Option<Report>) -> Machine {
     let mut m = machine(false, false, health);
     m.handle(t0, Event::SelfReady);
-    let out = m.handle(t0, Event::UpgradeSignal);
+    let out = m.handle(t0, Event::Request(WAITER));
     assert!(
         out.contains(&Action::Announce(Announcement::UpgradeStarted {
-            trigger: Trigger::Signal
+            trigger: Trigger::Api
         }))
     );
     // The shell's answer to UpgradeStarted: this generation's numbers, at 0.1% bad.
@@ -64,29 +69,49 @@ fn spawned(t0: Instant, health: HealthPolicy, first: Option<Report>) -> Machine 
     );
     m.handle(t0, Event::Spawned { pid: CHILD });
     if let Some(r) = first {
-        assert!(
-            m.handle(
-                t0,
-                Event::HealthReport {
-                    pid: CHILD,
-                    report: r
-                }
-            )
-            .is_empty()
+        let out = m.handle(
+            t0,
+            Event::HealthReport {
+                pid: CHILD,
+                report: r,
+            },
         );
+        assert!(out.is_empty(), "{out:?}");
     }
     m
 }
 
-/// A machine judging CHILD since `t0`.
-fn judging(t0: Instant) -> Machine {
+fn replies(out: &[Action]) -> Vec<&Result<u32, UpgradeError>> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Reply { waiters, result } if waiters.contains(&WAITER) => Some(result),
+            _ => None,
+        })
+        .collect()
+}
+
+/// CHILD, counting, handed over at `t0`: judged, the request unanswered.
+fn judged(t0: Instant) -> Machine {
     let mut m = spawned(t0, HealthPolicy::default(), Some(served(0, 0)));
     let out = m.handle(t0, Event::ChildReady { pid: CHILD });
-    assert_eq!(
-        out,
-        vec![Action::Announce(Announcement::Judging { new_pid: CHILD })]
+    assert!(out.contains(&Action::Announce(Announcement::HandedOver {
+        new_pid: CHILD,
+        rollback: false
+    })));
+    assert!(
+        out.contains(&Action::TriggerShutdown(ShutdownReason::Upgrade {
+            new_pid: CHILD
+        }))
     );
-    assert_eq!(m.state_name(), "judging");
+    assert!(
+        replies(&out).is_empty(),
+        "answered with the verdict: {out:?}"
+    );
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::TellVerdict { .. })),
+        "{out:?}"
+    );
+    assert_eq!(m.state_name(), "probation");
     m
 }
 
@@ -100,15 +125,10 @@ fn report(m: &mut Machine, at: Instant, ok: u64, bad: u64) -> Vec<Action> {
     )
 }
 
-fn triggers_shutdown(out: &[Action]) -> bool {
-    out.iter().any(|a| matches!(a, Action::TriggerShutdown(_)))
-}
-
 #[test]
-fn a_counting_generation_serves_beside_this_one_until_it_is_committed() {
+fn a_healthy_generation_is_answered_ok_at_the_end_of_its_probation() {
     let t0 = Instant::now();
-    let mut m = judging(t0);
-    // Nothing is handed over while it is judged: no pid file, no Shutdown, no reply.
+    let mut m = judged(t0);
     let mut t = 0;
     while t < 1_900 {
         t += 100;
@@ -124,26 +144,17 @@ fn a_counting_generation_serves_beside_this_one_until_it_is_committed() {
             verdict: Told::Committed
         }
     );
-    assert!(out.contains(&Action::Announce(Announcement::HandedOver {
-        new_pid: CHILD,
-        rollback: false
-    })));
+    assert_eq!(replies(&out), vec![&Ok(CHILD)]);
     assert!(
-        out.contains(&Action::TriggerShutdown(ShutdownReason::Upgrade {
-            new_pid: CHILD
-        }))
+        out.contains(&Action::CloseListeners),
+        "past its probation: {out:?}"
     );
-    assert!(out.contains(&Action::Reply {
-        waiters: vec![],
-        result: Ok(CHILD)
-    }));
-    assert_eq!(m.state_name(), "probation");
 }
 
 #[test]
-fn an_unhealthy_generation_is_rejected_and_this_one_serves_on() {
+fn an_unhealthy_generation_is_rolled_back_and_told_once_the_rollback_serves() {
     let t0 = Instant::now();
-    let mut m = judging(t0);
+    let mut m = judged(t0);
     let mut out = Vec::new();
     let mut t = 0;
     // 5% bad answers, 1000 requests a second: caught within the first second.
@@ -152,61 +163,44 @@ fn an_unhealthy_generation_is_rejected_and_this_one_serves_on() {
         out = report(&mut m, t0 + ms(t), t * 19 / 20, t / 20);
     }
     assert!(t < 1_000, "verdict only after {t} ms");
-    let Action::TellVerdict {
-        pid: CHILD,
-        verdict: Told::Rejected { by, reason },
-    } = &out[0]
-    else {
-        panic!("{out:?}")
-    };
-    assert_eq!(*by, std::process::id());
+    assert_eq!(out, vec![Action::Spawn(Target::Rollback)]);
+    assert_eq!(m.state_name(), "spawning");
+    let at = t0 + ms(t);
+    m.handle(at, Event::Spawned { pid: ROLLBACK });
+    // Nobody is told anything until the rollback serves: the unhealthy one serves meanwhile.
+    let out = m.handle(at + ms(30), Event::ChildReady { pid: ROLLBACK });
+    assert!(out.contains(&Action::Announce(Announcement::HandedOver {
+        new_pid: ROLLBACK,
+        rollback: true
+    })));
+    let told = out.iter().find_map(|a| match a {
+        Action::TellVerdict {
+            pid: CHILD,
+            verdict: Told::Rejected { by, reason },
+        } => Some((*by, reason.clone())),
+        _ => None,
+    });
+    let (by, reason) = told.expect("the unhealthy generation is told");
+    assert_eq!(by, ROLLBACK);
     assert!(
         reason.contains("bad answer") && reason.contains("limit of 2.0%"),
         "{reason}"
     );
-    let Some(Action::Reply {
-        result: Err(UpgradeError::Unhealthy { pid: CHILD, reason }),
-        ..
-    }) = out.iter().find(|a| matches!(a, Action::Reply { .. }))
-    else {
+    let Some(Err(UpgradeError::Unhealthy { pid: CHILD, reason })) = replies(&out).pop() else {
         panic!("{out:?}")
     };
     assert!(reason.contains("new generation:"), "the numbers: {reason}");
-    assert!(out.iter().any(|a| matches!(
-        a,
-        Action::Announce(Announcement::UpgradeFailed {
-            error: UpgradeError::Unhealthy { .. }
-        })
-    )));
     assert!(
-        !triggers_shutdown(&out),
-        "this generation never stopped: {out:?}"
+        !out.iter().any(|a| matches!(a, Action::TriggerShutdown(_))),
+        "this generation drains already"
     );
-    assert!(
-        !out.iter().any(|a| matches!(a, Action::Kill { .. })),
-        "drained, not killed"
-    );
-    assert_eq!(m.state_name(), "serving");
-    // Its exit later (after its drain) is not an event of this state.
-    let exit = Exit {
-        clean: true,
-        how: "exit status 0".into(),
-    };
-    assert!(
-        m.handle(t0 + ms(3_000), Event::ChildExited { pid: CHILD, exit })
-            .is_empty()
-    );
-    // And a later upgrade starts as usual.
-    assert!(
-        m.handle(t0 + ms(3_000), Event::UpgradeSignal)
-            .contains(&Action::Spawn(Target::Deploy))
-    );
+    assert_eq!(m.state_name(), "probation");
 }
 
 #[test]
-fn a_check_that_fails_rejects_at_once() {
+fn if_the_rollback_fails_the_unhealthy_generation_serves_on() {
     let t0 = Instant::now();
-    let mut m = judging(t0);
+    let mut m = judged(t0);
     let mut vetoed = served(10, 0);
     vetoed.veto = Some("check \"database\" failed: no answer".into());
     let out = m.handle(
@@ -216,26 +210,53 @@ fn a_check_that_fails_rejects_at_once() {
             report: vetoed,
         },
     );
+    assert_eq!(
+        out,
+        vec![Action::Spawn(Target::Rollback)],
+        "a veto rolls back at once"
+    );
+    m.handle(t0 + ms(100), Event::Spawned { pid: ROLLBACK });
+    let exit = Exit {
+        clean: false,
+        how: "exit status 1".into(),
+    };
+    let out = m.handle(
+        t0 + ms(200),
+        Event::ChildExited {
+            pid: ROLLBACK,
+            exit,
+        },
+    );
     assert!(
-        matches!(&out[0], Action::TellVerdict { verdict: Told::Rejected { reason, .. }, .. } if reason.contains("database")),
-        "{out:?}"
+        !out.iter()
+            .any(|a| matches!(a, Action::TellVerdict { pid: CHILD, .. })),
+        "not rejected: nothing else serves: {out:?}"
+    );
+    let Some(Err(UpgradeError::Unhealthy { pid: CHILD, reason })) = replies(&out).pop() else {
+        panic!("{out:?}")
+    };
+    assert!(
+        reason.contains("database")
+            && reason.contains("rolling back failed")
+            && reason.contains("serves on"),
+        "{reason}"
     );
 }
 
 #[test]
-fn a_quiet_generation_is_committed_at_max_probation_and_a_silent_one_too() {
+fn a_quiet_generation_is_committed_at_max_probation() {
     let t0 = Instant::now();
-    let mut m = judging(t0);
+    let mut m = judged(t0);
     report(&mut m, t0 + ms(500), 3, 0);
     // No more reports (a hung reporter, or nothing to say): the deadlines decide.
     assert!(m.handle(t0 + PROBATION, Event::Tick).is_empty());
     assert_eq!(m.next_deadline(), Some(t0 + ms(10_000)));
     let out = m.handle(t0 + ms(10_000), Event::Tick);
-    assert!(triggers_shutdown(&out), "{out:?}");
+    assert_eq!(replies(&out), vec![&Ok(CHILD)]);
 }
 
 #[test]
-fn a_generation_that_counts_nothing_or_says_nothing_is_handed_over_at_ready() {
+fn a_generation_that_counts_nothing_or_says_nothing_is_answered_at_ready() {
     let t0 = Instant::now();
     let silent = Report {
         counting: false,
@@ -244,8 +265,14 @@ fn a_generation_that_counts_nothing_or_says_nothing_is_handed_over_at_ready() {
     for first in [Some(silent), None] {
         let mut m = spawned(t0, HealthPolicy::default(), first.clone());
         let out = m.handle(t0, Event::ChildReady { pid: CHILD });
-        assert!(triggers_shutdown(&out), "{first:?}: {out:?}");
-        assert_eq!(m.state_name(), "probation");
+        assert_eq!(replies(&out), vec![&Ok(CHILD)], "{first:?}");
+        assert_eq!(
+            out[0],
+            Action::TellVerdict {
+                pid: CHILD,
+                verdict: Told::Committed
+            }
+        );
     }
     // The gate off: a counting one too.
     let off = HealthPolicy {
@@ -253,16 +280,15 @@ fn a_generation_that_counts_nothing_or_says_nothing_is_handed_over_at_ready() {
         ..HealthPolicy::default()
     };
     let mut m = spawned(t0, off, Some(served(0, 0)));
-    assert!(triggers_shutdown(
-        &m.handle(t0, Event::ChildReady { pid: CHILD })
-    ));
+    let out = m.handle(t0, Event::ChildReady { pid: CHILD });
+    assert_eq!(replies(&out), vec![&Ok(CHILD)]);
 }
 
 #[test]
-fn a_crash_or_a_stop_during_the_probation() {
+fn a_crash_or_a_stop_during_the_judged_probation() {
     let t0 = Instant::now();
-    // A crash: this generation never stopped serving, so nothing is rolled back.
-    let mut m = judging(t0);
+    // A crash: rolled back, and the request answered unhealthy once the rollback serves.
+    let mut m = judged(t0);
     let crash = Exit {
         clean: false,
         how: "killed by SIGSEGV".into(),
@@ -274,34 +300,25 @@ fn a_crash_or_a_stop_during_the_probation() {
             exit: crash,
         },
     );
-    assert!(
-        !out.iter().any(|a| matches!(a, Action::Spawn(_))),
-        "{out:?}"
-    );
-    assert!(
-        out.iter().any(|a| matches!(a, Action::Reply { result: Err(UpgradeError::Unhealthy { reason, .. }), .. } if reason.contains("SIGSEGV"))),
-        "{out:?}"
-    );
-    assert_eq!(m.state_name(), "serving");
-    // A stop: meant for the service, so both stop.
-    let mut m = judging(t0);
+    assert_eq!(out, vec![Action::Spawn(Target::Rollback)]);
+    m.handle(t0 + ms(300), Event::Spawned { pid: ROLLBACK });
+    let out = m.handle(t0 + ms(350), Event::ChildReady { pid: ROLLBACK });
+    let Some(Err(UpgradeError::Unhealthy { reason, .. })) = replies(&out).pop() else {
+        panic!("{out:?}")
+    };
+    assert!(reason.contains("SIGSEGV"), "{reason}");
+    // A stop: meant for the service; passed on, and the request answered.
+    let mut m = judged(t0);
     let out = m.handle(t0 + ms(300), Event::StopSignal(Signal::SIGTERM));
     assert!(
         out.contains(&Action::StopSuccessor { pid: CHILD }),
         "{out:?}"
     );
-    assert!(out.contains(&Action::Reply {
-        waiters: vec![],
-        result: Err(UpgradeError::Aborted)
-    }));
-    assert!(out.contains(&Action::TriggerShutdown(ShutdownReason::Stop {
-        signal: Signal::SIGTERM as i32
-    })));
-    // Upgrades wait meanwhile.
-    let mut m = judging(t0);
-    assert!(m.handle(t0, Event::UpgradeSignal).is_empty());
+    assert_eq!(replies(&out), vec![&Err(UpgradeError::Aborted)]);
+    // Upgrade requests meanwhile: this generation drains.
+    let mut m = judged(t0);
     assert!(matches!(
-        m.handle(t0, Event::Request(7)).as_slice(),
+        m.handle(t0, Event::Request(8)).as_slice(),
         [Action::Reply {
             result: Err(UpgradeError::Busy(_)),
             ..
@@ -310,7 +327,7 @@ fn a_crash_or_a_stop_during_the_probation() {
 }
 
 #[test]
-fn the_new_side_reports_until_committed_and_upgrades_only_then() {
+fn the_new_side_reports_until_it_hears_the_verdict() {
     let t0 = Instant::now();
     let mut m = machine(true, true, HealthPolicy::default());
     assert!(m.handle(t0, Event::SelfReady).is_empty());
@@ -320,23 +337,20 @@ fn the_new_side_reports_until_committed_and_upgrades_only_then() {
         vec![Action::SendReport]
     );
     assert!(m.handle(t0 + ms(150), Event::Tick).is_empty());
-    // On probation: no upgrade of its own.
-    assert!(m.handle(t0 + ms(150), Event::UpgradeSignal).is_empty());
-    assert!(matches!(
-        m.handle(t0 + ms(150), Event::Request(1)).as_slice(),
-        [Action::Reply {
-            result: Err(UpgradeError::Busy(why)),
-            ..
-        }] if why.contains("on probation")
-    ));
+    assert_eq!(
+        m.handle(t0 + ms(200), Event::Tick),
+        vec![Action::SendReport]
+    );
     assert!(
-        m.handle(t0 + ms(200), Event::Verdict(Told::Committed))
+        m.handle(t0 + ms(250), Event::Verdict(Told::Committed))
             .is_empty()
     );
     assert!(
         m.handle(t0 + ms(300), Event::Tick).is_empty(),
         "no more reports"
     );
+    assert_eq!(m.next_deadline(), None);
+    // Upgrades are never held back: it serves, judged or not.
     assert!(
         m.handle(t0 + ms(300), Event::UpgradeSignal)
             .contains(&Action::Spawn(Target::Deploy))
@@ -351,11 +365,11 @@ fn the_new_side_drains_quietly_when_rejected() {
     let out = m.handle(
         t0 + ms(400),
         Event::Verdict(Told::Rejected {
-            by: 42,
+            by: ROLLBACK,
             reason: "5.0% of its requests got a bad answer".into(),
         }),
     );
-    let reason = ShutdownReason::Upgrade { new_pid: 42 };
+    let reason = ShutdownReason::Upgrade { new_pid: ROLLBACK };
     assert_eq!(
         out,
         vec![
@@ -363,27 +377,27 @@ fn the_new_side_drains_quietly_when_rejected() {
             Action::TriggerShutdown(reason),
             Action::CloseListeners
         ],
-        "no announcement: the pid file, keeper and service manager name the old generation"
+        "no announcement: the rollback has been announced by the previous generation"
     );
     assert_eq!(m.state_name(), "draining");
 }
 
 #[test]
-fn the_new_side_takes_over_if_its_judge_dies_and_not_after_a_verdict() {
+fn the_new_side_stops_reporting_when_its_judge_is_gone_or_it_is_not_judged() {
     let t0 = Instant::now();
     let mut m = machine(true, true, HealthPolicy::default());
     m.handle(t0, Event::SelfReady);
-    assert_eq!(
-        m.handle(t0 + ms(500), Event::ParentGone),
-        vec![Action::Announce(Announcement::TakingOver)]
-    );
-    let mut m = machine(true, true, HealthPolicy::default());
-    m.handle(t0, Event::SelfReady);
-    m.handle(t0, Event::Verdict(Told::Committed));
     assert!(m.handle(t0 + ms(500), Event::ParentGone).is_empty());
-    // Not judged at all (a keeper's generation 1, or the gate off): reports nothing.
+    assert!(m.handle(t0 + ms(600), Event::Tick).is_empty());
+    // Not judged at all (a keeper's generation 1), or the gate off: reports nothing.
     let mut m = machine(true, false, HealthPolicy::default());
     m.handle(t0, Event::SelfReady);
     assert!(m.handle(t0 + ms(500), Event::Tick).is_empty());
-    assert!(m.handle(t0 + ms(500), Event::ParentGone).is_empty());
+    let off = HealthPolicy {
+        enabled: false,
+        ..HealthPolicy::default()
+    };
+    let mut m = machine(true, true, off);
+    m.handle(t0, Event::SelfReady);
+    assert!(m.handle(t0 + ms(500), Event::Tick).is_empty());
 }

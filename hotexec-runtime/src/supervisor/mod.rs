@@ -25,7 +25,7 @@ use crate::announce::Announcer;
 use crate::config::Config;
 use crate::error::UpgradeError;
 use crate::generation::Generation;
-use crate::health::link::{HealthRecord, Verdict};
+use crate::health::link::HealthRecord;
 use crate::link::{self, Received, Record};
 use crate::readiness::Said;
 use crate::shutdown::Shutdown;
@@ -312,8 +312,11 @@ impl Shell {
                     other => tracing::debug!(new_pid = pid, ?other, "readiness pipe after ready"),
                 }
             }
+            // During its probation it reports its health (issue 18).
             s.child.read_link();
-            s.child.reports.clear();
+            for report in s.child.reports.drain(..) {
+                events.push(Event::HealthReport { pid, report });
+            }
             if let Some(exit) = s.child.exited() {
                 events.push(Event::ChildExited { pid, exit });
             }
@@ -461,7 +464,13 @@ impl Shell {
                 if let Announcement::HandedOver { new_pid, .. } = a {
                     // The child serves now: what it says from here on is a successor's news.
                     if let Some(child) = self.child.take().filter(|c| c.pid == new_pid) {
-                        self.successor = Some(Successor { child });
+                        // A successor it replaces (a rollback after an unhealthy one) is only
+                        // told it was not committed, and reaped.
+                        if let Some(previous) = self.successor.replace(Successor { child }) {
+                            if !previous.child.reaped {
+                                self.rejected.push(previous.child);
+                            }
+                        }
                     }
                 }
                 self.setup.announcer.announce(&a);
@@ -472,19 +481,19 @@ impl Shell {
             }
             Action::TellVerdict { pid, verdict } => {
                 let record = HealthRecord::Verdict(verdict.clone()).to_record();
-                let child = self.child.as_ref().filter(|c| c.pid == pid).or(self
-                    .successor
-                    .as_ref()
-                    .map(|s| &s.child)
-                    .filter(|c| c.pid == pid));
+                let child = self
+                    .child
+                    .iter()
+                    .chain(self.successor.iter().map(|s| &s.child))
+                    .chain(&self.rejected)
+                    .find(|c| c.pid == pid);
                 if let Some(l) = child.and_then(|c| c.link.as_ref()) {
                     if let Err(e) = link::send(l.as_fd(), &record) {
-                        tracing::debug!(new_pid = pid, "generation link: verdict not sent: {e}");
-                    }
-                }
-                if matches!(verdict, Verdict::Rejected { .. }) {
-                    if let Some(c) = self.child.take_if(|c| c.pid == pid) {
-                        self.rejected.push(c);
+                        tracing::debug!(
+                            new_pid = pid,
+                            ?verdict,
+                            "generation link: verdict not sent: {e}"
+                        );
                     }
                 }
                 None

@@ -155,7 +155,18 @@ pub(crate) fn spawn(setup: &Setup, target: Target) -> Result<Child, UpgradeError
             // Before anything is started: is it there, executable on this machine, and (for a
             // hotexec build) able to be started by this generation's hand-over protocol?
             let checked =
-                crate::preflight::preflight(&setup.announcer.exe).map_err(UpgradeError::Refused)?;
+                crate::preflight::preflight(&setup.announcer.exe).map_err(|e| match e {
+                    // This process is out of fds, nothing is wrong with the binary: the limit's own
+                    // error, which says what to raise.
+                    crate::preflight::PreflightError::OutOfFds { .. } => UpgradeError::Limit(
+                        crate::limits::LimitError::NoFile {
+                            call: "open (the preflight reading the new binary)",
+                            limit: crate::limits::nofile(),
+                        }
+                        .to_string(),
+                    ),
+                    e => UpgradeError::Refused(e),
+                })?;
             if checked.note.is_none() {
                 tracing::info!(
                     exe = %setup.announcer.exe.display(),
