@@ -110,10 +110,19 @@ pub(crate) fn start(setup: Setup) -> std::io::Result<Arc<Handle>> {
         wake_w,
         may_exit: (Mutex::new(false), Condvar::new()),
     });
+    // The drain deadline ends this process after the hand-over: the verdict must come before
+    // it (with half a second for the rollback to start).
+    let mut health = setup.config.health;
+    let verdict_by = setup
+        .config
+        .drain_timeout
+        .saturating_sub(std::time::Duration::from_millis(500));
+    health.probation = health.probation.min(verdict_by);
+    health.max_probation = health.max_probation.min(verdict_by);
     let timing = Timing {
         ready_timeout: setup.config.ready_timeout,
         probation: setup.config.probation.min(setup.config.drain_timeout),
-        health: setup.config.health,
+        health,
     };
     let started_by_upgrade = setup.generation.readiness.started_by_upgrade();
     // A previous generation with a link judges this one's health (a keeper has no link).
