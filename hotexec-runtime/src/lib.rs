@@ -28,6 +28,9 @@ pub mod control;
 mod drain;
 #[cfg(feature = "process")]
 mod error;
+// Issue 19: the evidence of every upgrade (report, status, their wire encoding).
+#[cfg(feature = "process")]
+pub mod evidence;
 #[cfg(feature = "process")]
 mod exe;
 #[cfg(feature = "process")]
@@ -36,6 +39,9 @@ pub mod handoff;
 mod inherit;
 #[cfg(feature = "process")]
 mod keeper;
+// Issue 19 (evidence): kernel readers (netstat counters, accept queues, build id).
+#[cfg(feature = "process")]
+mod kernel;
 #[cfg(feature = "process")]
 mod limits;
 #[cfg(feature = "process")]
