@@ -32,6 +32,19 @@ pub fn upgrade() -> Result<u32, UpgradeError> {
 pub(crate) fn control_handler() -> Handler {
     Arc::new(|request| match request {
         "upgrade" => Reply::from_upgrade(upgrade()),
+        // Issue 19 (evidence), phase 1: the versioned requests; the supervisor's own report and
+        // the status inputs it holds (listeners, generation, last upgrade) replace these
+        // arguments once it announces them.
+        "upgrade v2" => crate::evidence::serve_upgrade(upgrade),
+        "status v2" => crate::evidence::serve_status(crate::evidence::StatusInput {
+            generation: None,
+            exe: CTX
+                .get()
+                .map_or(std::path::Path::new(""), |c| c.exe.as_path()),
+            listeners: &[],
+            last_upgrade: None,
+            draining: Vec::new(),
+        }),
         other => Reply::error(
             "bad-request",
             format!("unknown request {other:?}: expected `upgrade`"),
