@@ -145,7 +145,10 @@ fn resolve(target: &Target) -> Result<u32, Failure> {
     if let Some(pid) = target.pid {
         return Ok(pid);
     }
-    let path = target.pid_file.as_ref().expect("clap requires one of the two");
+    let path = target
+        .pid_file
+        .as_ref()
+        .expect("clap requires one of the two");
     match std::fs::read_to_string(path) {
         Ok(s) => match s.trim().parse::<u32>() {
             Ok(p) if p > 0 => Ok(p),
@@ -167,9 +170,6 @@ struct Failure {
     code: u8,
     kind: String,
     reason: String,
-    /// The server answered with this error (`error <kind> <reason>`), as opposed to the
-    /// command not getting an answer.
-    replied: bool,
 }
 
 impl Failure {
@@ -178,7 +178,6 @@ impl Failure {
             code: UNREACHABLE,
             kind: "unreachable".into(),
             reason,
-            replied: false,
         }
     }
 
@@ -199,7 +198,6 @@ impl Failure {
             code,
             kind: kind.into(),
             reason,
-            replied: false,
         }
     }
 
@@ -209,26 +207,8 @@ impl Failure {
             "unreachable" | "refused" => UNREACHABLE,
             _ => FAILED,
         };
-        Failure {
-            code,
-            kind,
-            reason,
-            replied: true,
-        }
+        Failure { code, kind, reason }
     }
-}
-
-/// What `upgrade --json` prints: one object, whatever the outcome.
-#[derive(Serialize)]
-struct UpgradeJson<'a> {
-    result: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    kind: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'a str>,
-    /// The pid the request went to (in keeper mode the keeper's).
-    old_pid: Option<u32>,
-    new_pid: Option<u32>,
 }
 
 fn upgrade(args: UpgradeArgs) -> u8 {
@@ -237,76 +217,148 @@ fn upgrade(args: UpgradeArgs) -> u8 {
         Ok(pid) => pid,
         Err(f) => return upgrade_failed(&args, None, f),
     };
-    let failure = match control::request(pid, "upgrade", args.timeout) {
-        Ok(Reply::Ok(new)) => {
-            if args.json {
-                print_json(&UpgradeJson {
-                    result: "ok",
-                    kind: None,
-                    reason: None,
-                    old_pid: Some(pid),
-                    new_pid: Some(new),
-                });
-            } else {
-                println!("{new}");
-            }
-            eprintln!("hotexec: upgraded: pid {new} serves now");
-            return 0;
-        }
-        Ok(Reply::Error { kind, reason }) => Failure::from_reply(kind, reason),
-        Err(e) => Failure::from_request(pid, e),
+    let report = match control::request_upgrade(pid, args.timeout) {
+        Ok(r) => r,
+        Err(e) => return upgrade_failed(&args, Some(pid), Failure::from_request(pid, e)),
     };
-    upgrade_failed(&args, Some(pid), failure)
+    if args.json {
+        print_json(&report);
+    }
+    if report.is_ok() {
+        let new = report.new_pid.unwrap_or_default();
+        if !args.json {
+            println!("{new}");
+        }
+        eprintln!(
+            "hotexec: upgraded: pid {new} serves now ({})",
+            report.summary()
+        );
+        return 0;
+    }
+    let f = Failure::from_reply(
+        report.kind.clone().unwrap_or_else(|| "unknown".into()),
+        report.reason.clone().unwrap_or_default(),
+    );
+    eprintln!("hotexec: upgrade failed ({}): {}", f.kind, f.reason);
+    f.code
 }
 
-/// Says why an upgrade did not succeed (stderr; and the JSON object with `--json`).
+/// Says why no upgrade report came (stderr; and a report with `result` `error` with `--json`,
+/// so a fleet tool reads one object whatever happened).
 fn upgrade_failed(args: &UpgradeArgs, pid: Option<u32>, f: Failure) -> u8 {
     if args.json {
-        print_json(&UpgradeJson {
-            result: "error",
-            kind: Some(&f.kind),
-            reason: Some(&f.reason),
-            old_pid: pid,
-            new_pid: None,
-        });
+        print_json(&serde_json::json!({
+            "result": "error",
+            "kind": f.kind,
+            "reason": f.reason,
+            "old_pid": pid,
+            "new_pid": null,
+            "health": {},
+        }));
     }
-    if f.replied {
-        eprintln!("hotexec: upgrade failed ({}): {}", f.kind, f.reason);
-    } else {
-        eprintln!("hotexec: {}", f.reason);
-    }
+    eprintln!("hotexec: {}", f.reason);
     f.code
 }
 
 fn status(args: StatusArgs) -> u8 {
+    let fail = |f: Failure| {
+        eprintln!("hotexec: {}", f.reason);
+        f.code
+    };
     let pid = match resolve(&args.target) {
         Ok(pid) => pid,
-        Err(f) => {
-            eprintln!("hotexec: {}", f.reason);
+        Err(f) => return fail(f),
+    };
+    let status = match control::request_status(pid, Duration::from_secs(10)) {
+        Ok(Ok(s)) => s,
+        Ok(Err(Reply::Error { kind, reason })) => {
+            let f = Failure::from_reply(kind, reason);
+            let older = if f.kind == "bad-request" {
+                " (a server built with an older hotexec: only `upgrade` is known to it)"
+            } else {
+                ""
+            };
+            eprintln!("hotexec: status failed ({}): {}{older}", f.kind, f.reason);
             return f.code;
         }
+        Ok(Err(other)) => {
+            return fail(Failure::from_request(
+                pid,
+                RequestError::Protocol(other.to_line()),
+            ));
+        }
+        Err(e) => return fail(Failure::from_request(pid, e)),
     };
-    // The server side of `status` comes with the evidence of issue 19 (control socket request
-    // `status`); until then the command says what it can: the pid answers on its socket.
-    match control::request(pid, "status", Duration::from_secs(10)) {
-        Ok(Reply::Ok(p)) => {
-            if args.json {
-                print_json(&serde_json::json!({ "pid": p }));
-            } else {
-                println!("pid {p}");
+    if args.json {
+        print_json(&status);
+    } else {
+        print!("{}", status_text(&status));
+    }
+    0
+}
+
+/// `hotexec status` for humans.
+fn status_text(s: &hotexec::evidence::Status) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let generation = s.generation.map_or("?".into(), |g| g.to_string());
+    let uptime = s
+        .uptime_s
+        .map_or("?".into(), |u| human(Duration::from_secs_f64(u)));
+    let _ = writeln!(out, "pid {}  generation {generation}  up {uptime}", s.pid);
+    let _ = writeln!(
+        out,
+        "exe {}  build {}",
+        s.exe.as_deref().unwrap_or("?"),
+        s.build_id.as_deref().unwrap_or("?")
+    );
+    for l in &s.listeners {
+        let queue = match (l.accept_queue, l.accept_queue_max) {
+            (Some(n), Some(max)) => format!("  accept queue {n}/{max}"),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "listener {} {}{queue}",
+            l.name,
+            l.address.as_deref().unwrap_or("?")
+        );
+    }
+    match &s.last_upgrade {
+        Some(u) => {
+            let _ = writeln!(out, "last upgrade: {}", u.summary());
+            if let Some(reason) = &u.reason {
+                let _ = writeln!(out, "  {reason}");
             }
-            0
         }
-        Ok(Reply::Error { kind, reason }) => {
-            let f = Failure::from_reply(kind, reason);
-            eprintln!("hotexec: status failed ({}): {}", f.kind, f.reason);
-            f.code
+        None => {
+            let _ = writeln!(out, "last upgrade: none");
         }
-        Err(e) => {
-            let f = Failure::from_request(pid, e);
-            eprintln!("hotexec: {}", f.reason);
-            f.code
-        }
+    }
+    for d in &s.draining {
+        let conns = d.connections.map_or("?".into(), |c| c.to_string());
+        let left = d.deadline_ms.map_or("?".into(), |ms| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            human(Duration::from_millis(ms.saturating_sub(now)))
+        });
+        let _ = writeln!(
+            out,
+            "draining: pid {}  {conns} connections  exits within {left}",
+            d.pid
+        );
+    }
+    out
+}
+
+/// `3h2m`, `4m10s`, `12.5s`.
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{:.1}s", d.as_secs_f64()),
+        60..3600 => format!("{}m{}s", s / 60, s % 60),
+        _ => format!("{}h{}m", s / 3600, s / 60 % 60),
     }
 }
 

@@ -1,0 +1,140 @@
+//! The evidence of an upgrade (issue 19), from outside: `hotexec upgrade --json` and
+//! `hotexec status --json` against a real axum app under load, their failures as JSON with the
+//! same exit codes, and the command's usage.
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const HTTP: &str = "HOTEXEC_LISTEN_HTTP";
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn json(run: &CliRun) -> Value {
+    let line = run.stdout.trim();
+    assert_eq!(
+        line.lines().count(),
+        1,
+        "one JSON object on one line: {run:?}"
+    );
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {run:?}"))
+}
+
+fn cli(app: &App, args: &[&str]) -> CliRun {
+    let pid_file = app.pid_file.to_str().unwrap();
+    let mut all = args.to_vec();
+    all.extend(["--pid-file", pid_file]);
+    hotexec_cli(&all, LIMIT)
+}
+
+/// The issue's done criterion, on the idiomatic axum example under load: `upgrade --json`
+/// says ok with both pids, the time to ready, no listen drops, a health object; `status --json`
+/// names the new serving pid; no client lost anything.
+#[test]
+fn upgrade_json_and_status_under_load() {
+    let app = App::start("axum", HTTP, &[]);
+    let load = Load::start(app.addr, 4);
+    std::thread::sleep(Duration::from_millis(300));
+    let old = app.first_pid();
+
+    let run = cli(&app, &["upgrade", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let r = json(&run);
+    assert_eq!(r["result"], "ok", "{r}");
+    assert_eq!(r["old_pid"], old, "{r}");
+    let new = r["new_pid"].as_u64().expect("new_pid") as u32;
+    app.track(new);
+    assert_ne!(new, old);
+    assert_eq!(app.pid_in_file(), Some(new));
+    assert!(r["ms_to_ready"].as_f64().is_some_and(|ms| ms > 0.0), "{r}");
+    assert_eq!(r["trigger"], "control", "{r}");
+    // Per network namespace: another server of this namespace dropping connections at the same
+    // time would count here too (the tests of this suite never run such a thing in parallel).
+    assert_eq!(r["listen_overflows"], 0, "{r}");
+    assert_eq!(r["listen_drops"], 0, "{r}");
+    assert!(r["health"].is_object(), "{r}");
+    assert!(r["kind"].is_null() && r["reason"].is_null(), "{r}");
+    // The text form stays the default: the summary on stderr.
+    assert!(run.stderr.contains("ms_to_ready="), "{run:?}");
+
+    let run = cli(&app, &["status", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let s = json(&run);
+    assert_eq!(s["pid"], new, "{s}");
+    assert!(s["uptime_s"].as_f64().is_some_and(|u| u >= 0.0), "{s}");
+    assert!(
+        s["exe"].as_str().is_some_and(|e| e.ends_with("/app")),
+        "{s}"
+    );
+    assert!(s["build_id"].as_str().is_some_and(|b| b.len() >= 16), "{s}");
+    let text = cli(&app, &["status"]);
+    assert_eq!(text.code, 0, "{text:?}");
+    assert!(text.stdout.starts_with(&format!("pid {new} ")), "{text:?}");
+
+    std::thread::sleep(Duration::from_millis(300));
+    let results = load.finish();
+    assert_no_failures("evidence", &results);
+    assert!(results.iter().any(|(_, o)| *o == Outcome::Ok { pid: new }));
+}
+
+/// Every way an upgrade does not happen is one JSON object too, with the exit code of the text
+/// form: a binary that cannot be executed (1), an unreachable server (4).
+#[test]
+fn failures_are_json_with_the_same_exit_codes() {
+    let app = App::start("axum", HTTP, &[]);
+    let serving = app.first_pid();
+    app.remove_binary();
+    let run = cli(&app, &["upgrade", "--json"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let r = json(&run);
+    assert_eq!(r["result"], "error", "{r}");
+    assert_eq!(r["kind"], "exec", "{r}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("No such file")),
+        "{r}"
+    );
+    assert_eq!(r["old_pid"], serving, "{r}");
+    assert!(r["new_pid"].is_null(), "{r}");
+    assert!(r["health"].is_object(), "{r}");
+    assert_eq!(app.pid_in_file(), Some(serving));
+
+    let dir = Scratch::new("evidence-cli");
+    let missing = dir.0.join("missing.pid");
+    let run = hotexec_cli(
+        &["upgrade", "--json", "--pid-file", missing.to_str().unwrap()],
+        LIMIT,
+    );
+    assert_eq!(run.code, 4, "{run:?}");
+    let r = json(&run);
+    assert_eq!(r["result"], "error");
+    assert_eq!(r["kind"], "unreachable");
+    let run = hotexec_cli(&["status", "--pid-file", missing.to_str().unwrap()], LIMIT);
+    assert_eq!(run.code, 4, "{run:?}");
+    assert!(run.stdout.is_empty(), "{run:?}");
+}
+
+#[test]
+fn usage_per_subcommand() {
+    for args in [
+        &["status"][..],
+        &["status", "--pid", "1", "--pid-file", "x"],
+        &["upgrade", "--pid", "0"],
+        &["upgrade", "--pid", "1", "--json=yes"],
+        &["status", "--pid", "1", "--timeout", "1s"],
+    ] {
+        let run = hotexec_cli(args, LIMIT);
+        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+        assert!(run.stderr.contains("usage: hotexec"), "{run:?}");
+    }
+    let help = hotexec_cli(&["upgrade", "--help"], LIMIT);
+    assert_eq!(help.code, 0, "{help:?}");
+    for flag in ["--json", "--timeout", "--pid-file", "--pid", "5  busy"] {
+        assert!(help.stdout.contains(flag), "{flag} in {help:?}");
+    }
+    let help = hotexec_cli(&["help", "status"], LIMIT);
+    assert_eq!(help.code, 0, "{help:?}");
+    assert!(help.stdout.contains("--json"), "{help:?}");
+}
