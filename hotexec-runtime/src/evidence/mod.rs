@@ -9,6 +9,7 @@
 //! The kernel's numbers come from `kernel.rs`. Nothing here decides anything: the supervisor
 //! feeds the recorder and announces the report; this module measures and encodes.
 
+mod metrics;
 mod report;
 mod status;
 pub(crate) mod wire;
@@ -16,6 +17,8 @@ pub(crate) mod wire;
 pub use report::{DrainSummary, Trigger, UpgradeReport, UpgradeResult};
 pub use status::{DrainingGeneration, ListenerStatus, Status};
 
+#[allow(unused_imports)] // the supervisor's (phase 2 of issue 19)
+pub(crate) use metrics::Metrics;
 pub(crate) use report::{Recorder, kind_of};
 pub(crate) use status::{StatusInput, gather};
 

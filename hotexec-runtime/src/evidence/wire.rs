@@ -77,6 +77,12 @@ impl Record {
         self.get(key)?.parse().ok()
     }
 
+    /// Every field, in order.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn fields(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.fields.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     /// Whether the record has any field.
     pub(crate) fn is_empty(&self) -> bool {
         self.fields.is_empty()
