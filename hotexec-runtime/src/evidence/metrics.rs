@@ -22,7 +22,7 @@
 
 // Called by the supervisor once it announces upgrades (issue 19, phase 2); until then only the
 // tests do.
-#![cfg_attr(not(test), allow(dead_code))]
+#![allow(dead_code)]
 
 #[cfg(feature = "metrics")]
 use std::collections::BTreeMap;
