@@ -1,11 +1,9 @@
 //! The evidence of an upgrade (issue 19), from outside: `hotexec upgrade --json` and
 //! `hotexec status --json` against a real axum app under load, their failures as JSON with the
 //! same exit codes, and the command's usage.
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use hotexec_testkit::prelude::*;
 use serde_json::Value;
 
 const HTTP: &str = "HOTEXEC_LISTEN_HTTP";
@@ -48,6 +46,13 @@ fn upgrade_json_and_status_under_load() {
     assert_ne!(new, old);
     assert_eq!(app.pid_in_file(), Some(new));
     assert!(r["ms_to_ready"].as_f64().is_some_and(|ms| ms > 0.0), "{r}");
+    // The supervisor's own phase times: spawn before ready.
+    let spawn = r["ms_to_spawn"].as_f64().expect("ms_to_spawn");
+    assert!(
+        spawn > 0.0 && spawn <= r["ms_to_ready"].as_f64().unwrap(),
+        "{r}"
+    );
+    assert_eq!(r["generation"], 2, "{r}");
     assert_eq!(r["trigger"], "control", "{r}");
     // Per network namespace: another server of this namespace dropping connections at the same
     // time would count here too (the tests of this suite never run such a thing in parallel).
@@ -62,7 +67,19 @@ fn upgrade_json_and_status_under_load() {
     assert_eq!(run.code, 0, "{run:?}");
     let s = json(&run);
     assert_eq!(s["pid"], new, "{s}");
+    assert_eq!(s["generation"], 2, "{s}");
     assert!(s["uptime_s"].as_f64().is_some_and(|u| u >= 0.0), "{s}");
+    let l = &s["listeners"][0];
+    assert_eq!(l["name"], "http", "{s}");
+    assert_eq!(l["address"], app.addr.to_string(), "{s}");
+    assert!(
+        l["accept_queue"].is_u64() && l["accept_queue_max"].is_u64(),
+        "{s}"
+    );
+    // The upgrade that started it, as the old generation reported it over the link.
+    assert_eq!(s["last_upgrade"]["result"], "ok", "{s}");
+    assert_eq!(s["last_upgrade"]["new_pid"], new, "{s}");
+    assert_eq!(s["last_upgrade"]["old_pid"], old, "{s}");
     assert!(
         s["exe"].as_str().is_some_and(|e| e.ends_with("/app")),
         "{s}"
@@ -97,7 +114,9 @@ fn failures_are_json_with_the_same_exit_codes() {
         "{r}"
     );
     assert_eq!(r["old_pid"], serving, "{r}");
-    assert!(r["new_pid"].is_null(), "{r}");
+    // The process that could not execute the binary, if one was started.
+    assert!(r["new_pid"].as_u64() != Some(serving as u64), "{r}");
+    assert!(r["ms_to_ready"].is_null(), "{r}");
     assert!(r["health"].is_object(), "{r}");
     assert_eq!(app.pid_in_file(), Some(serving));
 

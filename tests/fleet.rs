@@ -6,8 +6,6 @@
 //!
 //! `ansible-playbook` comes from `.ci/install` (a virtual environment under
 //! `~/.cache/hotexec-ansible`), or `HOTEXEC_ANSIBLE_PLAYBOOK`, or `PATH`.
-mod common;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -15,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use hotexec_testkit::prelude::*;
 use serde_json::Value;
 
 const INSTANCES: usize = 10;

@@ -124,6 +124,43 @@ pub(crate) fn accept_queue(fd: BorrowedFd<'_>) -> Option<AcceptQueue> {
     })
 }
 
+/// The accept queue of the listening TCP socket with `inode`, if this process holds it: for a
+/// thread that holds no fd of the listeners (the control socket's), while the supervisor may
+/// close its copies at any time. The fd is found in `/proc/self/fd` (this process's fds, not
+/// the namespace's sockets), duplicated so it stays that socket while it is read, checked to be
+/// that inode, and read with [`accept_queue`].
+pub(crate) fn accept_queue_of_inode(inode: u64) -> Option<AcceptQueue> {
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    let want = format!("socket:[{inode}]");
+    for entry in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
+        let Ok(n) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        match std::fs::read_link(entry.path()) {
+            Ok(target) if target.as_os_str() == want.as_str() => {}
+            _ => continue,
+        }
+        // SAFETY: F_DUPFD_CLOEXEC on a bare number: if it was closed meanwhile the call fails,
+        // if it was reused the inode check below refuses it. A new fd is ours alone.
+        let dup = unsafe { libc::fcntl(n, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            continue;
+        }
+        // SAFETY: `dup` was just returned by fcntl and nothing else owns it.
+        let dup = unsafe { OwnedFd::from_raw_fd(dup) };
+        if socket_inode(dup.as_fd()) != Some(inode) {
+            continue;
+        }
+        return accept_queue(dup.as_fd());
+    }
+    None
+}
+
+/// The inode of a socket (what `/proc/PID/fd` shows as `socket:[inode]`).
+pub(crate) fn socket_inode(fd: BorrowedFd<'_>) -> Option<u64> {
+    nix::sys::stat::fstat(fd).ok().map(|st| st.st_ino)
+}
+
 /// When this process started (from `/proc/self/stat`, in clock ticks since boot, and
 /// `/proc/uptime`), as a time of the wall clock; `None` if either cannot be read.
 pub(crate) fn process_start() -> Option<SystemTime> {
@@ -340,6 +377,19 @@ mod tests {
         // SAFETY: accept returned a new fd that nothing else owns.
         drop(unsafe { OwnedFd::from_raw_fd(one) });
         assert!(accept_queue(fd.as_fd()).unwrap().len <= 3);
+    }
+
+    #[test]
+    fn the_queue_is_found_by_inode_among_our_fds() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let inode = socket_inode(l.as_fd()).unwrap();
+        wait_until("the client queued", || {
+            (accept_queue_of_inode(inode)?.len == 1).then_some(())
+        });
+        drop(l);
+        assert_eq!(accept_queue_of_inode(inode), None, "a closed listener");
+        assert_eq!(accept_queue_of_inode(u64::MAX), None);
     }
 
     #[test]

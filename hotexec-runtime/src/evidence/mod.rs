@@ -9,6 +9,7 @@
 //! The kernel's numbers come from `kernel.rs`. Nothing here decides anything: the supervisor
 //! feeds the recorder and announces the report; this module measures and encodes.
 
+mod ledger;
 mod metrics;
 mod report;
 mod status;
@@ -17,30 +18,26 @@ pub(crate) mod wire;
 pub use report::{DrainSummary, Trigger, UpgradeReport, UpgradeResult};
 pub use status::{DrainingGeneration, ListenerStatus, Status};
 
-#[allow(unused_imports)] // the supervisor's (phase 2 of issue 19)
-pub(crate) use metrics::Metrics;
+pub(crate) use ledger::{Ledger, trigger_of};
 pub(crate) use report::{Recorder, kind_of};
-pub(crate) use status::{StatusInput, gather};
 
 use crate::control::Reply;
 use crate::error::UpgradeError;
 
-/// The control socket's `upgrade v2` request: runs `upgrade` and replies with the report.
-///
-/// The report measured here, around the request, has the outcome, the pids, `ms_to_ready`
-/// (request received → new generation ready) and the kernel's drop counters over that
-/// window; the supervisor's own phase times (spawn, exec, verdict, last accept) come with the
-/// report it announces (see [`Recorder`]).
-pub(crate) fn serve_upgrade(upgrade: impl FnOnce() -> Result<u32, UpgradeError>) -> Reply {
-    let mut rec = Recorder::start(Trigger::Control, std::process::id());
-    let outcome = upgrade();
-    if outcome.is_ok() {
-        rec.ready(std::time::Instant::now());
-    }
-    Reply::Report(Box::new(rec.finish(outcome.as_ref().copied())))
+/// The control socket's `upgrade v2` request: runs `upgrade` and replies with its report.
+pub(crate) fn serve_upgrade(
+    ledger: &Ledger,
+    upgrade: impl FnOnce() -> Result<u32, UpgradeError>,
+) -> Reply {
+    let asked = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let result = upgrade();
+    Reply::Report(Box::new(ledger.report_for(asked, &result)))
 }
 
 /// The control socket's `status v2` request.
-pub(crate) fn serve_status(input: StatusInput<'_>) -> Reply {
-    Reply::Status(Box::new(gather(input)))
+pub(crate) fn serve_status(ledger: &Ledger) -> Reply {
+    ledger.publish_metrics();
+    Reply::Status(Box::new(ledger.status()))
 }

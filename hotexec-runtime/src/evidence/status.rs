@@ -63,12 +63,36 @@ pub struct Status {
     pub draining: Vec<DrainingGeneration>,
 }
 
+/// A listener as the status names it: its name, address and socket inode, recorded at start.
+/// No fd is kept for it (an open copy would keep a closed listener's queue alive); its queue is
+/// read through the fd the process holds, if it still holds one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ListenerId {
+    pub name: String,
+    pub address: Option<String>,
+    pub inode: Option<u64>,
+}
+
+impl ListenerId {
+    pub(crate) fn of(name: &str, fd: BorrowedFd<'_>) -> ListenerId {
+        ListenerId {
+            name: name.to_owned(),
+            address: crate::socket::local_addr(fd).ok().map(|a| {
+                // TCP is the grammar's default kind: `127.0.0.1:8080`, as written in
+                // `#[listen]`; `udp:` and `unix:` keep their prefix.
+                let s = a.to_string();
+                s.strip_prefix("tcp:").map(str::to_owned).unwrap_or(s)
+            }),
+            inode: kernel::socket_inode(fd),
+        }
+    }
+}
+
 /// What only the runtime knows, handed to [`gather`]; the rest is read from the kernel.
 pub(crate) struct StatusInput<'a> {
     pub generation: Option<u64>,
     pub exe: &'a Path,
-    /// The runtime's own copy of each listener.
-    pub listeners: &'a [(&'a str, BorrowedFd<'a>)],
+    pub listeners: &'a [ListenerId],
     pub last_upgrade: Option<UpgradeReport>,
     pub draining: Vec<DrainingGeneration>,
 }
@@ -90,16 +114,11 @@ pub(crate) fn gather(input: StatusInput<'_>) -> Status {
         listeners: input
             .listeners
             .iter()
-            .map(|(name, fd)| {
-                let q = kernel::accept_queue(*fd);
+            .map(|l| {
+                let q = l.inode.and_then(kernel::accept_queue_of_inode);
                 ListenerStatus {
-                    name: (*name).to_owned(),
-                    address: crate::socket::local_addr(*fd).ok().map(|a| {
-                        // TCP is the grammar's default kind: `127.0.0.1:8080`, as written in
-                        // `#[listen]`; `udp:` and `unix:` keep their prefix.
-                        let s = a.to_string();
-                        s.strip_prefix("tcp:").map(str::to_owned).unwrap_or(s)
-                    }),
+                    name: l.name.clone(),
+                    address: l.address.clone(),
                     accept_queue: q.map(|q| q.len),
                     accept_queue_max: q.map(|q| q.max),
                 }
@@ -203,7 +222,10 @@ mod tests {
             assert!(Instant::now() < deadline, "the clients never queued");
             std::thread::sleep(Duration::from_millis(5));
         }
-        let listeners = [("http", http.as_fd()), ("local", unix.as_fd())];
+        let listeners = [
+            ListenerId::of("http", http.as_fd()),
+            ListenerId::of("local", unix.as_fd()),
+        ];
         let s = gather(StatusInput {
             generation: Some(3),
             exe: Path::new("/srv/app/current/my app"),
@@ -216,6 +238,7 @@ mod tests {
             }],
         });
         std::fs::remove_dir_all(&dir).unwrap();
+        drop(unix);
         assert_eq!(s.pid, std::process::id());
         assert_eq!(s.generation, Some(3));
         assert_eq!(s.listeners[0].address, Some(addr.to_string()));

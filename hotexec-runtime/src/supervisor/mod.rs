@@ -317,6 +317,8 @@ impl Shell {
                     tracing::info!("the previous generation passed a stop on to this one");
                     events.push(Event::StopPassedOn);
                 }
+                Received::Record(Record::Other { kind, bytes })
+                    if self.setup.announcer.evidence.received(kind, &bytes) => {}
                 Received::Record(other) => {
                     tracing::debug!(
                         ?other,
@@ -371,6 +373,7 @@ impl Shell {
                         if let Some(s) = &self.span {
                             s.record("new_pid", pid);
                         }
+                        self.setup.announcer.evidence.spawned(pid);
                         self.child = Some(child);
                         Some(Event::Spawned { pid })
                     }
@@ -418,6 +421,17 @@ impl Shell {
                     }
                 }
                 self.setup.announcer.announce(&a);
+                if let Announcement::HandedOver {
+                    rollback: false, ..
+                } = a
+                {
+                    // Its evidence, for the new generation's `status` (issue 19).
+                    let evidence = &self.setup.announcer.evidence;
+                    let link = self.successor.as_ref().and_then(|s| s.child.link.as_ref());
+                    if let (Some(r), Some(l)) = (evidence.last(), link) {
+                        let _ = link::send(l.as_fd(), &evidence.link_record(&r));
+                    }
+                }
                 if ends {
                     self.span = None;
                 }

@@ -1,0 +1,235 @@
+//! This generation's evidence: the upgrade being recorded, the last report, the listeners as
+//! `status` names them, and hotexec's metrics. Held by the announcer (`announce.rs`), which
+//! tells it what the supervisor decided; read by the control socket's handler.
+
+use std::os::fd::BorrowedFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::metrics::Metrics;
+use super::status::{DrainingGeneration, ListenerId, StatusInput, gather};
+use super::wire::Record;
+use super::{Recorder, Status, Trigger, UpgradeReport};
+use crate::error::UpgradeError;
+use crate::generation::Generation;
+use crate::link;
+
+/// The link record kind of an upgrade's report, sent by the old generation to the new one once
+/// it has handed over (what the new one's `status` shows as its `last_upgrade`).
+pub(crate) const LINK_REPORT: u16 = link::FIRST_OTHER + 8;
+/// The key hotexec's metric totals are carried under (`Shutdown::carry`'s mechanism).
+const METRICS_KEY: &str = "hotexec.metrics";
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What the supervisor calls the trigger, as the report says it.
+pub(crate) fn trigger_of(t: crate::supervisor::event::Trigger) -> Trigger {
+    match t {
+        crate::supervisor::event::Trigger::Signal => Trigger::Signal,
+        crate::supervisor::event::Trigger::Api => Trigger::Api,
+    }
+}
+
+#[derive(Default)]
+struct State {
+    recorder: Option<Recorder>,
+    last: Option<UpgradeReport>,
+    listeners: Vec<ListenerId>,
+    drain_timeout: Option<Duration>,
+    /// The previous generation, while it drains (from its report), and when it exits at the
+    /// latest.
+    draining: Option<DrainingGeneration>,
+}
+
+/// This generation's evidence.
+pub(crate) struct Ledger {
+    exe: PathBuf,
+    generation: Arc<Generation>,
+    metrics: Arc<Metrics>,
+    state: Mutex<State>,
+}
+
+impl Ledger {
+    /// Takes over the metric totals the previous generation carried and registers this one's
+    /// to be carried to the next.
+    pub(crate) fn new(generation: Arc<Generation>, exe: PathBuf) -> Ledger {
+        let metrics = Arc::new(Metrics::new());
+        if let Some(carried) = generation.take_inherited(METRICS_KEY) {
+            metrics.import(&carried);
+        }
+        metrics.generation(generation.number());
+        if cfg!(feature = "metrics") {
+            let m = metrics.clone();
+            generation.carry(METRICS_KEY, Box::new(move || m.export()));
+        }
+        Ledger {
+            exe,
+            generation,
+            metrics,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The listeners `status` names, and the drain timeout an old generation announces.
+    pub(crate) fn serving(&self, listeners: &[(&str, BorrowedFd<'_>)], drain_timeout: Duration) {
+        let mut st = self.state();
+        st.listeners = listeners
+            .iter()
+            .map(|(name, fd)| ListenerId::of(name, *fd))
+            .collect();
+        st.drain_timeout = Some(drain_timeout);
+    }
+
+    /// An upgrade starts (the announcer's `UpgradeStarted`).
+    pub(crate) fn started(&self, trigger: Trigger) {
+        self.state().recorder = Some(Recorder::start(trigger, std::process::id()));
+    }
+
+    /// The new process exists.
+    pub(crate) fn spawned(&self, pid: u32) {
+        if let Some(r) = &mut self.state().recorder {
+            r.spawned(pid, Instant::now());
+        }
+    }
+
+    /// The upgrade ended: the report, logged (in the `upgrade` span, where the announcer
+    /// calls this), counted and kept.
+    pub(crate) fn finished(&self, outcome: Result<u32, &UpgradeError>) -> Option<UpgradeReport> {
+        let mut st = self.state();
+        let mut rec = st.recorder.take()?;
+        if outcome.is_ok() {
+            rec.ready(Instant::now());
+            rec.generation(self.generation.number() + 1);
+        }
+        let report = rec.finish(outcome);
+        tracing::info!(report = %report.summary(), "upgrade report");
+        self.metrics.upgrade(&report);
+        st.last = Some(report.clone());
+        Some(report)
+    }
+
+    /// The last upgrade's report (this generation's, or the one that started it).
+    pub(crate) fn last(&self) -> Option<UpgradeReport> {
+        self.state().last.clone()
+    }
+
+    /// The record the new generation gets over the link once this one has handed over: the
+    /// report, and when this generation exits at the latest.
+    pub(crate) fn link_record(&self, report: &UpgradeReport) -> link::Record {
+        let mut r = report.to_record();
+        if let Some(d) = self.state().drain_timeout {
+            r.put("drain_deadline_ms", now_ms() + d.as_millis() as u64);
+        }
+        link::Record::Other {
+            kind: LINK_REPORT,
+            bytes: r.encode().into_bytes(),
+        }
+    }
+
+    /// A record of kind `kind` from the previous generation; `true` if it was evidence.
+    pub(crate) fn received(&self, kind: u16, bytes: &[u8]) -> bool {
+        if kind != LINK_REPORT {
+            return false;
+        }
+        let Some(record) = std::str::from_utf8(bytes).ok().map(Record::decode) else {
+            tracing::warn!("generation link: a report that is not UTF-8, skipped");
+            return true;
+        };
+        let Some(report) = UpgradeReport::from_record(&record) else {
+            tracing::warn!("generation link: a malformed report, skipped");
+            return true;
+        };
+        // The upgrade that started this generation: counted here, where the exporter is
+        // scraped from now on (the old generation's totals were carried before it ended).
+        self.metrics.upgrade(&report);
+        let mut st = self.state();
+        st.draining = Some(DrainingGeneration {
+            pid: report.old_pid,
+            connections: None,
+            deadline_ms: record.parse("drain_deadline_ms"),
+        });
+        st.last = Some(report);
+        true
+    }
+
+    /// The report of the upgrade a control request asked for at `asked_ms`, which ended with
+    /// `result`: the supervisor's own if it is that one, else one made from the outcome (an
+    /// upgrade refused as busy never started).
+    pub(crate) fn report_for(
+        &self,
+        asked_ms: u64,
+        result: &Result<u32, UpgradeError>,
+    ) -> UpgradeReport {
+        let last = self.state().last.clone();
+        let matches = last.as_ref().is_some_and(|r| {
+            r.started_at_ms + 1 >= asked_ms
+                && match result {
+                    Ok(pid) => r.is_ok() && r.new_pid == Some(*pid),
+                    Err(e) => !r.is_ok() && r.kind.as_deref() == Some(super::kind_of(e)),
+                }
+        });
+        let mut report = match (matches, last) {
+            (true, Some(r)) => r,
+            _ => Recorder::start(Trigger::Control, std::process::id())
+                .finish(result.as_ref().copied()),
+        };
+        // The supervisor hears "api" for both; this request came through the control socket.
+        if report.trigger == Trigger::Api {
+            report.trigger = Trigger::Control;
+        }
+        report
+    }
+
+    /// What serves now.
+    pub(crate) fn status(&self) -> Status {
+        let st = self.state();
+        let parent_alive = st
+            .draining
+            .as_ref()
+            .is_some_and(|d| std::path::Path::new(&format!("/proc/{}", d.pid)).exists())
+            && self.parent_link_open();
+        gather(StatusInput {
+            generation: Some(self.generation.number()),
+            exe: &self.exe,
+            listeners: &st.listeners,
+            last_upgrade: st.last.clone(),
+            draining: st
+                .draining
+                .iter()
+                .filter(|_| parent_alive)
+                .cloned()
+                .collect(),
+        })
+    }
+
+    /// Whether the previous generation still holds its end of the link (it does until it
+    /// exits).
+    fn parent_link_open(&self) -> bool {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        let Some(l) = &self.generation.parent_link else {
+            return false;
+        };
+        let mut fds = [PollFd::new(l.as_fd(), PollFlags::empty())];
+        match poll(&mut fds, PollTimeout::ZERO) {
+            Ok(_) => !fds[0]
+                .revents()
+                .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)),
+            Err(_) => false,
+        }
+    }
+
+    /// The totals, published again (an exporter installed after start gets them at once).
+    pub(crate) fn publish_metrics(&self) {
+        self.metrics.publish_all();
+    }
+}
