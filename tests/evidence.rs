@@ -76,6 +76,9 @@ fn upgrade_json_and_status_under_load() {
         l["accept_queue"].is_u64() && l["accept_queue_max"].is_u64(),
         "{s}"
     );
+    // The old generation drains (it is in its probation): named, with its deadline.
+    assert_eq!(s["draining"][0]["pid"], old, "{s}");
+    assert!(s["draining"][0]["deadline_ms"].is_u64(), "{s}");
     // The upgrade that started it, as the old generation reported it over the link.
     assert_eq!(s["last_upgrade"]["result"], "ok", "{s}");
     assert_eq!(s["last_upgrade"]["new_pid"], new, "{s}");
@@ -85,6 +88,29 @@ fn upgrade_json_and_status_under_load() {
         "{s}"
     );
     assert!(s["build_id"].as_str().is_some_and(|b| b.len() >= 16), "{s}");
+    // Once the old generation is done, the new one knows how its connections ended.
+    let old_generation = wait_for(Duration::from_secs(20), "the drain summary", || {
+        let run = cli(&app, &["status", "--json"]);
+        let s = json(&run);
+        let o = s["last_upgrade"]["old_generation"].clone();
+        (!o.is_null()).then_some((o, s))
+    });
+    let (o, s) = old_generation;
+    assert!(o["drained"].is_u64(), "hotexec::serve counts: {o}");
+    assert_eq!(o["cut"], 0, "nothing left open: {o}");
+    assert_eq!(o["handed_off"], 0, "{o}");
+    assert!(o["ms_to_done"].as_f64().is_some_and(|ms| ms > 0.0), "{o}");
+    assert_eq!(s["draining"], serde_json::json!([]), "{s}");
+    // The same report is logged at the end of the `upgrade` span of the old generation.
+    let log = app.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("upgrade report"))
+        .unwrap_or_else(|| panic!("no report in the log:\n{log}"));
+    assert!(
+        line.contains("upgrade{") && line.contains(&format!("new_pid={new}")),
+        "{line}"
+    );
     let text = cli(&app, &["status"]);
     assert_eq!(text.code, 0, "{text:?}");
     assert!(text.stdout.starts_with(&format!("pid {new} ")), "{text:?}");

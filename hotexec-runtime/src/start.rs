@@ -219,6 +219,9 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
     activity.wait_idle(std::time::Duration::from_secs(2));
     if !matches!(shutdown.reason(), Some(ShutdownReason::Upgrade { .. })) {
         announcer.final_cleanup();
+    } else {
+        // Issue 19: how this generation's connections ended, to the new generation.
+        announcer.evidence.drain_done();
     }
     result
 }

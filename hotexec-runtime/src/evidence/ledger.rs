@@ -18,6 +18,8 @@ use crate::link;
 /// The link record kind of an upgrade's report, sent by the old generation to the new one once
 /// it has handed over (what the new one's `status` shows as its `last_upgrade`).
 pub(crate) const LINK_REPORT: u16 = link::FIRST_OTHER + 8;
+/// The link record kind of the old generation's drain summary, sent when it is done.
+pub(crate) const LINK_DRAINED: u16 = link::FIRST_OTHER + 9;
 /// The key hotexec's metric totals are carried under (`Shutdown::carry`'s mechanism).
 const METRICS_KEY: &str = "hotexec.metrics";
 
@@ -44,6 +46,9 @@ struct State {
     /// The previous generation, while it drains (from its report), and when it exits at the
     /// latest.
     draining: Option<DrainingGeneration>,
+    /// Our end of the link to the generation this one handed over to (a duplicate), for the
+    /// drain summary; taken when it is sent.
+    successor_link: Option<std::os::fd::OwnedFd>,
 }
 
 /// This generation's evidence.
@@ -135,15 +140,74 @@ impl Ledger {
         }
     }
 
+    /// Keeps a duplicate of the link to the generation this one handed over to.
+    pub(crate) fn handed_over_on(&self, link: BorrowedFd<'_>) {
+        match link.try_clone_to_owned() {
+            Ok(l) => self.state().successor_link = Some(l),
+            Err(e) => tracing::warn!("no drain summary for the new generation: dup: {e}"),
+        }
+    }
+
+    /// This generation, which handed over, is done (its `main` returned, or `drain_timeout`
+    /// is cutting what is left): its drain summary goes to the new generation. Once.
+    pub(crate) fn drain_done(&self) {
+        let (link, started) = {
+            let mut st = self.state();
+            (
+                st.successor_link.take(),
+                st.last.as_ref().map(|r| r.started_at_ms),
+            )
+        };
+        let Some(link) = link else { return };
+        let counted = self.generation.drain_count.now();
+        let handed_off = self
+            .generation
+            .handoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, |h| h.handed_off());
+        let summary = super::DrainSummary {
+            drained: counted.map(|c| c.0),
+            handed_off: Some(handed_off),
+            returned: None,
+            cut: counted.map(|c| c.1),
+            ms_to_done: started.map(|s| now_ms().saturating_sub(s) as f64),
+        };
+        tracing::info!(summary = %summary.to_record().encode(), "drain summary");
+        self.metrics.drained(&summary);
+        let record = link::Record::Other {
+            kind: LINK_DRAINED,
+            bytes: summary.to_record().encode().into_bytes(),
+        };
+        if let Err(e) = link::send(std::os::fd::AsFd::as_fd(&link), &record) {
+            tracing::debug!("drain summary not sent: {e}");
+        }
+    }
+
     /// A record of kind `kind` from the previous generation; `true` if it was evidence.
     pub(crate) fn received(&self, kind: u16, bytes: &[u8]) -> bool {
-        if kind != LINK_REPORT {
+        if kind != LINK_REPORT && kind != LINK_DRAINED {
             return false;
         }
         let Some(record) = std::str::from_utf8(bytes).ok().map(Record::decode) else {
-            tracing::warn!("generation link: a report that is not UTF-8, skipped");
+            tracing::warn!("generation link: evidence that is not UTF-8, skipped");
             return true;
         };
+        if kind == LINK_DRAINED {
+            let Some(summary) = super::DrainSummary::from_record(&record) else {
+                tracing::warn!("generation link: a malformed drain summary, skipped");
+                return true;
+            };
+            tracing::info!(summary = %summary.to_record().encode(), "the previous generation is done");
+            self.metrics.drained(&summary);
+            let mut st = self.state();
+            st.draining = None;
+            if let Some(last) = &mut st.last {
+                last.old_generation = Some(summary);
+            }
+            return true;
+        }
         let Some(report) = UpgradeReport::from_record(&record) else {
             tracing::warn!("generation link: a malformed report, skipped");
             return true;

@@ -182,8 +182,8 @@ impl Metrics {
     pub(crate) fn drained(&self, summary: &DrainSummary) {
         #[cfg(feature = "metrics")]
         {
-            self.add(HANDED_OFF, "", summary.handed_off);
-            self.add(CUT, "", summary.cut);
+            self.add(HANDED_OFF, "", summary.handed_off.unwrap_or(0));
+            self.add(CUT, "", summary.cut.unwrap_or(0));
         }
     }
 
@@ -246,8 +246,8 @@ mod tests {
             m1.upgrade(&failed);
             m1.verdict(true);
             m1.drained(&DrainSummary {
-                handed_off: 5,
-                cut: 1,
+                handed_off: Some(5),
+                cut: Some(1),
                 ..DrainSummary::default()
             });
         });

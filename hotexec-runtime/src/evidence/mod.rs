@@ -9,12 +9,14 @@
 //! The kernel's numbers come from `kernel.rs`. Nothing here decides anything: the supervisor
 //! feeds the recorder and announces the report; this module measures and encodes.
 
+mod drain;
 mod ledger;
 mod metrics;
 mod report;
 mod status;
 pub(crate) mod wire;
 
+pub use drain::DrainCount;
 pub use report::{DrainSummary, Trigger, UpgradeReport, UpgradeResult};
 pub use status::{DrainingGeneration, ListenerStatus, Status};
 

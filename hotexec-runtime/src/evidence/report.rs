@@ -75,18 +75,46 @@ impl Trigger {
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub struct DrainSummary {
-    /// Connections that finished on the old generation (served to the end, or closed at a
-    /// request boundary).
-    pub drained: u64,
+    /// Connections that finished on the old generation after the hand-over (served to the
+    /// end, or closed at a request boundary). `None` where the application does not serve
+    /// through hotexec's drain (`hotexec::serve`, `hotexec::drain::Connections`), which counts.
+    pub drained: Option<u64>,
     /// Connections handed to the new generation (`Shutdown::handoff`) and taken by it.
-    pub handed_off: u64,
-    /// Connections offered to the new generation that it gave back (the old one served them).
-    pub returned: u64,
-    /// Connections still open at `drain_timeout`, cut when the old generation exited: the one
-    /// number that says something was lost.
-    pub cut: u64,
+    pub handed_off: Option<u64>,
+    /// Connections offered to the new generation that it gave back (the old one served them);
+    /// `None`: not counted.
+    pub returned: Option<u64>,
+    /// Connections still open when the old generation ended (its `main` returned, or
+    /// `drain_timeout` cut them): the one number that says something was lost. `None` where
+    /// not counted, as `drained`.
+    pub cut: Option<u64>,
     /// From the upgrade's trigger until the old generation was done, in milliseconds.
     pub ms_to_done: Option<f64>,
+}
+
+impl DrainSummary {
+    pub(crate) fn to_record(&self) -> Record {
+        let mut o = Record::new();
+        o.put("done", 1);
+        o.put_opt("drained", self.drained);
+        o.put_opt("handed_off", self.handed_off);
+        o.put_opt("returned", self.returned);
+        o.put_opt("cut", self.cut);
+        o.put_opt("ms_to_done", self.ms_to_done);
+        o
+    }
+
+    /// `None` unless the record says the old generation is done.
+    pub(crate) fn from_record(o: &Record) -> Option<DrainSummary> {
+        o.get("done")?;
+        Some(DrainSummary {
+            drained: o.parse("drained"),
+            handed_off: o.parse("handed_off"),
+            returned: o.parse("returned"),
+            cut: o.parse("cut"),
+            ms_to_done: o.parse("ms_to_done"),
+        })
+    }
 }
 
 /// The evidence of one upgrade: the outcome, how long each phase took, what the kernel dropped
@@ -184,13 +212,7 @@ impl UpgradeReport {
         }
         r.put_sub("health", health);
         if let Some(d) = &self.old_generation {
-            let mut o = Record::new();
-            o.put("drained", d.drained);
-            o.put("handed_off", d.handed_off);
-            o.put("returned", d.returned);
-            o.put("cut", d.cut);
-            o.put_opt("ms_to_done", d.ms_to_done);
-            r.put_sub("old_generation", o);
+            r.put_sub("old_generation", d.to_record());
         }
         r
     }
@@ -202,14 +224,7 @@ impl UpgradeReport {
             "ok" => UpgradeResult::Ok,
             _ => UpgradeResult::Error,
         };
-        let o = r.sub("old_generation");
-        let old_generation = (!o.is_empty()).then(|| DrainSummary {
-            drained: o.parse("drained").unwrap_or(0),
-            handed_off: o.parse("handed_off").unwrap_or(0),
-            returned: o.parse("returned").unwrap_or(0),
-            cut: o.parse("cut").unwrap_or(0),
-            ms_to_done: o.parse("ms_to_done"),
-        });
+        let old_generation = DrainSummary::from_record(&r.sub("old_generation"));
         Some(UpgradeReport {
             result,
             kind: r.get("kind").map(str::to_owned),
@@ -390,10 +405,10 @@ mod tests {
             listen_drops: Some(0),
             health,
             old_generation: Some(DrainSummary {
-                drained: 7,
-                handed_off: 3,
-                returned: 1,
-                cut: 0,
+                drained: Some(7),
+                handed_off: Some(3),
+                returned: None,
+                cut: Some(0),
                 ms_to_done: Some(510.0),
             }),
         }

@@ -84,6 +84,7 @@ impl Record {
     }
 
     /// Whether the record has any field.
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.fields.is_empty()
     }

@@ -430,6 +430,7 @@ impl Shell {
                     let link = self.successor.as_ref().and_then(|s| s.child.link.as_ref());
                     if let (Some(r), Some(l)) = (evidence.last(), link) {
                         let _ = link::send(l.as_fd(), &evidence.link_record(&r));
+                        evidence.handed_over_on(l.as_fd());
                     }
                 }
                 if ends {
@@ -464,6 +465,9 @@ impl Shell {
                 deadline::arm(self.setup.config.drain_timeout, reason, move || {
                     if final_stop {
                         announcer.final_cleanup();
+                    } else {
+                        // What is still open is cut now: the new generation hears it.
+                        announcer.evidence.drain_done();
                     }
                 });
                 None
