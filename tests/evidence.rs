@@ -83,6 +83,7 @@ fn upgrade_json_and_status_under_load() {
     assert_eq!(s["last_upgrade"]["result"], "ok", "{s}");
     assert_eq!(s["last_upgrade"]["new_pid"], new, "{s}");
     assert_eq!(s["last_upgrade"]["old_pid"], old, "{s}");
+    assert_eq!(s["last_upgrade"]["trigger"], "control", "{s}");
     assert!(
         s["exe"].as_str().is_some_and(|e| e.ends_with("/app")),
         "{s}"
@@ -100,6 +101,9 @@ fn upgrade_json_and_status_under_load() {
     assert_eq!(o["cut"], 0, "nothing left open: {o}");
     assert_eq!(o["handed_off"], 0, "{o}");
     assert!(o["ms_to_done"].as_f64().is_some_and(|ms| ms > 0.0), "{o}");
+    // Under load the old generation accepted until about when the new one was ready.
+    let last_accept = s["last_upgrade"]["ms_to_last_accept"].as_f64();
+    assert!(last_accept.is_some_and(|ms| ms >= 0.0), "{s}");
     assert_eq!(s["draining"], serde_json::json!([]), "{s}");
     // The same report is logged at the end of the `upgrade` span of the old generation.
     let log = app.log_text();
@@ -159,6 +163,32 @@ fn failures_are_json_with_the_same_exit_codes() {
     let run = hotexec_cli(&["status", "--pid-file", missing.to_str().unwrap()], LIMIT);
     assert_eq!(run.code, 4, "{run:?}");
     assert!(run.stdout.is_empty(), "{run:?}");
+}
+
+/// In keeper mode the pid file names the keeper, which relays both requests: the evidence is
+/// the serving generations', not the keeper's.
+#[test]
+fn evidence_through_a_keeper() {
+    let app = App::start("axum", HTTP, &[("HOTEXEC_KEEPER", "1")]);
+    let keeper = app.first_pid();
+    let serving = match get(app.addr, "/", Duration::from_secs(5)) {
+        Outcome::Ok { pid } => pid,
+        other => panic!("{other:?}"),
+    };
+    app.track(serving);
+    assert_ne!(serving, keeper);
+    let run = cli(&app, &["upgrade", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let r = json(&run);
+    assert_eq!(r["result"], "ok", "{r}");
+    assert_eq!(r["old_pid"], serving, "{r}");
+    let new = r["new_pid"].as_u64().unwrap() as u32;
+    app.track(new);
+    assert!(new != keeper && new != serving, "{r}");
+    let s = json(&cli(&app, &["status", "--json"]));
+    assert_eq!(s["pid"], new, "{s}");
+    assert_eq!(s["generation"], 2, "{s}");
+    assert_eq!(app.pid_in_file(), Some(keeper));
 }
 
 #[test]

@@ -83,7 +83,11 @@ pub(crate) fn control_handler(
     announcer: Arc<crate::announce::Announcer>,
 ) -> Handler {
     Arc::new(move |request| match request {
-        "upgrade" => Reply::from_upgrade(supervisor.request_upgrade()),
+        "upgrade" => Reply::from_upgrade(
+            announcer
+                .evidence
+                .control_request(|| supervisor.request_upgrade()),
+        ),
         "upgrade v2" => {
             crate::evidence::serve_upgrade(&announcer.evidence, || supervisor.request_upgrade())
         }

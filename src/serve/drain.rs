@@ -146,7 +146,10 @@ impl Connections {
                 biased;
                 _ = &mut shutdown => return None,
                 accepted = listener.accept() => match accepted {
-                    Ok(conn) => return Some(conn),
+                    Ok(conn) => {
+                        self.inner.shutdown.drain_count().accepted();
+                        return Some(conn);
+                    }
                     Err(e) if is_connection_error(&e) => continue,
                     Err(e) => {
                         tracing::warn!("accept: {e}; retrying in 50ms");

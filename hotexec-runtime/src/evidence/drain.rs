@@ -11,9 +11,24 @@ pub struct DrainCount {
     used: AtomicBool,
     open: AtomicU64,
     drained: AtomicU64,
+    /// When the last connection was accepted, milliseconds since the Unix epoch (0: none).
+    last_accept_ms: AtomicU64,
 }
 
 impl DrainCount {
+    /// A connection was accepted (for the report's `ms_to_last_accept`).
+    pub fn accepted(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.last_accept_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// When the last connection was accepted (milliseconds since the Unix epoch), if any.
+    pub(crate) fn last_accept_ms(&self) -> Option<u64> {
+        Some(self.last_accept_ms.load(Ordering::Relaxed)).filter(|&t| t > 0)
+    }
+
     /// A connection task starts.
     pub fn opened(&self) {
         self.used.store(true, Ordering::Relaxed);

@@ -53,6 +53,10 @@ struct State {
 
 /// This generation's evidence.
 pub(crate) struct Ledger {
+    /// Control requests waiting for their upgrade: the supervisor says "api" for them and for
+    /// `hotexec::upgrade()` alike, the report says `control` while one waits (one upgrade runs
+    /// at a time; an API call racing a control request may be named after it).
+    control_requests: std::sync::atomic::AtomicUsize,
     exe: PathBuf,
     generation: Arc<Generation>,
     metrics: Arc<Metrics>,
@@ -73,6 +77,7 @@ impl Ledger {
             generation.carry(METRICS_KEY, Box::new(move || m.export()));
         }
         Ledger {
+            control_requests: std::sync::atomic::AtomicUsize::new(0),
             exe,
             generation,
             metrics,
@@ -96,6 +101,17 @@ impl Ledger {
 
     /// An upgrade starts (the announcer's `UpgradeStarted`).
     pub(crate) fn started(&self, trigger: Trigger) {
+        let trigger = match trigger {
+            Trigger::Api
+                if self
+                    .control_requests
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    > 0 =>
+            {
+                Trigger::Control
+            }
+            other => other,
+        };
         self.state().recorder = Some(Recorder::start(trigger, std::process::id()));
     }
 
@@ -176,9 +192,18 @@ impl Ledger {
         };
         tracing::info!(summary = %summary.to_record().encode(), "drain summary");
         self.metrics.drained(&summary);
+        let mut r = summary.to_record();
+        // The old generation's last accept, after the trigger (the report's
+        // `ms_to_last_accept`); only this generation knows it.
+        let last_accept = self.generation.drain_count.last_accept_ms();
+        if let (Some(t), Some(s)) = (last_accept, started) {
+            if t >= s {
+                r.put("ms_to_last_accept", (t - s) as f64);
+            }
+        }
         let record = link::Record::Other {
             kind: LINK_DRAINED,
-            bytes: summary.to_record().encode().into_bytes(),
+            bytes: r.encode().into_bytes(),
         };
         if let Err(e) = link::send(std::os::fd::AsFd::as_fd(&link), &record) {
             tracing::debug!("drain summary not sent: {e}");
@@ -205,6 +230,7 @@ impl Ledger {
             st.draining = None;
             if let Some(last) = &mut st.last {
                 last.old_generation = Some(summary);
+                last.ms_to_last_accept = record.parse("ms_to_last_accept");
             }
             return true;
         }
@@ -225,6 +251,15 @@ impl Ledger {
         true
     }
 
+    /// Runs `upgrade` for a control request (so that its report says `control`).
+    pub(crate) fn control_request<T>(&self, upgrade: impl FnOnce() -> T) -> T {
+        use std::sync::atomic::Ordering;
+        self.control_requests.fetch_add(1, Ordering::SeqCst);
+        let out = upgrade();
+        self.control_requests.fetch_sub(1, Ordering::SeqCst);
+        out
+    }
+
     /// The report of the upgrade a control request asked for at `asked_ms`, which ended with
     /// `result`: the supervisor's own if it is that one, else one made from the outcome (an
     /// upgrade refused as busy never started).
@@ -241,16 +276,11 @@ impl Ledger {
                     Err(e) => !r.is_ok() && r.kind.as_deref() == Some(super::kind_of(e)),
                 }
         });
-        let mut report = match (matches, last) {
+        match (matches, last) {
             (true, Some(r)) => r,
             _ => Recorder::start(Trigger::Control, std::process::id())
                 .finish(result.as_ref().copied()),
-        };
-        // The supervisor hears "api" for both; this request came through the control socket.
-        if report.trigger == Trigger::Api {
-            report.trigger = Trigger::Control;
         }
-        report
     }
 
     /// What serves now.
