@@ -12,6 +12,7 @@
 //! | every lifecycle event | `announce.rs` (log, pid file, service manager, keeper, previous generation: one place) |
 //! | draining and stopping | `shutdown.rs` (the app's `Shutdown`), `deadline.rs` (the drain deadline), `pidfile.rs` |
 //! | keeper mode | `keeper.rs` |
+//! | evidence (what each upgrade cost, what serves) | [`evidence`] (`report.rs` the report and its recorder, `ledger.rs` this generation's evidence fed by the announcer, `status.rs`, `drain.rs` connection counts, `metrics.rs`, `wire.rs` the control-socket encoding), `kernel.rs` (netstat counters, accept queues, build id) |
 //!
 //! Without the default `process` feature only [`syntax`] is built: the grammar that
 //! `hotexec-macros` checks literals with at compile time.
