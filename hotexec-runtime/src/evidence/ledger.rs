@@ -327,3 +327,82 @@ impl Ledger {
         self.metrics.publish_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ledger() -> Ledger {
+        Ledger::new(Arc::new(Generation::detached()), PathBuf::from("/srv/app"))
+    }
+
+    /// What the previous generation sends over the link may be garbage (a broken or hostile
+    /// build): it is skipped, never taken as evidence, and other modules' kinds are left alone.
+    #[test]
+    fn garbage_from_the_previous_generation_is_skipped() {
+        let l = ledger();
+        assert!(
+            !l.received(link::FIRST_OTHER, b"result=ok old_pid=1"),
+            "not ours"
+        );
+        for junk in [&b"\xff\xfe"[..], b"", b"hello", b"old_pid=7 new_pid=8"] {
+            assert!(l.received(LINK_REPORT, junk));
+            assert!(l.received(LINK_DRAINED, junk));
+        }
+        assert_eq!(l.last(), None);
+        assert!(l.status().draining.is_empty());
+    }
+
+    /// The report, then the drain summary: the status shows the upgrade that started this
+    /// generation, the old one draining with its deadline, then done.
+    #[test]
+    fn the_report_then_the_summary() {
+        let l = ledger();
+        let report = UpgradeReport {
+            old_pid: std::process::id(),
+            new_pid: Some(2),
+            ..UpgradeReport::default()
+        };
+        let link::Record::Other { kind, bytes } = l.link_record(&report) else {
+            panic!("not a module record");
+        };
+        assert_eq!(kind, LINK_REPORT);
+        assert!(l.received(kind, &bytes));
+        assert_eq!(l.last().map(|r| r.new_pid), Some(Some(2)));
+        let summary = crate::evidence::DrainSummary {
+            drained: Some(5),
+            cut: Some(0),
+            ..Default::default()
+        };
+        assert!(l.received(LINK_DRAINED, summary.to_record().encode().as_bytes()));
+        let last = l.last().unwrap();
+        assert_eq!(last.old_generation, Some(summary));
+        assert!(l.status().draining.is_empty());
+        assert_eq!(l.status().generation, Some(1));
+    }
+
+    /// A control request's reply is the supervisor's report of that upgrade when it is that
+    /// one, and one made from the outcome otherwise (a busy refusal never started).
+    #[test]
+    fn the_reply_of_a_control_request() {
+        let l = ledger();
+        // `hotexec::upgrade()`: the supervisor's "api" stays api.
+        l.started(Trigger::Api);
+        assert_eq!(l.finished(Ok(41)).unwrap().trigger, Trigger::Api);
+        // The same while a control request waits: control.
+        let asked = now_ms();
+        l.control_request(|| l.started(Trigger::Api));
+        l.spawned(42);
+        let made = l.finished(Ok(42)).unwrap();
+        assert_eq!(made.trigger, Trigger::Control);
+        let r = l.report_for(asked, &Ok(42));
+        assert_eq!(r.ms_to_spawn, made.ms_to_spawn);
+        let busy = l.report_for(
+            asked,
+            &Err(UpgradeError::Busy("an upgrade is already running")),
+        );
+        assert_eq!(busy.kind.as_deref(), Some("busy"));
+        assert_eq!(busy.trigger, Trigger::Control);
+        assert_eq!(busy.ms_to_spawn, None);
+    }
+}
