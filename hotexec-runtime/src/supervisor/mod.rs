@@ -4,12 +4,14 @@
 //! decision is), and does the [`Action`]s it returns: spawn, kill, announce (`announce.rs`),
 //! resolve the application's `Shutdown`, reply to requests.
 //!
-//! Files: `event.rs` (what goes in and out), `machine.rs` (the rules), `spawn_next.rs` (how a
-//! new generation is started, with what), this file (the thread and its loop).
+//! Files: `event.rs` (what goes in and out), `state.rs` (the states and their data),
+//! `machine.rs` (the rules), `spawn_next.rs` (how a new generation is started, with what), this
+//! file (the thread and its loop).
 
 pub(crate) mod event;
 mod machine;
 mod spawn_next;
+mod state;
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
