@@ -195,15 +195,17 @@ impl Machine {
             {
                 self.hand_over(pid, upgrade, now, out)
             }
-            (State::WaitingReady { pid, upgrade, .. }, Event::ExecFailed { pid: p, errno })
-                if p == pid =>
-            {
+            (
+                State::WaitingReady { pid, upgrade, .. },
+                Event::ExecFailed {
+                    pid: p,
+                    errno,
+                    path,
+                },
+            ) if p == pid => {
                 // The child wrote the errno and exited 127: reap it.
                 out.push(Action::Kill { pid });
-                let error = UpgradeError::Exec {
-                    path: std::path::PathBuf::new(),
-                    errno,
-                };
+                let error = UpgradeError::Exec { path, errno };
                 self.failed(upgrade, error, out)
             }
             (

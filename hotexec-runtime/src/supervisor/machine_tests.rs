@@ -144,6 +144,7 @@ fn events() -> Vec<Event> {
         Event::ExecFailed {
             pid: CHILD,
             errno: libc::ENOENT,
+            path: "/srv/app".into(),
         },
         Event::ReadyClosed { pid: CHILD },
         Event::ChildExited {
@@ -288,6 +289,7 @@ fn failed_upgrades_serve_on() {
         Event::ExecFailed {
             pid: CHILD,
             errno: libc::EACCES,
+            path: "/srv/app".into(),
         },
     );
     assert!(out.contains(&Action::Kill { pid: CHILD }));
