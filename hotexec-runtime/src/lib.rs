@@ -59,7 +59,7 @@ mod listeners;
 #[cfg(feature = "process")]
 mod notify;
 #[cfg(feature = "process")]
-pub mod pidfile;
+mod pidfile;
 #[cfg(feature = "process")]
 #[doc(hidden)]
 pub mod private;
@@ -70,7 +70,7 @@ mod shutdown;
 #[cfg(feature = "process")]
 mod signals;
 #[cfg(feature = "process")]
-pub mod socket;
+mod socket;
 #[cfg(feature = "process")]
 mod spawn;
 #[cfg(feature = "process")]
