@@ -79,15 +79,21 @@ where
     B::Error: Into<BoxError>,
 {
     let builder = auto::Builder::new(TokioExecutor::new());
-    serve_conn(io, service, conns, &builder).await
+    serve_conn(io, service, conns, &builder, None).await
 }
 
 /// The drain phases of one connection (see the module docs).
+///
+/// `not_before`: an HTTP/1.1 connection is not shut down before this instant even once the
+/// grace window is over. For a connection that only became able to speak during the drain (a
+/// TLS handshake completed then): its client sends its first request right after the
+/// handshake, and closing the connection at that moment would lose it.
 pub(crate) async fn serve_conn<I, S, B>(
     io: I,
     service: S,
     conns: &Connections,
     builder: &auto::Builder<TokioExecutor>,
+    not_before: Option<tokio::time::Instant>,
 ) -> Result<(), BoxError>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -120,6 +126,12 @@ where
         tokio::select! {
             r = conn.as_mut() => return r,
             _ = closing.cancelled() => {}
+        }
+        if let Some(at) = not_before {
+            tokio::select! {
+                r = conn.as_mut() => return r,
+                _ = tokio::time::sleep_until(at) => {}
+            }
         }
     }
     conn.as_mut().graceful_shutdown();
