@@ -11,7 +11,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 ///
 /// Returned before anything is served: a new generation whose certificate is bad fails
 /// before it reports ready, so the running one serves on.
-#[derive(Debug)]
 #[non_exhaustive]
 pub enum TlsError {
     /// A file could not be read.
@@ -63,6 +62,14 @@ impl fmt::Display for TlsError {
             ),
             TlsError::Config(why) => write!(f, "TLS configuration: {why}"),
         }
+    }
+}
+
+/// The message itself: what `main` returning `Err` prints (`Error: …`) says which file is at
+/// fault in words, not as a struct dump.
+impl fmt::Debug for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
     }
 }
 
