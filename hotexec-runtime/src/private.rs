@@ -115,7 +115,10 @@ impl<F: Future> Future for Started<F> {
     type Output = F::Output;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let r = self.fut.as_mut().poll(cx);
-        if std::mem::take(&mut self.first) {
+        // A main that returned on its first poll (typically an error at start: a certificate
+        // that does not load) never served: it is not ready, so an upgrade to it fails and
+        // the running generation serves on.
+        if std::mem::take(&mut self.first) && r.is_pending() {
             main_started();
         }
         r

@@ -54,12 +54,20 @@ impl fmt::Display for TlsError {
             TlsError::Pem { what, path, reason } => {
                 write!(f, "TLS {what} {}: {reason}", path.display())
             }
-            TlsError::Rejected { cert, key, source } => write!(
-                f,
-                "TLS certificate {} with key {}: {source}",
-                cert.display(),
-                key.display()
-            ),
+            TlsError::Rejected { cert, key, source } => {
+                write!(
+                    f,
+                    "TLS key {} with certificate {}: ",
+                    key.display(),
+                    cert.display()
+                )?;
+                match source {
+                    rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                        f.write_str("the private key does not belong to the certificate")
+                    }
+                    other => write!(f, "{other}"),
+                }
+            }
             TlsError::Config(why) => write!(f, "TLS configuration: {why}"),
         }
     }
