@@ -607,7 +607,7 @@ fn h2load_over_tls_with_new_connections_throughout_loses_nothing() {
             "-n1200",
             "-m10",
             "-r2",
-            "--rate-period=0.05",
+            "--rate-period=50ms",
             "-T10",
         ])
         .arg(format!("https://{}/", app.addr))
