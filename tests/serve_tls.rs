@@ -822,6 +822,146 @@ fn stalled_and_garbage_handshakes_hold_up_neither_serving_nor_the_drain() {
     );
 }
 
+/// A client whose first request is half sent when the grace window after the hand-over ends
+/// (handshake done, part of the request line on the wire) still gets its answer, from the old
+/// generation, with `Connection: close` and a `close_notify`: a connection is never closed
+/// with a request half read.
+#[test]
+fn a_first_request_half_sent_at_the_end_of_the_grace_window_is_answered() {
+    let pki = Pki::new();
+    let live = pki.install(&pki.leaf("a"));
+    let mut app = start_tls(&live, &[]);
+    let first = app.first_pid();
+    let cfg = tls13_and_12(&pki.ca);
+    let (tls, _, _) = tls_connect(&cfg, app.addr, Duration::from_secs(5)).unwrap();
+    let mut r = BufReader::new(tls);
+    r.get_mut().write_all(b"GET / HTTP/1.1\r\nHo").unwrap();
+    r.get_mut().flush().unwrap();
+    let (_, new) = app.upgrade();
+    // Past the 500 ms grace window.
+    std::thread::sleep(Duration::from_millis(1200));
+    r.get_mut().write_all(b"st: 127.0.0.1\r\n\r\n").unwrap();
+    r.get_mut().flush().unwrap();
+    let got = read_response(&mut r);
+    assert_eq!(got, Ok((first, true)), "the half-sent request");
+    assert_eq!(expect_close_notify(&mut r), Ok(()));
+    tls_answered_by(&cfg, app.addr, new);
+    old_generations_exit_cleanly(&mut app, first, &[new]);
+}
+
+/// The same for HTTP/2 (ALPN `h2`): a client whose connection preface is half sent when the
+/// grace window ends is not cut (hyper closes a connection unread if shut down while it still
+/// tells HTTP/1 from HTTP/2); its request is answered by the old generation, and the
+/// connection then goes away with a GOAWAY.
+#[test]
+fn an_http2_preface_half_sent_at_the_end_of_the_grace_window_is_served() {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let pki = Pki::new();
+    let live = pki.install(&pki.leaf("a"));
+    let mut app = start_tls(&live, &[]);
+    let first = app.first_pid();
+    let addr = app.addr;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut cfg = (*tls13_and_12(&pki.ca)).clone();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = hotexec::tls::tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tls = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::IpAddress(addr.ip().into());
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        tokio::io::AsyncWriteExt::write_all(&mut tls, &PREFACE[..16])
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::flush(&mut tls).await.unwrap();
+        tls
+    });
+    let (_, new) = app.upgrade();
+    std::thread::sleep(Duration::from_millis(1200));
+    let body = rt.block_on(async move {
+        tokio::time::timeout(Duration::from_secs(10), async move {
+            // The h2 client writes the whole preface: its first 16 bytes are already out.
+            let io = SkipFirst { io: tls, skip: 16 };
+            let (mut sender, conn) = h2::client::handshake(io)
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+            let driver = tokio::spawn(async move { conn.await });
+            let req = hyper::Request::get(format!("https://{addr}/"))
+                .body(())
+                .unwrap();
+            let (resp, _) = sender
+                .send_request(req, true)
+                .map_err(|e| format!("send: {e}"))?;
+            let resp = resp.await.map_err(|e| format!("response: {e}"))?;
+            let mut body = resp.into_body();
+            let mut text = Vec::new();
+            while let Some(chunk) = body.data().await {
+                text.extend_from_slice(&chunk.map_err(|e| format!("body: {e}"))?);
+            }
+            drop(sender);
+            let _ = driver.await;
+            Ok::<_, String>(String::from_utf8_lossy(&text).into_owned())
+        })
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()))
+    });
+    assert_eq!(
+        body,
+        Ok(format!("pid={first}\n")),
+        "the request after a half-sent preface"
+    );
+    tls_answered_by(&tls13_and_12(&pki.ca), addr, new);
+    old_generations_exit_cleanly(&mut app, first, &[new]);
+}
+
+/// Writes through to `io`, except the first `skip` bytes, which are dropped.
+struct SkipFirst<I> {
+    io: I,
+    skip: usize,
+}
+
+impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for SkipFirst<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for SkipFirst<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.skip > 0 {
+            let n = self.skip.min(buf.len());
+            self.skip -= n;
+            return std::task::Poll::Ready(Ok(n));
+        }
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// Without carried keys (`TLS_CARRY_TICKET_KEYS=0`, or a new generation of an older build),
 /// a returning client's ticket is refused by the new generation: a full handshake, and the
 /// request is served. Within a generation, tickets resume, for TLS 1.3 and 1.2.

@@ -1,0 +1,585 @@
+//! Benchmark rows for TLS: the `tls` example under outside load generators through upgrades,
+//! and what returning clients cost the new generation right after an upgrade, with and
+//! without carried session-ticket keys.
+//!
+//! ```text
+//! cargo build --release --example tls --example bench_tls && target/release/examples/bench_tls
+//! target/release/examples/bench_tls --quick      # shorter runs
+//! ```
+//!
+//! 1. `wrk -t2 -c64 -d10s https://…/` (HTTP/1.1 keep-alive over TLS) through 4 upgrades, and
+//!    the same without upgrades.
+//! 2. `h2load` over TLS (h2 by ALPN) with new connections arriving throughout (`-r` per
+//!    `--rate-period`; every request of a client in flight at once, since h2load does not
+//!    reconnect after a GOAWAY) through 3 upgrades, and the same without upgrades.
+//! 3. Returning clients: N rustls clients (each with its own session store) make one request,
+//!    then come back all at once — to the same generation (no upgrade), or to the next one
+//!    after an upgrade with the ticket keys carried (the default) or not
+//!    (`TLS_CARRY_TICKET_KEYS=0`, every generation with keys of its own, as servers without a
+//!    key file do). Measured: how many resumed, the new generation's CPU time for the whole
+//!    storm (sum of its threads' `schedstat` run time: handshakes and the requests), and the
+//!    clients' handshake times.
+//!
+//! The certificate is an ECDSA P-256 leaf from a throw-away CA made with `openssl`. Every
+//! process started is killed and reaped on exit; every wait has a deadline.
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hotexec::tls::rustls;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, HandshakeKind, StreamOwned};
+
+fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Runs a command to completion within `limit`; its stdout and stderr.
+fn run(cmd: &mut Command, limit: Duration) -> String {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let (mut so, mut se) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = so.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = se.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            let text = out.join().unwrap() + &err.join().unwrap();
+            assert!(st.success(), "{cmd:?}: {st}\n{text}");
+            return text;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A CA and a leaf certificate for 127.0.0.1 in `dir`: (ca.pem, leaf.pem, leaf.key).
+fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ossl = |args: &[&str]| {
+        run(
+            Command::new("openssl").current_dir(dir).args(args),
+            Duration::from_secs(30),
+        );
+    };
+    ossl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=bench-ca",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+         extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n",
+    )
+    .unwrap();
+    ossl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=bench",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+    ]);
+    ossl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-set_serial",
+        "7",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "leaf.pem",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("leaf.pem"),
+        dir.join("leaf.key"),
+    )
+}
+
+/// A started `tls` example; its generations are killed and reaped on drop.
+struct Server {
+    first: Child,
+    dir: PathBuf,
+    addr: SocketAddr,
+    pids: Vec<u32>,
+}
+
+impl Server {
+    fn start(bin: &Path, dir: &Path, tag: &str, env: &[(&str, &str)]) -> Server {
+        let dir = dir.join(tag);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let log = std::fs::File::create(dir.join("log")).unwrap();
+        let certs = dir.parent().unwrap();
+        let mut cmd = Command::new(bin);
+        cmd.env("HOTEXEC_LISTEN_HTTPS", addr.to_string())
+            .env("HOTEXEC_PID_FILE", dir.join("pid"))
+            .env("HOTEXEC_KEEPER", "0")
+            .env("TLS_CERT", certs.join("leaf.pem"))
+            .env("TLS_KEY", certs.join("leaf.key"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let first = cmd.spawn().unwrap();
+        let s = Server {
+            pids: vec![first.id()],
+            first,
+            dir,
+            addr,
+        };
+        wait_for(Duration::from_secs(10), "the pid file", || {
+            (s.pid() == Some(s.pids[0])).then_some(())
+        });
+        wait_for(Duration::from_secs(10), "the listener", || {
+            TcpStream::connect(addr).ok()
+        });
+        s
+    }
+
+    fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.join("pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// SIGUSR2 (again while the log says the generation is not ready yet); the new pid.
+    fn upgrade(&mut self) -> u32 {
+        let old = self.pid().unwrap();
+        // SAFETY: kill(2) on a pid this program started.
+        unsafe { libc::kill(old as i32, libc::SIGUSR2) };
+        let mut last_signal = Instant::now();
+        let new = wait_for(Duration::from_secs(10), "a new generation", || {
+            if let Some(p) = self.pid().filter(|p| *p != old) {
+                return Some(p);
+            }
+            if last_signal.elapsed() > Duration::from_millis(200) {
+                // SAFETY: as above.
+                unsafe { libc::kill(old as i32, libc::SIGUSR2) };
+                last_signal = Instant::now();
+            }
+            None
+        });
+        self.pids.push(new);
+        new
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        for &p in &self.pids {
+            // SAFETY: kill(2) on pids this program started (and, as subreaper, reaps).
+            unsafe { libc::kill(p as i32, libc::SIGKILL) };
+        }
+        let _ = self.first.wait();
+        for &p in &self.pids[1..] {
+            // SAFETY: waitpid on a (re-parented) child; a pid that is not ours returns ECHILD.
+            unsafe { libc::waitpid(p as i32, std::ptr::null_mut(), 0) };
+        }
+    }
+}
+
+/// CPU time of every thread of `pid` so far (`/proc/PID/task/*/schedstat`, nanoseconds).
+fn cpu_ns(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+                .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A background load generator (wrk or h2load), its output returned by `finish`.
+struct Tool(Option<Child>);
+
+impl Tool {
+    fn start(cmd: &mut Command) -> Tool {
+        Tool(Some(
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("{cmd:?}: {e} (apt-get install wrk nghttp2-client)")),
+        ))
+    }
+
+    fn finish(mut self, limit: Duration) -> String {
+        let mut child = self.0.take().unwrap();
+        let mut out = String::new();
+        let deadline = Instant::now() + limit;
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("load generator did not finish within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        out
+    }
+}
+
+impl Drop for Tool {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs a load generator against a fresh server, with `upgrades` upgrades spread over
+/// `seconds`; returns its output.
+fn under_load(
+    bin: &Path,
+    dir: &Path,
+    tag: &str,
+    tool: &mut Command,
+    seconds: f64,
+    upgrades: usize,
+) -> String {
+    let mut server = Server::start(bin, dir, tag, &[]);
+    let url = format!("https://{}/", server.addr);
+    let t = Tool::start(tool.arg(&url));
+    let step = Duration::from_secs_f64(seconds / (upgrades + 1) as f64);
+    for _ in 0..upgrades {
+        std::thread::sleep(step);
+        server.upgrade();
+    }
+    t.finish(Duration::from_secs_f64(seconds + 60.0))
+}
+
+fn line_of<'a>(out: &'a str, prefix: &str) -> &'a str {
+    out.lines()
+        .map(str::trim)
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or("(missing)")
+}
+
+fn client_base(ca: &Path) -> ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg
+}
+
+/// One handshake + `GET /` (`Connection: close`) + close: (resumed, handshake time, pid).
+fn visit(cfg: &Arc<ClientConfig>, addr: SocketAddr) -> (bool, Duration, u32) {
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let t0 = Instant::now();
+    let conn = ClientConnection::new(cfg.clone(), ServerName::IpAddress(addr.ip().into())).unwrap();
+    let mut tls = StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).unwrap();
+    }
+    let took = t0.elapsed();
+    let resumed = tls.conn.handshake_kind() == Some(HandshakeKind::Resumed);
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    let _ = tls.read_to_string(&mut text);
+    let pid = text
+        .split_once("pid=")
+        .and_then(|(_, r)| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {text:?}"));
+    (resumed, took, pid)
+}
+
+/// All `cfgs` visit `addr` at once, from `threads` threads.
+fn storm(
+    cfgs: &[Arc<ClientConfig>],
+    addr: SocketAddr,
+    threads: usize,
+) -> Vec<(bool, Duration, u32)> {
+    let chunks: Vec<Vec<Arc<ClientConfig>>> = cfgs
+        .chunks(cfgs.len().div_ceil(threads))
+        .map(|c| c.to_vec())
+        .collect();
+    let handles: Vec<_> = chunks
+        .into_iter()
+        .map(|chunk| {
+            std::thread::spawn(move || chunk.iter().map(|c| visit(c, addr)).collect::<Vec<_>>())
+        })
+        .collect();
+    handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect()
+}
+
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Returning clients: one visit each, then (after an upgrade, or not) all back at once.
+fn returning(
+    bin: &Path,
+    dir: &Path,
+    ca: &Path,
+    tag: &str,
+    n: usize,
+    upgrade: bool,
+    carry: bool,
+) -> String {
+    let env: &[(&str, &str)] = if carry {
+        &[]
+    } else {
+        &[("TLS_CARRY_TICKET_KEYS", "0")]
+    };
+    let mut server = Server::start(bin, dir, tag, env);
+    let base = client_base(ca);
+    let cfgs: Vec<Arc<ClientConfig>> = (0..n)
+        .map(|_| {
+            let mut c = base.clone();
+            c.resumption = rustls::client::Resumption::in_memory_sessions(8);
+            Arc::new(c)
+        })
+        .collect();
+    let first = storm(&cfgs, server.addr, 8);
+    assert!(first.iter().all(|(r, _, _)| !r), "first visits resumed?");
+    let target = if upgrade {
+        let new = server.upgrade();
+        // The new generation answers (a client with no session: not counted below).
+        let probe = Arc::new(base.clone());
+        wait_for(Duration::from_secs(10), "the new generation", || {
+            (visit(&probe, server.addr).2 == new).then_some(())
+        });
+        new
+    } else {
+        server.pid().unwrap()
+    };
+    let cpu0 = cpu_ns(target);
+    let t0 = Instant::now();
+    let back = storm(&cfgs, server.addr, 8);
+    let wall = t0.elapsed();
+    let cpu = Duration::from_nanos(cpu_ns(target) - cpu0);
+    assert!(
+        back.iter().all(|(_, _, p)| *p == target),
+        "a visit was answered by another generation"
+    );
+    let resumed = back.iter().filter(|(r, _, _)| *r).count();
+    let mut hs: Vec<Duration> = back.iter().map(|(_, d, _)| *d).collect();
+    hs.sort();
+    format!(
+        "| {} | {n} | {resumed} ({:.0} %) | {:.1} ms | {:.0} µs | {:.2} ms | {:.2} ms | {:.0} ms |",
+        match (upgrade, carry) {
+            (false, _) => "same generation (no upgrade)",
+            (true, true) => "next generation, ticket keys carried",
+            (true, false) => "next generation, keys not carried (`TLS_CARRY_TICKET_KEYS=0`)",
+        },
+        resumed as f64 * 100.0 / n as f64,
+        cpu.as_secs_f64() * 1e3,
+        cpu.as_secs_f64() * 1e6 / n as f64,
+        quantile(&hs, 0.5).as_secs_f64() * 1e3,
+        quantile(&hs, 0.99).as_secs_f64() * 1e3,
+        wall.as_secs_f64() * 1e3,
+    )
+}
+
+fn main() {
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes integer arguments: the old generations'
+    // children (the new generations) are re-parented to us and reaped by `Server`'s drop.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let quick = std::env::args().any(|a| a == "--quick");
+    let bin = std::env::current_exe().unwrap().with_file_name("tls");
+    assert!(
+        bin.exists(),
+        "build the `tls` example first ({} missing)",
+        bin.display()
+    );
+    let dir = std::env::temp_dir().join(format!("hotexec-bench-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, _, _) = make_certs(&dir);
+    let secs = if quick { 4 } else { 10 };
+
+    println!("### wrk over https (HTTP/1.1 keep-alive), `tls` example\n");
+    println!("| run | requests | req/s | socket errors | non-2xx | latency avg |");
+    println!("|---|---:|---:|---|---:|---:|");
+    for upgrades in [0, 4] {
+        let out = under_load(
+            &bin,
+            &dir,
+            &format!("wrk{upgrades}"),
+            Command::new("wrk").args(["-t2", "-c64", &format!("-d{secs}s"), "--timeout", "5s"]),
+            secs as f64,
+            upgrades,
+        );
+        let total = out
+            .lines()
+            .find(|l| l.contains(" requests in "))
+            .unwrap_or("?")
+            .trim();
+        let rps = line_of(&out, "Requests/sec:")
+            .trim_start_matches("Requests/sec:")
+            .trim();
+        let errors = out
+            .lines()
+            .find(|l| l.trim().starts_with("Socket errors:"))
+            .map(str::trim)
+            .unwrap_or("none");
+        let non2xx = line_of(&out, "Non-2xx")
+            .rsplit(':')
+            .next()
+            .unwrap_or("0")
+            .trim()
+            .replace("(missing)", "0");
+        let latency = out
+            .lines()
+            .find(|l| l.trim().starts_with("Latency"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("?");
+        println!(
+            "| `wrk -t2 -c64 -d{secs}s`, {upgrades} upgrades | {} | {rps} | {errors} | {non2xx} | {latency} |",
+            total.split_whitespace().next().unwrap_or("?")
+        );
+    }
+
+    let (clients, rate) = if quick { (400, 10) } else { (1000, 10) };
+    println!("\n### h2load over TLS (h2), new connections throughout, `tls` example\n");
+    println!("| run | requests line | req/s |");
+    println!("|---|---|---:|");
+    for upgrades in [0, 3] {
+        let out = under_load(
+            &bin,
+            &dir,
+            &format!("h2load{upgrades}"),
+            Command::new("h2load").args([
+                &format!("-c{clients}"),
+                &format!("-n{}", clients * 100),
+                "-m100",
+                &format!("-r{rate}"),
+                "--rate-period=100ms",
+                "-T30",
+            ]),
+            clients as f64 / rate as f64 / 10.0,
+            upgrades,
+        );
+        assert!(
+            out.contains("Application protocol: h2"),
+            "h2 not negotiated:\n{out}"
+        );
+        let rps = line_of(&out, "finished in")
+            .split(',')
+            .nth(1)
+            .unwrap_or("?")
+            .trim();
+        println!(
+            "| `h2load -c{clients} -n{} -m100 -r{rate} --rate-period=100ms`, {upgrades} upgrades | {} | {rps} |",
+            clients * 100,
+            line_of(&out, "requests:")
+        );
+    }
+
+    let n = if quick { 200 } else { 500 };
+    println!("\n### Returning clients right after an upgrade ({n} rustls clients, 8 threads)\n");
+    println!(
+        "| returning to | clients | resumed | server CPU for the storm | per client | handshake p50 | handshake p99 | storm wall time |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (tag, upgrade, carry) in [
+        ("same", false, true),
+        ("carried", true, true),
+        ("fresh", true, false),
+    ] {
+        println!("{}", returning(&bin, &dir, &ca, tag, n, upgrade, carry));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
