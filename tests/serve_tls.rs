@@ -710,7 +710,9 @@ fn bad_certificate_at_upgrade_fails_the_new_generation_before_ready() {
     let first = app.first_pid();
     let cfg = tls13_and_12(&pki.ca);
     let load = TlsLoad::start(&cfg, app.addr, 2, 2);
-    let cases: Vec<(&str, Box<dyn Fn()>, &Path, &str)> = vec![
+    /// What is wrong, how to make it so, the file the message must name, and what it says.
+    type Case<'a> = (&'a str, Box<dyn Fn() + 'a>, &'a Path, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "garbage certificate",
             Box::new(|| std::fs::write(&live.cert, "not a certificate\n").unwrap()),
@@ -888,7 +890,7 @@ fn an_http2_preface_half_sent_at_the_end_of_the_grace_window_is_served() {
             let (mut sender, conn) = h2::client::handshake(io)
                 .await
                 .map_err(|e| format!("handshake: {e}"))?;
-            let driver = tokio::spawn(async move { conn.await });
+            let driver = tokio::spawn(conn);
             let req = hyper::Request::get(format!("https://{addr}/"))
                 .body(())
                 .unwrap();

@@ -59,7 +59,7 @@ pub use tickets::{
 };
 
 /// rustls, re-exported: the version hotexec is built with, for apps that make their own
-/// [`ServerConfig`](rustls::ServerConfig) ([`TlsConfig::from_server_config`]).
+/// `ServerConfig` ([`TlsConfig::from_server_config`]).
 pub use rustls;
 /// tokio-rustls, re-exported: the stream type [`Acceptor::accept`] returns.
 pub use tokio_rustls;
