@@ -5,6 +5,8 @@
 //! ```text
 //! cargo build --release --example tls --example bench_tls && target/release/examples/bench_tls
 //! target/release/examples/bench_tls --quick      # shorter runs
+//! target/release/examples/bench_tls --rsa        # an RSA 2048 certificate (ECDSA P-256 by default)
+//! target/release/examples/bench_tls --returning  # only the returning-clients rows
 //! ```
 //!
 //! 1. `wrk -t2 -c64 -d10s https://…/` (HTTP/1.1 keep-alive over TLS) through 4 upgrades, and
@@ -83,74 +85,39 @@ fn run(cmd: &mut Command, limit: Duration) -> String {
     }
 }
 
-/// A CA and a leaf certificate for 127.0.0.1 in `dir`: (ca.pem, leaf.pem, leaf.key).
-fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let ossl = |args: &[&str]| {
+/// A CA and a leaf certificate for 127.0.0.1 in `dir`: (ca.pem, leaf.pem, leaf.key). The
+/// leaf's key is ECDSA P-256, or RSA 2048 with `rsa`.
+fn make_certs(dir: &Path, rsa: bool) -> (PathBuf, PathBuf, PathBuf) {
+    let ossl = |args: &str| {
+        let args: Vec<&str> = args.split_whitespace().collect();
         run(
             Command::new("openssl").current_dir(dir).args(args),
-            Duration::from_secs(30),
+            Duration::from_secs(60),
         );
     };
-    ossl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=bench-ca",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ]);
+    ossl(
+        "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench-ca \
+         -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign \
+         -keyout ca.key -out ca.pem",
+    );
     std::fs::write(
         dir.join("leaf.ext"),
-        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
          extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n",
     )
     .unwrap();
-    ossl(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-subj",
-        "/CN=bench",
-        "-keyout",
-        "leaf.key",
-        "-out",
-        "leaf.csr",
-    ]);
-    ossl(&[
-        "x509",
-        "-req",
-        "-in",
-        "leaf.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-set_serial",
-        "7",
-        "-days",
-        "2",
-        "-extfile",
-        "leaf.ext",
-        "-out",
-        "leaf.pem",
-    ]);
+    let key = if rsa {
+        "-newkey rsa:2048"
+    } else {
+        "-newkey ec -pkeyopt ec_paramgen_curve:P-256"
+    };
+    ossl(&format!(
+        "req -new {key} -nodes -subj /CN=bench -keyout leaf.key -out leaf.csr"
+    ));
+    ossl(
+        "x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -set_serial 7 -days 2 \
+         -extfile leaf.ext -out leaf.pem",
+    );
     (
         dir.join("ca.pem"),
         dir.join("leaf.pem"),
@@ -478,7 +445,8 @@ fn main() {
     // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes integer arguments: the old generations'
     // children (the new generations) are re-parented to us and reaped by `Server`'s drop.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    let quick = std::env::args().any(|a| a == "--quick");
+    let has = |flag: &str| std::env::args().any(|a| a == flag);
+    let (quick, rsa, only_returning) = (has("--quick"), has("--rsa"), has("--returning"));
     let bin = std::env::current_exe().unwrap().with_file_name("tls");
     assert!(
         bin.exists(),
@@ -487,16 +455,51 @@ fn main() {
     );
     let dir = std::env::temp_dir().join(format!("hotexec-bench-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (ca, _, _) = make_certs(&dir);
-    let secs = if quick { 4 } else { 10 };
+    let (ca, _, _) = make_certs(&dir, rsa);
+    let cert = if rsa { "RSA 2048" } else { "ECDSA P-256" };
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "certificate: {cert}; {} cores; load average at start: {}\n",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        loadavg
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    if !only_returning {
+        load_rows(&bin, &dir, quick);
+    }
+    let n = if quick { 200 } else { 500 };
+    println!(
+        "\n### Returning clients right after an upgrade ({n} rustls clients, 8 threads, {cert})\n"
+    );
+    println!(
+        "| returning to | clients | resumed | server CPU for the storm | per client | handshake p50 | handshake p99 | storm wall time |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (tag, upgrade, carry) in [
+        ("same", false, true),
+        ("carried", true, true),
+        ("fresh", true, false),
+    ] {
+        println!("{}", returning(&bin, &dir, &ca, tag, n, upgrade, carry));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
 
+/// wrk and h2load through upgrades, and without.
+fn load_rows(bin: &Path, dir: &Path, quick: bool) {
+    let secs = if quick { 4 } else { 10 };
     println!("### wrk over https (HTTP/1.1 keep-alive), `tls` example\n");
     println!("| run | requests | req/s | socket errors | non-2xx | latency avg |");
     println!("|---|---:|---:|---|---:|---:|");
     for upgrades in [0, 4] {
         let out = under_load(
-            &bin,
-            &dir,
+            bin,
+            dir,
             &format!("wrk{upgrades}"),
             Command::new("wrk").args(["-t2", "-c64", &format!("-d{secs}s"), "--timeout", "5s"]),
             secs as f64,
@@ -538,8 +541,8 @@ fn main() {
     println!("|---|---|---:|");
     for upgrades in [0, 3] {
         let out = under_load(
-            &bin,
-            &dir,
+            bin,
+            dir,
             &format!("h2load{upgrades}"),
             Command::new("h2load").args([
                 &format!("-c{clients}"),
@@ -567,19 +570,4 @@ fn main() {
             line_of(&out, "requests:")
         );
     }
-
-    let n = if quick { 200 } else { 500 };
-    println!("\n### Returning clients right after an upgrade ({n} rustls clients, 8 threads)\n");
-    println!(
-        "| returning to | clients | resumed | server CPU for the storm | per client | handshake p50 | handshake p99 | storm wall time |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    for (tag, upgrade, carry) in [
-        ("same", false, true),
-        ("carried", true, true),
-        ("fresh", true, false),
-    ] {
-        println!("{}", returning(&bin, &dir, &ca, tag, n, upgrade, carry));
-    }
-    let _ = std::fs::remove_dir_all(&dir);
 }
