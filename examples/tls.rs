@@ -21,6 +21,9 @@
 //!
 //! Routes: `GET /` → `pid=<pid>`; `GET /slow?ms=N`; `GET /stats` → this generation's handshake
 //! counts (`pid=<pid> full=… resumed=… failed=… timed_out=… inherited=…`).
+#[path = "support/logging.rs"]
+mod logging;
+
 use std::time::Duration;
 
 use axum::{Router, extract::State, http::Uri, routing::get};
@@ -76,7 +79,7 @@ fn duration_var(name: &str) -> std::io::Result<Option<Duration>> {
     }
 }
 
-#[hotexec::main(drain_timeout = "30s", init = init_tracing)]
+#[hotexec::main(drain_timeout = "30s", init = logging::init_tracing)]
 #[listen("127.0.0.1:8443", name = "https")]
 async fn main(listeners: hotexec::Listeners, shutdown: hotexec::Shutdown) -> std::io::Result<()> {
     // Read by every generation at its start: a renewed certificate is picked up by an
@@ -100,14 +103,4 @@ async fn main(listeners: hotexec::Listeners, shutdown: hotexec::Shutdown) -> std
     let listener = listeners.take_tokio_tcp("https")?;
     tracing::info!(pid = std::process::id(), addr = %listener.local_addr()?, "tls example serving");
     hotexec::serve(listener, app, shutdown).tls(tls).await
-}
-
-/// Logs to stderr (`RUST_LOG`, default `info`).
-fn init_tracing() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
 }

@@ -6,8 +6,6 @@
 //! leaf certificates for 127.0.0.1), in a scratch directory removed afterwards.
 //!
 //! `openssl`, `wrk` and `h2load` are installed by `.ci/install`.
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -21,7 +19,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, HandshakeKind, StreamOwned};
 
-use common::*;
+use hotexec_testkit::prelude::*;
 
 const HTTPS: &str = "HOTEXEC_LISTEN_HTTPS";
 
@@ -492,6 +490,52 @@ fn tls_answered_by(cfg: &Arc<ClientConfig>, addr: SocketAddr, pid: u32) {
     );
 }
 
+/// Makes new connections with `f` until one is answered by generation `pid` (a connection
+/// made just after the new generation's first answer may still be accepted by the old one,
+/// which is right: it stops accepting once its `Shutdown` resolved); returns what `f` gave for
+/// it. `f` returns the answering pid, if any, and its result.
+fn on_generation<T>(pid: u32, what: &str, mut f: impl FnMut() -> (Option<u32>, T)) -> T {
+    wait_for(
+        Duration::from_secs(10),
+        &format!("{what} answered by {pid}"),
+        || {
+            let (answered, t) = f();
+            (answered == Some(pid)).then_some(t)
+        },
+    )
+}
+
+/// The certificate a new connection is shown, and the pid that answers its `GET /`.
+fn cert_and_pid(
+    cfg: &Arc<ClientConfig>,
+    addr: SocketAddr,
+) -> (Option<u32>, CertificateDer<'static>) {
+    let (tls, _, cert) = tls_connect(cfg, addr, Duration::from_secs(5)).expect("connect");
+    let mut r = BufReader::new(tls);
+    r.get_mut()
+        .write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let pid = read_response(&mut r).ok().map(|(pid, _)| pid);
+    (pid, cert)
+}
+
+/// The pid in the `pid=` body of a response in `text`.
+fn body_pid(text: &str) -> Option<u32> {
+    text.split_once("pid=")?
+        .1
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn pid_of(o: &Outcome) -> Option<u32> {
+    match o {
+        Outcome::Ok { pid } => Some(*pid),
+        _ => None,
+    }
+}
+
 fn old_generations_exit_cleanly(app: &mut App, first: u32, news: &[u32]) {
     for old in std::iter::once(first).chain(news[..news.len() - 1].iter().copied()) {
         let st = app.wait_exit(old, Duration::from_secs(15));
@@ -675,9 +719,20 @@ fn renewed_certificate_is_served_after_an_upgrade() {
     ));
     let load = TlsLoad::start(&cfg, app.addr, 2, 2);
     pki.install(&b);
-    let (_, new) = app.upgrade();
-    tls_answered_by(&cfg, app.addr, new);
-    let (_, _, seen) = tls_connect(&cfg, app.addr, Duration::from_secs(5)).unwrap();
+    let (old, new) = app.upgrade();
+    // Every full handshake shows the certificate of the generation that answers it (a new
+    // client config each time: a resumed session shows the certificate it was made with).
+    let seen = on_generation(new, "a new connection", || {
+        let (pid, cert) = cert_and_pid(&tls13_and_12(&pki.ca), app.addr);
+        if pid == Some(old) {
+            assert_eq!(
+                cert,
+                der(&a.cert),
+                "the old generation's certificate changed"
+            );
+        }
+        (pid, cert)
+    });
     assert_eq!(
         seen,
         der(&b.cert),
@@ -982,9 +1037,12 @@ fn without_carried_keys_a_returning_client_gets_a_full_handshake_and_is_served()
         let t = tls_get(&mut None, &cfg, app.addr, "/", false);
         assert_eq!(t.resumed, Some(true), "{name}: resumed within a generation");
         let (_, new) = app.upgrade();
-        tls_answered_by(&tls13_and_12(&pki.ca), app.addr, new);
-        let t = tls_get(&mut None, &cfg, app.addr, "/", false);
-        assert_eq!(t.outcome, Outcome::Ok { pid: new }, "{name}");
+        // Connections still answered by the old generation resume there (and bring tickets
+        // of its keys); the first one answered by the new generation is what is checked.
+        let t = on_generation(new, name, || {
+            let t = tls_get(&mut None, &cfg, app.addr, "/", false);
+            (pid_of(&t.outcome), t)
+        });
         assert_eq!(
             t.resumed,
             Some(false),
@@ -997,7 +1055,6 @@ fn without_carried_keys_a_returning_client_gets_a_full_handshake_and_is_served()
 /// and TLS 1.2, after 1 upgrade and (the same saved session) after 3; the request on the
 /// resumed session is answered by the new generation.
 #[test]
-#[ignore = "needs the runtime's Shutdown::carry/inherited (the generation link of issue 17), not on main yet"]
 fn openssl_sessions_resume_after_one_and_after_three_upgrades() {
     let pki = Pki::new();
     let live = pki.install(&pki.leaf("a"));
@@ -1018,12 +1075,14 @@ fn openssl_sessions_resume_after_one_and_after_three_upgrades() {
     }
     for upgrades in 1..=3 {
         let (_, new) = app.upgrade();
-        tls_answered_by(&cfg, app.addr, new);
         if upgrades == 2 {
             continue;
         }
         for v in versions {
-            let out = s_client(app.addr, v, "-sess_in", &sessions.0.join(v));
+            let out = on_generation(new, v, || {
+                let out = s_client(app.addr, v, "-sess_in", &sessions.0.join(v));
+                (body_pid(&out), out)
+            });
             eprintln!(
                 "{v} after {upgrades} upgrade(s): {}",
                 out.lines()
@@ -1034,7 +1093,6 @@ fn openssl_sessions_resume_after_one_and_after_three_upgrades() {
                 out.contains("Reused, TLSv1."),
                 "{v}: the session saved before the first upgrade did not resume after {upgrades}:\n{out}"
             );
-            assert!(out.contains(&format!("pid={new}")), "{v}:\n{out}");
         }
     }
     let (s, inherited) = stats(&cfg, app.addr);
@@ -1048,7 +1106,6 @@ fn openssl_sessions_resume_after_one_and_after_three_upgrades() {
 /// first generation, after 3, for TLS 1.3 and TLS 1.2; the new generations count those
 /// handshakes as resumed.
 #[test]
-#[ignore = "needs the runtime's Shutdown::carry/inherited (the generation link of issue 17), not on main yet"]
 fn rustls_client_resumes_after_one_and_after_three_upgrades() {
     let pki = Pki::new();
     let live = pki.install(&pki.leaf("a"));
@@ -1067,17 +1124,20 @@ fn rustls_client_resumes_after_one_and_after_three_upgrades() {
             assert_eq!(t.resumed, Some(false), "{name}: the first handshake");
         }
         let (_, new) = app.upgrade();
-        tls_answered_by(&any, app.addr, new);
-        let t = tls_get(&mut None, &once, app.addr, "/", false);
-        assert_eq!(t.outcome, Outcome::Ok { pid: new }, "{name}");
+        let t = on_generation(new, name, || {
+            let t = tls_get(&mut None, &once, app.addr, "/", false);
+            (pid_of(&t.outcome), t)
+        });
         assert_eq!(t.resumed, Some(true), "{name}: not resumed after 1 upgrade");
         let mut last = new;
         for _ in 0..2 {
             last = app.upgrade().1;
             tls_answered_by(&any, app.addr, last);
         }
-        let t = tls_get(&mut None, &thrice, app.addr, "/", false);
-        assert_eq!(t.outcome, Outcome::Ok { pid: last }, "{name}");
+        let t = on_generation(last, name, || {
+            let t = tls_get(&mut None, &thrice, app.addr, "/", false);
+            (pid_of(&t.outcome), t)
+        });
         assert_eq!(
             t.resumed,
             Some(true),
@@ -1093,7 +1153,6 @@ fn rustls_client_resumes_after_one_and_after_three_upgrades() {
 /// client); the next one is started with a 3 s period and judges the carried keys by it: a
 /// ticket of the first generation resumes while its key is less than 6 s old, not after.
 #[test]
-#[ignore = "needs the runtime's Shutdown::carry/inherited (the generation link of issue 17), not on main yet"]
 fn a_ticket_older_than_the_rotation_window_is_refused_and_the_client_served() {
     const WINDOW: Duration = Duration::from_secs(6);
     let pki = Pki::new();
@@ -1102,7 +1161,6 @@ fn a_ticket_older_than_the_rotation_window_is_refused_and_the_client_served() {
     let before = Instant::now();
     let app = start_tls(&live, &[("TLS_TICKET_ROTATION", "60s")]);
     let after = Instant::now();
-    let any = tls13_and_12(&pki.ca);
     let (early, late) = (tls13_and_12(&pki.ca), tls13_and_12(&pki.ca));
     for cfg in [&early, &late] {
         assert_eq!(
@@ -1115,14 +1173,15 @@ fn a_ticket_older_than_the_rotation_window_is_refused_and_the_client_served() {
         app.good_binary().display()
     )));
     let (_, new) = app.upgrade();
-    tls_answered_by(&any, app.addr, new);
-    let t = tls_get(&mut None, &early, app.addr, "/", false);
+    let t = on_generation(new, "the early client", || {
+        let t = tls_get(&mut None, &early, app.addr, "/", false);
+        (pid_of(&t.outcome), t)
+    });
     assert!(
         before.elapsed() < WINDOW,
         "too slow to check the window: {:?} since the start",
         before.elapsed()
     );
-    assert_eq!(t.outcome, Outcome::Ok { pid: new });
     assert_eq!(t.resumed, Some(true), "within the window");
     std::thread::sleep(
         (after + WINDOW + Duration::from_millis(300)).saturating_duration_since(Instant::now()),

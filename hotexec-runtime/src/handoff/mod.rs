@@ -89,9 +89,8 @@ mod recv;
 mod send;
 pub mod wire;
 
-use std::ffi::OsString;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::{Arc, Mutex, Once};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use channel::Family;
@@ -99,131 +98,47 @@ pub use recv::{CLAIM_GRACE, Connection, HandedOff, Next};
 pub use send::{Handoff, HandoffError, Returned, SendFuture};
 pub use wire::{MAX_STATE, MAX_UNREAD, VERSION};
 
-use crate::protocol::{FDS_START, HANDOFF_FD};
 use wire::Kind;
 
-/// This generation's channel from the previous one, adopted before `main`.
-static FROM_PARENT: Mutex<Option<OwnedFd>> = Mutex::new(None);
-/// Its reader, once `main` started.
-static INBOX: Mutex<Option<Arc<recv::Shared>>> = Mutex::new(None);
-/// The channel to the child being started (its pid and our end), until it reports ready.
-static TO_CHILD: Mutex<Option<(u32, OwnedFd)>> = Mutex::new(None);
-/// The hand-off to the generation that took over, if it takes hand-offs.
-static ACTIVE: Mutex<Option<Handoff>> = Mutex::new(None);
-static TAKEN: Once = Once::new();
+/// The connections offered to this generation, until the application claims them with
+/// `incoming()` (kept by this generation, see `generation.rs`).
+pub(crate) struct Inbox(Arc<recv::Shared>);
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+impl Inbox {
+    pub(crate) fn claim(self) -> HandedOff {
+        HandedOff::claim(self.0)
+    }
 }
 
-/// Takes `HOTEXEC_HANDOFF_FD` out of the environment before `main` (nothing the application
-/// spawns sees it) and adopts the fd close-on-exec. HELLO follows in [`main_starting`], once the
-/// number is known not to be another fd of the hand-over.
-#[ctor::ctor]
-fn take_at_start() {
-    // SAFETY: constructors run before `main`, on the only thread of the process.
-    unsafe { take() };
-}
-
-/// # Safety
-/// Mutates the environment: no other thread may be reading or writing it.
-unsafe fn take() {
-    TAKEN.call_once(|| {
-        let Some(value) = std::env::var_os(HANDOFF_FD) else {
-            return;
-        };
-        // SAFETY: guaranteed by the caller.
-        unsafe { std::env::remove_var(HANDOFF_FD) };
-        // A refusal is not logged (no subscriber before main): it means no HELLO, so the
-        // previous generation drains as without hand-off; the fd (if any) is left alone.
-        if let Ok(fd) = adopt(&value) {
-            *lock(&FROM_PARENT) = Some(fd);
-        }
-    });
-}
-
-/// Checks that `value` names an open `AF_UNIX` `SOCK_SEQPACKET` socket, and owns it.
-fn adopt(value: &OsString) -> Result<OwnedFd, String> {
-    let fd: RawFd = value
-        .to_str()
-        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("{HANDOFF_FD}={value:?}: expected a decimal fd number"))?;
-    if fd < FDS_START {
-        return Err(format!("{HANDOFF_FD}={fd}: not a usable fd number"));
-    }
-    // SAFETY: only inspected while nothing in this process owns the number; EBADF is "not open".
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    match rustix::net::sockopt::socket_type(borrowed) {
-        Ok(rustix::net::SocketType::SEQPACKET) => {}
-        _ => return Err(format!("{HANDOFF_FD}={fd}: not a SOCK_SEQPACKET socket")),
-    }
-    if rustix::net::sockopt::socket_domain(borrowed).ok() != Some(rustix::net::AddressFamily::UNIX)
-    {
-        return Err(format!("{HANDOFF_FD}={fd}: not a Unix socket"));
-    }
-    // SAFETY: checked open above; the variable hands it to this process. Another fd of the
-    // hand-over given the same number (a listener, the readiness pipe, the keeper channel) is
-    // found in `main_starting` before anything could close either, and this one is then let go
-    // without closing.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    crate::socket::set_cloexec(fd.as_fd()).map_err(|e| e.to_string())?;
-    Ok(fd)
-}
-
-/// Runtime hook, as `main` starts: reads the channel from the previous generation, if any.
-pub(crate) fn main_starting() {
-    // SAFETY: the runtime calls this before it or the application start threads (the
-    // constructor normally did it already, and this does nothing).
-    unsafe { take() };
-    let Some(fd) = lock(&FROM_PARENT).take() else {
-        return;
-    };
-    let n = fd.as_raw_fd();
-    let mut others: Vec<RawFd> = crate::keeper::channel()
-        .map(|k| k.as_raw_fd())
-        .into_iter()
-        .collect();
-    if let Ok(crate::protocol::Parsed::ForUs(h)) =
-        crate::inherit::snapshot().parse(std::process::id())
-    {
-        others.extend(h.fds.iter().map(|(fd, _)| *fd));
-        others.extend(h.ready_fd);
-    }
-    if others.contains(&n) {
-        tracing::error!(
-            "{HANDOFF_FD}={n} is also another fd of the hand-over: refused, no connection hand-off"
-        );
-        // Not ours to close: the other use owns that number.
-        std::mem::forget(fd);
-        return;
-    }
+/// Runtime hook, as `main` starts: says HELLO on the channel from the previous generation
+/// (`HOTEXEC_HANDOFF_FD`, checked and adopted in `startup.rs`), if there is one, and starts
+/// reading it.
+pub(crate) fn main_starting(fd: Option<OwnedFd>) -> Option<Inbox> {
+    let fd = fd?;
     let hello = wire::encode(Kind::Hello, u64::from(std::process::id()), b"", b"");
     if let Err(e) = channel::send(fd.as_fd(), &hello, None, true) {
         tracing::warn!(
             "hand-off: cannot say HELLO to the previous generation ({e}): no connection hand-off"
         );
-        return;
+        return None;
     }
     match recv::start(fd) {
         Ok(shared) => {
             tracing::info!(
                 "hand-off channel from the previous generation open (version {VERSION})"
             );
-            *lock(&INBOX) = Some(shared);
+            Some(Inbox(shared))
         }
-        Err(e) => tracing::error!(
-            "hand-off: cannot start its reader ({e}): nothing will be handed to this generation"
-        ),
+        Err(e) => {
+            tracing::error!(
+                "hand-off: cannot start its reader ({e}): nothing will be handed to this generation"
+            );
+            None
+        }
     }
 }
 
-/// The connections the previous generation hands to this one; `None` when this generation was
-/// not started by an upgrade with hand-off (or the stream was already taken). Call it as `main`
-/// starts: offers that find no receiver [`CLAIM_GRACE`] after `main` started are refused.
-pub fn incoming() -> Option<HandedOff> {
-    lock(&INBOX).take().map(HandedOff::claim)
-}
+pub use crate::upgrade::incoming;
 
 /// Runtime hook before a new generation is spawned: a fresh channel; the child's end is passed
 /// like the keeper channel (see `spawn::Extra::handoff`). At the fd limit (`EMFILE`) the upgrade
@@ -247,19 +162,10 @@ pub(crate) fn channel_for_child() -> std::io::Result<Option<(OwnedFd, OwnedFd)>>
     }
 }
 
-/// Runtime hook once the child is spawned: keeps our end of its channel until it is ready.
-pub(crate) fn spawned(pid: u32, ours: OwnedFd) {
-    *lock(&TO_CHILD) = Some((pid, ours));
-}
-
 /// Runtime hook once `new_pid` reported ready (an upgrade or a rollback), before `Shutdown`
 /// resolves: if it said HELLO in our version, connections can be handed to it until
 /// `drain_timeout / 2` from now.
-pub(crate) fn child_ready(new_pid: u32, drain_timeout: Duration) {
-    let chan = match lock(&TO_CHILD).take() {
-        Some((pid, fd)) if pid == new_pid => fd,
-        _ => return,
-    };
+pub(crate) fn child_ready(chan: OwnedFd, new_pid: u32, drain_timeout: Duration) -> Option<Handoff> {
     // The HELLO was sent before the readiness report, so it is queued by now if it ever comes.
     let hello = match channel::recv(chan.as_fd(), true) {
         Ok(channel::Received::Message {
@@ -286,7 +192,7 @@ pub(crate) fn child_ready(new_pid: u32, drain_timeout: Duration) {
                         version = VERSION,
                         "the new generation takes connection hand-offs"
                     );
-                    *lock(&ACTIVE) = Some(h);
+                    return Some(h);
                 }
                 Err(e) => tracing::error!(
                     "hand-off: cannot start its sender ({e}): draining as without hand-off"
@@ -303,11 +209,7 @@ pub(crate) fn child_ready(new_pid: u32, drain_timeout: Duration) {
             "no connection hand-off to the new generation ({why}): draining as before"
         ),
     }
-}
-
-/// The hand-off to the generation that took over (see [`Shutdown::handoff`](crate::Shutdown::handoff)).
-pub(crate) fn active() -> Option<Handoff> {
-    lock(&ACTIVE).clone()
+    None
 }
 
 #[cfg(test)]

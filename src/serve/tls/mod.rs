@@ -335,12 +335,7 @@ impl TlsConfig {
             ),
         }
         let t = tickets.clone();
-        let carried = carry::carry(shutdown, carry::TICKET_KEYS, move || t.export());
-        if !carried {
-            tracing::debug!(
-                "session-ticket keys: this runtime carries nothing to the next generation"
-            );
-        }
+        carry::carry(shutdown, carry::TICKET_KEYS, move || t.export());
     }
 }
 
