@@ -25,30 +25,19 @@
 //! The certificate is an ECDSA P-256 leaf from a throw-away CA made with `openssl`. Every
 //! process started is killed and reaped on exit; every wait has a deadline.
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hotexec::tls::rustls;
+use hotexec_testkit::app::App;
+use hotexec_testkit::reap::subreaper;
+use hotexec_testkit::wait::wait_for;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, HandshakeKind, StreamOwned};
-
-fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
 
 /// Runs a command to completion within `limit`; its stdout and stderr.
 fn run(cmd: &mut Command, limit: Duration) -> String {
@@ -125,97 +114,19 @@ fn make_certs(dir: &Path, rsa: bool) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
-/// A started `tls` example; its generations are killed and reaped on drop.
-struct Server {
-    first: Child,
-    dir: PathBuf,
-    addr: SocketAddr,
-    pids: Vec<u32>,
-}
-
-impl Server {
-    fn start(bin: &Path, dir: &Path, tag: &str, env: &[(&str, &str)]) -> Server {
-        let dir = dir.join(tag);
-        std::fs::create_dir_all(&dir).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let log = std::fs::File::create(dir.join("log")).unwrap();
-        let certs = dir.parent().unwrap();
-        let mut cmd = Command::new(bin);
-        cmd.env("HOTEXEC_LISTEN_HTTPS", addr.to_string())
-            .env("HOTEXEC_PID_FILE", dir.join("pid"))
-            .env("HOTEXEC_KEEPER", "0")
-            .env("TLS_CERT", certs.join("leaf.pem"))
-            .env("TLS_KEY", certs.join("leaf.key"))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let first = cmd.spawn().unwrap();
-        let s = Server {
-            pids: vec![first.id()],
-            first,
-            dir,
-            addr,
-        };
-        wait_for(Duration::from_secs(10), "the pid file", || {
-            (s.pid() == Some(s.pids[0])).then_some(())
-        });
-        wait_for(Duration::from_secs(10), "the listener", || {
-            TcpStream::connect(addr).ok()
-        });
-        s
-    }
-
-    fn pid(&self) -> Option<u32> {
-        std::fs::read_to_string(self.dir.join("pid"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
-    /// SIGUSR2 (again while the log says the generation is not ready yet); the new pid.
-    fn upgrade(&mut self) -> u32 {
-        let old = self.pid().unwrap();
-        // SAFETY: kill(2) on a pid this program started.
-        unsafe { libc::kill(old as i32, libc::SIGUSR2) };
-        let mut last_signal = Instant::now();
-        let new = wait_for(Duration::from_secs(10), "a new generation", || {
-            if let Some(p) = self.pid().filter(|p| *p != old) {
-                return Some(p);
-            }
-            if last_signal.elapsed() > Duration::from_millis(200) {
-                // SAFETY: as above.
-                unsafe { libc::kill(old as i32, libc::SIGUSR2) };
-                last_signal = Instant::now();
-            }
-            None
-        });
-        self.pids.push(new);
-        new
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        for &p in &self.pids {
-            // SAFETY: kill(2) on pids this program started (and, as subreaper, reaps).
-            unsafe { libc::kill(p as i32, libc::SIGKILL) };
-        }
-        let _ = self.first.wait();
-        for &p in &self.pids[1..] {
-            // SAFETY: waitpid on a (re-parented) child; a pid that is not ours returns ECHILD.
-            unsafe { libc::waitpid(p as i32, std::ptr::null_mut(), 0) };
-        }
-    }
+/// The `tls` example (built next to this binary), started through the kit with the
+/// certificate in `dir`: its generations are killed and reaped when the `App` is dropped.
+fn start_tls(dir: &Path, env: &[(&str, &str)]) -> App {
+    let (cert, key) = (dir.join("leaf.pem"), dir.join("leaf.key"));
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let mut all = vec![
+        ("TLS_CERT", cert),
+        ("TLS_KEY", key),
+        ("HOTEXEC_KEEPER", "0"),
+        ("HOTEXEC_DRAIN_TIMEOUT", "60s"),
+    ];
+    all.extend_from_slice(env);
+    App::start("tls", "HOTEXEC_LISTEN_HTTPS", &all)
 }
 
 /// CPU time of every thread of `pid` so far (`/proc/PID/task/*/schedstat`, nanoseconds).
@@ -283,15 +194,8 @@ impl Drop for Tool {
 
 /// Runs a load generator against a fresh server, with `upgrades` upgrades spread over
 /// `seconds`; returns its output.
-fn under_load(
-    bin: &Path,
-    dir: &Path,
-    tag: &str,
-    tool: &mut Command,
-    seconds: f64,
-    upgrades: usize,
-) -> String {
-    let mut server = Server::start(bin, dir, tag, &[]);
+fn under_load(dir: &Path, tool: &mut Command, seconds: f64, upgrades: usize) -> String {
+    let server = start_tls(dir, &[]);
     let url = format!("https://{}/", server.addr);
     let t = Tool::start(tool.arg(&url));
     let step = Duration::from_secs_f64(seconds / (upgrades + 1) as f64);
@@ -377,21 +281,13 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
 }
 
 /// Returning clients: one visit each, then (after an upgrade, or not) all back at once.
-fn returning(
-    bin: &Path,
-    dir: &Path,
-    ca: &Path,
-    tag: &str,
-    n: usize,
-    upgrade: bool,
-    carry: bool,
-) -> String {
+fn returning(dir: &Path, ca: &Path, n: usize, upgrade: bool, carry: bool) -> String {
     let env: &[(&str, &str)] = if carry {
         &[]
     } else {
         &[("TLS_CARRY_TICKET_KEYS", "0")]
     };
-    let mut server = Server::start(bin, dir, tag, env);
+    let mut server = start_tls(dir, env);
     let base = client_base(ca);
     let cfgs: Vec<Arc<ClientConfig>> = (0..n)
         .map(|_| {
@@ -403,15 +299,17 @@ fn returning(
     let first = storm(&cfgs, server.addr, 8);
     assert!(first.iter().all(|(r, _, _)| !r), "first visits resumed?");
     let target = if upgrade {
-        let new = server.upgrade();
+        let (old, new) = server.upgrade();
         // The new generation answers (a client with no session: not counted below).
         let probe = Arc::new(base.clone());
         wait_for(Duration::from_secs(10), "the new generation", || {
             (visit(&probe, server.addr).2 == new).then_some(())
         });
+        // Every returning client must meet the new generation: the old one is gone first.
+        server.wait_exit(old, Duration::from_secs(30));
         new
     } else {
-        server.pid().unwrap()
+        server.first_pid()
     };
     let cpu0 = cpu_ns(target);
     let t0 = Instant::now();
@@ -442,17 +340,11 @@ fn returning(
 }
 
 fn main() {
-    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes integer arguments: the old generations'
-    // children (the new generations) are re-parented to us and reaped by `Server`'s drop.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    // The old generations' children (the new generations) are re-parented to us and reaped
+    // by `App`'s drop.
+    subreaper();
     let has = |flag: &str| std::env::args().any(|a| a == flag);
     let (quick, rsa, only_returning) = (has("--quick"), has("--rsa"), has("--returning"));
-    let bin = std::env::current_exe().unwrap().with_file_name("tls");
-    assert!(
-        bin.exists(),
-        "build the `tls` example first ({} missing)",
-        bin.display()
-    );
     let dir = std::env::temp_dir().join(format!("hotexec-bench-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (ca, _, _) = make_certs(&dir, rsa);
@@ -470,7 +362,7 @@ fn main() {
             .join(" ")
     );
     if !only_returning {
-        load_rows(&bin, &dir, quick);
+        load_rows(&dir, quick);
     }
     let n = if quick { 200 } else { 500 };
     println!(
@@ -480,27 +372,21 @@ fn main() {
         "| returning to | clients | resumed | server CPU for the storm | per client | handshake p50 | handshake p99 | storm wall time |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    for (tag, upgrade, carry) in [
-        ("same", false, true),
-        ("carried", true, true),
-        ("fresh", true, false),
-    ] {
-        println!("{}", returning(&bin, &dir, &ca, tag, n, upgrade, carry));
+    for (upgrade, carry) in [(false, true), (true, true), (true, false)] {
+        println!("{}", returning(&dir, &ca, n, upgrade, carry));
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// wrk and h2load through upgrades, and without.
-fn load_rows(bin: &Path, dir: &Path, quick: bool) {
+fn load_rows(dir: &Path, quick: bool) {
     let secs = if quick { 4 } else { 10 };
     println!("### wrk over https (HTTP/1.1 keep-alive), `tls` example\n");
     println!("| run | requests | req/s | socket errors | non-2xx | latency avg |");
     println!("|---|---:|---:|---|---:|---:|");
     for upgrades in [0, 4] {
         let out = under_load(
-            bin,
             dir,
-            &format!("wrk{upgrades}"),
             Command::new("wrk").args(["-t2", "-c64", &format!("-d{secs}s"), "--timeout", "5s"]),
             secs as f64,
             upgrades,
@@ -541,9 +427,7 @@ fn load_rows(bin: &Path, dir: &Path, quick: bool) {
     println!("|---|---|---:|");
     for upgrades in [0, 3] {
         let out = under_load(
-            bin,
             dir,
-            &format!("h2load{upgrades}"),
             Command::new("h2load").args([
                 &format!("-c{clients}"),
                 &format!("-n{}", clients * 100),
