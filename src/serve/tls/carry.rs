@@ -9,8 +9,15 @@
 use crate::{Carried, Shutdown};
 use zeroize::Zeroizing;
 
-/// The key under which the session-ticket keys travel.
-pub(super) const TICKET_KEYS: &str = "hotexec.tls.session-tickets";
+/// The key under which the session-ticket keys of the configuration named `name` travel
+/// (`hotexec.tls.session-tickets`, `/name` appended when there is one).
+pub(super) fn ticket_keys(name: &str) -> String {
+    if name.is_empty() {
+        "hotexec.tls.session-tickets".to_string()
+    } else {
+        format!("hotexec.tls.session-tickets/{name}")
+    }
+}
 
 /// The bytes the previous generation carried over under `key`, if any (taken once; zeroed
 /// when dropped).
@@ -22,7 +29,7 @@ pub(super) fn inherited(shutdown: &Shutdown, key: &str) -> Option<Carried> {
 /// generation is spawned; its bytes reach that generation under `key`.
 pub(super) fn carry(
     shutdown: &Shutdown,
-    key: &'static str,
+    key: &str,
     export: impl Fn() -> Zeroizing<Vec<u8>> + Send + Sync + 'static,
 ) {
     // The runtime takes a plain `Vec`: moved out of the `Zeroizing` wrapper, so no copy is

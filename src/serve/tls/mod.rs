@@ -85,6 +85,8 @@ pub struct TlsConfig {
     default_alpn: bool,
     handshake_timeout: Duration,
     carry_tickets: bool,
+    /// Under which name the ticket keys travel (several configurations in one app).
+    tickets_name: String,
     shared: Arc<Shared>,
 }
 
@@ -208,6 +210,7 @@ impl TlsConfig {
             default_alpn,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             carry_tickets: true,
+            tickets_name: String::new(),
             shared: Arc::default(),
         })
     }
@@ -244,6 +247,16 @@ impl TlsConfig {
     /// policy that wants keys never to leave a process.
     pub fn carry_ticket_keys(mut self, carry: bool) -> TlsConfig {
         self.carry_tickets = carry;
+        self
+    }
+
+    /// The name under which this configuration's session-ticket keys travel to the next
+    /// generation. Only for an app with several TLS configurations (listeners with different
+    /// certificates): each needs a name of its own, the same in every generation, or they
+    /// would take each other's keys. One configuration shared by several listeners (clones)
+    /// needs none.
+    pub fn ticket_keys_name(mut self, name: impl Into<String>) -> TlsConfig {
+        self.tickets_name = name.into();
         self
     }
 
@@ -314,7 +327,8 @@ impl TlsConfig {
             );
             return;
         }
-        match carry::inherited(shutdown, carry::TICKET_KEYS) {
+        let key = carry::ticket_keys(&self.tickets_name);
+        match carry::inherited(shutdown, &key) {
             Some(bytes) => match tickets.adopt(&bytes) {
                 Ok(()) => {
                     self.shared.inherited.store(true, Ordering::Relaxed);
@@ -335,7 +349,7 @@ impl TlsConfig {
             ),
         }
         let t = tickets.clone();
-        carry::carry(shutdown, carry::TICKET_KEYS, move || t.export());
+        carry::carry(shutdown, &key, move || t.export());
     }
 }
 

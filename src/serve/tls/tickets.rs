@@ -657,6 +657,19 @@ mod tests {
     }
 
     #[test]
+    fn adopting_refused_keys_keeps_the_keys_in_use_and_adopting_good_ones_replaces_them() {
+        let t = SessionTickets::new(P).unwrap();
+        let mine = t.encrypt(b"mine").unwrap();
+        assert!(t.adopt(b"HXTK\x01 truncated").is_err());
+        assert_eq!(t.decrypt(&mine).unwrap(), b"mine");
+        let other = SessionTickets::new(P).unwrap();
+        let theirs = other.encrypt(b"theirs").unwrap();
+        t.adopt(&other.export()).unwrap();
+        assert_eq!(t.decrypt(&theirs).unwrap(), b"theirs");
+        assert_eq!(t.decrypt(&mine), None, "the replaced keys are gone");
+    }
+
+    #[test]
     fn rotation_periods_out_of_range_are_refused() {
         assert_eq!(
             SessionTickets::new(Duration::from_millis(500)).unwrap_err(),
