@@ -52,7 +52,7 @@ mod listeners;
 #[cfg(feature = "process")]
 mod notify;
 #[cfg(feature = "process")]
-pub mod pidfile;
+mod pidfile;
 #[cfg(feature = "process")]
 #[doc(hidden)]
 pub mod private;
@@ -63,7 +63,7 @@ mod shutdown;
 #[cfg(feature = "process")]
 mod signals;
 #[cfg(feature = "process")]
-pub mod socket;
+mod socket;
 #[cfg(feature = "process")]
 mod spawn;
 #[cfg(feature = "process")]

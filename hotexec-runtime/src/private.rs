@@ -96,7 +96,8 @@ pub fn main_started() {
 }
 
 /// Wraps the user's async main: calls [`main_started`] after its first poll, i.e. once the
-/// app has run up to its first `.await` (typically: its accept loop is waiting).
+/// app has run up to its first `.await` (typically: its accept loop is waiting), unless that
+/// first poll already ended `main` (an error at start: never reported ready).
 pub struct Started<F> {
     fut: Pin<Box<F>>,
     first: bool,

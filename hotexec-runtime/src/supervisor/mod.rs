@@ -4,12 +4,14 @@
 //! decision is), and does the [`Action`]s it returns: spawn, kill, announce (`announce.rs`),
 //! resolve the application's `Shutdown`, reply to requests.
 //!
-//! Files: `event.rs` (what goes in and out), `machine.rs` (the rules), `spawn_next.rs` (how a
-//! new generation is started, with what), this file (the thread and its loop).
+//! Files: `event.rs` (what goes in and out), `state.rs` (the states and their data),
+//! `machine.rs` (the rules), `spawn_next.rs` (how a new generation is started, with what), this
+//! file (the thread and its loop).
 
 pub(crate) mod event;
 mod machine;
 mod spawn_next;
+mod state;
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -256,7 +258,11 @@ impl Shell {
             for said in c.ready.read() {
                 events.push(match said {
                     Said::Ready => Event::ChildReady { pid },
-                    Said::ExecFailed(errno) => Event::ExecFailed { pid, errno },
+                    Said::ExecFailed(errno) => Event::ExecFailed {
+                        pid,
+                        errno,
+                        path: c.exe.clone(),
+                    },
                     Said::Closed | Said::Garbage(_) => Event::ReadyClosed { pid },
                     // After READY: the successor's news (see below).
                     Said::HandedOn => Event::SuccessorNews {
@@ -400,17 +406,6 @@ impl Shell {
                     a,
                     Announcement::UpgradeFailed { .. } | Announcement::HandedOver { .. }
                 );
-                let a = match a {
-                    Announcement::UpgradeFailed {
-                        error: UpgradeError::Exec { errno, .. },
-                    } => Announcement::UpgradeFailed {
-                        error: UpgradeError::Exec {
-                            path: self.setup.announcer.exe.clone(),
-                            errno,
-                        },
-                    },
-                    other => other,
-                };
                 if let Announcement::HandedOver { new_pid, .. } = a {
                     // The child serves now: what it says from here on is a successor's news.
                     if let Some(child) = self.child.take().filter(|c| c.pid == new_pid) {
@@ -473,13 +468,6 @@ impl Shell {
                 None
             }
             Action::Reply { waiters, result } => {
-                let result = result.map_err(|e| match e {
-                    UpgradeError::Exec { errno, .. } => UpgradeError::Exec {
-                        path: self.setup.announcer.exe.clone(),
-                        errno,
-                    },
-                    other => other,
-                });
                 for w in waiters {
                     if let Some(r) = self.replies.remove(&w) {
                         let _ = r.send(result.clone());
