@@ -27,60 +27,27 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hotexec::tls::rustls;
 use hotexec_testkit::app::App;
 use hotexec_testkit::reap::subreaper;
+use hotexec_testkit::tools;
 use hotexec_testkit::wait::wait_for;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, HandshakeKind, StreamOwned};
-
-/// Runs a command to completion within `limit`; its stdout and stderr.
-fn run(cmd: &mut Command, limit: Duration) -> String {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let (mut so, mut se) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = so.read_to_string(&mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = se.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            let text = out.join().unwrap() + &err.join().unwrap();
-            assert!(st.success(), "{cmd:?}: {st}\n{text}");
-            return text;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// A CA and a leaf certificate for 127.0.0.1 in `dir`: (ca.pem, leaf.pem, leaf.key). The
 /// leaf's key is ECDSA P-256, or RSA 2048 with `rsa`.
 fn make_certs(dir: &Path, rsa: bool) -> (PathBuf, PathBuf, PathBuf) {
     let ossl = |args: &str| {
         let args: Vec<&str> = args.split_whitespace().collect();
-        run(
+        tools::run(
             Command::new("openssl").current_dir(dir).args(args),
+            "openssl",
             Duration::from_secs(60),
         );
     };
@@ -141,69 +108,19 @@ fn cpu_ns(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// A background load generator (wrk or h2load), its output returned by `finish`.
-struct Tool(Option<Child>);
-
-impl Tool {
-    fn start(cmd: &mut Command) -> Tool {
-        Tool(Some(
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap_or_else(|e| panic!("{cmd:?}: {e} (apt-get install wrk nghttp2-client)")),
-        ))
-    }
-
-    fn finish(mut self, limit: Duration) -> String {
-        let mut child = self.0.take().unwrap();
-        let mut out = String::new();
-        let deadline = Instant::now() + limit;
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("load generator did not finish within {limit:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        out
-    }
-}
-
-impl Drop for Tool {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// Runs a load generator against a fresh server, with `upgrades` upgrades spread over
 /// `seconds`; returns its output.
 fn under_load(dir: &Path, tool: &mut Command, seconds: f64, upgrades: usize) -> String {
     let server = start_tls(dir, &[]);
     let url = format!("https://{}/", server.addr);
-    let t = Tool::start(tool.arg(&url));
+    let t = tools::start(tool.arg(&url).stdin(Stdio::null()), "wrk, nghttp2-client");
     let step = Duration::from_secs_f64(seconds / (upgrades + 1) as f64);
     for _ in 0..upgrades {
         std::thread::sleep(step);
         server.upgrade();
     }
-    t.finish(Duration::from_secs_f64(seconds + 60.0))
+    let (out, err) = t.finish(Duration::from_secs_f64(seconds + 60.0));
+    out + &err
 }
 
 fn line_of<'a>(out: &'a str, prefix: &str) -> &'a str {

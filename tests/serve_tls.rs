@@ -20,6 +20,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, HandshakeKind, StreamOwned};
 
 use hotexec_testkit::prelude::*;
+use hotexec_testkit::tools::{self, WrkSummary};
 
 const HTTPS: &str = "HOTEXEC_LISTEN_HTTPS";
 
@@ -40,46 +41,10 @@ struct Leaf {
     key: PathBuf,
 }
 
-/// Runs a short command to completion, bounded in time; panics with its output on failure.
-fn run(cmd: &mut Command, limit: Duration) -> String {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (installed by .ci/install)"));
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            let mut out = String::new();
-            child
-                .stdout
-                .take()
-                .unwrap()
-                .read_to_string(&mut out)
-                .unwrap();
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            assert!(st.success(), "{cmd:?} failed ({st}):\n{out}{err}");
-            return out + &err;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn openssl(dir: &Path, args: &[&str]) -> String {
-    run(
+    tools::run(
         Command::new("openssl").current_dir(dir).args(args),
+        "openssl",
         Duration::from_secs(30),
     )
 }
@@ -602,26 +567,24 @@ fn wrk_over_https_counts_no_error_across_upgrades() {
     let mut app = start_tls(&live, &[]);
     let first = app.first_pid();
     let seconds = 5;
-    let wrk = Command::new("wrk")
-        .args(["-t2", "-c64", &format!("-d{seconds}s"), "--timeout", "5s"])
-        .arg(format!("https://{}/", app.addr))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("wrk is not installed (.ci/install installs it)");
-    let guard = Reap(Some(wrk));
+    let wrk = tools::start(
+        Command::new("wrk")
+            .args(["-t2", "-c64", &format!("-d{seconds}s"), "--timeout", "5s"])
+            .arg(format!("https://{}/", app.addr))
+            .stdin(Stdio::null()),
+        "wrk",
+    );
     std::thread::sleep(Duration::from_millis(700));
     let mut news = Vec::new();
     for _ in 0..4 {
         news.push(app.upgrade().1);
         std::thread::sleep(Duration::from_millis(800));
     }
-    let out = guard.wait(Duration::from_secs(seconds + 20));
+    let (out, _) = wrk.finish(Duration::from_secs(seconds + 20));
     eprintln!("{out}");
     old_generations_exit_cleanly(&mut app, first, &news);
     let s = WrkSummary::parse(&out);
-    let errors = s.connect + s.read + s.write + s.timeout + s.non_2xx;
+    let errors = s.errors();
     eprintln!(
         "FIGURES wrk -t2 -c64 -d{seconds}s https, 4 upgrades: {} requests, {errors} errors (connect {}, read {}, write {}, timeout {}, non-2xx {})",
         s.requests, s.connect, s.read, s.write, s.timeout, s.non_2xx
@@ -645,7 +608,8 @@ fn h2load_over_tls_with_new_connections_throughout_loses_nothing() {
     let mut app = start_tls(&live, &[]);
     let first = app.first_pid();
     // 120 connections, 2 every 50 ms (3 s), 10 requests each.
-    let h2load = Command::new("h2load")
+    let mut h2load = Command::new("h2load");
+    h2load
         .args([
             "-c120",
             "-n1200",
@@ -655,19 +619,15 @@ fn h2load_over_tls_with_new_connections_throughout_loses_nothing() {
             "-T10",
         ])
         .arg(format!("https://{}/", app.addr))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("h2load is not installed (.ci/install installs nghttp2-client)");
-    let guard = Reap(Some(h2load));
+        .stdin(Stdio::null());
+    let h2load = tools::start(&mut h2load, "nghttp2-client");
     std::thread::sleep(Duration::from_millis(500));
     let mut news = Vec::new();
     for _ in 0..3 {
         news.push(app.upgrade().1);
         std::thread::sleep(Duration::from_millis(700));
     }
-    let out = guard.wait(Duration::from_secs(60));
+    let (out, _) = h2load.finish(Duration::from_secs(60));
     eprintln!("{out}");
     old_generations_exit_cleanly(&mut app, first, &news);
     assert!(
@@ -1198,119 +1158,27 @@ fn a_ticket_older_than_the_rotation_window_is_refused_and_the_client_served() {
 /// `openssl s_client` with `version` (`-tls1_3`, `-tls1_2`), saving (`-sess_out`) or reusing
 /// (`-sess_in`) the session in `file`, sending one `GET /` (`Connection: close`); its output.
 fn s_client(addr: SocketAddr, version: &str, sess: &str, file: &Path) -> String {
-    let mut child = Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            &addr.to_string(),
-            version,
-            "-ign_eof",
-            sess,
-        ])
-        .arg(file)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("openssl is not installed (.ci/install installs it)");
-    child
+    let mut s_client = tools::start(
+        Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &addr.to_string(),
+                version,
+                "-ign_eof",
+                sess,
+            ])
+            .arg(file)
+            .stdin(Stdio::piped()),
+        "openssl",
+    );
+    s_client
+        .child()
         .stdin
         .take()
         .unwrap()
         .write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         .unwrap();
-    Reap(Some(child)).wait(Duration::from_secs(20))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Outside tools
-
-/// The numbers of wrk's summary.
-#[derive(Debug, Default)]
-struct WrkSummary {
-    requests: u64,
-    connect: u64,
-    read: u64,
-    write: u64,
-    timeout: u64,
-    non_2xx: u64,
-}
-
-impl WrkSummary {
-    fn parse(out: &str) -> WrkSummary {
-        let mut s = WrkSummary::default();
-        for line in out.lines().map(str::trim) {
-            if line.contains(" requests in ") {
-                s.requests = line
-                    .split_whitespace()
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0);
-            } else if let Some(rest) = line.strip_prefix("Socket errors:") {
-                for part in rest.split(',') {
-                    let mut it = part.split_whitespace();
-                    let (Some(k), Some(v)) = (it.next(), it.next()) else {
-                        continue;
-                    };
-                    let v = v.parse().unwrap_or(0);
-                    match k {
-                        "connect" => s.connect = v,
-                        "read" => s.read = v,
-                        "write" => s.write = v,
-                        "timeout" => s.timeout = v,
-                        _ => {}
-                    }
-                }
-            } else if let Some(n) = line.strip_prefix("Non-2xx or 3xx responses:") {
-                s.non_2xx = n.trim().parse().unwrap_or(0);
-            }
-        }
-        s
-    }
-}
-
-/// Kills (SIGKILL) and reaps the child when dropped unfinished.
-struct Reap(Option<std::process::Child>);
-
-impl Reap {
-    /// Waits for the child to exit (killing it past `limit`) and returns its stdout.
-    fn wait(mut self, limit: Duration) -> String {
-        let mut child = self.0.take().unwrap();
-        let deadline = Instant::now() + limit;
-        // Read both pipes on threads: a chatty tool must not block on a full pipe.
-        let mut so = child.stdout.take().unwrap();
-        let mut se = child.stderr.take().unwrap();
-        let out = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = so.read_to_string(&mut s);
-            s
-        });
-        let err = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = se.read_to_string(&mut s);
-            s
-        });
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                let (out, err) = (out.join().unwrap(), err.join().unwrap());
-                assert!(st.success(), "{st}: {out}{err}");
-                return out;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("did not finish within {limit:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+    let (out, err) = s_client.finish(Duration::from_secs(20));
+    out + &err
 }
