@@ -48,6 +48,8 @@ pub(crate) struct Generation {
     pub(crate) handoff_inbox: Mutex<Option<handoff::Inbox>>,
     /// The hand-off to the generation this one handed over to, if it takes hand-offs.
     pub(crate) handoff: Mutex<Option<handoff::Handoff>>,
+    /// How this generation's connections end (issue 19's drain summary).
+    pub(crate) drain_count: crate::evidence::DrainCount,
 }
 
 impl Generation {
@@ -73,6 +75,7 @@ impl Generation {
             parent_link,
             handoff_inbox: Mutex::new(None),
             handoff: Mutex::new(None),
+            drain_count: crate::evidence::DrainCount::default(),
         }
     }
 

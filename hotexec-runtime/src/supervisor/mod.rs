@@ -323,6 +323,8 @@ impl Shell {
                     tracing::info!("the previous generation passed a stop on to this one");
                     events.push(Event::StopPassedOn);
                 }
+                Received::Record(Record::Other { kind, bytes })
+                    if self.setup.announcer.evidence.received(kind, &bytes) => {}
                 Received::Record(other) => {
                     tracing::debug!(
                         ?other,
@@ -377,6 +379,7 @@ impl Shell {
                         if let Some(s) = &self.span {
                             s.record("new_pid", pid);
                         }
+                        self.setup.announcer.evidence.spawned(pid);
                         self.child = Some(child);
                         Some(Event::Spawned { pid })
                     }
@@ -413,6 +416,18 @@ impl Shell {
                     }
                 }
                 self.setup.announcer.announce(&a);
+                if let Announcement::HandedOver {
+                    rollback: false, ..
+                } = a
+                {
+                    // Its evidence, for the new generation's `status` (issue 19).
+                    let evidence = &self.setup.announcer.evidence;
+                    let link = self.successor.as_ref().and_then(|s| s.child.link.as_ref());
+                    if let (Some(r), Some(l)) = (evidence.last(), link) {
+                        let _ = link::send(l.as_fd(), &evidence.link_record(&r));
+                        evidence.handed_over_on(l.as_fd());
+                    }
+                }
                 if ends {
                     self.span = None;
                 }
@@ -445,6 +460,9 @@ impl Shell {
                 deadline::arm(self.setup.config.drain_timeout, reason, move || {
                     if final_stop {
                         announcer.final_cleanup();
+                    } else {
+                        // What is still open is cut now: the new generation hears it.
+                        announcer.evidence.drain_done();
                     }
                 });
                 None
