@@ -11,6 +11,7 @@
 //! | a new pid serves (upgrade, rollback, orphan taking over) | yes | new pid | `MAINPID` + `READY=1` | `serving <pid>` | handed on |
 //! | a final stop begins | yes | — | `STOPPING=1` | `stopping` | stopping |
 //! | the process ends after a final stop | — | removed if ours | — | — | — |
+//! | the successor it reaped exited | — | — | — | `exited <pid> <code>` | — |
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -120,6 +121,15 @@ impl Announcer {
                 // The previous generation, if it is still in its probation, must not roll back.
                 self.generation.readiness.tell_parent(STOPPING);
             }
+        }
+    }
+
+    /// This generation reaped its successor (it died while this one drained): under a keeper,
+    /// the keeper, which cannot reap it, hears how it ended, and exits with that status if it
+    /// was the serving generation.
+    pub(crate) fn successor_exited(&self, pid: u32, code: i32) {
+        if let Some(k) = &self.keeper {
+            k.exited(pid, code);
         }
     }
 

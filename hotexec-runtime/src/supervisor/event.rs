@@ -52,6 +52,8 @@ pub(crate) enum News {
 pub(crate) struct Exit {
     /// Exited with status 0.
     pub clean: bool,
+    /// As a shell reports it: the exit code, or 128 + the signal (1 when unknown).
+    pub code: i32,
     /// `exit status 1`, `killed by SIGSEGV`, …
     pub how: String,
 }

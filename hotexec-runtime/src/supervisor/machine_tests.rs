@@ -28,6 +28,7 @@ fn machine(started_by_upgrade: bool) -> Machine {
 fn crash() -> Exit {
     Exit {
         clean: false,
+        code: 139,
         how: "killed by SIGSEGV".into(),
     }
 }
@@ -35,6 +36,7 @@ fn crash() -> Exit {
 fn clean() -> Exit {
     Exit {
         clean: true,
+        code: 0,
         how: "exit status 0".into(),
     }
 }

@@ -303,6 +303,8 @@ impl Shell {
             }
             s.child.read_link();
             if let Some(exit) = s.child.exited() {
+                // Reaped here, the keeper cannot see how it ended: it is told.
+                self.setup.announcer.successor_exited(pid, exit.code);
                 events.push(Event::ChildExited { pid, exit });
             }
         }
@@ -523,10 +525,16 @@ fn reap(pid: u32) -> Option<Exit> {
         Ok(WaitStatus::StillAlive) => None,
         Ok(status) => Some(Exit {
             clean: matches!(status, WaitStatus::Exited(_, 0)),
+            code: match status {
+                WaitStatus::Exited(_, code) => code,
+                WaitStatus::Signaled(_, sig, _) => 128 + sig as i32,
+                _ => 1,
+            },
             how: describe(status),
         }),
         Err(e) => Some(Exit {
             clean: false,
+            code: 1,
             how: format!("not a child of this process any more ({})", e.desc()),
         }),
     }
