@@ -55,7 +55,9 @@
 //! tower service (an axum `Router`, tonic's `Routes`) or, with `hotexec::serve_hyper`, a hyper
 //! `service_fn`, over HTTP/1.1 and HTTP/2, and drains at the hand-over without losing a request.
 //! With `features = ["drain"]`, `hotexec::drain::Connections` does the same for any other
-//! protocol on tokio. See the `hotexec::serve` module (documented with those features).
+//! protocol on tokio. With `features = ["tls"]`, `hotexec::serve(..).tls(config)` serves over
+//! TLS (rustls) with the same drain, and session tickets that still resume after an upgrade.
+//! See the `hotexec::serve` module (documented with those features).
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
@@ -63,6 +65,8 @@
 pub mod serve;
 #[cfg(feature = "drain")]
 pub use serve::drain;
+#[cfg(feature = "tls")]
+pub use serve::tls;
 #[cfg(feature = "http")]
 pub use serve::{serve, serve_hyper};
 
@@ -85,6 +89,12 @@ pub use hotexec_runtime::preflight;
 /// The control socket (`@hotexec/<pid-ns>/<pid>`) and its client: trigger an upgrade of a running server
 /// and get the outcome, as the `hotexec upgrade` command does.
 pub use hotexec_runtime::control;
+
+/// The evidence of every upgrade: [`UpgradeReport`] (what `hotexec upgrade --json` prints)
+/// and [`evidence::Status`] (what `hotexec status` prints). With the `serde` feature both are
+/// `Serialize` and `Deserialize`.
+pub use hotexec_runtime::evidence;
+pub use hotexec_runtime::evidence::UpgradeReport;
 
 /// Connection hand-off: pass established connections (WebSocket, streaming, line-protocol
 /// sessions) to the new generation instead of draining them. See [`handoff::incoming`] and

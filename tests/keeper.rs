@@ -354,3 +354,41 @@ fn an_upgrade_signal_before_generation_1_is_ready_is_held_by_the_keeper() {
     let second = wait_new_generation(&app, first);
     assert_ne!(second, keeper);
 }
+
+/// `docker stop` while the old generation still drains a slow request: the keeper forwards
+/// SIGTERM to the serving generation, which stops and exits 0, and is reaped by its own parent
+/// (the old generation, still draining), not by the keeper. The keeper must still exit with
+/// the serving generation's status, 0, not a failure it made up (it exited 1 before: it could
+/// only see that the generation was gone).
+#[test]
+fn the_keeper_exits_with_the_status_of_a_generation_its_parent_reaped() {
+    let mut app = App::start(
+        "http",
+        HTTP,
+        &[("HOTEXEC_KEEPER", "1"), ("HOTEXEC_DRAIN_TIMEOUT", "30s")],
+    );
+    let keeper = app.first_pid();
+    let old = serving(&app);
+    let addr = app.addr;
+    // Keeps the old generation draining (and alive) while the new one stops.
+    let slow = std::thread::spawn(move || get(addr, "/slow?ms=2500", Duration::from_secs(20)));
+    app.wait_log("slow request in flight", 1, Duration::from_secs(10));
+    signal(keeper, Signal::SIGUSR2);
+    let new = wait_new_generation(&app, old);
+    app.wait_log(
+        "keeper: a new generation serves",
+        1,
+        Duration::from_secs(10),
+    );
+    signal(keeper, Signal::SIGTERM);
+    let st = app.wait_exit(keeper, Duration::from_secs(30));
+    assert!(
+        matches!(st, WaitStatus::Exited(_, 0)),
+        "the keeper ended with {st:?}\n{}",
+        app.log_text()
+    );
+    // The slow request was served to its end by the old generation.
+    assert_eq!(slow.join().unwrap(), Outcome::Ok { pid: old });
+    assert!(!alive(new));
+    assert!(!alive(old));
+}

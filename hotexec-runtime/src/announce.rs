@@ -11,6 +11,7 @@
 //! | a new pid serves (upgrade, rollback, orphan taking over) | yes | new pid | `MAINPID` + `READY=1` | `serving <pid>` | handed on |
 //! | a final stop begins | yes | — | `STOPPING=1` | `stopping` | stopping |
 //! | the process ends after a final stop | — | removed if ours | — | — | — |
+//! | the successor it reaped exited | — | — | — | `exited <pid> <code>` | — |
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,6 +38,9 @@ pub(crate) struct Announcer {
     pub exe: PathBuf,
     /// When the current upgrade started, for the log.
     started: std::sync::Mutex<Option<Instant>>,
+    /// The evidence of every upgrade (issue 19): the report is recorded from these
+    /// announcements, logged at the end of the `upgrade` span, counted in the metrics.
+    pub evidence: crate::evidence::Ledger,
 }
 
 impl Announcer {
@@ -47,7 +51,9 @@ impl Announcer {
         generation: Arc<Generation>,
         exe: PathBuf,
     ) -> Announcer {
+        let evidence = crate::evidence::Ledger::new(generation.clone(), exe.clone());
         Announcer {
+            evidence,
             pid_file,
             notifier,
             keeper,
@@ -61,7 +67,8 @@ impl Announcer {
     /// What the supervisor decided.
     pub(crate) fn announce(&self, what: &Announcement) {
         match what {
-            Announcement::UpgradeStarted { .. } => {
+            Announcement::UpgradeStarted { trigger } => {
+                self.evidence.started(crate::evidence::trigger_of(*trigger));
                 *self.started.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
                 exe::log_upgrade_target(&self.exe);
                 self.notifier.reloading();
@@ -71,6 +78,7 @@ impl Announcer {
             }
             Announcement::UpgradeFailed { error } => {
                 tracing::error!("upgrade failed: {error}; this generation keeps serving");
+                self.evidence.finished(Err(error));
                 // Leave the reloading state: this process stays the main pid.
                 self.notifier.ready_again();
                 if let Some(k) = &self.keeper {
@@ -101,6 +109,7 @@ impl Announcer {
                         elapsed_ms,
                         "upgrade: new generation is ready; this one stops accepting and drains"
                     );
+                    self.evidence.finished(Ok(*new_pid));
                 }
             }
             Announcement::Stopping { signal } => {
@@ -112,6 +121,15 @@ impl Announcer {
                 // The previous generation, if it is still in its probation, must not roll back.
                 self.generation.readiness.tell_parent(STOPPING);
             }
+        }
+    }
+
+    /// This generation reaped its successor (it died while this one drained): under a keeper,
+    /// the keeper, which cannot reap it, hears how it ended, and exits with that status if it
+    /// was the serving generation.
+    pub(crate) fn successor_exited(&self, pid: u32, code: i32) {
+        if let Some(k) = &self.keeper {
+            k.exited(pid, code);
         }
     }
 

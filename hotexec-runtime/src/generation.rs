@@ -51,6 +51,8 @@ pub(crate) struct Generation {
     pub(crate) handoff: Mutex<Option<handoff::Handoff>>,
     /// What this generation serves, counted ([`Shutdown::health`](crate::Shutdown::health)).
     pub(crate) health: Health,
+    /// How this generation's connections end (issue 19's drain summary).
+    pub(crate) drain_count: crate::evidence::DrainCount,
 }
 
 impl Generation {
@@ -77,6 +79,7 @@ impl Generation {
             handoff_inbox: Mutex::new(None),
             handoff: Mutex::new(None),
             health: Health::new(),
+            drain_count: crate::evidence::DrainCount::default(),
         }
     }
 

@@ -55,6 +55,9 @@ const RELOADING: &str = "reloading";
 const UPGRADE_FAILED: &str = "upgrade-failed";
 /// The generation begins a final stop (the keeper says `STOPPING=1`).
 const STOPPING: &str = "stopping";
+/// `exited <pid> <code>`: a generation reaped its successor, which the keeper cannot reap
+/// itself; if that was the serving generation, the keeper exits with `code`.
+const EXITED: &str = "exited";
 
 /// A generation's channel to its keeper (`HOTEXEC_KEEPER_FD`, adopted in `startup.rs`).
 #[derive(Debug)]
@@ -86,6 +89,10 @@ impl KeeperChannel {
 
     pub(crate) fn stopping(&self) {
         self.tell(STOPPING);
+    }
+
+    pub(crate) fn exited(&self, pid: u32, code: i32) {
+        self.tell(&format!("{EXITED} {pid} {code}"));
     }
 
     fn tell(&self, msg: &str) {
@@ -272,6 +279,7 @@ pub(crate) fn run(
         pid_file: config.pid_file.clone(),
         drain_timeout: config.drain_timeout,
         ending: None,
+        exited_elsewhere: None,
     }
     .run()
 }
@@ -292,6 +300,8 @@ struct Keeper {
     held: bool,
     pid_file: Option<PathBuf>,
     drain_timeout: Duration,
+    /// How the last generation that another generation reaped ended (`exited <pid> <code>`).
+    exited_elsewhere: Option<(i32, i32)>,
     /// Set once the serving generation is gone with no successor: the exit code, and until when
     /// the other children (generations still draining) are waited for. Cleared if a generation
     /// reports a successor after all (a rollback by the generation it replaced).
@@ -345,12 +355,18 @@ impl Keeper {
                 if kill(Pid::from_raw(target), None) == Err(Errno::ESRCH) {
                     self.read_channel();
                     if self.serving.load(Ordering::SeqCst) == target {
-                        tracing::error!(
+                        // Its parent said how it ended, if it could; else a failure.
+                        let code = match self.exited_elsewhere {
+                            Some((pid, code)) if pid == target => code,
+                            _ => 1,
+                        };
+                        tracing::info!(
                             generation = target,
+                            code,
                             "keeper: the serving generation is gone (reaped by the generation it replaced)"
                         );
                         self.ending = Some((
-                            1,
+                            code,
                             Instant::now() + self.drain_timeout + Duration::from_secs(5),
                         ));
                     }
@@ -443,6 +459,19 @@ impl Keeper {
                         }
                         STOPPING => {
                             self.notifier.stopping();
+                            continue;
+                        }
+                        m if m.starts_with(EXITED) => {
+                            let mut it = m[EXITED.len()..].split_whitespace();
+                            match (
+                                it.next().and_then(|p| p.parse::<i32>().ok()),
+                                it.next().and_then(|c| c.parse::<i32>().ok()),
+                            ) {
+                                (Some(pid), Some(code)) if pid > 0 => {
+                                    self.exited_elsewhere = Some((pid, code))
+                                }
+                                _ => tracing::warn!(message = %m, "keeper: malformed message"),
+                            }
                             continue;
                         }
                         _ => {}

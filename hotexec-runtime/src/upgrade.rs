@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use crate::control::{Handler, Reply};
 use crate::error::UpgradeError;
 use crate::generation::Generation;
-use crate::supervisor::Handle;
+use crate::supervisor::{Handle, Trigger};
 
 /// What the public free functions reach.
 pub(crate) struct Current {
@@ -31,7 +31,7 @@ pub(crate) fn set(current: Current) {
 /// code call it in `spawn_blocking`.
 pub fn upgrade() -> Result<u32, UpgradeError> {
     match CURRENT.get() {
-        Some(c) => c.supervisor.request_upgrade(),
+        Some(c) => c.supervisor.request_upgrade(Trigger::Api),
         None => Err(UpgradeError::NotRunning),
     }
 }
@@ -76,15 +76,25 @@ pub(crate) fn main_started() {
     }
 }
 
-/// The control socket handler of a generation: `upgrade` runs [`upgrade()`]; `check` says
-/// what the next upgrade would execute (`exe`, checked by the preflight; nothing is started).
-pub(crate) fn control_handler(supervisor: Arc<Handle>, exe: std::path::PathBuf) -> Handler {
+/// The control socket handler of a generation: `upgrade` runs [`upgrade()`]; `upgrade v2` and
+/// `status v2` answer with the evidence (see `hotexec::control`); `check` says what the next
+/// upgrade would execute (checked by the preflight; nothing is started).
+pub(crate) fn control_handler(
+    supervisor: Arc<Handle>,
+    announcer: Arc<crate::announce::Announcer>,
+) -> Handler {
     Arc::new(move |request| match request {
-        "upgrade" => Reply::from_upgrade(supervisor.request_upgrade()),
-        "check" => crate::preflight::control_reply(&exe),
+        "upgrade" => Reply::from_upgrade(supervisor.request_upgrade(Trigger::Control)),
+        "upgrade v2" => crate::evidence::serve_upgrade(&announcer.evidence, || {
+            supervisor.request_upgrade(Trigger::Control)
+        }),
+        "status v2" => crate::evidence::serve_status(&announcer.evidence),
+        "check" => crate::preflight::control_reply(&announcer.exe),
         other => Reply::error(
             "bad-request",
-            format!("unknown request {other:?}: expected `upgrade` or `check`"),
+            format!(
+                "unknown request {other:?}: expected `upgrade`, `upgrade v2`, `status v2` or `check`"
+            ),
         ),
     })
 }

@@ -12,8 +12,10 @@ use crate::shutdown::ShutdownReason;
 pub(crate) enum Trigger {
     /// The upgrade signal.
     Signal,
-    /// `hotexec::upgrade()` or the control socket.
+    /// `hotexec::upgrade()`, called by the application.
     Api,
+    /// The control socket (`hotexec upgrade`, also relayed by a keeper).
+    Control,
 }
 
 impl Trigger {
@@ -21,6 +23,7 @@ impl Trigger {
         match self {
             Trigger::Signal => "signal",
             Trigger::Api => "api",
+            Trigger::Control => "control",
         }
     }
 }
@@ -51,6 +54,8 @@ pub(crate) enum News {
 pub(crate) struct Exit {
     /// Exited with status 0.
     pub clean: bool,
+    /// As a shell reports it: the exit code, or 128 + the signal (1 when unknown).
+    pub code: i32,
     /// `exit status 1`, `killed by SIGSEGV`, …
     pub how: String,
 }
@@ -65,7 +70,7 @@ pub(crate) enum Event {
     /// The previous generation passed a stop on to this one (it was meant for the service).
     StopPassedOn,
     /// An upgrade request (`hotexec::upgrade()`, the control socket).
-    Request(Waiter),
+    Request(Waiter, Trigger),
     /// This generation reported ready.
     SelfReady,
     /// The spawn asked for by [`Action::Spawn`] started `pid`.
@@ -74,8 +79,12 @@ pub(crate) enum Event {
     SpawnFailed(UpgradeError),
     /// `pid` reported ready (its readiness pipe, or `READY=1` on its notify socket).
     ChildReady { pid: u32 },
-    /// `execve` failed in `pid`.
-    ExecFailed { pid: u32, errno: i32 },
+    /// `execve` of `path` failed in `pid`.
+    ExecFailed {
+        pid: u32,
+        errno: i32,
+        path: std::path::PathBuf,
+    },
     /// `pid` closed its readiness pipe without reporting ready.
     ReadyClosed { pid: u32 },
     /// A child exited and was reaped.

@@ -17,6 +17,14 @@
 //!  main returned: Exiting once nothing is left to decide.
 //! ```
 //!
+//! **The health gate** (issue 18). A successor that counts what it serves (its health report,
+//! sent just before READY, says so) is handed over as any other, but the upgrade is answered
+//! with its health verdict: the probation lasts until the verdict is in, and an unhealthy
+//! successor is rolled back like a crashed one; it is told it was not committed once the
+//! rollback serves, and drains. The new generation's side: it reports every
+//! `REPORT_INTERVAL` from READY until it hears the verdict. Rules and tests of the verdict:
+//! `health/verdict.rs`; of these transitions: `machine_health_tests.rs`.
+//!
 //! **Stop before ready wins.** A stop signal and the new generation's readiness can arrive in
 //! either order within one wake-up, or the signal just after the hand-over. Whichever comes
 //! first, the stop applies to the service: before the hand-over the half-started process is
@@ -27,91 +35,14 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use super::event::{Action, Announcement, Event, News, Target, Trigger, Waiter};
+use super::event::{Action, Announcement, Event, Exit, News, Target, Trigger, Waiter};
+pub(crate) use super::state::Timing;
+use super::state::{Judge, State, Upgrade};
 use crate::error::UpgradeError;
 use crate::health::Report;
 use crate::health::link::{REPORT_INTERVAL, Verdict as Told};
-use crate::health::policy::HealthPolicy;
 use crate::health::verdict::{Probation as Watch, Verdict};
 use crate::shutdown::ShutdownReason;
-
-/// The durations the machine decides with.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Timing {
-    pub ready_timeout: Duration,
-    /// How long a generation that handed over may still roll back (at most `drain_timeout`).
-    pub probation: Duration,
-    /// The health gate (its `probation` is the one above, before the `drain_timeout` bound).
-    pub health: HealthPolicy,
-}
-
-/// The health verdict on a successor, pending.
-#[derive(Debug)]
-pub(crate) struct Judge {
-    watch: Watch,
-    /// When it took over.
-    since: Instant,
-    /// When the verdict can next change without a report: the probation's end, then its
-    /// longest extension.
-    next: Instant,
-    /// The requests that asked for the upgrade: answered with the verdict.
-    waiters: Vec<Waiter>,
-}
-
-/// An upgrade in progress.
-#[derive(Debug)]
-struct Upgrade {
-    waiters: Vec<Waiter>,
-    deadline: Instant,
-    /// Starting this generation's own image again after its successor crashed.
-    rollback: bool,
-}
-
-#[derive(Debug)]
-enum State {
-    /// Accepting; no upgrade running. `deferred`: an upgrade signal reached this fresh start
-    /// before it reported ready; the upgrade starts once it has.
-    Serving { deferred: bool },
-    /// [`Action::Spawn`] is being done.
-    Spawning { target: Target, upgrade: Upgrade },
-    /// The new generation runs and has not reported ready. `closed`: it closed its readiness
-    /// pipe; it is given until `upgrade.deadline` to exit, then killed. `report`: the last
-    /// health report it sent (it sends one just before READY).
-    WaitingReady {
-        pid: u32,
-        upgrade: Upgrade,
-        closed: bool,
-        report: Option<Report>,
-    },
-
-    /// Handed over: the successor serves, this generation drains, and a crash of the successor
-    /// before `until` rolls back. `judge`: the successor counts what it serves and its health
-    /// verdict is pending (issue 18): the probation lasts until it is in, and an unhealthy one
-    /// rolls back too.
-    Probation {
-        successor: u32,
-        until: Instant,
-        rolled_back: bool,
-        judge: Option<Box<Judge>>,
-    },
-    /// Nothing is left to decide but the drain (after an upgrade, or a final stop).
-    Draining { reason: ShutdownReason },
-    /// `main` returned and nothing is pending: the process may exit.
-    Exiting,
-}
-
-impl State {
-    fn name(&self) -> &'static str {
-        match self {
-            State::Serving { .. } => "serving",
-            State::Spawning { .. } => "spawning",
-            State::WaitingReady { .. } => "waiting for ready",
-            State::Probation { .. } => "probation",
-            State::Draining { .. } => "draining",
-            State::Exiting => "exiting",
-        }
-    }
-}
 
 /// The supervisor's state and its rules.
 #[derive(Debug)]
@@ -135,15 +66,15 @@ pub(crate) struct Machine {
     successor: Option<u32>,
     /// This generation's health when the current upgrade started.
     baseline: Report,
-    /// Started by a generation that can judge it (over a generation link): until its verdict
-    /// this generation reports its health and starts no upgrade of its own.
+    /// Started by a generation that judges it (over a generation link): until its verdict this
+    /// generation reports its health.
     judged_by_parent: bool,
     /// Awaiting the previous generation's verdict, until then at the latest.
     awaiting_until: Option<Instant>,
     /// When the next health report to the previous generation is due.
     next_report: Option<Instant>,
-    /// A successor found unhealthy, whose rollback is starting: told it is not committed (and
-    /// the upgrade's requests answered) once the rollback serves.
+    /// A successor found unhealthy (or dead in its judged probation), whose rollback is
+    /// starting: told it is not committed, and the upgrade answered, once the rollback serves.
     unhealthy: Option<(u32, String)>,
 }
 
@@ -172,16 +103,20 @@ impl Machine {
 
     /// When the next [`Event::Tick`] is due, if anything waits for time.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        let state = match &self.state {
+        let report = self.next_report.filter(|_| self.awaiting_until.is_some());
+        match (self.state_deadline(), report) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The deadline of the state itself (not of the health reports this generation sends).
+    fn state_deadline(&self) -> Option<Instant> {
+        match &self.state {
             State::WaitingReady { upgrade, .. } => Some(upgrade.deadline),
             State::Probation { judge: Some(j), .. } => Some(j.next),
             State::Probation { until, .. } => Some(*until),
             _ => None,
-        };
-        let report = self.next_report.filter(|_| self.awaiting_until.is_some());
-        match (state, report) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
         }
     }
 
@@ -212,7 +147,14 @@ impl Machine {
             }
             other => other,
         };
-        let state = std::mem::replace(&mut self.state, State::Exiting);
+        // A deadline that passed is acted on before anything else, whatever came first to the
+        // shell: a successor that dies after its probation ended is past it, even if the Tick
+        // is late on a loaded machine.
+        let due = self.state_deadline().is_some_and(|d| now >= d);
+        let mut state = std::mem::replace(&mut self.state, State::Exiting);
+        if due && !matches!(event, Event::Tick) {
+            state = self.step(state, now, Event::Tick, &mut out);
+        }
         self.state = self.step(state, now, event, &mut out);
         if self.main_returned && self.nothing_pending() {
             self.state = State::Exiting;
@@ -235,7 +177,7 @@ impl Machine {
         };
         if now >= until {
             tracing::warn!(
-                "no health verdict from the previous generation in time: this generation stops reporting and acts on upgrades again"
+                "no health verdict from the previous generation in time: this generation stops reporting"
             );
             self.awaiting_until = None;
             self.next_report = None;
@@ -250,6 +192,16 @@ impl Machine {
     fn step(&mut self, state: State, now: Instant, event: Event, out: &mut Vec<Action>) -> State {
         match (state, event) {
             // ---- events that mean the same in every state -------------------------------
+            // A stop passed on is a SIGTERM, except that it never escalates a stop in progress
+            // into an immediate exit (a broadcast SIGTERM reached this generation too).
+            (state @ (State::Draining { .. } | State::Exiting), Event::StopPassedOn) => {
+                self.stop_requested = true;
+                tracing::info!("stop passed on by the previous generation: already stopping");
+                state
+            }
+            (state, Event::StopPassedOn) => {
+                self.step(state, now, Event::StopSignal(Signal::SIGTERM), out)
+            }
             (state, Event::SelfReady) => {
                 if !self.ready && self.judged_by_parent && self.timing.health.enabled {
                     // The first report went with READY; the next ones follow until the verdict.
@@ -298,11 +250,10 @@ impl Machine {
                     State::Serving { deferred: true }
                 }
             }
-            (State::Serving { .. }, Event::Request(w)) => {
-                self.begin(Trigger::Api, vec![w], now, out)
+            (State::Serving { .. }, Event::Request(w, trigger)) => {
+                self.begin(trigger, vec![w], now, out)
             }
             (State::Serving { .. }, Event::StopSignal(sig)) => self.stop(sig, out),
-            (State::Serving { .. }, Event::StopPassedOn) => self.stop(Signal::SIGTERM, out),
             (State::Serving { .. }, Event::MainReturned) => {
                 self.main_returned = true;
                 State::Exiting
@@ -369,15 +320,17 @@ impl Machine {
                 // on the crash watch of the probation, as before the health gate.
                 _ => self.hand_over(pid, upgrade, now, out),
             },
-            (State::WaitingReady { pid, upgrade, .. }, Event::ExecFailed { pid: p, errno })
-                if p == pid =>
-            {
+            (
+                State::WaitingReady { pid, upgrade, .. },
+                Event::ExecFailed {
+                    pid: p,
+                    errno,
+                    path,
+                },
+            ) if p == pid => {
                 // The child wrote the errno and exited 127: reap it.
                 out.push(Action::Kill { pid });
-                let error = UpgradeError::Exec {
-                    path: std::path::PathBuf::new(),
-                    errno,
-                };
+                let error = UpgradeError::Exec { path, errno };
                 self.failed(upgrade, error, out)
             }
             (
@@ -442,14 +395,11 @@ impl Machine {
             (State::WaitingReady { pid, upgrade, .. }, Event::StopSignal(sig)) => {
                 self.abandon(pid, upgrade, sig, out)
             }
-            (State::WaitingReady { pid, upgrade, .. }, Event::StopPassedOn) => {
-                self.abandon(pid, upgrade, Signal::SIGTERM, out)
-            }
             (state @ State::WaitingReady { .. }, Event::UpgradeSignal) => {
                 tracing::warn!("upgrade signal ignored: an upgrade is already running");
                 state
             }
-            (state @ State::WaitingReady { .. }, Event::Request(w)) => {
+            (state @ State::WaitingReady { .. }, Event::Request(w, _)) => {
                 out.push(Action::Reply {
                     waiters: vec![w],
                     result: Err(UpgradeError::Busy("an upgrade is already running")),
@@ -566,34 +516,10 @@ impl Machine {
                     let reason = format!("it exited during its probation ({})", exit.how);
                     self.unhealthy = Some((pid, reason));
                 }
-                if let Some(why) = self.no_rollback_because() {
-                    tracing::info!(
-                        new_pid = pid,
-                        "the new generation exited ({}): {why}",
-                        exit.how
-                    );
+                if !self.successor_exited(pid, &exit, Some(rolled_back)) {
                     self.answer_unhealthy(waiters, "it was not rolled back", out);
                     return self.settle("the new generation has exited", out);
                 }
-                if exit.clean || rolled_back {
-                    tracing::error!(
-                        new_pid = pid,
-                        "the {} exited while this one was draining ({}): nothing is serving new connections",
-                        if rolled_back {
-                            "rolled-back generation"
-                        } else {
-                            "new generation"
-                        },
-                        exit.how
-                    );
-                    self.answer_unhealthy(waiters, "it was not rolled back", out);
-                    return self.settle("the new generation has exited", out);
-                }
-                tracing::error!(
-                    new_pid = pid,
-                    "the new generation died ({}) after taking over: rolling back to this generation's code",
-                    exit.how
-                );
                 self.roll_back(waiters, now, out)
             }
             (
@@ -602,14 +528,14 @@ impl Machine {
                 },
                 Event::StopSignal(sig),
             ) => {
-                // Meant for the service: the sender may have read this pid just before the
-                // hand-over (the pid file, the keeper, the service manager's MAINPID).
                 if let Some(j) = judge {
                     out.push(Action::Reply {
                         waiters: j.waiters,
                         result: Err(UpgradeError::Aborted),
                     });
                 }
+                // Meant for the service: the sender may have read this pid just before the
+                // hand-over (the pid file, the keeper, the service manager's MAINPID).
                 tracing::info!(
                     signal = %sig,
                     new_pid = successor,
@@ -618,35 +544,6 @@ impl Machine {
                 self.stop_requested = true;
                 out.push(Action::StopSuccessor { pid: successor });
                 self.settle("this generation was told to stop: not rolling back", out)
-            }
-            (
-                State::Probation {
-                    successor, judge, ..
-                },
-                Event::StopPassedOn,
-            ) => {
-                if let Some(j) = judge {
-                    out.push(Action::Reply {
-                        waiters: j.waiters,
-                        result: Err(UpgradeError::Aborted),
-                    });
-                }
-                self.stop_requested = true;
-                out.push(Action::StopSuccessor { pid: successor });
-                self.settle("this generation was told to stop: not rolling back", out)
-            }
-            (state @ State::Probation { .. }, Event::UpgradeSignal) => {
-                tracing::warn!(
-                    "upgrade signal ignored: this generation has handed over and is draining"
-                );
-                state
-            }
-            (state @ State::Probation { .. }, Event::Request(w)) => {
-                out.push(Action::Reply {
-                    waiters: vec![w],
-                    result: Err(UpgradeError::Busy("this generation is draining")),
-                });
-                state
             }
             (state @ State::Probation { .. }, Event::MainReturned) => {
                 // Stay able to roll back until the successor has outlived its probation.
@@ -668,18 +565,13 @@ impl Machine {
                 }
                 State::Draining { reason }
             }
-            (state @ State::Draining { .. }, Event::StopPassedOn) => {
-                self.stop_requested = true;
-                tracing::info!("stop passed on by the previous generation: already stopping");
-                state
-            }
-            (state @ State::Draining { .. }, Event::UpgradeSignal) => {
+            (state @ (State::Probation { .. } | State::Draining { .. }), Event::UpgradeSignal) => {
                 tracing::warn!(
                     "upgrade signal ignored: this generation has handed over and is draining"
                 );
                 state
             }
-            (state @ State::Draining { .. }, Event::Request(w)) => {
+            (state @ (State::Probation { .. } | State::Draining { .. }), Event::Request(w, _)) => {
                 out.push(Action::Reply {
                     waiters: vec![w],
                     result: Err(UpgradeError::Busy("this generation is draining")),
@@ -689,26 +581,7 @@ impl Machine {
             (state @ State::Draining { .. }, Event::ChildExited { pid, exit })
                 if self.successor == Some(pid) =>
             {
-                if let Some(why) = self.no_rollback_because() {
-                    tracing::info!(
-                        new_pid = pid,
-                        "the new generation exited ({}): {why}",
-                        exit.how
-                    );
-                } else if exit.clean {
-                    tracing::error!(
-                        new_pid = pid,
-                        "the new generation exited while this one was draining ({}): nothing is serving new connections",
-                        exit.how
-                    );
-                } else {
-                    tracing::error!(
-                        new_pid = pid,
-                        probation = ?self.timing.probation,
-                        "the new generation died ({}) after its probation: not rolling back (its crash is not a failed upgrade); nothing is serving new connections",
-                        exit.how
-                    );
-                }
+                self.successor_exited(pid, &exit, None);
                 state
             }
             (state @ State::Draining { .. }, Event::MainReturned) => {
@@ -717,7 +590,7 @@ impl Machine {
             }
 
             // ---- Exiting -------------------------------------------------------------------
-            (State::Exiting, Event::Request(w)) => {
+            (State::Exiting, Event::Request(w, _)) => {
                 out.push(Action::Reply {
                     waiters: vec![w],
                     result: Err(UpgradeError::Busy("this generation is exiting")),
@@ -730,7 +603,7 @@ impl Machine {
             }
 
             // ---- anything else: named and logged, never silent ----------------------------
-            (state, Event::Request(w)) => {
+            (state, Event::Request(w, _)) => {
                 // Only `Spawning`, which the shell leaves before it reads another event.
                 out.push(Action::Reply {
                     waiters: vec![w],
@@ -999,11 +872,11 @@ impl Machine {
             Told::Rejected { by, reason } => match state {
                 State::Serving { .. } => {
                     tracing::error!(
-                        previous_pid = by,
-                        "the previous generation did not commit this one and serves on: {reason}; this one drains and stops"
+                        serving_pid = by,
+                        "the previous generation did not commit this one ({reason}); pid {by} serves: this one drains and stops"
                     );
                     // Another generation serves: drain as after a hand-over, and say nothing to
-                    // anyone (the pid file, the keeper, the service manager name `by`).
+                    // anyone (the pid file, the keeper and the service manager name `by`).
                     let reason = ShutdownReason::Upgrade { new_pid: by };
                     self.reason = Some(reason);
                     out.push(Action::ArmDeadline(reason));
@@ -1072,6 +945,41 @@ impl Machine {
     fn drain_reason(&self) -> ShutdownReason {
         // Settling only follows a hand-over or a stop, which set the reason.
         self.reason.unwrap_or(ShutdownReason::Stop { signal: 0 })
+    }
+
+    /// Logs how the successor ended and says whether to roll back: only a crash within its
+    /// probation (`probation`: `Some(rolled_back)`), of a successor that is not itself a
+    /// rollback, with nothing saying not to.
+    fn successor_exited(&self, pid: u32, exit: &Exit, probation: Option<bool>) -> bool {
+        let how = &exit.how;
+        if let Some(why) = self.no_rollback_because() {
+            tracing::info!(new_pid = pid, "the new generation exited ({how}): {why}");
+        } else if exit.clean {
+            tracing::error!(
+                new_pid = pid,
+                "the new generation exited while this one was draining ({how}): nothing is serving new connections"
+            );
+        } else {
+            match probation {
+                None => tracing::error!(
+                    new_pid = pid,
+                    probation = ?self.timing.probation,
+                    "the new generation died ({how}) after its probation: not rolling back (its crash is not a failed upgrade); nothing is serving new connections"
+                ),
+                Some(true) => tracing::error!(
+                    new_pid = pid,
+                    "the rolled-back generation died ({how}): nothing is serving new connections"
+                ),
+                Some(false) => {
+                    tracing::error!(
+                        new_pid = pid,
+                        "the new generation died ({how}) after taking over: rolling back to this generation's code"
+                    );
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     /// Why the successor's exit, whatever its status, must not be rolled back; `None`: it may.

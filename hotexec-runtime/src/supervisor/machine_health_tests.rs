@@ -56,7 +56,7 @@ fn served(ok: u64, bad: u64) -> Report {
 fn spawned(t0: Instant, health: HealthPolicy, first: Option<Report>) -> Machine {
     let mut m = machine(false, false, health);
     m.handle(t0, Event::SelfReady);
-    let out = m.handle(t0, Event::Request(WAITER));
+    let out = m.handle(t0, Event::Request(WAITER, Trigger::Api));
     assert!(
         out.contains(&Action::Announce(Announcement::UpgradeStarted {
             trigger: Trigger::Api
@@ -218,6 +218,7 @@ fn if_the_rollback_fails_the_unhealthy_generation_serves_on() {
     m.handle(t0 + ms(100), Event::Spawned { pid: ROLLBACK });
     let exit = Exit {
         clean: false,
+        code: 1,
         how: "exit status 1".into(),
     };
     let out = m.handle(
@@ -291,6 +292,7 @@ fn a_crash_or_a_stop_during_the_judged_probation() {
     let mut m = judged(t0);
     let crash = Exit {
         clean: false,
+        code: 139,
         how: "killed by SIGSEGV".into(),
     };
     let out = m.handle(
@@ -318,7 +320,7 @@ fn a_crash_or_a_stop_during_the_judged_probation() {
     // Upgrade requests meanwhile: this generation drains.
     let mut m = judged(t0);
     assert!(matches!(
-        m.handle(t0, Event::Request(8)).as_slice(),
+        m.handle(t0, Event::Request(8, Trigger::Api)).as_slice(),
         [Action::Reply {
             result: Err(UpgradeError::Busy(_)),
             ..

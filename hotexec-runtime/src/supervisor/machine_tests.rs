@@ -30,6 +30,7 @@ fn machine(started_by_upgrade: bool) -> Machine {
 fn crash() -> Exit {
     Exit {
         clean: false,
+        code: 139,
         how: "killed by SIGSEGV".into(),
     }
 }
@@ -37,6 +38,7 @@ fn crash() -> Exit {
 fn clean() -> Exit {
     Exit {
         clean: true,
+        code: 0,
         how: "exit status 0".into(),
     }
 }
@@ -138,7 +140,7 @@ fn events() -> Vec<Event> {
         Event::StopSignal(Signal::SIGTERM),
         Event::StopSignal(Signal::SIGINT),
         Event::StopPassedOn,
-        Event::Request(7),
+        Event::Request(7, Trigger::Control),
         Event::SelfReady,
         Event::Spawned { pid: 300 },
         Event::SpawnFailed(UpgradeError::Spawn("x".into())),
@@ -146,6 +148,7 @@ fn events() -> Vec<Event> {
         Event::ExecFailed {
             pid: CHILD,
             errno: libc::ENOENT,
+            path: "/srv/app".into(),
         },
         Event::ReadyClosed { pid: CHILD },
         Event::ChildExited {
@@ -178,7 +181,7 @@ fn every_state_takes_every_event() {
         for event in events() {
             let mut m = reach(at, t0);
             let label = format!("{at:?} + {event:?}");
-            let is_request = matches!(event, Event::Request(_));
+            let is_request = matches!(event, Event::Request(..));
             let out = m.handle(t0 + Duration::from_millis(1), event);
             let replies: Vec<_> = out
                 .iter()
@@ -262,7 +265,7 @@ fn an_upgrade_from_signal_to_commit() {
 fn a_request_is_answered_with_the_new_pid() {
     let t0 = Instant::now();
     let mut m = reach(At::Serving, t0);
-    m.handle(t0, Event::Request(1));
+    m.handle(t0, Event::Request(1, Trigger::Api));
     m.handle(t0, Event::Spawned { pid: CHILD });
     let out = m.handle(t0, Event::ChildReady { pid: CHILD });
     assert!(out.contains(&Action::Reply {
@@ -295,6 +298,7 @@ fn failed_upgrades_serve_on() {
         Event::ExecFailed {
             pid: CHILD,
             errno: libc::EACCES,
+            path: "/srv/app".into(),
         },
     );
     assert!(out.contains(&Action::Kill { pid: CHILD }));
@@ -429,6 +433,16 @@ fn no_rollback_after_probation_or_news_or_a_stop() {
     };
     let mut m = reach(At::DrainingUpgrade, t0);
     assert!(m.handle(t0, crashed).is_empty());
+    // A crash seen after the probation ended, before its Tick (a loaded machine): past it.
+    let mut m = reach(At::Probation, t0);
+    let out = m.handle(
+        t0 + PROBATION,
+        Event::ChildExited {
+            pid: CHILD,
+            exit: crash(),
+        },
+    );
+    assert_eq!(out, vec![Action::CloseListeners]);
     for news in [News::HandedOn, News::Stopping] {
         let mut m = reach(At::Probation, t0);
         assert_eq!(

@@ -4,12 +4,14 @@
 //! decision is), and does the [`Action`]s it returns: spawn, kill, announce (`announce.rs`),
 //! resolve the application's `Shutdown`, reply to requests.
 //!
-//! Files: `event.rs` (what goes in and out), `machine.rs` (the rules), `spawn_next.rs` (how a
-//! new generation is started, with what), this file (the thread and its loop).
+//! Files: `event.rs` (what goes in and out), `state.rs` (the states and their data),
+//! `machine.rs` (the rules), `spawn_next.rs` (how a new generation is started, with what), this
+//! file (the thread and its loop).
 
 pub(crate) mod event;
 mod machine;
 mod spawn_next;
+mod state;
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -30,6 +32,7 @@ use crate::link::{self, Received, Record};
 use crate::readiness::Said;
 use crate::shutdown::Shutdown;
 use crate::{deadline, signals};
+pub(crate) use event::Trigger;
 use event::{Action, Announcement, Event, Exit, News, Target, Waiter};
 use machine::{Machine, Timing};
 use spawn_next::Child;
@@ -40,7 +43,7 @@ type Reply = mpsc::Sender<Result<u32, UpgradeError>>;
 /// What other threads hand the supervisor: requests and news of the application.
 #[derive(Default)]
 struct Inbox {
-    requests: Vec<Reply>,
+    requests: Vec<(Trigger, Reply)>,
     ready: bool,
     main_returned: bool,
 }
@@ -59,10 +62,10 @@ impl Handle {
         let _ = nix::unistd::write(&self.wake_w, b"w");
     }
 
-    /// Asks for an upgrade and waits for its outcome.
-    pub(crate) fn request_upgrade(&self) -> Result<u32, UpgradeError> {
+    /// Asks for an upgrade on behalf of `trigger` and waits for its outcome.
+    pub(crate) fn request_upgrade(&self, trigger: Trigger) -> Result<u32, UpgradeError> {
         let (tx, rx) = mpsc::channel();
-        self.push(|i| i.requests.push(tx));
+        self.push(|i| i.requests.push((trigger, tx)));
         rx.recv().unwrap_or(Err(UpgradeError::NotRunning))
     }
 
@@ -267,11 +270,11 @@ impl Shell {
         if inbox.main_returned {
             events.push(Event::MainReturned);
         }
-        for reply in inbox.requests {
+        for (trigger, reply) in inbox.requests {
             let w = self.next_waiter;
             self.next_waiter += 1;
             self.replies.insert(w, reply);
-            events.push(Event::Request(w));
+            events.push(Event::Request(w, trigger));
         }
         if let Some(c) = &mut self.child {
             let pid = c.pid;
@@ -284,7 +287,11 @@ impl Shell {
             for said in c.ready.read() {
                 events.push(match said {
                     Said::Ready => Event::ChildReady { pid },
-                    Said::ExecFailed(errno) => Event::ExecFailed { pid, errno },
+                    Said::ExecFailed(errno) => Event::ExecFailed {
+                        pid,
+                        errno,
+                        path: c.exe.clone(),
+                    },
                     Said::Closed | Said::Garbage(_) => Event::ReadyClosed { pid },
                     // After READY: the successor's news (see below).
                     Said::HandedOn => Event::SuccessorNews {
@@ -327,6 +334,8 @@ impl Shell {
                 events.push(Event::HealthReport { pid, report });
             }
             if let Some(exit) = s.child.exited() {
+                // Reaped here, the keeper cannot see how it ended: it is told.
+                self.setup.announcer.successor_exited(pid, exit.code);
                 events.push(Event::ChildExited { pid, exit });
             }
         }
@@ -359,6 +368,8 @@ impl Shell {
                     tracing::info!("the previous generation passed a stop on to this one");
                     events.push(Event::StopPassedOn);
                 }
+                Received::Record(Record::Other { kind, bytes })
+                    if self.setup.announcer.evidence.received(kind, &bytes) => {}
                 Received::Record(r @ Record::Other { .. }) => match HealthRecord::from_record(&r) {
                     Some(Ok(HealthRecord::Verdict(v))) => events.push(Event::Verdict(v)),
                     Some(Ok(other)) => tracing::debug!(
@@ -427,6 +438,13 @@ impl Shell {
                         if let Some(s) = &self.span {
                             s.record("new_pid", pid);
                         }
+                        let evidence = &self.setup.announcer.evidence;
+                        evidence.spawned(pid);
+                        if self.setup.config.spawn == crate::spawn::Method::Clone {
+                            // With CLONE_VFORK the spawn returns once the child has exec'd:
+                            // the new binary runs now. (After a fork nothing marks it.)
+                            evidence.executed();
+                        }
                         self.child = Some(child);
                         Some(Event::Spawned { pid })
                     }
@@ -459,17 +477,6 @@ impl Shell {
                     a,
                     Announcement::UpgradeFailed { .. } | Announcement::HandedOver { .. }
                 );
-                let a = match a {
-                    Announcement::UpgradeFailed {
-                        error: UpgradeError::Exec { errno, .. },
-                    } => Announcement::UpgradeFailed {
-                        error: UpgradeError::Exec {
-                            path: self.setup.announcer.exe.clone(),
-                            errno,
-                        },
-                    },
-                    other => other,
-                };
                 if let Announcement::HandedOver { new_pid, .. } = a {
                     // The child serves now: what it says from here on is a successor's news.
                     if let Some(child) = self.child.take().filter(|c| c.pid == new_pid) {
@@ -483,6 +490,18 @@ impl Shell {
                     }
                 }
                 self.setup.announcer.announce(&a);
+                if let Announcement::HandedOver {
+                    rollback: false, ..
+                } = a
+                {
+                    // Its evidence, for the new generation's `status` (issue 19).
+                    let evidence = &self.setup.announcer.evidence;
+                    let link = self.successor.as_ref().and_then(|s| s.child.link.as_ref());
+                    if let (Some(r), Some(l)) = (evidence.last(), link) {
+                        let _ = link::send(l.as_fd(), &evidence.link_record(&r));
+                        evidence.handed_over_on(l.as_fd());
+                    }
+                }
                 if ends {
                     self.span = None;
                 }
@@ -545,6 +564,9 @@ impl Shell {
                 deadline::arm(self.setup.config.drain_timeout, reason, move || {
                     if final_stop {
                         announcer.final_cleanup();
+                    } else {
+                        // What is still open is cut now: the new generation hears it.
+                        announcer.evidence.drain_done();
                     }
                 });
                 None
@@ -568,13 +590,6 @@ impl Shell {
                 None
             }
             Action::Reply { waiters, result } => {
-                let result = result.map_err(|e| match e {
-                    UpgradeError::Exec { errno, .. } => UpgradeError::Exec {
-                        path: self.setup.announcer.exe.clone(),
-                        errno,
-                    },
-                    other => other,
-                });
                 for w in waiters {
                     if let Some(r) = self.replies.remove(&w) {
                         let _ = r.send(result.clone());
@@ -605,10 +620,16 @@ fn reap(pid: u32) -> Option<Exit> {
         Ok(WaitStatus::StillAlive) => None,
         Ok(status) => Some(Exit {
             clean: matches!(status, WaitStatus::Exited(_, 0)),
+            code: match status {
+                WaitStatus::Exited(_, code) => code,
+                WaitStatus::Signaled(_, sig, _) => 128 + sig as i32,
+                _ => 1,
+            },
             how: describe(status),
         }),
         Err(e) => Some(Exit {
             clean: false,
+            code: 1,
             how: format!("not a child of this process any more ({})", e.desc()),
         }),
     }
