@@ -82,9 +82,12 @@ fn upgrade_json_and_status_under_load() {
         l["accept_queue"].is_u64() && l["accept_queue_max"].is_u64(),
         "{s}"
     );
-    // The old generation drains (it is in its probation): named, with its deadline.
-    assert_eq!(s["draining"][0]["pid"], old, "{s}");
-    assert!(s["draining"][0]["deadline_ms"].is_u64(), "{s}");
+    // The old generation, while it drains, is named with its deadline. (`ok` comes with the
+    // health verdict, at the end of the probation: by then it may be done already.)
+    if let Some(d) = s["draining"].get(0) {
+        assert_eq!(d["pid"], old, "{s}");
+        assert!(d["deadline_ms"].is_u64(), "{s}");
+    }
     // The upgrade that started it, as the old generation reported it over the link.
     assert_eq!(s["last_upgrade"]["result"], "ok", "{s}");
     assert_eq!(s["last_upgrade"]["new_pid"], new, "{s}");
@@ -142,7 +145,8 @@ fn failures_are_json_with_the_same_exit_codes() {
     assert_eq!(run.code, 1, "{run:?}");
     let r = json(&run);
     assert_eq!(r["result"], "error", "{r}");
-    assert_eq!(r["kind"], "exec", "{r}");
+    // Refused by the preflight, before anything is started (issue 18).
+    assert_eq!(r["kind"], "missing", "{r}");
     assert!(
         r["reason"]
             .as_str()

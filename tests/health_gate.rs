@@ -146,12 +146,23 @@ fn a_bad_build_is_refused_under_load_and_a_good_one_commits() {
     );
     assert_eq!(app.pid_in_file(), Some(rollback));
 
-    // A later good build commits.
+    // A later good build commits; its evidence carries the numbers it was judged on.
     deploy(&app, "axum");
     let load = Load::start(app.addr, 4);
-    let run = cli(&app, &[]);
+    let run = cli(&app, &["--json"]);
     assert_eq!(run.code, 0, "{run:?}");
-    let new: u32 = run.stdout.trim().parse().expect("the new pid");
+    let report: serde_json::Value =
+        serde_json::from_str(run.stdout.trim()).expect("one JSON report");
+    assert_eq!(report["result"], "ok", "{report}");
+    assert!(
+        report["health"]["requests"].as_f64() > Some(0.0),
+        "{report}"
+    );
+    assert!(
+        report["ms_to_verdict"].as_f64() >= Some(2000.0),
+        "judged through its probation: {report}"
+    );
+    let new = report["new_pid"].as_u64().expect("new_pid") as u32;
     app.track(new);
     assert_eq!(app.pid_in_file(), Some(new));
     answered_by(app.addr, new, Duration::from_secs(5));

@@ -9,6 +9,7 @@
 //! | an upgrade starts | what it executes | — | `RELOADING=1` | `reloading` | — |
 //! | an upgrade failed | why | — | `READY=1` | `upgrade-failed` | — |
 //! | a new pid serves (upgrade, rollback, orphan taking over) | yes | new pid | `MAINPID` + `READY=1` | `serving <pid>` | handed on |
+//! | a health verdict (issue 18) | by the supervisor | — | — | — | — (the upgrade's evidence gets its numbers) |
 //! | a final stop begins | yes | — | `STOPPING=1` | `stopping` | stopping |
 //! | the process ends after a final stop | — | removed if ours | — | — | — |
 //! | the successor it reaped exited | — | — | — | `exited <pid> <code>` | — |
@@ -111,6 +112,15 @@ impl Announcer {
                     );
                     self.evidence.finished(Ok(*new_pid));
                 }
+            }
+            Announcement::Verdict {
+                new_pid,
+                error,
+                figures,
+            } => {
+                // Logged by the supervisor with the numbers; here it reaches the evidence.
+                self.evidence
+                    .verdict(*new_pid, error.as_deref(), &figures.0);
             }
             Announcement::Stopping { signal } => {
                 tracing::info!(signal = %signal, "stopping: draining in-flight work");

@@ -130,6 +130,28 @@ impl Ledger {
         Some(report)
     }
 
+    /// The health verdict on `new_pid` came (issue 18): the last report, if it is that
+    /// upgrade's, gets the numbers and the time to the verdict, and, when it was not committed,
+    /// the outcome `unhealthy`.
+    pub(crate) fn verdict(
+        &self,
+        new_pid: u32,
+        error: Option<&str>,
+        figures: &[(&'static str, f64)],
+    ) {
+        let mut st = self.state();
+        let Some(last) = st.last.as_mut().filter(|r| r.new_pid == Some(new_pid)) else {
+            return;
+        };
+        last.ms_to_verdict = Some(now_ms().saturating_sub(last.started_at_ms) as f64);
+        last.health = figures.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+        if let Some(reason) = error {
+            last.result = super::UpgradeResult::Error;
+            last.kind = Some("unhealthy".into());
+            last.reason = Some(reason.to_owned());
+        }
+    }
+
     /// The last upgrade's report (this generation's, or the one that started it).
     pub(crate) fn last(&self) -> Option<UpgradeReport> {
         self.state().last.clone()
@@ -338,6 +360,27 @@ mod tests {
 
     /// The report, then the drain summary: the status shows the upgrade that started this
     /// generation, the old one draining with its deadline, then done.
+    #[test]
+    fn a_health_verdict_goes_into_the_last_report() {
+        let l = ledger();
+        l.started(Trigger::Signal);
+        l.spawned(42);
+        assert!(l.finished(Ok(42)).unwrap().is_ok());
+        // Another upgrade's verdict changes nothing.
+        l.verdict(41, Some("bad"), &[("requests", 1.0)]);
+        assert!(l.last().unwrap().health.is_empty());
+        l.verdict(
+            42,
+            Some("5.0% of its requests got a bad answer"),
+            &[("requests", 300.0)],
+        );
+        let last = l.last().unwrap();
+        assert!(!last.is_ok());
+        assert_eq!(last.kind.as_deref(), Some("unhealthy"));
+        assert_eq!(last.health["requests"], 300.0);
+        assert!(last.ms_to_verdict.is_some());
+    }
+
     #[test]
     fn the_report_then_the_summary() {
         let l = ledger();

@@ -147,6 +147,44 @@ pub(crate) struct Numbers {
     pub elapsed: Duration,
 }
 
+/// The numbers of a verdict as named figures, for the upgrade's evidence (`health.*` in
+/// `hotexec upgrade --json`). Compared by their bits, so an announcement carrying them is `Eq`.
+#[derive(Clone, Debug)]
+pub(crate) struct Figures(pub Vec<(&'static str, f64)>);
+
+impl PartialEq for Figures {
+    fn eq(&self, other: &Figures) -> bool {
+        self.0.len() == other.0.len()
+            && self
+                .0
+                .iter()
+                .zip(&other.0)
+                .all(|((a, x), (b, y))| a == b && x.to_bits() == y.to_bits())
+    }
+}
+
+impl Eq for Figures {}
+
+impl Numbers {
+    pub(crate) fn figures(&self) -> Figures {
+        let (r, c) = (&self.requests, &self.connections);
+        Figures(vec![
+            ("requests", r.new_total as f64),
+            ("bad", r.new_bad as f64),
+            ("error_rate", ratio(r.new_bad, r.new_total)),
+            ("error_rate_lower", r.new_lower),
+            ("error_rate_upper", r.new_upper),
+            ("limit", r.limit),
+            ("old_requests", r.old_total as f64),
+            ("old_bad", r.old_bad as f64),
+            ("old_error_rate", ratio(r.old_bad, r.old_total)),
+            ("connections", c.new_total as f64),
+            ("connections_failed", c.new_bad as f64),
+            ("probation_ms", self.elapsed.as_secs_f64() * 1e3),
+        ])
+    }
+}
+
 impl fmt::Display for Numbers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.requests

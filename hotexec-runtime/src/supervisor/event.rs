@@ -117,6 +117,12 @@ pub(crate) enum Announcement {
     HandedOver { new_pid: u32, rollback: bool },
     /// A final stop begins.
     Stopping { signal: Signal },
+    /// The health verdict on `new_pid` (issue 18): `error` when it is not committed.
+    Verdict {
+        new_pid: u32,
+        error: Option<String>,
+        figures: crate::health::verdict::Figures,
+    },
 }
 
 /// What to do.

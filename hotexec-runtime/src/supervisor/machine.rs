@@ -816,6 +816,11 @@ impl Machine {
             }
             Verdict::Healthy { why, numbers } => {
                 tracing::info!(new_pid = successor, %numbers, "health verdict: committed ({why})");
+                out.push(Action::Announce(Announcement::Verdict {
+                    new_pid: successor,
+                    error: None,
+                    figures: numbers.figures(),
+                }));
                 out.push(Action::TellVerdict {
                     pid: successor,
                     verdict: Told::Committed,
@@ -840,6 +845,17 @@ impl Machine {
             }
             Verdict::Unhealthy { reason, numbers } => {
                 let reason = format!("{reason} ({numbers})");
+                out.push(Action::Announce(Announcement::Verdict {
+                    new_pid: successor,
+                    error: Some(
+                        UpgradeError::Unhealthy {
+                            pid: successor,
+                            reason: reason.clone(),
+                        }
+                        .to_string(),
+                    ),
+                    figures: numbers.figures(),
+                }));
                 tracing::error!(
                     new_pid = successor,
                     "health verdict: unhealthy: {reason}; rolling back to this generation's code"

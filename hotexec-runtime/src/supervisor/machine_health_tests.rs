@@ -115,6 +115,33 @@ fn judged(t0: Instant) -> Machine {
     m
 }
 
+/// `out` without the verdict's announcement for the evidence, which must be there once.
+fn verdict_announced(out: Vec<Action>, committed: bool) -> Vec<Action> {
+    let (verdicts, rest): (Vec<_>, Vec<_>) = out
+        .into_iter()
+        .partition(|a| matches!(a, Action::Announce(Announcement::Verdict { .. })));
+    assert_eq!(
+        verdicts.len(),
+        1,
+        "one verdict announced: {verdicts:?} {rest:?}"
+    );
+    let Action::Announce(Announcement::Verdict {
+        new_pid,
+        error,
+        figures,
+    }) = &verdicts[0]
+    else {
+        unreachable!()
+    };
+    assert_eq!(*new_pid, CHILD);
+    assert_eq!(error.is_none(), committed);
+    assert!(
+        figures.0.iter().any(|(k, v)| *k == "requests" && *v > 0.0),
+        "{figures:?}"
+    );
+    rest
+}
+
 fn report(m: &mut Machine, at: Instant, ok: u64, bad: u64) -> Vec<Action> {
     m.handle(
         at,
@@ -136,7 +163,7 @@ fn a_healthy_generation_is_answered_ok_at_the_end_of_its_probation() {
         assert!(out.is_empty(), "{t}: {out:?}");
     }
     assert_eq!(m.next_deadline(), Some(t0 + PROBATION));
-    let out = report(&mut m, t0 + PROBATION, 4_000, 0);
+    let out = verdict_announced(report(&mut m, t0 + PROBATION, 4_000, 0), true);
     assert_eq!(
         out[0],
         Action::TellVerdict {
@@ -163,6 +190,7 @@ fn an_unhealthy_generation_is_rolled_back_and_told_once_the_rollback_serves() {
         out = report(&mut m, t0 + ms(t), t * 19 / 20, t / 20);
     }
     assert!(t < 1_000, "verdict only after {t} ms");
+    let out = verdict_announced(out, false);
     assert_eq!(out, vec![Action::Spawn(Target::Rollback)]);
     assert_eq!(m.state_name(), "spawning");
     let at = t0 + ms(t);
@@ -210,6 +238,7 @@ fn if_the_rollback_fails_the_unhealthy_generation_serves_on() {
             report: vetoed,
         },
     );
+    let out = verdict_announced(out, false);
     assert_eq!(
         out,
         vec![Action::Spawn(Target::Rollback)],
@@ -252,7 +281,7 @@ fn a_quiet_generation_is_committed_at_max_probation() {
     // No more reports (a hung reporter, or nothing to say): the deadlines decide.
     assert!(m.handle(t0 + PROBATION, Event::Tick).is_empty());
     assert_eq!(m.next_deadline(), Some(t0 + ms(10_000)));
-    let out = m.handle(t0 + ms(10_000), Event::Tick);
+    let out = verdict_announced(m.handle(t0 + ms(10_000), Event::Tick), true);
     assert_eq!(replies(&out), vec![&Ok(CHILD)]);
 }
 
