@@ -57,6 +57,21 @@ fn rejected_pid(run: &CliRun) -> u32 {
         .unwrap_or_else(|| panic!("no pid in {run:?}"))
 }
 
+/// Waits until `pid` answers `GET /`. Answers of the rejected build still draining (a 500 to a
+/// request it had accepted before it was told) may come meanwhile; any other failure fails.
+fn answered_by_after_the_bad_build(addr: std::net::SocketAddr, pid: u32) {
+    wait_for(
+        Duration::from_secs(5),
+        &format!("pid {pid} to answer"),
+        || match get(addr, "/", Duration::from_secs(5)) {
+            Outcome::Ok { pid: p } if p == pid => Some(()),
+            Outcome::Ok { .. } => None,
+            Outcome::BadStatus(s) if s.starts_with("HTTP/1.1 500") => None,
+            other => panic!("GET / failed while waiting for pid {pid}: {other:?}"),
+        },
+    )
+}
+
 /// After an unhealthy verdict: the pid file names a rollback of `old` (its exact image), which
 /// answers; the rejected generation drains and exits. Returns the rollback's pid.
 fn rolled_back(app: &App, old: u32, old_image: (u64, u64), bad: u32) -> u32 {
@@ -69,7 +84,7 @@ fn rolled_back(app: &App, old: u32, old_image: (u64, u64), bad: u32) -> u32 {
         old_image,
         "the rollback runs the old build's image"
     );
-    answered_by(app.addr, rollback, Duration::from_secs(5));
+    answered_by_after_the_bad_build(app.addr, rollback);
     wait_for(
         Duration::from_secs(15),
         "the rejected generation to exit",
@@ -423,7 +438,7 @@ fn the_rollback_runs_the_old_image_when_the_deploy_path_leads_to_the_bad_build()
         root.join("releases/v1/app"),
         "the rollback runs the old release, not what `current` leads to"
     );
-    answered_by(addr, rollback, Duration::from_secs(5));
+    answered_by_after_the_bad_build(addr, rollback);
     let results = load.finish();
     let (_, other) = split(&results);
     assert!(other.is_empty(), "{}", by_class(other.iter().copied()));

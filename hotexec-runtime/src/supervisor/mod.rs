@@ -278,13 +278,15 @@ impl Shell {
         }
         if let Some(c) = &mut self.child {
             let pid = c.pid;
-            // Its link first: the health report it sends just before READY decides whether it
-            // is judged.
+            // The health report it sends just before READY decides whether it is judged: what
+            // it said on its readiness pipe is read first, then its link (everything it sent
+            // before READY is there by then), and the reports go to the machine first.
+            let said_on_pipe = c.ready.read();
             c.read_link();
             for report in c.reports.drain(..) {
                 events.push(Event::HealthReport { pid, report });
             }
-            for said in c.ready.read() {
+            for said in said_on_pipe {
                 events.push(match said {
                     Said::Ready => Event::ChildReady { pid },
                     Said::ExecFailed(errno) => Event::ExecFailed {
