@@ -10,11 +10,8 @@ fn main() {
         .ok()
         .and_then(|v| v.parse::<i32>().ok())
     {
-        let mut hello = b"HXHO".to_vec();
-        hello.extend_from_slice(&2u16.to_le_bytes());
-        hello.extend_from_slice(&[1, 0]);
-        hello.extend_from_slice(&u64::from(std::process::id()).to_le_bytes());
-        hello.extend_from_slice(&[0; 8]);
+        use hotexec::handoff::__wire::{Kind, encode_as};
+        let hello = encode_as(2, Kind::Hello, u64::from(std::process::id()), b"", b"");
         // SAFETY: send(2) reads `hello` for its length; a number that is not a socket fails.
         unsafe { libc::send(fd, hello.as_ptr().cast(), hello.len(), libc::MSG_NOSIGNAL) };
     }

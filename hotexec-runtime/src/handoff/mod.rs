@@ -32,7 +32,7 @@
 //! offered ([`CLAIM_GRACE`] after its `main` started), so those connections come back too.
 //!
 //! **Checks.** Records are bounded ([`MAX_UNREAD`], [`MAX_STATE`]) and checked field by field
-//! (see [`wire`]); fds arrive `CLOEXEC` (`MSG_CMSG_CLOEXEC`) into `OwnedFd`, a truncated control
+//! (the record layout is documented in `handoff/wire.rs`); fds arrive `CLOEXEC` (`MSG_CMSG_CLOEXEC`) into `OwnedFd`, a truncated control
 //! buffer is refused, and each fd must be a connected `SOCK_STREAM` socket (TCP or Unix), as
 //! inherited listeners are checked. Garbage is refused with an error naming what is wrong, and
 //! nothing is adopted from it.
@@ -85,9 +85,19 @@
 //! ```
 
 mod channel;
+mod error;
 mod recv;
 mod send;
-pub mod wire;
+mod wire;
+
+/// The wire format of the channel, for the runtime's own fuzzers and tests and for test fixtures
+/// that play a broken peer. Not a public API: it changes with the protocol version.
+#[doc(hidden)]
+pub mod __wire {
+    pub use super::wire::{
+        HEADER, Kind, MAGIC, MAX_RECORD, Record, VERSION, WireError, decode, encode, encode_as,
+    };
+}
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -95,8 +105,9 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 pub use channel::Family;
+pub use error::HandoffError;
 pub use recv::{CLAIM_GRACE, Connection, HandedOff, Next};
-pub use send::{Handoff, HandoffError, Returned, SendFuture};
+pub use send::{Handoff, Returned, SendFuture};
 pub use wire::{MAX_STATE, MAX_UNREAD, VERSION};
 
 use crate::protocol::{FDS_START, HANDOFF_FD};

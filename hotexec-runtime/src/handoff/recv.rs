@@ -13,7 +13,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use super::channel::{self, Family, Received};
-use super::send::HandoffError;
+use super::error::HandoffError;
 use super::wire::{self, Kind};
 
 /// A connection handed over by the previous generation, now this generation's: resume serving
@@ -40,28 +40,12 @@ impl fmt::Debug for Connection {
     }
 }
 
-/// The state of a hand-off as a serde type (JSON, as [`Handoff::send_serde`] sends it).
-///
-/// [`Handoff::send_serde`]: super::Handoff::send_serde
-#[cfg(feature = "serde")]
-pub(crate) fn decode_state<T: serde::de::DeserializeOwned>(
-    state: &[u8],
-) -> Result<T, HandoffError> {
-    serde_json::from_slice(state).map_err(|e| {
-        HandoffError::State(format!(
-            "cannot read the state ({} bytes) as {}: {e}",
-            state.len(),
-            std::any::type_name::<T>()
-        ))
-    })
-}
-
 impl Connection {
     /// The state as the serde type the previous generation sent with
     /// [`Handoff::send_serde`](super::Handoff::send_serde) (feature `serde`).
     #[cfg(feature = "serde")]
     pub fn state_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, HandoffError> {
-        decode_state(&self.state)
+        super::error::decode_state(&self.state)
     }
 
     /// The socket as a std `TcpStream`; `None` (the connection given back) if it is not TCP.

@@ -22,48 +22,8 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::channel::{self, Received};
+use super::error::HandoffError;
 use super::wire::{self, Kind};
-
-/// Why a hand-off did not happen. The connection is still this generation's.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum HandoffError {
-    /// The channel to the new generation is closed: it exited or was killed before it
-    /// acknowledged the connection, or this side finished the hand-off.
-    Closed(String),
-    /// The new generation refused the connection; its reason.
-    Refused(String),
-    /// The unread bytes or the state are over the limits ([`MAX_UNREAD`](super::MAX_UNREAD),
-    /// [`MAX_STATE`](super::MAX_STATE)).
-    TooLarge(String),
-    /// The hand-off deadline (half the drain timeout after the new generation reported ready)
-    /// passed before the new generation acknowledged it.
-    Deadline,
-    /// A record on the channel was garbage; nothing was adopted from it.
-    Protocol(String),
-    /// The state could not be serialized or deserialized (feature `serde`).
-    State(String),
-}
-
-impl fmt::Display for HandoffError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HandoffError::Closed(why) => write!(f, "hand-off channel closed: {why}"),
-            HandoffError::Refused(why) => {
-                write!(f, "the new generation refused the connection: {why}")
-            }
-            HandoffError::TooLarge(why) => write!(f, "cannot hand off {why}"),
-            HandoffError::Deadline => write!(
-                f,
-                "the hand-off deadline passed before the new generation acknowledged the connection"
-            ),
-            HandoffError::Protocol(why) => write!(f, "hand-off protocol error: {why}"),
-            HandoffError::State(why) => write!(f, "hand-off state: {why}"),
-        }
-    }
-}
-
-impl std::error::Error for HandoffError {}
 
 /// A connection that was not handed off, given back whole: serve it on (or drain it) as before.
 pub struct Returned {
@@ -100,7 +60,7 @@ impl Returned {
     /// The state as the serde type it was sent as (feature `serde`).
     #[cfg(feature = "serde")]
     pub fn state_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, HandoffError> {
-        super::recv::decode_state(&self.state)
+        super::error::decode_state(&self.state)
     }
 
     /// The socket as a std `TcpStream` (blocking mode as it was).

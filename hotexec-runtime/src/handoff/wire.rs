@@ -99,9 +99,15 @@ impl std::error::Error for WireError {}
 
 /// Encodes a record. Lengths over the limits are the caller's to refuse first ([`check_sizes`]).
 pub fn encode(kind: Kind, id: u64, unread: &[u8], state: &[u8]) -> Vec<u8> {
+    encode_as(VERSION, kind, id, unread, state)
+}
+
+/// [`encode`] in another protocol version's header: what a build speaking `version` would send
+/// (for test fixtures that play such a build).
+pub fn encode_as(version: u16, kind: Kind, id: u64, unread: &[u8], state: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + unread.len() + state.len());
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.push(kind.code());
     out.push(0);
     out.extend_from_slice(&id.to_le_bytes());
