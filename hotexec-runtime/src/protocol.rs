@@ -15,7 +15,7 @@
 //! | `HOTEXEC_OWNED_FDNAMES` | colon-separated names of the passed Unix listeners whose path a hotexec generation bound (not a socket activator): the generation that stops for good removes those paths |
 //! | `HOTEXEC_ACTIVATED_FDS` | with `HOTEXEC_READY_FD` only: colon-separated numbers of the passed fds that a service manager handed over (to the first generation, or to the keeper), so every later generation keeps adopting them whatever its declarations say (see `activation.rs`). Without `HOTEXEC_READY_FD` every fd is the service manager's and this variable is not read |
 //! | `HOTEXEC_KEEPER_FD` | keeper mode only: this process is a generation under a keeper, and this fd is its channel to the keeper (a `SOCK_SEQPACKET` socket; see [`KEEPER_SERVING`]) |
-//! | `HOTEXEC_HANDOFF_FD` | the connection hand-off channel from the old generation (a `SOCK_SEQPACKET` socket, after the keeper channel if any; records in [`crate::handoff::wire`]) |
+//! | `HOTEXEC_HANDOFF_FD` | the connection hand-off channel from the old generation (a `SOCK_SEQPACKET` socket, after the keeper channel if any; records documented in the runtime's `handoff/wire.rs`) |
 //!
 //! All but `NOTIFY_SOCKET` are removed from the environment before `main` runs, so nothing the
 //! application spawns sees them; `NOTIFY_SOCKET` is left as the service manager set it.
