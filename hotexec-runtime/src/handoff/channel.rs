@@ -14,7 +14,8 @@ use rustix::net::{
 use super::wire::MAX_RECORD;
 
 /// A fresh channel: (the old generation's end, the new generation's end), both `CLOEXEC`
-/// (spawn clears the flag on the child's copy only, between fork and exec).
+/// (spawn clears the flag on the child's copy only, between fork and exec), both with
+/// `SO_PASSCRED` (see [`recv`]).
 pub(crate) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let (a, b) = rustix::net::socketpair(
         AddressFamily::UNIX,
@@ -29,8 +30,22 @@ pub(crate) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
     // the default 208 KiB).
     for fd in [&a, &b] {
         let _ = rustix::net::sockopt::set_socket_send_buffer_size(fd, 4 * MAX_RECORD);
+        tell_records_from_the_end(fd.as_fd())?;
     }
     Ok((a, b))
+}
+
+/// Turns `SO_PASSCRED` on for `chan`: from then on every record received on it, an empty one
+/// included, comes with an `SCM_CREDENTIALS` message, while the end of the channel comes with
+/// none. That is how [`recv`] tells an empty record from the end (`recvmsg` returns 0 for
+/// both). Set on both ends when the pair is made; the new generation sets it again on the end
+/// it adopts.
+pub(crate) fn tell_records_from_the_end(chan: BorrowedFd<'_>) -> io::Result<()> {
+    rustix::net::sockopt::set_socket_passcred(chan, true).map_err(|e| {
+        io::Error::other(format!(
+            "setsockopt(SO_PASSCRED) on the hand-off channel: {e}"
+        ))
+    })
 }
 
 /// Sends one record, with `fd` attached when given. Non-blocking when `dontwait`
@@ -66,7 +81,8 @@ pub(crate) fn send(
 
 /// One message as received.
 pub(crate) enum Received {
-    /// The peer closed its end or shut it down for writing.
+    /// The peer closed its end or shut it down for writing, and every record it sent before has
+    /// been received.
     Eof,
     /// A message: its bytes (checked by `wire::decode`), and the fds that came with it, already
     /// `CLOEXEC` and owned. `trouble` says what was wrong at the transport level (a truncated
@@ -82,8 +98,9 @@ pub(crate) enum Received {
 pub(crate) fn recv(chan: BorrowedFd<'_>, dontwait: bool) -> io::Result<Received> {
     let mut buf = vec![0u8; MAX_RECORD + 1];
     // Room for more fds than a record may carry, so extra ones are received (and closed) rather
-    // than left to truncation; a sender attaching even more gets MSG_CTRUNC, refused below.
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+    // than left to truncation; a sender attaching even more gets MSG_CTRUNC, refused below. And
+    // for the sender's credentials, which mark a record (see `tell_records_from_the_end`).
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4), ScmCredentials(1))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let mut flags = RecvFlags::CMSG_CLOEXEC;
     if dontwait {
@@ -101,15 +118,25 @@ pub(crate) fn recv(chan: BorrowedFd<'_>, dontwait: bool) -> io::Result<Received>
         }
     };
     let mut fds = Vec::new();
+    let mut credentials = false;
     for msg in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(received) = msg {
-            fds.extend(received);
+        match msg {
+            RecvAncillaryMessage::ScmRights(received) => fds.extend(received),
+            RecvAncillaryMessage::ScmCredentials(_) => credentials = true,
+            _ => {}
         }
     }
-    if got.bytes == 0 && fds.is_empty() {
+    // `recvmsg` returns 0 at the end of the channel and for an empty record alike; only a
+    // record carries credentials. (A truncated control buffer may have lost them: then it was
+    // a record too, refused below.)
+    if got.bytes == 0 && fds.is_empty() && !credentials && !got.flags.contains(ReturnFlags::CTRUNC)
+    {
         return Ok(Received::Eof);
     }
     let mut trouble = None;
+    if got.bytes == 0 {
+        trouble = Some("an empty record (0 bytes): not the end of the channel, and not a record of this protocol".into());
+    }
     if got.flags.contains(ReturnFlags::CTRUNC) {
         trouble = Some(
             "its control data was truncated (more fds attached than a record may carry)".into(),

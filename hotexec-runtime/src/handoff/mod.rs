@@ -179,6 +179,7 @@ fn adopt(value: &OsString) -> Result<OwnedFd, String> {
     // without closing.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     crate::socket::set_cloexec(fd.as_fd()).map_err(|e| e.to_string())?;
+    channel::tell_records_from_the_end(fd.as_fd()).map_err(|e| e.to_string())?;
     Ok(fd)
 }
 
@@ -595,5 +596,87 @@ mod broken_peer_tests {
         let back = sender.join().unwrap().unwrap_err();
         assert_eq!(back.unread, b"u");
         assert!(matches!(back.error, HandoffError::Closed(_)), "{back:?}");
+    }
+}
+
+/// What a broken or hostile new generation can do to the old side's books: whatever it sends,
+/// a connection it acknowledged is never given back (that would make two owners).
+#[cfg(test)]
+mod one_owner_tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+
+    /// `n` connected pairs: (clients, server sides).
+    fn conns(n: usize) -> (Vec<TcpStream>, Vec<TcpStream>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let clients: Vec<TcpStream> = (0..n)
+            .map(|_| TcpStream::connect(l.local_addr().unwrap()).unwrap())
+            .collect();
+        let servers = (0..n).map(|_| l.accept().unwrap().0).collect();
+        (clients, servers)
+    }
+
+    /// Plays the new generation: reads `n` CONN records, returns their ids (their fds are kept
+    /// open, as a new generation that took them would).
+    fn read_conns(chan: &OwnedFd, n: usize) -> (Vec<u64>, Vec<OwnedFd>) {
+        let (mut ids, mut kept) = (Vec::new(), Vec::new());
+        while ids.len() < n {
+            match channel::recv(chan.as_fd(), false).unwrap() {
+                channel::Received::Message { bytes, fds, .. } => {
+                    let r = wire::decode(&bytes, fds.len()).unwrap();
+                    assert_eq!(r.kind, Kind::Conn);
+                    ids.push(r.id);
+                    kept.extend(fds);
+                }
+                channel::Received::Eof => panic!("the old side closed the channel"),
+            }
+        }
+        (ids, kept)
+    }
+
+    /// An answer; a send that fails (the old side already gave up the channel) is for the
+    /// assertions on the old side's outcomes to report.
+    fn answer(chan: &OwnedFd, kind: Kind, id: u64) {
+        let _ = channel::send(chan.as_fd(), &wire::encode(kind, id, b"", b""), None, false);
+    }
+
+    /// Finding 2 of issue 20: SEQPACKET allows a record of 0 bytes, which `recv` returns just
+    /// like the end of the channel. A new generation that sends one between two ACKs must not
+    /// make the old side give back the connection of the second ACK.
+    #[test]
+    fn an_empty_record_is_not_the_end_of_the_channel() {
+        let (old, new) = channel::pair().unwrap();
+        let tx = Handoff::start(old, 9, Instant::now() + Duration::from_secs(30)).unwrap();
+        let (_clients, servers) = conns(2);
+        let sends: Vec<_> = servers
+            .into_iter()
+            .map(|s| {
+                let tx = tx.clone();
+                std::thread::spawn(move || tx.send_blocking(s, Vec::new(), Vec::new()))
+            })
+            .collect();
+        let (ids, _kept) = read_conns(&new, 2);
+        answer(&new, Kind::Ack, ids[0]);
+        channel::send(new.as_fd(), b"", None, false).unwrap();
+        answer(&new, Kind::Ack, ids[1]);
+        for s in sends {
+            let r = s.join().unwrap();
+            assert!(r.is_ok(), "an acknowledged connection came back: {r:?}");
+        }
+        assert_eq!(tx.handed_off(), 2);
+    }
+
+    /// The same on the new side: an empty record from the old side is a protocol error, named
+    /// as such, not the end of the hand-off.
+    #[test]
+    fn an_empty_record_from_the_old_side_is_refused_by_name() {
+        let (old, new) = channel::pair().unwrap();
+        let mut rx = HandedOff::claim(recv::start(new).unwrap());
+        channel::send(old.as_fd(), b"", None, false).unwrap();
+        let e = rx
+            .recv_blocking()
+            .expect("an error, not the end")
+            .unwrap_err();
+        assert!(e.to_string().contains("an empty record"), "{e}");
     }
 }
