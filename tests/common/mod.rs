@@ -18,6 +18,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+pub mod handoff;
+
 /// Makes this test process adopt orphaned descendants (PID 1 here does not reap them).
 pub fn subreaper() {
     static ONCE: Once = Once::new();

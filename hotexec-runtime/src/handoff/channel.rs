@@ -91,6 +91,9 @@ pub(crate) enum Received {
         bytes: Vec<u8>,
         fds: Vec<OwnedFd>,
         trouble: Option<String>,
+        /// The trouble is this process's full fd table: the fd sent with the record was
+        /// dropped by the kernel (the record itself was fine).
+        out_of_fds: bool,
     },
 }
 
@@ -137,10 +140,11 @@ pub(crate) fn recv(chan: BorrowedFd<'_>, dontwait: bool) -> io::Result<Received>
     if got.bytes == 0 {
         trouble = Some("an empty record (0 bytes): not the end of the channel, and not a record of this protocol".into());
     }
+    let mut out_of_fds = false;
     if got.flags.contains(ReturnFlags::CTRUNC) {
-        trouble = Some(
-            "its control data was truncated (more fds attached than a record may carry)".into(),
-        );
+        let why;
+        (why, out_of_fds) = why_truncated(chan);
+        trouble = Some(why);
     }
     if got.flags.contains(ReturnFlags::TRUNC) || got.bytes > MAX_RECORD {
         trouble = Some(format!(
@@ -152,7 +156,40 @@ pub(crate) fn recv(chan: BorrowedFd<'_>, dontwait: bool) -> io::Result<Received>
         bytes: buf,
         fds,
         trouble,
+        out_of_fds,
     })
+}
+
+/// Why the kernel truncated a record's control data (`MSG_CTRUNC`): the buffer has room for
+/// more fds than a record may carry, so either this process could not take one more fd (its
+/// table is full: `EMFILE` while the kernel installed it, and the fd was dropped) or the sender
+/// attached too many. Told apart by trying to take one fd now; `true` for the first.
+fn why_truncated(chan: BorrowedFd<'_>) -> (String, bool) {
+    match rustix::io::fcntl_dupfd_cloexec(chan, 0) {
+        Ok(probe) => {
+            drop(probe);
+            (
+                "its control data was truncated: more fds attached than a record may carry".into(),
+                false,
+            )
+        }
+        Err(e) if e == rustix::io::Errno::MFILE || e == rustix::io::Errno::NFILE => {
+            let limit = crate::limits::nofile();
+            let why = format!(
+                "the receiving generation (pid {}) is out of file descriptors ({}, RLIMIT_NOFILE soft limit {limit}): the connection's fd could not be received",
+                std::process::id(),
+                io::Error::from(e)
+            );
+            (why, true)
+        }
+        Err(e) => (
+            format!(
+                "its control data was truncated, and a probe for a free fd failed: {}",
+                io::Error::from(e)
+            ),
+            false,
+        ),
+    }
 }
 
 /// What a received connection is.

@@ -20,6 +20,9 @@ pub enum HandoffError {
     Deadline,
     /// A record on the channel was garbage; nothing was adopted from it.
     Protocol(String),
+    /// A connection's record was readable but its fd could not be received (the receiving
+    /// generation is at its fd limit); nothing was adopted, and the sender keeps it.
+    Unreceivable(String),
     /// The state could not be serialized or deserialized (feature `serde`).
     State(String),
 }
@@ -37,6 +40,9 @@ impl fmt::Display for HandoffError {
                 "the hand-off deadline passed before the new generation acknowledged the connection"
             ),
             HandoffError::Protocol(why) => write!(f, "hand-off protocol error: {why}"),
+            HandoffError::Unreceivable(why) => {
+                write!(f, "a handed-off connection could not be received: {why}")
+            }
             HandoffError::State(why) => write!(f, "hand-off state: {why}"),
         }
     }

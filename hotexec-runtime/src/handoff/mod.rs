@@ -278,6 +278,7 @@ pub(crate) fn child_ready(new_pid: u32, drain_timeout: Duration) {
             bytes,
             fds,
             trouble: None,
+            ..
         }) => wire::decode(&bytes, fds.len()).map_err(|e| e.reason),
         Ok(channel::Received::Message {
             trouble: Some(t), ..

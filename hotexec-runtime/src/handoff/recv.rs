@@ -157,6 +157,9 @@ fn refuse_unclaimed(s: &Shared) {
 }
 
 fn receive(s: &Shared) {
+    // Refusals by reason: the first of each is logged, the count at the end (a thousand
+    // connections refused at the fd limit are one line and a total, not a thousand lines).
+    let mut refused: Vec<(String, usize)> = Vec::new();
     loop {
         // Until the application claimed the stream (or the grace is over), wake up in time to
         // refuse what it will not take.
@@ -178,12 +181,13 @@ fn receive(s: &Shared) {
             }
         }
         let got = channel::recv(s.chan.as_fd(), false);
-        let (bytes, fds, trouble) = match got {
+        let (bytes, fds, trouble, out_of_fds) = match got {
             Ok(Received::Message {
                 bytes,
                 fds,
                 trouble,
-            }) => (bytes, fds, trouble),
+                out_of_fds,
+            }) => (bytes, fds, trouble, out_of_fds),
             Ok(Received::Eof) => break,
             Err(e) => {
                 tracing::error!(
@@ -193,8 +197,10 @@ fn receive(s: &Shared) {
             }
         };
         let decoded = match trouble {
+            // A readable CONN header names the one connection to refuse (its fd was dropped
+            // by the kernel, or was one of too many): the channel itself is fine.
             Some(t) => Err(wire::WireError {
-                id: None,
+                id: wire::conn_id(&bytes),
                 reason: t,
             }),
             None => wire::decode(&bytes, fds.len()),
@@ -208,12 +214,23 @@ fn receive(s: &Shared) {
             }
             Err(e) if e.id.is_some() => {
                 // The header was readable: refuse this connection and read on.
-                tracing::error!(
-                    "hand-off from the previous generation refused: {}; nothing adopted",
-                    e.reason
-                );
+                match refused.iter_mut().find(|(r, _)| *r == e.reason) {
+                    Some((_, n)) => *n += 1,
+                    None => {
+                        tracing::error!(
+                            "hand-off from the previous generation refused: {}; nothing adopted (further refusals for this reason are counted)",
+                            e.reason
+                        );
+                        refused.push((e.reason.clone(), 1));
+                    }
+                }
                 s.answer(Kind::Nak, e.id.unwrap_or(0), &e.reason);
-                push(s, Err(HandoffError::Protocol(e.reason)));
+                let err = if out_of_fds {
+                    HandoffError::Unreceivable(e.reason)
+                } else {
+                    HandoffError::Protocol(e.reason)
+                };
+                push(s, Err(err));
                 continue;
             }
             Err(e) => {
@@ -263,6 +280,12 @@ fn receive(s: &Shared) {
         if let Some(w) = w {
             w.wake();
         }
+    }
+    for (why, n) in refused {
+        tracing::warn!(
+            refused = n,
+            "hand-off from the previous generation: {n} connection(s) refused: {why}"
+        );
     }
     // The previous generation is done (or gone): what the application has not taken yet goes
     // back, under the lock, so no acknowledgement can follow these refusals.

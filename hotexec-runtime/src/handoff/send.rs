@@ -518,6 +518,7 @@ impl Sender {
                     bytes,
                     fds,
                     trouble,
+                    ..
                 }) => (bytes, fds, trouble),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
                 Err(e) => {

@@ -133,6 +133,17 @@ pub fn check_sizes(unread: usize, state: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// The connection id of `buf` if its header is readable as a CONN record of this version,
+/// whatever else is wrong with it (truncated, its fd lost): enough to refuse that one
+/// connection by name instead of giving up the channel.
+pub fn conn_id(buf: &[u8]) -> Option<u64> {
+    (buf.len() >= HEADER
+        && buf[0..4] == MAGIC
+        && u16::from_le_bytes([buf[4], buf[5]]) == VERSION
+        && Kind::from_code(buf[6]) == Some(Kind::Conn))
+    .then(|| u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes")))
+}
+
 /// Decodes one record of `buf` that arrived with `fds` fds. Pure, so it can be fuzzed.
 pub fn decode(buf: &[u8], fds: usize) -> Result<Record, WireError> {
     let refuse = |id: Option<u64>, reason: String| WireError { id, reason };
