@@ -680,4 +680,30 @@ mod one_owner_tests {
             .unwrap_err();
         assert!(e.to_string().contains("an empty record"), "{e}");
     }
+
+    /// Finding 4 of issue 20: an application that claims the hand-off stream later than
+    /// `CLAIM_GRACE` after `main` started (a warm-up before `ready()`) takes what is offered
+    /// from then on; the grace refuses only offers that waited for a claim that did not come.
+    #[test]
+    fn incoming_claimed_after_the_grace_still_takes_what_comes() {
+        let (old, new) = channel::pair().unwrap();
+        let long_ago = Instant::now()
+            .checked_sub(CLAIM_GRACE + Duration::from_secs(1))
+            .unwrap();
+        let shared = recv::start_at(new, long_ago).unwrap();
+        // The reader has looked at the grace with nothing offered yet.
+        std::thread::sleep(Duration::from_millis(100));
+        let mut rx = HandedOff::claim(shared);
+        let tx = Handoff::start(old, 5, Instant::now() + Duration::from_secs(30)).unwrap();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let s = l.accept().unwrap().0;
+        let taker = std::thread::spawn(move || rx.recv_blocking().map(|r| r.map(|_| ())));
+        let sent = tx.send_blocking(s, Vec::new(), Vec::new());
+        assert!(
+            sent.is_ok(),
+            "refused though the application receives: {sent:?}"
+        );
+        assert!(matches!(taker.join().unwrap(), Some(Ok(()))));
+    }
 }

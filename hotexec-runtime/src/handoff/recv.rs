@@ -71,13 +71,17 @@ impl Connection {
 }
 
 struct Inbox {
-    queue: VecDeque<Result<(u64, Connection), HandoffError>>,
+    /// What came, in order, with when it came.
+    queue: VecDeque<(Instant, Result<(u64, Connection), HandoffError>)>,
     /// No more records come (the channel ended); `queue` may still hold some.
     ended: bool,
     /// The application asked for the stream ([`super::incoming`]).
     claimed: bool,
     /// The application dropped its stream: refuse what comes.
     dropped: bool,
+    /// Not claimed yet, and an offer already waited [`CLAIM_GRACE`] in vain: offers are refused
+    /// as they come until the application claims the stream.
+    refusing_unclaimed: bool,
     waker: Option<Waker>,
 }
 
@@ -90,8 +94,10 @@ pub(crate) struct Shared {
     main_started: Instant,
 }
 
-/// How long after `main` started an application may take to call [`super::incoming`] before
-/// connections offered to it are refused (and so stay with the previous generation).
+/// How long an offer waits for an application that has not called [`super::incoming`] (counted
+/// from when it came, and not before `main` started that long ago) before it is refused, and so
+/// stays with the previous generation. Once one offer was refused so, the next are refused as
+/// they come, until the application claims the stream: from then on it takes what comes.
 pub const CLAIM_GRACE: Duration = Duration::from_secs(2);
 
 impl Shared {
@@ -107,17 +113,23 @@ impl Shared {
 
 /// Starts reading the channel (from the runtime, as `main` starts).
 pub(crate) fn start(chan: OwnedFd) -> std::io::Result<Arc<Shared>> {
+    start_at(chan, Instant::now())
+}
+
+/// [`start`], for a `main` that started at `main_started` (tests go back in time with it).
+pub(crate) fn start_at(chan: OwnedFd, main_started: Instant) -> std::io::Result<Arc<Shared>> {
     let shared = Arc::new(Shared {
         inbox: Mutex::new(Inbox {
             queue: VecDeque::new(),
             ended: false,
             claimed: false,
             dropped: false,
+            refusing_unclaimed: false,
             waker: None,
         }),
         cond: Condvar::new(),
         chan,
-        main_started: Instant::now(),
+        main_started,
     });
     let s = shared.clone();
     std::thread::Builder::new()
@@ -126,34 +138,53 @@ pub(crate) fn start(chan: OwnedFd) -> std::io::Result<Arc<Shared>> {
     Ok(shared)
 }
 
-/// Refuses what waits in the inbox of an application that has not asked for hand-offs within
-/// [`CLAIM_GRACE`]: those connections go back to the previous generation now, not at its
-/// deadline.
-fn refuse_unclaimed(s: &Shared) {
+/// The reason every refusal of an unclaimed offer gives.
+const NOT_RECEIVING: &str =
+    "this generation does not take hand-offs (its application does not receive them)";
+
+impl Shared {
+    /// When an offer that came at `at` has waited for a claim long enough.
+    fn claim_expires(&self, at: Instant) -> Instant {
+        at.max(self.main_started) + CLAIM_GRACE
+    }
+}
+
+/// Refuses the offers that have waited [`CLAIM_GRACE`] for an application that has not claimed
+/// the stream: those connections go back to the previous generation now, not at its deadline.
+/// Returns when the next offer still waiting expires, if one does.
+fn refuse_unclaimed(s: &Shared) -> Option<Instant> {
     let mut inbox = s.inbox.lock().unwrap_or_else(|p| p.into_inner());
-    if inbox.claimed || inbox.dropped || s.main_started.elapsed() < CLAIM_GRACE {
-        return;
+    if inbox.claimed || inbox.dropped {
+        return None;
     }
-    inbox.dropped = true;
-    let untaken: Vec<u64> = inbox
-        .queue
-        .drain(..)
-        .filter_map(|r| r.ok().map(|(id, _)| id))
-        .collect();
+    let now = Instant::now();
+    let mut expired = Vec::new();
+    let mut next = None;
+    inbox.queue.retain(|(at, r)| match r {
+        Ok((id, _)) if s.claim_expires(*at) <= now => {
+            expired.push(*id);
+            false
+        }
+        Ok(_) => {
+            let e = s.claim_expires(*at);
+            next = Some(next.map_or(e, |n: Instant| n.min(e)));
+            true
+        }
+        Err(_) => true,
+    });
+    if expired.is_empty() {
+        return next;
+    }
+    inbox.refusing_unclaimed = true;
     drop(inbox);
-    if !untaken.is_empty() {
-        tracing::warn!(
-            refused = untaken.len(),
-            "hand-off: this application did not call hotexec::handoff::incoming() within {CLAIM_GRACE:?} of main: connections offered go back to the previous generation"
-        );
+    tracing::warn!(
+        refused = expired.len(),
+        "hand-off: this application has not called hotexec::handoff::incoming() {CLAIM_GRACE:?} after connections were offered: they go back to the previous generation, and so do the next ones until it does"
+    );
+    for id in expired {
+        s.answer(Kind::Nak, id, NOT_RECEIVING);
     }
-    for id in untaken {
-        s.answer(
-            Kind::Nak,
-            id,
-            "this generation does not take hand-offs (its application does not receive them)",
-        );
-    }
+    next
 }
 
 fn receive(s: &Shared) {
@@ -161,21 +192,15 @@ fn receive(s: &Shared) {
     // connections refused at the fd limit are one line and a total, not a thousand lines).
     let mut refused: Vec<(String, usize)> = Vec::new();
     loop {
-        // Until the application claimed the stream (or the grace is over), wake up in time to
-        // refuse what it will not take.
-        let grace_left = CLAIM_GRACE.saturating_sub(s.main_started.elapsed());
-        let unclaimed = {
-            let inbox = s.inbox.lock().unwrap_or_else(|p| p.into_inner());
-            !inbox.claimed && !inbox.dropped
-        };
-        if unclaimed {
+        // While offers wait for a claim, wake up in time to refuse those that wait in vain.
+        if let Some(expires) = refuse_unclaimed(s) {
+            let left = expires.saturating_duration_since(Instant::now());
+            let ms = u16::try_from(left.as_millis() + 1).unwrap_or(u16::MAX);
             let mut fds = [nix::poll::PollFd::new(
                 s.chan.as_fd(),
                 nix::poll::PollFlags::POLLIN,
             )];
-            let ms = u16::try_from(grace_left.as_millis() + 1).unwrap_or(u16::MAX);
             let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms));
-            refuse_unclaimed(s);
             if !fds[0].any().unwrap_or(false) {
                 continue;
             }
@@ -262,18 +287,13 @@ fn receive(s: &Shared) {
             state: rec.state,
         };
         let mut inbox = s.inbox.lock().unwrap_or_else(|p| p.into_inner());
-        let unclaimed = !inbox.claimed && s.main_started.elapsed() >= CLAIM_GRACE;
-        if inbox.dropped || unclaimed {
+        if inbox.dropped || (!inbox.claimed && inbox.refusing_unclaimed) {
             drop(inbox);
             drop(conn);
-            s.answer(
-                Kind::Nak,
-                rec.id,
-                "this generation does not take hand-offs (its application does not receive them)",
-            );
+            s.answer(Kind::Nak, rec.id, NOT_RECEIVING);
             continue;
         }
-        inbox.queue.push_back(Ok((rec.id, conn)));
+        inbox.queue.push_back((Instant::now(), Ok((rec.id, conn))));
         let w = inbox.waker.take();
         drop(inbox);
         s.cond.notify_all();
@@ -302,9 +322,9 @@ fn give_back_untaken(s: &Shared, why: &str) {
     let untaken: Vec<u64> = inbox
         .queue
         .iter()
-        .filter_map(|r| r.as_ref().ok().map(|(id, _)| *id))
+        .filter_map(|(_, r)| r.as_ref().ok().map(|(id, _)| *id))
         .collect();
-    inbox.queue.retain(|r| r.is_err());
+    inbox.queue.retain(|(_, r)| r.is_err());
     for id in untaken {
         s.answer(Kind::Nak, id, why);
     }
@@ -331,7 +351,7 @@ fn refuse_all(s: &Shared, e: wire::WireError) {
 
 fn push(s: &Shared, r: Result<(u64, Connection), HandoffError>) {
     let mut inbox = s.inbox.lock().unwrap_or_else(|p| p.into_inner());
-    inbox.queue.push_back(r);
+    inbox.queue.push_back((Instant::now(), r));
     let w = inbox.waker.take();
     drop(inbox);
     s.cond.notify_all();
@@ -370,7 +390,7 @@ impl HandedOff {
     /// Takes the next one if any, acknowledging it. `Err`: a record that was refused (garbage
     /// or a bad fd; nothing was adopted from it). `None`: the hand-off is over.
     fn take(&self, inbox: &mut Inbox) -> Option<Option<Result<Connection, HandoffError>>> {
-        match inbox.queue.pop_front() {
+        match inbox.queue.pop_front().map(|(_, r)| r) {
             Some(Ok((id, conn))) => {
                 // Acknowledged under the lock: the end of the channel cannot refuse it meanwhile.
                 self.shared.answer(Kind::Ack, id, "");
@@ -410,7 +430,7 @@ impl Drop for HandedOff {
         let untaken: Vec<u64> = inbox
             .queue
             .drain(..)
-            .filter_map(|r| r.ok().map(|(id, _)| id))
+            .filter_map(|(_, r)| r.ok().map(|(id, _)| id))
             .collect();
         for id in untaken {
             self.shared.answer(
