@@ -72,11 +72,13 @@
 //! if let Some(mut incoming) = hotexec::handoff::incoming() {
 //!     while let Some(conn) = incoming.recv().await {
 //!         match conn {
-//!             Ok(conn) => {
-//!                 let (stream, unread, state) = conn.into_tokio_tcp()?;
-//!                 // serve `stream`: first `unread`, with the session restored from `state`
-//!                 # drop((stream, unread, state));
-//!             }
+//!             Ok(conn) => match conn.into_tokio_tcp() {
+//!                 Ok((stream, unread, state)) => {
+//!                     // serve `stream`: first `unread`, with the session restored from `state`
+//!                     # drop((stream, unread, state));
+//!                 }
+//!                 Err(e) => eprintln!("{e}"), // `e.conn`: the connection, still ours
+//!             },
 //!             Err(e) => eprintln!("{e}"), // refused, nothing adopted
 //!         }
 //!     }
@@ -106,7 +108,7 @@ use std::time::{Duration, Instant};
 
 pub use channel::Family;
 pub use error::HandoffError;
-pub use recv::{CLAIM_GRACE, Connection, HandedOff, Next};
+pub use recv::{CLAIM_GRACE, Connection, HandedOff, IntoStreamError, Next};
 pub use send::{Handoff, Returned, SendFuture};
 pub use wire::{MAX_STATE, MAX_UNREAD, VERSION};
 
@@ -705,5 +707,37 @@ mod one_owner_tests {
             "refused though the application receives: {sent:?}"
         );
         assert!(matches!(taker.join().unwrap(), Some(Ok(()))));
+    }
+
+    /// Finding 5 of issue 20: converting an acknowledged connection that is not TCP into a
+    /// tokio `TcpStream` fails, and must give the connection back, not close it (it is this
+    /// generation's alone: nobody else can serve it any more).
+    #[cfg(feature = "tokio")]
+    #[test]
+    fn a_connection_of_the_wrong_kind_is_given_back_not_dropped() {
+        use std::io::Read;
+        let (ours, mut client) = std::os::unix::net::UnixStream::pair().unwrap();
+        let conn = Connection {
+            fd: ours.into(),
+            family: Family::Unix,
+            unread: b"u".to_vec(),
+            state: b"s".to_vec(),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _in_rt = rt.enter();
+        let kept = conn.into_tokio_tcp();
+        assert!(kept.is_err(), "a Unix connection is not a TcpStream");
+        client.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        let e = client.read(&mut b).unwrap_err();
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock,
+            "the connection was closed by the failed conversion"
+        );
+        drop(kept);
     }
 }

@@ -48,7 +48,7 @@ impl Connection {
         super::error::decode_state(&self.state)
     }
 
-    /// The socket as a std `TcpStream`; `None` (the connection given back) if it is not TCP.
+    /// The socket as a std `TcpStream`; the connection given back (`Err`) if it is not TCP.
     pub fn into_tcp(self) -> Result<(std::net::TcpStream, Vec<u8>, Vec<u8>), Connection> {
         match self.family {
             Family::Tcp => Ok((self.fd.into(), self.unread, self.state)),
@@ -56,17 +56,118 @@ impl Connection {
         }
     }
 
-    /// The socket as a `tokio::net::TcpStream` (made non-blocking); inside a tokio runtime.
+    /// The socket as a std `UnixStream`; the connection given back (`Err`) if it is not one.
+    pub fn into_unix(
+        self,
+    ) -> Result<(std::os::unix::net::UnixStream, Vec<u8>, Vec<u8>), Connection> {
+        match self.family {
+            Family::Unix => Ok((self.fd.into(), self.unread, self.state)),
+            Family::Tcp => Err(self),
+        }
+    }
+
+    /// The socket as a `tokio::net::TcpStream` (made non-blocking), inside a tokio runtime.
+    /// On failure — not a TCP connection, no runtime — the connection comes back in the error,
+    /// untouched: it is this generation's, and nobody else can serve it any more.
     #[cfg(feature = "tokio")]
-    pub fn into_tokio_tcp(self) -> std::io::Result<(tokio::net::TcpStream, Vec<u8>, Vec<u8>)> {
-        let (s, unread, state) = self.into_tcp().map_err(|c| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("handed-off connection is {:?}, not TCP", c.family),
-            )
-        })?;
-        s.set_nonblocking(true)?;
-        Ok((tokio::net::TcpStream::from_std(s)?, unread, state))
+    pub fn into_tokio_tcp(
+        self,
+    ) -> Result<(tokio::net::TcpStream, Vec<u8>, Vec<u8>), IntoStreamError> {
+        self.into_tokio(Family::Tcp, |fd| {
+            tokio::net::TcpStream::from_std(std::net::TcpStream::from(fd))
+        })
+    }
+
+    /// The socket as a `tokio::net::UnixStream` (made non-blocking), inside a tokio runtime;
+    /// as [`into_tokio_tcp`](Self::into_tokio_tcp) on failure.
+    #[cfg(feature = "tokio")]
+    pub fn into_tokio_unix(
+        self,
+    ) -> Result<(tokio::net::UnixStream, Vec<u8>, Vec<u8>), IntoStreamError> {
+        self.into_tokio(Family::Unix, |fd| {
+            tokio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(fd))
+        })
+    }
+
+    #[cfg(feature = "tokio")]
+    fn into_tokio<T>(
+        self,
+        family: Family,
+        register: impl FnOnce(OwnedFd) -> std::io::Result<T>,
+    ) -> Result<(T, Vec<u8>, Vec<u8>), IntoStreamError> {
+        use std::io::{Error, ErrorKind};
+        if self.family != family {
+            let e = Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "the handed-off connection is {:?}, not {family:?}",
+                    self.family
+                ),
+            );
+            return Err(IntoStreamError {
+                conn: self,
+                error: e,
+            });
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            let e = Error::other("not inside a tokio runtime");
+            return Err(IntoStreamError {
+                conn: self,
+                error: e,
+            });
+        }
+        if let Err(e) = rustix::io::ioctl_fionbio(&self.fd, true) {
+            return Err(IntoStreamError {
+                conn: self,
+                error: e.into(),
+            });
+        }
+        // tokio closes what it fails to register (epoll_ctl: ENOMEM, a full watch limit): a
+        // copy keeps the connection through that. No fd free for the copy: refused as it is.
+        let spare = match self.fd.try_clone() {
+            Ok(spare) => spare,
+            Err(error) => return Err(IntoStreamError { conn: self, error }),
+        };
+        let Connection {
+            fd,
+            family,
+            unread,
+            state,
+        } = self;
+        match register(fd) {
+            Ok(s) => Ok((s, unread, state)),
+            Err(error) => Err(IntoStreamError {
+                conn: Connection {
+                    fd: spare,
+                    family,
+                    unread,
+                    state,
+                },
+                error,
+            }),
+        }
+    }
+}
+
+/// A handed-off connection that could not be converted as asked (see
+/// [`Connection::into_tokio_tcp`]): the connection, untouched, and why.
+#[derive(Debug)]
+pub struct IntoStreamError {
+    /// The connection, still this generation's.
+    pub conn: Connection,
+    /// Why it could not be converted.
+    pub error: std::io::Error,
+}
+
+impl fmt::Display for IntoStreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "handed-off connection not converted: {}", self.error)
+    }
+}
+
+impl std::error::Error for IntoStreamError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
     }
 }
 
