@@ -86,6 +86,7 @@
 //! # Ok(()) }
 //! ```
 
+mod adopt;
 mod channel;
 mod error;
 mod recv;
@@ -101,8 +102,7 @@ pub mod __wire {
     };
 }
 
-use std::ffi::OsString;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
@@ -112,10 +112,11 @@ pub use recv::{CLAIM_GRACE, Connection, HandedOff, IntoStreamError, Next};
 pub use send::{Handoff, Returned, SendFuture};
 pub use wire::{MAX_STATE, MAX_UNREAD, VERSION};
 
-use crate::protocol::{FDS_START, HANDOFF_FD};
 use wire::Kind;
 
-/// This generation's channel from the previous one, adopted before `main`.
+/// `HOTEXEC_HANDOFF_FD` as the constructor took it, until [`check_start`] judges it.
+static AT_START: Mutex<Option<adopt::AtStart>> = Mutex::new(None);
+/// This generation's channel from the previous one, once adopted.
 static FROM_PARENT: Mutex<Option<OwnedFd>> = Mutex::new(None);
 /// Its reader, once `main` started.
 static INBOX: Mutex<Option<Arc<recv::Shared>>> = Mutex::new(None);
@@ -130,8 +131,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Takes `HOTEXEC_HANDOFF_FD` out of the environment before `main` (nothing the application
-/// spawns sees it) and adopts the fd close-on-exec. HELLO follows in [`main_starting`], once the
-/// number is known not to be another fd of the hand-over.
+/// spawns sees it), and marks the fd it names close-on-exec until [`check_start`] has judged
+/// whether it is this process's.
 #[ctor::ctor]
 fn take_at_start() {
     // SAFETY: constructors run before `main`, on the only thread of the process.
@@ -142,76 +143,72 @@ fn take_at_start() {
 /// Mutates the environment: no other thread may be reading or writing it.
 unsafe fn take() {
     TAKEN.call_once(|| {
-        let Some(value) = std::env::var_os(HANDOFF_FD) else {
-            return;
-        };
         // SAFETY: guaranteed by the caller.
-        unsafe { std::env::remove_var(HANDOFF_FD) };
-        // A refusal is not logged (no subscriber before main): it means no HELLO, so the
-        // previous generation drains as without hand-off; the fd (if any) is left alone.
-        if let Ok(fd) = adopt(&value) {
-            *lock(&FROM_PARENT) = Some(fd);
-        }
+        *lock(&AT_START) = unsafe { adopt::AtStart::take() };
     });
 }
 
-/// Checks that `value` names an open `AF_UNIX` `SOCK_SEQPACKET` socket, and owns it.
-fn adopt(value: &OsString) -> Result<OwnedFd, String> {
-    let fd: RawFd = value
-        .to_str()
-        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("{HANDOFF_FD}={value:?}: expected a decimal fd number"))?;
-    if fd < FDS_START {
-        return Err(format!("{HANDOFF_FD}={fd}: not a usable fd number"));
+/// Start-up hook: judges `HOTEXEC_HANDOFF_FD` with the hand-over variables of `snap` (meant
+/// for this process only if `LISTEN_PID` says so) and the other fds of the hand-over, and
+/// adopts the channel. `Err`: the message to stop the start with (exit 1), as for a bad
+/// `HOTEXEC_KEEPER_FD`. A variable meant for another process is ignored with a log line, its fd
+/// left as it was. Called once the keeper channel, if any, is known; later calls do nothing.
+pub(crate) fn check_start(snap: &crate::protocol::Snapshot) -> Result<(), String> {
+    // SAFETY: the runtime calls this before it or the application start threads (normally the
+    // constructor already did it and this does nothing).
+    unsafe { take() };
+    let Some(at) = lock(&AT_START).take() else {
+        return Ok(());
+    };
+    use crate::protocol::{LISTEN_PID, Parsed};
+    let (for_us, mut others): (Result<(), String>, Vec<RawFd>) =
+        match snap.parse(std::process::id()) {
+            Ok(Parsed::ForUs(h)) => (
+                Ok(()),
+                h.fds.iter().map(|(fd, _)| *fd).chain(h.ready_fd).collect(),
+            ),
+            Ok(Parsed::NotForUs(why)) => (Err(why), Vec::new()),
+            Ok(Parsed::Absent) => (
+                Err(format!(
+                    "{LISTEN_PID} is not set, so it is not meant for this process"
+                )),
+                Vec::new(),
+            ),
+            // The start stops on these anyway, naming them.
+            Err(e) => (
+                Err(format!("the hand-over variables were refused: {e}")),
+                Vec::new(),
+            ),
+        };
+    others.extend(crate::keeper::channel().map(|k| k.as_raw_fd()));
+    match adopt::judge(Some(&at.value), for_us, &others) {
+        Ok(adopt::Verdict::Adopt(fd)) => {
+            *lock(&FROM_PARENT) = Some(fd);
+            Ok(())
+        }
+        Ok(adopt::Verdict::NotForUs(why)) => {
+            at.release();
+            tracing::warn!("{why}; no connection hand-off from it");
+            Ok(())
+        }
+        Ok(adopt::Verdict::Absent) => Ok(()),
+        Err(e) => {
+            at.release();
+            Err(e)
+        }
     }
-    // SAFETY: only inspected while nothing in this process owns the number; EBADF is "not open".
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    match rustix::net::sockopt::socket_type(borrowed) {
-        Ok(rustix::net::SocketType::SEQPACKET) => {}
-        _ => return Err(format!("{HANDOFF_FD}={fd}: not a SOCK_SEQPACKET socket")),
-    }
-    if rustix::net::sockopt::socket_domain(borrowed).ok() != Some(rustix::net::AddressFamily::UNIX)
-    {
-        return Err(format!("{HANDOFF_FD}={fd}: not a Unix socket"));
-    }
-    // SAFETY: checked open above; the variable hands it to this process. Another fd of the
-    // hand-over given the same number (a listener, the readiness pipe, the keeper channel) is
-    // found in `main_starting` before anything could close either, and this one is then let go
-    // without closing.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    crate::socket::set_cloexec(fd.as_fd()).map_err(|e| e.to_string())?;
-    channel::tell_records_from_the_end(fd.as_fd()).map_err(|e| e.to_string())?;
-    Ok(fd)
 }
 
-/// Runtime hook, as `main` starts: reads the channel from the previous generation, if any.
+/// Runtime hook, as `main` starts: says HELLO on the channel from the previous generation, if
+/// any, and starts reading it.
 pub(crate) fn main_starting() {
-    // SAFETY: the runtime calls this before it or the application start threads (the
-    // constructor normally did it already, and this does nothing).
-    unsafe { take() };
+    // Normally done already at start-up, where a refusal stops the start.
+    if let Err(e) = check_start(&crate::inherit::snapshot()) {
+        tracing::error!("{e}; no connection hand-off");
+    }
     let Some(fd) = lock(&FROM_PARENT).take() else {
         return;
     };
-    let n = fd.as_raw_fd();
-    let mut others: Vec<RawFd> = crate::keeper::channel()
-        .map(|k| k.as_raw_fd())
-        .into_iter()
-        .collect();
-    if let Ok(crate::protocol::Parsed::ForUs(h)) =
-        crate::inherit::snapshot().parse(std::process::id())
-    {
-        others.extend(h.fds.iter().map(|(fd, _)| *fd));
-        others.extend(h.ready_fd);
-    }
-    if others.contains(&n) {
-        tracing::error!(
-            "{HANDOFF_FD}={n} is also another fd of the hand-over: refused, no connection hand-off"
-        );
-        // Not ours to close: the other use owns that number.
-        std::mem::forget(fd);
-        return;
-    }
     let hello = wire::encode(Kind::Hello, u64::from(std::process::id()), b"", b"");
     if let Err(e) = channel::send(fd.as_fd(), &hello, None, true) {
         tracing::warn!(
