@@ -45,6 +45,9 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
         }
         keeper::Role::Plain => {}
     }
+    // The connection hand-off channel, judged with the hand-over (issue 20: lead, fold into the
+    // start-up snapshot's validation).
+    crate::handoff::check_start(&snap).unwrap_or_else(|e| fatal(e));
 
     let adoption = inherit::adopt(&snap, &config.listeners).unwrap_or_else(|e| fatal(e));
     for note in &adoption.notes {
