@@ -439,9 +439,14 @@ fn a_new_binary_without_handoff_support_means_a_plain_drain() {
 fn a_new_binary_speaking_another_protocol_version_means_a_plain_drain() {
     let then = common::example("listenfd_server");
     let then = then.to_str().unwrap();
+    let hello: String = wire::encode_as(2, Kind::Hello, 0, b"", b"")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let env = [
         ("HOTEXEC_DRAIN_TIMEOUT", "60s"),
         ("HOTEXEC_TEST_THEN", then),
+        ("HOTEXEC_TEST_HELLO", &hello),
     ];
     let mut app = App::start("line", "HOTEXEC_LISTEN_LINE", &env);
     let first = app.first_pid();
