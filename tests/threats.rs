@@ -169,3 +169,99 @@ fn a_notify_flood_from_another_user_is_bounded_and_does_not_delay_a_stop() {
             .join("\n")
     );
 }
+
+/// What a control client in another pid namespace is told, from the attacker's half below.
+fn control_request_from_another_pid_namespace(pid: u32) -> String {
+    use std::io::Read;
+    let me = std::env::current_exe().unwrap();
+    let mut child = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child"])
+        .arg(&me)
+        .args([
+            "--ignored",
+            "--exact",
+            "attacker_control_request",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("HOTEXEC_TEST_CONTROL_NAME", hotexec::control::name(pid))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("unshare (util-linux)");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the client in another pid namespace did not finish within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (mut out, mut err) = (String::new(), String::new());
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    out.lines()
+        .find_map(|l| l.split_once("REPLY ").map(|(_, r)| r))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no reply from the server:\n{out}\n{err}"))
+}
+
+/// Not a test by itself: the attacker's half of
+/// `an_upgrade_request_from_another_pid_namespace_is_refused`, which runs it inside a pid
+/// namespace of its own. It connects to the server's control socket by its abstract name
+/// (listed in /proc/net/unix, shared by the network namespace), asks for an upgrade, and
+/// prints the reply.
+#[test]
+#[ignore = "run by an_upgrade_request_from_another_pid_namespace_is_refused, in another pid namespace"]
+fn attacker_control_request() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::linux::net::SocketAddrExt;
+    let name = std::env::var("HOTEXEC_TEST_CONTROL_NAME").expect("HOTEXEC_TEST_CONTROL_NAME");
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let mut conn = std::os::unix::net::UnixStream::connect_addr(&addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    conn.write_all(b"upgrade\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(conn).read_line(&mut line).unwrap();
+    println!("REPLY {}", line.trim_end());
+}
+
+/// A process of the same user — here root, as a sidecar container's would be — in another pid
+/// namespace that shares the server's network namespace (a pod) can reach the server's control
+/// socket by name; it must be refused, and nothing upgraded.
+#[test]
+fn an_upgrade_request_from_another_pid_namespace_is_refused() {
+    require_root();
+    let app = App::start("http", "HOTEXEC_LISTEN_HTTP", &[]);
+    let pid = app.first_pid();
+    let reply = control_request_from_another_pid_namespace(pid);
+    println!("control request from another pid namespace: {reply}");
+    assert!(
+        reply.starts_with("error refused ") && reply.contains("pid namespace"),
+        "{reply}"
+    );
+    assert!(
+        !app.log_text().contains("upgrade: starting"),
+        "the server started an upgrade:\n{}",
+        app.log_text()
+    );
+    assert_eq!(app.pid_in_file(), Some(pid));
+    app.wait_log(
+        "control socket: request from another pid namespace refused",
+        1,
+        Duration::from_secs(5),
+    );
+}
