@@ -170,12 +170,13 @@ fn a_notify_flood_from_another_user_is_bounded_and_does_not_delay_a_stop() {
     );
 }
 
-/// What a control client in another pid namespace is told, from the attacker's half below.
-fn control_request_from_another_pid_namespace(pid: u32) -> String {
+/// What a control client run under `wrapper` (another pid namespace, another user) is told,
+/// from the attacker's half below.
+fn control_request_via(wrapper: &[&str], pid: u32) -> String {
     use std::io::Read;
     let me = std::env::current_exe().unwrap();
-    let mut child = std::process::Command::new("unshare")
-        .args(["--pid", "--fork", "--kill-child"])
+    let mut child = std::process::Command::new(wrapper[0])
+        .args(&wrapper[1..])
         .arg(&me)
         .args([
             "--ignored",
@@ -189,13 +190,13 @@ fn control_request_from_another_pid_namespace(pid: u32) -> String {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("unshare (util-linux)");
+        .unwrap_or_else(|e| panic!("{}: {e} (util-linux)", wrapper[0]));
     let deadline = Instant::now() + Duration::from_secs(30);
     while child.try_wait().unwrap().is_none() {
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("the client in another pid namespace did not finish within 30 s");
+            panic!("the client under {wrapper:?} did not finish within 30 s");
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -219,12 +220,13 @@ fn control_request_from_another_pid_namespace(pid: u32) -> String {
 }
 
 /// Not a test by itself: the attacker's half of
-/// `an_upgrade_request_from_another_pid_namespace_is_refused`, which runs it inside a pid
-/// namespace of its own. It connects to the server's control socket by its abstract name
+/// `an_upgrade_request_from_another_pid_namespace_is_refused` and
+/// `an_upgrade_request_from_another_user_is_refused`, which run it inside a pid namespace of
+/// its own, or as another user. It connects to the server's control socket by its abstract name
 /// (listed in /proc/net/unix, shared by the network namespace), asks for an upgrade, and
 /// prints the reply.
 #[test]
-#[ignore = "run by an_upgrade_request_from_another_pid_namespace_is_refused, in another pid namespace"]
+#[ignore = "run by the control tests of this file, in another pid namespace or as another user"]
 fn attacker_control_request() {
     use std::io::{BufRead, BufReader, Write};
     use std::os::linux::net::SocketAddrExt;
@@ -247,7 +249,7 @@ fn an_upgrade_request_from_another_pid_namespace_is_refused() {
     require_root();
     let app = App::start("http", "HOTEXEC_LISTEN_HTTP", &[]);
     let pid = app.first_pid();
-    let reply = control_request_from_another_pid_namespace(pid);
+    let reply = control_request_via(&["unshare", "--pid", "--fork", "--kill-child"], pid);
     println!("control request from another pid namespace: {reply}");
     assert!(
         reply.starts_with("error refused ") && reply.contains("pid namespace"),
@@ -261,6 +263,39 @@ fn an_upgrade_request_from_another_pid_namespace_is_refused() {
     assert_eq!(app.pid_in_file(), Some(pid));
     app.wait_log(
         "control socket: request from another pid namespace refused",
+        1,
+        Duration::from_secs(5),
+    );
+}
+
+/// Another local user can connect to the control socket (abstract names have no permissions):
+/// it is refused, and nothing upgraded.
+#[test]
+fn an_upgrade_request_from_another_user_is_refused() {
+    require_root();
+    let app = App::start("http", "HOTEXEC_LISTEN_HTTP", &[]);
+    let pid = app.first_pid();
+    let ids = NOBODY.to_string();
+    let reply = control_request_via(
+        &[
+            "setpriv",
+            "--reuid",
+            &ids,
+            "--regid",
+            &ids,
+            "--clear-groups",
+        ],
+        pid,
+    );
+    println!("control request from uid {NOBODY}: {reply}");
+    assert!(
+        reply.starts_with("error refused ") && reply.contains("same user"),
+        "{reply}"
+    );
+    assert!(!app.log_text().contains("upgrade: starting"));
+    assert_eq!(app.pid_in_file(), Some(pid));
+    app.wait_log(
+        "request from another user refused",
         1,
         Duration::from_secs(5),
     );
