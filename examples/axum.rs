@@ -13,6 +13,9 @@
 //! instead, so that tests and benchmarks can show what the integration changes (it loses
 //! requests at each upgrade: idle keep-alive connections are closed under their clients, and
 //! connections accepted just before the hand-over are closed before their request is read).
+#[path = "support/logging.rs"]
+mod logging;
+
 use std::time::Duration;
 
 use axum::{Router, http::Uri, routing::get};
@@ -33,7 +36,7 @@ async fn slow(uri: Uri) -> String {
     format!("pid={} slept_ms={ms}\n", std::process::id())
 }
 
-#[hotexec::main(drain_timeout = "30s", init = init_tracing)]
+#[hotexec::main(drain_timeout = "30s", init = logging::init_tracing)]
 #[listen("127.0.0.1:3000", name = "http")]
 async fn main(listeners: hotexec::Listeners, shutdown: hotexec::Shutdown) -> std::io::Result<()> {
     let app = Router::new()
@@ -51,14 +54,4 @@ async fn main(listeners: hotexec::Listeners, shutdown: hotexec::Shutdown) -> std
             .await;
     }
     hotexec::serve(listener, app, shutdown).await
-}
-
-/// Logs to stderr (`RUST_LOG`, default `info`).
-fn init_tracing() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
 }

@@ -22,12 +22,10 @@
 //! same `support/http_server.rs`.
 #[path = "support/http_server.rs"]
 mod http_server;
-#[path = "support/load.rs"]
-mod load;
+#[path = "support/logging.rs"]
+mod logging;
 #[path = "support/servers.rs"]
 mod servers;
-#[path = "support/targets.rs"]
-mod targets;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -36,6 +34,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use hotexec_testkit::bench::{load, targets};
 use load::{Class, GenerationOf, Load, Mode, Rec, quantile};
 use targets::{Kind, Target, Tracker, Upgrade};
 
@@ -196,11 +195,7 @@ fn run_scenario(
         Load::start(load::Config {
             addr: target.addr,
             modes: vec![mode; opts.clients],
-            generation_of: if kind == Kind::Nginx {
-                GenerationOf::Parent
-            } else {
-                GenerationOf::Pid
-            },
+            generation_of: kind.generation_of(),
             timeout: Duration::from_secs(5),
             max_duration: Duration::from_secs(600),
         })
@@ -631,8 +626,8 @@ fn main() {
             std::process::exit(2);
         }
     };
-    targets::subreaper();
-    let nofile = targets::raise_nofile();
+    hotexec_testkit::reap::subreaper();
+    let nofile = hotexec_testkit::limits::raise_nofile();
     let tracker = Tracker::start();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

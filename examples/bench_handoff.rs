@@ -15,127 +15,31 @@
 //!
 //! Every process it starts is killed and reaped on exit; every wait has a deadline.
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-fn raise_nofile() -> libc::rlim_t {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write the struct on our stack.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-    lim.rlim_cur
+use hotexec_testkit::app::App;
+use hotexec_testkit::limits::raise_nofile;
+use hotexec_testkit::reap::subreaper;
+use hotexec_testkit::wait::poll;
+
+/// Starts the `line` example (built next to this binary) on a free port; its generations are
+/// killed and reaped when the returned `App` is dropped.
+fn start_line() -> App {
+    App::start(
+        "line",
+        "HOTEXEC_LISTEN_LINE",
+        &[
+            ("HOTEXEC_KEEPER", "0"),
+            ("HOTEXEC_READY_TIMEOUT", "30s"),
+            ("HOTEXEC_DRAIN_TIMEOUT", "300s"),
+        ],
+    )
 }
 
-fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-/// A started `line` server: its generations are killed and reaped on drop.
-struct Server {
-    first: Child,
-    dir: PathBuf,
-    addr: SocketAddr,
-    pids: Vec<u32>,
-}
-
-impl Server {
-    fn start(bin: &Path, tag: usize) -> Server {
-        let dir = std::env::temp_dir().join(format!(
-            "hotexec-bench-handoff-{}-{tag}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let log = std::fs::File::create(dir.join("log")).unwrap();
-        let first = Command::new(bin)
-            .env("HOTEXEC_LISTEN_LINE", addr.to_string())
-            .env("HOTEXEC_PID_FILE", dir.join("pid"))
-            .env("HOTEXEC_KEEPER", "0")
-            .env("HOTEXEC_DRAIN_TIMEOUT", "300s")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let s = Server {
-            pids: vec![first.id()],
-            first,
-            dir,
-            addr,
-        };
-        wait_for(Duration::from_secs(10), "the pid file", || {
-            (s.pid() == Some(s.pids[0])).then_some(())
-        });
-        s
-    }
-
-    fn pid(&self) -> Option<u32> {
-        std::fs::read_to_string(self.dir.join("pid"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
-    /// The log without the ANSI colour codes of tracing's default format.
-    fn log(&self) -> String {
-        let raw = std::fs::read_to_string(self.dir.join("log")).unwrap_or_default();
-        let mut out = String::with_capacity(raw.len());
-        let mut chars = raw.chars();
-        while let Some(c) = chars.next() {
-            if c == '\x1b' {
-                for d in chars.by_ref() {
-                    if d == 'm' {
-                        break;
-                    }
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        for &p in &self.pids {
-            // SAFETY: kill(2) on pids this program started (and, as subreaper, reaps).
-            unsafe { libc::kill(p as i32, libc::SIGKILL) };
-        }
-        let _ = self.first.wait();
-        for &p in &self.pids[1..] {
-            // SAFETY: waitpid on a (re-parented) child; a pid that is not ours returns ECHILD.
-            unsafe { libc::waitpid(p as i32, std::ptr::null_mut(), 0) };
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// Polls `f` every millisecond (the figures are in milliseconds) until it returns Some.
+fn wait_for<T>(timeout: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    poll(timeout, Duration::from_millis(1), what, f).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// One fd per client (no `try_clone`), so 10,000 clients fit in 10,000 fds.
@@ -161,9 +65,9 @@ impl Client {
     }
 }
 
-fn run(bin: &Path, n: usize, tag: usize) -> (Duration, Duration) {
-    let mut server = Server::start(bin, tag);
-    let first = server.pids[0];
+fn run(n: usize) -> (Duration, Duration) {
+    let server = start_line();
+    let first = server.first_pid();
     let mut clients: Vec<Client> = (0..n)
         .map(|_| {
             let stream = TcpStream::connect(server.addr).unwrap();
@@ -178,12 +82,11 @@ fn run(bin: &Path, n: usize, tag: usize) -> (Duration, Duration) {
         assert_eq!(c.ask("x"), format!("pid={first} x"));
     }
     let signalled = Instant::now();
-    // SAFETY: kill(2) on the server this program started.
-    unsafe { libc::kill(first as i32, libc::SIGUSR2) };
+    server.signal_upgrade();
     let new = wait_for(Duration::from_secs(60), "the new pid", || {
-        server.pid().filter(|p| *p != first)
+        server.pid_in_file().filter(|p| *p != first)
     });
-    server.pids.push(new);
+    server.track(new);
     // Each client asks until the new pid answers: the old one serves a session until it hands
     // it on at its next boundary, so the first answers may still be the old pid's.
     for c in &mut clients {
@@ -201,7 +104,7 @@ fn run(bin: &Path, n: usize, tag: usize) -> (Duration, Duration) {
     let last_answer = signalled.elapsed();
     let line = wait_for(Duration::from_secs(120), "the hand-off summary", || {
         server
-            .log()
+            .plain_log()
             .lines()
             .find(|l| {
                 l.contains("all sessions handed off or drained")
@@ -224,9 +127,9 @@ fn run(bin: &Path, n: usize, tag: usize) -> (Duration, Duration) {
 }
 
 fn main() {
-    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes integer arguments: the old generations'
-    // children (the new generations) are re-parented to us and reaped by `Server`'s drop.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    // The old generations' children (the new generations) are re-parented to us and reaped
+    // when each run's `App` is dropped.
+    subreaper();
     let nofile = raise_nofile();
     let sizes: Vec<usize> = {
         let args: Vec<usize> = std::env::args()
@@ -239,23 +142,17 @@ fn main() {
             args
         }
     };
-    let bin = std::env::current_exe().unwrap().with_file_name("line");
-    assert!(
-        bin.exists(),
-        "build the `line` example first ({} missing)",
-        bin.display()
-    );
     println!("connection hand-off, `line` example, RLIMIT_NOFILE {nofile}");
     println!(
         "| connections | hand-off total | per connection | signal → last client answered by the new pid |"
     );
     println!("|---:|---:|---:|---:|");
-    for (i, &n) in sizes.iter().enumerate() {
+    for &n in &sizes {
         if n as u64 + 200 > nofile as u64 {
             println!("| {n} | skipped: RLIMIT_NOFILE {nofile} is too low | | |");
             continue;
         }
-        let (handoff, last) = run(&bin, n, i);
+        let (handoff, last) = run(n);
         println!(
             "| {n} | {:.1} ms | {:.1} µs | {:.1} ms |",
             handoff.as_secs_f64() * 1e3,

@@ -15,17 +15,16 @@
 //! generation fit the 24 GB machine), and the next upgrade waits for it.
 #[path = "support/http_server.rs"]
 mod http_server;
-#[path = "support/load.rs"]
-mod load;
+#[path = "support/logging.rs"]
+mod logging;
 #[path = "support/servers.rs"]
 mod servers;
-#[path = "support/targets.rs"]
-mod targets;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use load::{Class, GenerationOf, Load, Mode, Rec, quantile};
+use hotexec_testkit::bench::{load, targets};
+use load::{Class, Load, Mode, Rec, quantile};
 use targets::{Kind, Target, Tracker};
 
 /// MiB of ballast each generation of the server holds (a server role of this binary).
@@ -37,7 +36,7 @@ const DRIVER_VAR: &str = "BENCH_DRIVER_PID";
 const UPGRADES: usize = 3;
 
 fn main() {
-    if std::env::var_os(servers::ROLE_VAR).is_some() {
+    if std::env::var_os(hotexec_testkit::bench::roles::ROLE_VAR).is_some() {
         ballast();
         if !servers::dispatch() {
             unreachable!("role variable set");
@@ -60,8 +59,8 @@ fn main() {
             args
         }
     };
-    targets::subreaper();
-    targets::raise_nofile();
+    hotexec_testkit::reap::subreaper();
+    hotexec_testkit::limits::raise_nofile();
     let tracker = Tracker::start();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -190,11 +189,7 @@ fn row(
     let load = Load::start(load::Config {
         addr: target.addr,
         modes: vec![Mode::Close, Mode::Close, Mode::KeepAlive, Mode::KeepAlive],
-        generation_of: if kind == Kind::Nginx {
-            GenerationOf::Parent
-        } else {
-            GenerationOf::Pid
-        },
+        generation_of: kind.generation_of(),
         timeout: Duration::from_secs(5),
         max_duration: Duration::from_secs(600),
     });

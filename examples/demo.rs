@@ -10,18 +10,17 @@
 //! binary (`support/servers.rs`), so cargo has nothing else to build.
 #[path = "support/http_server.rs"]
 mod http_server;
-#[path = "support/load.rs"]
-mod load;
+#[path = "support/logging.rs"]
+mod logging;
 #[path = "support/servers.rs"]
 mod servers;
-#[path = "support/targets.rs"]
-mod targets;
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use hotexec_testkit::bench::{load, targets};
 use load::{Class, GenerationOf, Load, Mode};
 use targets::{Kind, Target, Tracker};
 
@@ -56,7 +55,7 @@ fn median_max(mut v: Vec<f64>) -> String {
 }
 
 fn demo() -> std::io::Result<()> {
-    targets::subreaper();
+    hotexec_testkit::reap::subreaper();
     let tracker = Tracker::start();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -9,6 +9,9 @@
 //! FAULT=abort-on-request       # serves until a request for /abort, then aborts
 //! FAULT=fail-after-drain       # main returns an error once it stopped accepting (exit status 1)
 //! FAULT=ready-on-file=PATH     # warms up until PATH exists (at most 60 s), then reports ready
+//! FAULT=stop-then-ready=parent # sends SIGTERM to the generation that started it, then reports
+//!                              # ready: a stop that reaches the old generation just before the
+//!                              # hand-over (`=pidfile`: to the pid in HOTEXEC_PID_FILE, the keeper)
 //! ```
 //!
 //! Without `FAULT` it is a plain server answering `pid=<pid>` on every request.
@@ -34,6 +37,9 @@ fn main(listeners: hotexec::Listeners, shutdown: hotexec::Shutdown) -> io::Resul
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+    if let Some(to) = fault.strip_prefix("stop-then-ready=") {
+        stop_then_ready(to);
+    }
     hotexec::ready();
     if let Some(ms) = fault.strip_prefix("crash-after-ready=") {
         let ms: u64 = ms.parse().unwrap_or(300);
@@ -54,6 +60,26 @@ fn main(listeners: hotexec::Listeners, shutdown: hotexec::Shutdown) -> io::Resul
         ));
     }
     Ok(())
+}
+
+/// A stop meant for the service, delivered to the generation that served until now (or to the
+/// keeper, which forwards it there) a moment before this one reports ready: the race between a
+/// stop and a hand-over, made to happen every time.
+fn stop_then_ready(to: &str) {
+    use nix::sys::signal::{Signal, kill};
+    let target = match to {
+        "pidfile" => std::env::var("HOTEXEC_PID_FILE")
+            .ok()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .expect("faulty: stop-then-ready=pidfile needs a pid file naming a pid"),
+        _ => nix::unistd::getppid().as_raw(),
+    };
+    eprintln!(
+        "faulty: pid {} sends SIGTERM to pid {target}, then reports ready",
+        std::process::id()
+    );
+    kill(nix::unistd::Pid::from_raw(target), Signal::SIGTERM).expect("faulty: kill");
 }
 
 fn serve(conn: TcpStream, abort_on_request: bool) -> io::Result<()> {

@@ -23,8 +23,10 @@ use std::future::IntoFuture;
 
 #[path = "support/http_server.rs"]
 mod http_server;
+#[path = "support/logging.rs"]
+mod logging;
 
-#[hotexec::main(drain_timeout = "30s", init = http_server::init_tracing)]
+#[hotexec::main(drain_timeout = "30s", init = logging::init_tracing)]
 #[listen("127.0.0.1:8080", name = "http")]
 #[listen("127.0.0.1:8081", name = "admin")]
 async fn main(listeners: hotexec::Listeners, shutdown: hotexec::Shutdown) -> std::io::Result<()> {

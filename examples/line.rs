@@ -12,12 +12,14 @@
 //! along as the unread bytes, the count as the state.
 #[path = "support/handoff_server.rs"]
 mod handoff_server;
+#[path = "support/logging.rs"]
+mod logging;
 
 use handoff_server::{Ctx, Start};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-#[hotexec::main(drain_timeout = "30s", init = handoff_server::init_tracing)]
+#[hotexec::main(drain_timeout = "30s", init = logging::init_tracing)]
 #[listen("127.0.0.1:9400", name = "line")]
 async fn main(listeners: hotexec::Listeners, shutdown: hotexec::Shutdown) -> std::io::Result<()> {
     let listener = listeners.take_tokio_tcp("line")?;

@@ -14,20 +14,14 @@
 //! The Unix socket's path survives upgrades (the old generation never removes it) and is removed
 //! on a final stop. UDP has no connections to drain: both generations read the one shared socket
 //! until the old one's shutdown resolves, so each datagram is answered by exactly one of them.
+#[path = "support/logging.rs"]
+mod logging;
+
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-fn init_tracing() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-}
-
-#[hotexec::main(drain_timeout = "10s", init = init_tracing)]
+#[hotexec::main(drain_timeout = "10s", init = logging::init_tracing)]
 #[listen("127.0.0.1:8081", name = "tcp")]
 #[listen("unix:/tmp/hotexec-multi.sock", name = "unix", mode = 0o660)]
 #[listen("udp:127.0.0.1:5300", name = "udp")]

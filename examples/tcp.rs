@@ -14,11 +14,14 @@
 //! `TCP_PLAIN_SHUTDOWN=1` runs the hand-written loop found in many READMEs instead (an
 //! unbiased `select!` on accept and shutdown, tasks spawned with `tokio::spawn`, `main`
 //! returning at once): what it loses at each upgrade is what the drain is for.
+#[path = "support/logging.rs"]
+mod logging;
+
 use hotexec::drain::CancellationToken;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-#[hotexec::main(drain_timeout = "30s", init = init_tracing)]
+#[hotexec::main(drain_timeout = "30s", init = logging::init_tracing)]
 #[listen("127.0.0.1:7000", name = "tcp")]
 async fn main(listeners: hotexec::Listeners, shutdown: hotexec::Shutdown) -> std::io::Result<()> {
     let mut listener = listeners.take_tokio_tcp("tcp")?;
@@ -83,14 +86,4 @@ async fn plain(
         }
     }
     Ok(())
-}
-
-/// Logs to stderr (`RUST_LOG`, default `info`).
-fn init_tracing() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
 }

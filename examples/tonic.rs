@@ -17,10 +17,12 @@
 //! (`serve_with_incoming_shutdown`), so that tests can show what the integration changes.
 #[path = "support/grpc.rs"]
 mod grpc;
+#[path = "support/logging.rs"]
+mod logging;
 
 use tonic::service::Routes;
 
-#[hotexec::main(drain_timeout = "30s", init = init_tracing)]
+#[hotexec::main(drain_timeout = "30s", init = logging::init_tracing)]
 #[listen("127.0.0.1:50051", name = "grpc")]
 async fn main(listeners: hotexec::Listeners, shutdown: hotexec::Shutdown) -> std::io::Result<()> {
     let routes = Routes::new(grpc::GreeterServer);
@@ -44,14 +46,4 @@ async fn main(listeners: hotexec::Listeners, shutdown: hotexec::Shutdown) -> std
     hotexec::serve(listener, routes, shutdown)
         .http2_only()
         .await
-}
-
-/// Logs to stderr (`RUST_LOG`, default `info`).
-fn init_tracing() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
 }

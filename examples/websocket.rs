@@ -20,6 +20,8 @@
 //! no new HTTP handshake.
 #[path = "support/handoff_server.rs"]
 mod handoff_server;
+#[path = "support/logging.rs"]
+mod logging;
 #[path = "support/ws_frames.rs"]
 mod ws_frames;
 
@@ -34,7 +36,7 @@ use ws_frames::FrameBoundary;
 
 type Ws = WebSocketStream<FrameBoundary<TcpStream>>;
 
-#[hotexec::main(drain_timeout = "30s", init = handoff_server::init_tracing)]
+#[hotexec::main(drain_timeout = "30s", init = logging::init_tracing)]
 #[listen("127.0.0.1:9401", name = "ws")]
 async fn main(listeners: hotexec::Listeners, shutdown: hotexec::Shutdown) -> std::io::Result<()> {
     let listener = listeners.take_tokio_tcp("ws")?;

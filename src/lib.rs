@@ -63,7 +63,7 @@ pub use serve::{serve, serve_hyper};
 
 pub use hotexec_macros::{listen, main};
 pub use hotexec_runtime::{
-    Listeners, Shutdown, ShutdownReason, UpgradeError, ready,
+    Carried, Listeners, ReadyHold, Shutdown, ShutdownReason, UpgradeError, ready,
     syntax::{ListenAddr, parse_duration},
     upgrade,
 };
@@ -76,10 +76,6 @@ pub use hotexec_runtime::control;
 /// sessions) to the new generation instead of draining them. See [`handoff::incoming`] and
 /// [`Shutdown::handoff`].
 pub use hotexec_runtime::handoff;
-
-/// The hand-over protocol between generations (environment variable names and fd layout), for
-/// tools and tests that speak it.
-pub use hotexec_runtime::protocol;
 
 #[doc(hidden)]
 pub mod __private {

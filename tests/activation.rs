@@ -9,7 +9,6 @@
 //! then execs the server in place (same pid) with `LISTEN_FDS`, and without `--fdname` sets no
 //! `LISTEN_FDNAMES` at all. Its `[::]:PORT` sockets are dual-stack (`IPV6_V6ONLY` off), like a
 //! `.socket` unit's `ListenStream=PORT`.
-mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, UdpSocket};
@@ -17,7 +16,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use hotexec_testkit::prelude::*;
 use nix::sys::wait::WaitStatus;
 
 /// Variables the harness sets that must reach the server through the activator (it passes

@@ -2,14 +2,13 @@
 //! variables and chosen fds at chosen numbers. Nothing malformed is ever adopted: the process
 //! refuses to start with a message naming the variable or the fd, or, when the variables are not
 //! meant for it, ignores them, binds fresh and says why.
-mod common;
 
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use common::*;
+use hotexec_testkit::prelude::*;
 
 const HTTP: &str = "HOTEXEC_LISTEN_HTTP";
 const T: Duration = Duration::from_secs(10);

@@ -1,7 +1,6 @@
 //! Who answers on the control socket: a process that bound the name first (a squatter) is
 //! refused by the client, and two pid namespaces sharing one network namespace (two containers
 //! of a pod, each with a keeper as pid 1) each reach their own server.
-mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -11,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use hotexec_testkit::prelude::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -100,14 +99,7 @@ fn ns_init(parent: u32) -> u32 {
         "pid 1 of the new namespace",
         || {
             descendants(parent).into_iter().map(|(p, _)| p).find(|p| {
-                std::fs::read_to_string(format!("/proc/{p}/status"))
-                    .ok()
-                    .and_then(|s| {
-                        s.lines()
-                            .find_map(|l| l.strip_prefix("NSpid:"))
-                            .map(|v| v.split_whitespace().last() == Some("1"))
-                    })
-                    .unwrap_or(false)
+                status_text(*p, "NSpid").is_some_and(|v| v.split_whitespace().last() == Some("1"))
             })
         },
     )
@@ -203,44 +195,11 @@ fn two_pid_namespaces_sharing_a_network_namespace_each_reach_their_own_server() 
 
 /// Runs `wrapper… cli args…` (killed, and the test failed, after 30 s), as `hotexec_cli` does.
 fn hotexec_cli_via(wrapper: &[&str], cli: &Path, args: &[&str]) -> CliRun {
-    use std::io::Read;
-    let mut child = Command::new(wrapper[0])
-        .args(&wrapper[1..])
-        .arg(cli)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let st = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if std::time::Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{wrapper:?} hotexec {args:?} did not finish within 30s");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let (mut stdout, mut stderr) = (String::new(), String::new());
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    CliRun {
-        code: st.code().unwrap_or(-1),
-        stdout,
-        stderr,
-    }
+    let mut cmd = Command::new(wrapper[0]);
+    cmd.args(&wrapper[1..]).arg(cli).args(args);
+    hotexec_testkit::cli::run(
+        cmd,
+        &format!("{wrapper:?} hotexec {args:?}"),
+        Duration::from_secs(30),
+    )
 }

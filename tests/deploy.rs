@@ -1,7 +1,6 @@
 //! The ways operators really deploy and stop: releases switched by symlink, a binary replaced by
 //! rename (a package upgrade), a final stop with a slow request in flight, a pid file in a
 //! shared sticky directory such as `/tmp`.
-mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -11,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use hotexec_testkit::prelude::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 

@@ -1,13 +1,11 @@
 //! The drain deadline holds even when stderr is blocked, and says by its exit status that work
 //! was cut off (issue 13 item 9).
 
-mod common;
-
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use hotexec_testkit::prelude::*;
 
 /// A pipe nobody reads: (read end, write end).
 fn pipe() -> (OwnedFd, OwnedFd) {

@@ -2,11 +2,10 @@
 //! killed while starting or crashes right after taking over; the old process killed while it
 //! drains; SIGTERM in the middle of an upgrade; a storm of upgrade signals.
 //! (Missing, not executable, exit 1 and hang-until-`ready_timeout` are in tests/upgrade.rs.)
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use hotexec_testkit::prelude::*;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
@@ -33,11 +32,7 @@ fn new_binary_panics_before_ready() {
     std::thread::sleep(Duration::from_millis(200));
     assert_no_failures("panic before ready", &load.finish());
     assert_eq!(app.pid_in_file(), Some(pid));
-    assert!(
-        App::children_of(pid).is_empty(),
-        "{:?}",
-        App::children_of(pid)
-    );
+    assert!(children_of(pid).is_empty(), "{:?}", children_of(pid));
     assert_eq!(get(app.addr, "/", T), Outcome::Ok { pid });
 }
 
@@ -49,7 +44,7 @@ fn new_binary_killed_while_starting() {
     app.replace_binary(Some("#!/bin/sh\nexec sleep 600\n"));
     app.signal_upgrade();
     let child = wait_for(T, "the new process", || {
-        App::children_of(pid).first().map(|(c, _)| *c)
+        children_of(pid).first().map(|(c, _)| *c)
     });
     std::thread::sleep(Duration::from_millis(200));
     signal(child, Signal::SIGKILL);
@@ -59,11 +54,7 @@ fn new_binary_killed_while_starting() {
     assert_no_failures("new process SIGKILLed while starting", &load.finish());
     assert_eq!(app.pid_in_file(), Some(pid));
     assert!(!alive(child));
-    assert!(
-        App::children_of(pid).is_empty(),
-        "{:?}",
-        App::children_of(pid)
-    );
+    assert!(children_of(pid).is_empty(), "{:?}", children_of(pid));
     // And the next upgrade works.
     app.replace_binary(None);
     let (_, new) = app.upgrade();
@@ -180,7 +171,7 @@ fn sigterm_during_an_upgrade_abandons_it_and_stops_gracefully() {
     app.replace_binary(Some("#!/bin/sh\nexec sleep 600\n"));
     app.signal_upgrade();
     let child = wait_for(T, "the new process", || {
-        App::children_of(pid).first().map(|(c, _)| *c)
+        children_of(pid).first().map(|(c, _)| *c)
     });
     std::thread::sleep(Duration::from_millis(300));
     assert_no_failures("during the upgrade", &load.finish());
@@ -200,24 +191,6 @@ fn sigterm_during_an_upgrade_abandons_it_and_stops_gracefully() {
     assert!(!app.pid_file.exists());
     let log = app.log_text();
     assert!(log.contains("stop signal during the upgrade"), "{log}");
-}
-
-/// Strips the ANSI colours tracing writes.
-fn plain(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut it = s.chars();
-    while let Some(c) = it.next() {
-        if c == '\u{1b}' {
-            for d in it.by_ref() {
-                if d == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn field(line: &str, name: &str) -> Option<u32> {
@@ -251,7 +224,7 @@ fn signal_storm() {
         if i % 10 == 0 {
             for p in app.pids.lock().unwrap().clone() {
                 zombies_seen.extend(
-                    App::children_of(p)
+                    children_of(p)
                         .into_iter()
                         .filter(|(_, s)| *s == 'Z')
                         .map(|(c, _)| (p, c)),
@@ -267,7 +240,7 @@ fn signal_storm() {
     let results = load.finish();
     let last = app.pid_in_file().unwrap();
     app.track(last);
-    let log = plain(&app.log_text());
+    let log = strip_ansi(&app.log_text());
     let handovers: Vec<(u32, u32)> = log
         .lines()
         .filter(|l| l.contains("new generation is ready"))
@@ -319,7 +292,7 @@ fn signal_storm() {
         zombies_seen
             .iter()
             .all(|(parent, child)| {
-                App::children_of(*parent)
+                children_of(*parent)
                     .iter()
                     .all(|(c, s)| c != child || *s != 'Z')
             })
@@ -336,8 +309,7 @@ fn signal_storm() {
     let ours: Vec<_> = left
         .iter()
         .filter(|(p, _)| {
-            app.pids.lock().unwrap().contains(p)
-                || App::children_of(last).iter().any(|(c, _)| c == p)
+            app.pids.lock().unwrap().contains(p) || children_of(last).iter().any(|(c, _)| c == p)
         })
         .collect();
     assert_eq!(

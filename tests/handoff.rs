@@ -3,7 +3,6 @@
 //! Real processes (the `websocket` and `line` examples), real sockets on 127.0.0.1, real
 //! signals. Sizes are parameters: `HOTEXEC_TEST_WS_CLIENTS` (default 1000) and
 //! `HOTEXEC_TEST_WS_UPGRADES` (default 3; the demo is 10).
-mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -12,9 +11,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{App, wait_for};
 use futures_util::{SinkExt, StreamExt};
 use hotexec::handoff::__wire::{self as wire, Kind};
+use hotexec_testkit::prelude::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio_tungstenite::tungstenite::Message;
@@ -24,21 +23,6 @@ fn env_usize(var: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// Room for a thousand client sockets in this process and the servers it starts.
-fn raise_nofile() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write the struct on our stack.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
 }
 
 /// What the WebSocket clients saw, all together.
@@ -156,6 +140,7 @@ struct WsRun {
 /// `websocket` example; after each upgrade, waits until every client has been answered by the
 /// new pid (with hand-off) or has reconnected to it (without).
 fn ws_run(clients: usize, upgrades: usize, handoff: bool) -> WsRun {
+    // Room for a thousand client sockets in this process and the servers it starts.
     raise_nofile();
     let started = Instant::now();
     let env: Vec<(&str, &str)> = vec![
@@ -165,11 +150,7 @@ fn ws_run(clients: usize, upgrades: usize, handoff: bool) -> WsRun {
         ("RUST_LOG", "info"),
     ];
     let mut app = App::start("websocket", "HOTEXEC_LISTEN_WS", &env);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let last_pid: Arc<Vec<AtomicU32>> = Arc::new((0..clients).map(|_| AtomicU32::new(0)).collect());
     let tally = Arc::new(Tally::default());
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -414,14 +395,14 @@ fn a_new_binary_without_handoff_support_means_a_plain_drain() {
     for c in &mut clients {
         assert_eq!(c.ask("a"), Said::Line(format!("pid={first} a")));
     }
-    app.install_binary(&common::example("listenfd_server"));
+    app.install_binary(&example("listenfd_server"));
     let (old, new) = app.upgrade();
     app.wait_log(
         "no connection hand-off to the new generation (it did not say HELLO",
         1,
         Duration::from_secs(30),
     );
-    common::answered_by(app.addr, new, Duration::from_secs(30));
+    answered_by(app.addr, new, Duration::from_secs(30));
     for c in &mut clients {
         assert_eq!(
             c.ask("b"),
@@ -437,7 +418,7 @@ fn a_new_binary_without_handoff_support_means_a_plain_drain() {
 /// (version 1) sees at ready time that they do not understand each other and drains as before.
 #[test]
 fn a_new_binary_speaking_another_protocol_version_means_a_plain_drain() {
-    let then = common::example("listenfd_server");
+    let then = example("listenfd_server");
     let then = then.to_str().unwrap();
     let hello: String = wire::encode_as(2, Kind::Hello, 0, b"", b"")
         .iter()
@@ -452,14 +433,14 @@ fn a_new_binary_speaking_another_protocol_version_means_a_plain_drain() {
     let first = app.first_pid();
     let mut session = LineClient::connect(app.addr);
     assert_eq!(session.ask("a"), Said::Line(format!("pid={first} a")));
-    app.install_binary(&common::example("handoff_v2"));
+    app.install_binary(&example("handoff_v2"));
     let (old, new) = app.upgrade();
     app.wait_log(
         "no connection hand-off to the new generation (protocol version 2; this build speaks version 1)",
         1,
         Duration::from_secs(30),
     );
-    common::answered_by(app.addr, new, Duration::from_secs(30));
+    answered_by(app.addr, new, Duration::from_secs(30));
     assert_eq!(
         session.ask("b"),
         Said::Line(format!("pid={old} b")),
@@ -529,7 +510,6 @@ fn tcp_pair() -> (TcpStream, OwnedFd) {
 /// sender closes its copy), and the server keeps serving.
 #[test]
 fn garbage_on_the_channel_is_refused_and_nothing_is_adopted() {
-    use common::{Crafted, ListenPid};
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
     use std::io::Read;
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -543,7 +523,7 @@ fn garbage_on_the_channel_is_refused_and_nothing_is_adopted() {
     .unwrap();
     let addr_s = addr.to_string();
     let server = Crafted::start(
-        &common::example("line"),
+        &example("line"),
         &[
             ("LISTEN_FDS", "1"),
             ("LISTEN_FDNAMES", "line"),

@@ -2,12 +2,10 @@
 //! every connection has exactly one owner — checked from outside, in `/proc/<pid>/fd` of both
 //! processes against the kernel's table of established connections, and by the clients, each
 //! of whose messages is answered once, by one process.
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::handoff::{LineClient, Owners, env_usize, owners, owners_by_client, raise_nofile};
-use common::{App, wait_for};
+use hotexec_testkit::handoff::{LineClient, Owners, env_usize, owners, owners_by_client};
+use hotexec_testkit::prelude::*;
 
 /// The new generation runs at its fd limit during a hand-off of many connections (by default
 /// 1,000; `HOTEXEC_TEST_FDLIMIT_CONNS`): it can take only some of them. Every record whose fd
@@ -96,18 +94,23 @@ fn tail(log: &str) -> String {
 /// to `port` held by exactly one of `old` and `new`, the same for a second. (An ACK on its way
 /// leaves a connection in both fd tables for a moment; a connection with two owners stays so.)
 fn settle(port: u16, old: u32, new: u32, n: usize) -> Owners {
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut last: Option<(Owners, Instant)> = None;
-    wait_for(Duration::from_secs(60), "one owner per connection", || {
+    loop {
         let o = owners(port, old, new);
         let one_owner = o.both == 0 && o.neither == 0 && o.only_a + o.only_b == n;
         match &last {
             Some((prev, since)) if one_owner && prev.same(&o) => {
                 if since.elapsed() >= Duration::from_secs(1) {
-                    return Some(o);
+                    return o;
                 }
             }
-            _ => last = Some((o, Instant::now())),
+            _ => last = Some((o.clone(), Instant::now())),
         }
-        None
-    })
+        assert!(
+            Instant::now() < deadline,
+            "not one owner per connection after 60 s: {o}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

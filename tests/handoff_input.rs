@@ -1,15 +1,13 @@
 //! The connection hand-off channel as start-up input (issue 20, finding 5): `HOTEXEC_HANDOFF_FD`
-//! is checked like the other hand-over variables. Malformed, or naming an fd that is not the
-//! channel, it stops the start with a message naming it (exit 1: an upgrade to such a process
-//! fails and the old generation serves on); meant for another process (`LISTEN_PID`), it is
-//! ignored, the fd left as it was, and the log says why.
-mod common;
-
+//! is checked with the other hand-over variables (`startup.rs`). Malformed, naming an fd that
+//! is not the channel, or not meant for this process (`LISTEN_PID`), it stops the start with a
+//! message naming it (exit 1: an upgrade to such a process fails and the old generation serves
+//! on), and nothing is said on the fd.
 use std::net::TcpListener;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;
 
-use common::{Crafted, ListenPid, example, free_port};
+use hotexec_testkit::prelude::*;
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 
 const T: Duration = Duration::from_secs(10);
@@ -53,7 +51,7 @@ fn refused(value: &str, fds: Vec<(i32, OwnedFd)>, needle: &str) {
         Some(1),
         "HOTEXEC_HANDOFF_FD={value}: must refuse to start:\n{out}"
     );
-    let want = format!("environment variable HOTEXEC_HANDOFF_FD={value:?} refused: ");
+    let want = format!("hotexec: cannot start: HOTEXEC_HANDOFF_FD={value:?} refused: ");
     assert!(out.contains(&want), "{want:?} not in:\n{out}");
     assert!(out.contains(needle), "{needle:?} not in:\n{out}");
 }
@@ -62,6 +60,7 @@ fn refused(value: &str, fds: Vec<(i32, OwnedFd)>, needle: &str) {
 fn a_malformed_handoff_fd_stops_the_start_by_name() {
     refused("abc", vec![], "expected a decimal fd number");
     refused("-4", vec![], "expected a decimal fd number");
+    refused("", vec![], "expected a decimal fd number");
     refused("2", vec![], "it must be 3 or more");
 }
 
@@ -74,32 +73,37 @@ fn a_handoff_fd_that_is_not_the_channel_stops_the_start_by_name() {
     refused("4", vec![(4, r)], "fd 4 is not an open socket");
     // A stream socket.
     let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-    refused("4", vec![(4, a.into())], "not the hand-off channel");
+    refused("4", vec![(4, a.into())], "not a SOCK_SEQPACKET channel");
     // The listener's own number.
-    refused("3", vec![], "fd 3 is also");
+    refused("3", vec![], "fd 3 is also another fd of the hand-over");
 }
 
 /// The variables were meant for another process (here: the shell that started the server as
-/// its child, as `LISTEN_PID=$$ app` in a script does): the channel is not this process's, it
-/// says nothing on it, and the log says why.
+/// its child, as `LISTEN_PID=$$ app` in a script does): the channel is not this process's. It
+/// refuses to start, naming `LISTEN_PID`, and says nothing on the channel.
 #[test]
-fn a_handoff_fd_meant_for_another_pid_is_ignored() {
+fn a_handoff_fd_meant_for_another_pid_is_not_adopted() {
     let (ours, theirs) = seqpacket();
-    let p = start("4", vec![(4, theirs)], ListenPid::Parent);
-    p.wait_log("line example serving", T);
-    p.wait_log("HOTEXEC_HANDOFF_FD=\"4\" ignored", T);
+    let mut p = start("4", vec![(4, theirs)], ListenPid::Parent);
+    let code = p.wait_exit(T);
+    let out = p.plain_log();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("HOTEXEC_HANDOFF_FD=\"4\" refused: ") && out.contains("LISTEN_PID"),
+        "the reason names LISTEN_PID:\n{out}"
+    );
     let mut fds = [nix::poll::PollFd::new(
         ours.as_fd(),
         nix::poll::PollFlags::POLLIN,
     )];
-    let n = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(500u16)).unwrap();
-    assert_eq!(
-        n, 0,
-        "the server spoke on a channel meant for another process"
-    );
-    let out = p.plain_log();
+    let n = nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).unwrap();
+    let said = n == 1
+        && {
+            let mut b = [0u8; 64];
+            matches!(nix::sys::socket::recv(ours.as_raw_fd(), &mut b, nix::sys::socket::MsgFlags::MSG_DONTWAIT), Ok(n) if n > 0)
+        };
     assert!(
-        out.contains("LISTEN_PID"),
-        "the reason names LISTEN_PID:\n{out}"
+        !said,
+        "the server spoke on a channel meant for another process"
     );
 }

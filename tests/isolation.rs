@@ -1,10 +1,9 @@
 //! What crosses a process boundary: only the new binary of an upgrade receives the listening fds
 //! and the hand-over variables; programs the application spawns receive neither.
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use hotexec_testkit::prelude::*;
 
 const HTTP: &str = "HOTEXEC_LISTEN_HTTP";
 const T: Duration = Duration::from_secs(10);
@@ -97,6 +96,7 @@ fn only_the_new_binary_receives_the_listening_fds() {
     assert!(seen.contains("LISTEN_FDNAMES=http:admin\n"), "{seen}");
     assert!(seen.contains("HOTEXEC_READY_FD=5\n"), "{seen}");
     assert!(seen.contains("HOTEXEC_HANDOFF_FD=6\n"), "{seen}");
+    assert!(seen.contains("HOTEXEC_LINK_FD=7\n"), "{seen}");
     let old_sockets: Vec<String> = fd_targets(old)
         .into_iter()
         .filter(|(_, t)| t.starts_with("socket:"))
@@ -117,7 +117,7 @@ fn only_the_new_binary_receives_the_listening_fds() {
         fds.push((fd, target.to_string()));
     }
     let numbers: Vec<i32> = fds.iter().map(|(n, _)| *n).collect();
-    assert_eq!(numbers, [0, 1, 2, 3, 4, 5, 6], "{seen}");
+    assert_eq!(numbers, [0, 1, 2, 3, 4, 5, 6, 7], "{seen}");
     for fd in [3, 4] {
         assert!(fds[fd].1.starts_with("socket:"), "{seen}");
         assert!(
@@ -126,7 +126,10 @@ fn only_the_new_binary_receives_the_listening_fds() {
         );
     }
     assert!(fds[5].1.starts_with("pipe:"), "{seen}");
-    // The hand-off channel: a socket made for this upgrade, not one the old process serves on.
-    assert!(fds[6].1.starts_with("socket:"), "{seen}");
-    assert!(!old_sockets.contains(&fds[6].1), "{seen}");
+    // The hand-off channel and the generation link: sockets made for this upgrade, not ones
+    // the old process serves on.
+    for fd in [6, 7] {
+        assert!(fds[fd].1.starts_with("socket:"), "{seen}");
+        assert!(!old_sockets.contains(&fds[fd].1), "{seen}");
+    }
 }

@@ -2,11 +2,10 @@
 //! connection's next request with `Connection: close` (a grace phase), so clients leave at a
 //! request boundary instead of racing a close of their idle connection. The full benchmark,
 //! against nginx and a naive restart, is `cargo run --release --example bench`.
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use hotexec_testkit::prelude::*;
 
 const HTTP: &str = "HOTEXEC_LISTEN_HTTP";
 

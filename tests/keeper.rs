@@ -1,15 +1,13 @@
 //! Keeper mode: the started process stays as the keeper of the serving generation, so the pid a
 //! container runtime, a supervisor or a shell tracks never changes. Real processes, real
 //! signals, a real pseudo-terminal for Ctrl-C.
-mod common;
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use hotexec_testkit::prelude::*;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
@@ -100,7 +98,7 @@ fn keeper_pid_is_unchanged_across_upgrades_under_load() {
             stat(*old)
         );
     }
-    assert!(App::children_of(current).is_empty());
+    assert!(children_of(current).is_empty());
 
     // SIGTERM to the keeper: forwarded, the generation drains and exits 0, so does the keeper.
     signal(keeper, Signal::SIGTERM);
@@ -319,43 +317,6 @@ fn scopeguard(pid: u32) -> Guard {
     Guard(pid, None)
 }
 
-/// A pseudo-terminal: (master, slave).
-fn openpty() -> (std::fs::File, std::fs::File) {
-    // Both sides are opened close-on-exec atomically (not openpty + fcntl): a child that another
-    // test thread forks in between would keep the slave side open after its exec, and the
-    // reader would never see the end of the output.
-    // SAFETY: posix_openpt returns a new fd or -1; nothing else is touched.
-    let m = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
-    assert!(m >= 0, "posix_openpt: {}", std::io::Error::last_os_error());
-    // SAFETY: just opened, owned by nothing else.
-    let m = unsafe { OwnedFd::from_raw_fd(m) };
-    let mut name = [0 as libc::c_char; 128];
-    // SAFETY: grantpt/unlockpt on the master we own; ptsname_r writes at most `name.len()`
-    // bytes, NUL included, into `name`.
-    unsafe {
-        assert_eq!(libc::grantpt(m.as_raw_fd()), 0, "grantpt");
-        assert_eq!(libc::unlockpt(m.as_raw_fd()), 0, "unlockpt");
-        assert_eq!(
-            libc::ptsname_r(m.as_raw_fd(), name.as_mut_ptr(), name.len()),
-            0,
-            "ptsname_r"
-        );
-    }
-    // SAFETY: ptsname_r wrote a NUL-terminated path.
-    let path = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) };
-    // SAFETY: open with a valid path; returns a new fd or -1.
-    let s = unsafe {
-        libc::open(
-            path.as_ptr(),
-            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-        )
-    };
-    assert!(s >= 0, "open {path:?}: {}", std::io::Error::last_os_error());
-    // SAFETY: just opened, owned by nothing else.
-    let s = unsafe { OwnedFd::from_raw_fd(s) };
-    (m.into(), s.into())
-}
-
 /// The keeper's pid file is written before generation 1 is ready, so an upgrade signal may reach
 /// the keeper while generation 1 still warms up. Generation 1 itself would discard it (to it, a
 /// signal before readiness looks like a broadcast meant for an older generation); the keeper
@@ -373,7 +334,7 @@ fn an_upgrade_signal_before_generation_1_is_ready_is_held_by_the_keeper() {
     let keeper = app.first_pid();
     app.wait_log("warming up until", 1, Duration::from_secs(10));
     let first = wait_for(Duration::from_secs(10), "generation 1", || {
-        App::children_of(keeper).first().map(|(p, _)| *p)
+        children_of(keeper).first().map(|(p, _)| *p)
     });
     let _group = KillGroup(first);
     app.track(first);
@@ -384,9 +345,9 @@ fn an_upgrade_signal_before_generation_1_is_ready_is_held_by_the_keeper() {
     wait_signal_handled(keeper, Signal::SIGUSR2, Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(200));
     assert!(
-        App::children_of(first).is_empty(),
+        children_of(first).is_empty(),
         "nothing may start before generation 1 is ready: {:?}",
-        App::children_of(first)
+        children_of(first)
     );
     std::fs::write(&go, b"").unwrap();
     // Generation 1 answers once ready; then the held signal upgrades it.

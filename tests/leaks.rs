@@ -3,13 +3,12 @@
 //! fd and thread counts; no zombie is left; the pid file is never seen half-written.
 //!
 //! `HOTEXEC_SOAK=1` runs 1000 upgrades and 500 failed ones instead of 100 and 50.
-mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use hotexec_testkit::prelude::*;
 
 const HTTP: &str = "HOTEXEC_LISTEN_HTTP";
 const T: Duration = Duration::from_secs(10);
@@ -135,11 +134,7 @@ fn many_upgrades_in_a_row_leak_nothing() {
     // No zombie and nothing else left but the serving generation and its own children (none).
     let left = descendants(std::process::id());
     assert!(left.iter().all(|(_, s)| *s != 'Z'), "zombies: {left:?}");
-    assert!(
-        App::children_of(last).is_empty(),
-        "{:?}",
-        App::children_of(last)
-    );
+    assert!(children_of(last).is_empty(), "{:?}", children_of(last));
     answered_by(app.addr, last, T);
 }
 
@@ -182,10 +177,6 @@ fn failed_upgrades_leak_nothing_in_the_serving_process() {
     );
     assert_eq!(before.0, after.0, "fds leaked by failed upgrades");
     assert_eq!(before.1, after.1, "threads leaked by failed upgrades");
-    assert!(
-        App::children_of(pid).is_empty(),
-        "{:?}",
-        App::children_of(pid)
-    );
+    assert!(children_of(pid).is_empty(), "{:?}", children_of(pid));
     assert_eq!(app.pid_in_file(), Some(pid));
 }

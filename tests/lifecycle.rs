@@ -2,12 +2,12 @@
 //! may still roll back (only within probation, never once a stop was asked for, never once the
 //! successor handed on in turn), what a new generation does when the old one dies while it warms
 //! up, and who talks to systemd in keeper mode.
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use hotexec_testkit::prelude::*;
 use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
 const HTTP: &str = "HOTEXEC_LISTEN_HTTP";
@@ -227,7 +227,7 @@ fn orphaned_new_generation_takes_over() {
     assert!(msg.starts_with("RELOADING=1"), "{msg:?}");
     assert_eq!(from, old);
     let new = wait_for(T, "the new process", || {
-        App::children_of(old).first().map(|(c, _)| *c)
+        children_of(old).first().map(|(c, _)| *c)
     });
     app.track(new);
     signal(old, Signal::SIGKILL);
@@ -266,7 +266,7 @@ fn orphaned_new_generation_takes_over_under_a_keeper() {
         app.log_text().contains("warming up").then_some(())
     });
     let new = wait_for(T, "the new process", || {
-        App::children_of(old).first().map(|(c, _)| *c)
+        children_of(old).first().map(|(c, _)| *c)
     });
     app.track(new);
     signal(old, Signal::SIGKILL);
@@ -352,9 +352,9 @@ fn an_upgrade_signal_before_a_fresh_start_is_ready_runs_once_it_is() {
     // comes first; it only makes the old behaviour (the signal dropped) show reliably.
     std::thread::sleep(Duration::from_millis(200));
     assert!(
-        App::children_of(first).is_empty(),
+        children_of(first).is_empty(),
         "nothing may start before this generation is ready: {:?}",
-        App::children_of(first)
+        children_of(first)
     );
     assert_eq!(app.pid_in_file(), Some(first));
     std::fs::write(&go, b"").unwrap();
@@ -363,4 +363,75 @@ fn an_upgrade_signal_before_a_fresh_start_is_ready_runs_once_it_is() {
     });
     app.track(new);
     answered_by(app.addr, new, T);
+}
+
+/// The pid in the faulty release's line "faulty: pid N sends SIGTERM to pid M, then reports
+/// ready", once it is in the log.
+fn stopper_pid(app: &App) -> u32 {
+    const LINE: &str = "sends SIGTERM to pid";
+    app.wait_log(LINE, 1, T);
+    let log = app.log_text();
+    let line = log.lines().find(|l| l.contains(LINE)).unwrap();
+    let pid = line
+        .split("faulty: pid ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line:?}"));
+    app.track(pid);
+    pid
+}
+
+/// A stop of the service that reaches the serving generation a moment before its successor
+/// reports ready (the successor sends it, so the race is run every time): whichever the old
+/// generation sees first, the stop wins. Either the successor is killed before it is ready, or
+/// it is told to stop right after the hand-over; it never outlives the stop.
+fn stop_just_before_ready(keeper: bool) {
+    for run in 1..=5 {
+        let mut env = vec![
+            ("HOTEXEC_PROBATION", "30s"),
+            ("HOTEXEC_DRAIN_TIMEOUT", "10s"),
+        ];
+        if keeper {
+            env.push(("HOTEXEC_KEEPER", "1"));
+        }
+        let mut app = App::start("http", HTTP, &env);
+        let first = app.first_pid();
+        if keeper {
+            // Generation 1 must be ready, or the keeper holds the upgrade signal.
+            serving(&app);
+        }
+        app.install_faulty(if keeper {
+            "stop-then-ready=pidfile"
+        } else {
+            "stop-then-ready=parent"
+        });
+        app.signal_upgrade();
+        let successor = stopper_pid(&app);
+        let status = app.wait_exit(first, T);
+        assert!(
+            matches!(status, WaitStatus::Exited(_, 0)),
+            "run {run}: the stopped process ended with {status:?}\n{}",
+            app.log_text()
+        );
+        wait_for(
+            T,
+            &format!("run {run}: the successor {successor} to be gone"),
+            || (!alive(successor)).then_some(()),
+        );
+        nothing_serves(&app);
+    }
+}
+
+#[test]
+fn a_stop_just_before_ready_is_not_lost() {
+    stop_just_before_ready(false);
+}
+
+/// The same under a keeper (`docker stop`): the keeper forwards the stop to the generation it
+/// knows to serve, which is about to hand over. Without the fix the container's main process
+/// never exits and the stop ends in SIGKILL.
+#[test]
+fn a_stop_just_before_ready_is_not_lost_under_a_keeper() {
+    stop_just_before_ready(true);
 }

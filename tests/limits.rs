@@ -2,11 +2,10 @@
 //! (`LISTEN_FDNAMES` holds every listener's name) and `RLIMIT_NOFILE`. Past either, the upgrade
 //! fails with a message naming the limit, the numbers and what to do; the old generation
 //! serves on, and a later upgrade (within the limits) works.
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use hotexec_testkit::prelude::*;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -102,11 +101,7 @@ fn listener_names_past_max_arg_strlen_fail_the_upgrade_clearly() {
     }
     assert_eq!(app.pid_in_file(), Some(old));
     assert_eq!(get(app.addr, "/", T), Outcome::Ok { pid: old });
-    assert!(
-        App::children_of(old).is_empty(),
-        "{:?}",
-        App::children_of(old)
-    );
+    assert!(children_of(old).is_empty(), "{:?}", children_of(old));
     // Said at start already, not only at the first upgrade.
     assert!(
         app.log_text()
@@ -130,8 +125,9 @@ fn an_upgrade_near_rlimit_nofile_fails_clearly_and_the_old_one_serves_on() {
     let mut saved = None;
     let (mut in_this_process, mut for_the_new_one) = (false, false);
     // `room` fd numbers are free below the limit. The upgrade needs a few itself (the readiness
-    // pipe, the hand-off socketpair), then 4 more for the new process (2 listeners, the
-    // readiness pipe, the hand-off channel): it fails at every step here.
+    // pipe, the hand-off and link socketpairs), then 5 more for the new process (2 listeners,
+    // the readiness pipe, the hand-off channel, the generation link): it fails at every step
+    // here.
     for room in 1..=free.len() {
         let limit = free[room - 1] as u64 + 1;
         let old_limits = set_nofile(old, limit);
@@ -143,13 +139,9 @@ fn an_upgrade_near_rlimit_nofile_fails_clearly_and_the_old_one_serves_on() {
         assert!(line.contains(&limit.to_string()), "{line}");
         assert!(line.contains("LimitNOFILE"), "{line}");
         in_this_process |= line.contains("failed with EMFILE");
-        for_the_new_one |= line.contains("the new generation must be handed 4 fds");
+        for_the_new_one |= line.contains("the new generation must be handed 5 fds");
         assert_eq!(app.pid_in_file(), Some(old));
-        assert!(
-            App::children_of(old).is_empty(),
-            "{:?}",
-            App::children_of(old)
-        );
+        assert!(children_of(old).is_empty(), "{:?}", children_of(old));
         set_nofile(old, saved.unwrap().rlim_cur);
         assert_eq!(get(app.addr, "/", T), Outcome::Ok { pid: old });
         if for_the_new_one {

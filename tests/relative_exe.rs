@@ -1,12 +1,11 @@
 //! The binary's path is resolved once at start: a server started as `./app` (relative argv[0],
 //! from its own directory) upgrades to the file renamed over it on disk, even after the test
 //! process's and the server's notions of "current directory" differ.
-mod common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use hotexec_testkit::prelude::*;
 
 #[test]
 fn started_as_dot_slash_app_upgrades_to_the_renamed_binary() {

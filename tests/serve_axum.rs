@@ -5,11 +5,10 @@
 //! `HOTEXEC_COMPARE_PLAIN=1 cargo test --test serve_axum -- --nocapture` runs the same
 //! scenarios against the example's plain mode (`axum::serve(..).with_graceful_shutdown(..)`)
 //! and prints what it loses instead of asserting zero.
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use hotexec_testkit::prelude::*;
 
 const HTTP: &str = "HOTEXEC_LISTEN_HTTP";
 const UPGRADES: usize = 4;

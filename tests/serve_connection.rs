@@ -2,7 +2,6 @@
 //! terminate TLS) themselves: served through an accept loop of the app's own on
 //! `hotexec::drain::Connections`, a connection drains as under `hotexec::serve`. In process,
 //! with a detached `Shutdown` resolved by the test (no upgrade needed to check the phases).
-mod common;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
@@ -11,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::{Router, routing::get};
-use common::*;
+use hotexec_testkit::prelude::*;
 
 // Long enough that the requests sent after the hand-over fall inside it on a loaded machine.
 const GRACE: Duration = Duration::from_millis(1500);
@@ -61,15 +60,6 @@ fn connect(addr: SocketAddr) -> std::io::BufReader<TcpStream> {
 fn closed_cleanly(c: &mut std::io::BufReader<TcpStream>) -> bool {
     let mut rest = Vec::new();
     matches!(c.read_to_end(&mut rest), Ok(0))
-}
-
-/// The tokio runtime each in-process scenario serves on (two workers, as on the CI machine).
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 #[test]

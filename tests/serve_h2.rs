@@ -9,7 +9,6 @@
 //!
 //! `HOTEXEC_COMPARE_PLAIN=1 cargo test --test serve_h2 -- --nocapture` runs the same load
 //! against plain `axum::serve(..).with_graceful_shutdown(..)` and prints what it loses.
-mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use hyper::Request;
 
-use common::*;
+use hotexec_testkit::prelude::*;
 
 const HTTP: &str = "HOTEXEC_LISTEN_HTTP";
 const UPGRADES: usize = 4;
@@ -204,11 +203,7 @@ fn run(what: &str, one_shot: bool) {
     let mut app = start_axum();
     let first = app.first_pid();
     let addr = app.addr;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..CONNECTIONS)
         .map(|i| rt.spawn(client(addr, stop.clone(), one_shot, i % 2 == 1)))

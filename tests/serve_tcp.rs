@@ -5,7 +5,6 @@
 //!
 //! `HOTEXEC_COMPARE_PLAIN=1 cargo test --test serve_tcp -- --nocapture` runs the same load
 //! against the example's naive loop (`TCP_PLAIN_SHUTDOWN=1`) and prints what it loses.
-mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -13,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use hotexec_testkit::prelude::*;
 
 const TCP: &str = "HOTEXEC_LISTEN_TCP";
 const UPGRADES: usize = 4;
@@ -34,7 +33,7 @@ fn answer(conn: &mut BufReader<TcpStream>, line: &str) -> Outcome {
         Ok(0) => return Outcome::Eof,
         Ok(_) if !reply.ends_with('\n') => return Outcome::Eof,
         Ok(_) => {}
-        Err(e) => return classify_io(e),
+        Err(e) => return classify(e),
     }
     let Some((pid, echoed)) = reply
         .trim_end()
@@ -49,19 +48,8 @@ fn answer(conn: &mut BufReader<TcpStream>, line: &str) -> Outcome {
     }
 }
 
-fn classify_io(e: std::io::Error) -> Outcome {
-    use std::io::ErrorKind::*;
-    match e.kind() {
-        ConnectionRefused => Outcome::Refused,
-        ConnectionReset | ConnectionAborted | BrokenPipe => Outcome::Reset,
-        WouldBlock | TimedOut => Outcome::Timeout,
-        UnexpectedEof => Outcome::Eof,
-        _ => Outcome::Other(e.to_string()),
-    }
-}
-
 fn connect(addr: SocketAddr) -> Result<BufReader<TcpStream>, Outcome> {
-    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(classify_io)?;
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(classify)?;
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
     let _ = s.set_nodelay(true);
@@ -77,7 +65,7 @@ fn ask(addr: SocketAddr, line: &str, think: Duration) -> Outcome {
     };
     std::thread::sleep(think);
     if let Err(e) = conn.get_mut().write_all(format!("{line}\n").as_bytes()) {
-        return classify_io(e);
+        return classify(e);
     }
     answer(&mut conn, line)
 }

@@ -6,7 +6,6 @@
 //! `HOTEXEC_COMPARE_PLAIN=1 cargo test --test serve_tonic -- --nocapture` runs the same
 //! scenario against the example's plain mode (tonic's own `serve_with_incoming_shutdown`) and
 //! prints what it loses instead of asserting zero.
-mod common;
 #[path = "../examples/support/grpc.rs"]
 mod grpc;
 
@@ -15,8 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
 use grpc::GreeterClient;
+use hotexec_testkit::prelude::*;
 
 const GRPC: &str = "HOTEXEC_LISTEN_GRPC";
 const UPGRADES: usize = 4;
@@ -263,11 +262,7 @@ fn unary_and_streaming_calls_lose_nothing_across_upgrades() {
     let mut app = start_tonic();
     let addr = app.addr;
     let first_pid = app.first_pid();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
 
     let stop = Arc::new(AtomicBool::new(false));
     let kept = unary_load(&rt, addr, UNARY_CLIENTS, false, &stop);

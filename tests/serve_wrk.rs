@@ -6,12 +6,11 @@
 //! wrk is installed by `.ci/install` (Debian package `wrk`).
 //! `HOTEXEC_COMPARE_PLAIN=1 cargo test --test serve_wrk -- --nocapture` prints the plain mode's
 //! figures instead of asserting zero.
-mod common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use hotexec_testkit::prelude::*;
 
 const HTTP: &str = "HOTEXEC_LISTEN_HTTP";
 const UPGRADES: usize = 3;

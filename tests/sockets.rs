@@ -2,7 +2,6 @@
 //! listener (path kept on upgrade, removed on a final stop, stale file replaced, live socket and
 //! non-socket files refused, mode set), a UDP socket (passed on; every datagram answered by one
 //! generation), and the listen options (`v6only = false`, `reuseport = true`) seen from outside.
-mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, UdpSocket};
@@ -12,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use hotexec_testkit::prelude::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 

@@ -2,11 +2,10 @@
 //! `clone(CLONE_VM | CLONE_VFORK)` (the default) and `fork` (`HOTEXEC_SPAWN=fork`).
 //! What it receives (fds, `LISTEN_PID`, the signal state at exec), exec errors, a bad
 //! `HOTEXEC_SPAWN`, and a broadcast upgrade signal during upgrades (issue 13 item 7).
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use hotexec_testkit::prelude::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -45,8 +44,9 @@ fn check_what_the_new_image_gets(method: Option<&str>) {
     assert!(seen.contains("LISTEN_FDS=2\n"), "{what}");
     assert!(seen.contains("HOTEXEC_READY_FD=5\n"), "{what}");
     assert!(seen.contains("HOTEXEC_HANDOFF_FD=6\n"), "{what}");
-    // Exactly stdio, the two listeners, the readiness pipe and the connection hand-off channel
-    // below the shell's own fds.
+    assert!(seen.contains("HOTEXEC_LINK_FD=7\n"), "{what}");
+    // Exactly stdio, the two listeners, the readiness pipe, the connection hand-off channel and
+    // the generation link below the shell's own fds.
     let fds: Vec<i32> = seen
         .lines()
         .filter(|l| l.contains(" -> "))
@@ -56,7 +56,7 @@ fn check_what_the_new_image_gets(method: Option<&str>) {
         })
         .filter(|&fd| fd < 10)
         .collect();
-    assert_eq!(fds, [0, 1, 2, 3, 4, 5, 6], "{what}");
+    assert_eq!(fds, [0, 1, 2, 3, 4, 5, 6, 7], "{what}");
     // SIGPIPE is not ignored (the Rust runtime of the old generation ignores it). The mask at
     // exec cannot be seen here (dash clears its mask at start): the unit test
     // `spawn::tests::the_new_image_starts_with_the_upgrade_signal_blocked` checks it.

@@ -3,12 +3,11 @@
 //! `AF_UNIX` datagram socket this test binds (path and abstract addresses, sender pid checked
 //! with `SO_PASSCRED`), and a new generation that is not a hotexec program at all (a
 //! `listenfd`-based server reporting `READY=1`).
-mod common;
 
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use hotexec_testkit::prelude::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -87,7 +86,7 @@ fn notify_sequence_on_an_abstract_socket() {
 const PASS_ENV: [&str; 14] = [
     "-E",
     "HOTEXEC_PID_FILE",
-    // The http example's admin listener gets its own free port (tests/common), which must
+    // The http example's admin listener gets its own free port (the test kit's `App`), which must
     // reach the server through the activator too, or parallel tests collide on 8081.
     "-E",
     "HOTEXEC_LISTEN_ADMIN",

@@ -2,11 +2,9 @@
 //! user, and a process of the same user (or root) in another pid namespace. Each test plays the
 //! attacker for real: a child of this (root) test process that drops to uid 65534, or a process
 //! in a pid namespace of its own (`unshare --pid --fork`).
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{App, wait_for};
+use hotexec_testkit::prelude::*;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
@@ -120,7 +118,7 @@ fn a_notify_flood_from_another_user_is_bounded_and_does_not_delay_a_stop() {
     app.replace_binary(Some("#!/bin/sh\nexec sleep 120\n"));
     app.signal_upgrade();
     let (child, name) = wait_for(Duration::from_secs(10), "the new generation", || {
-        App::children_of(old)
+        children_of(old)
             .into_iter()
             .find_map(|(p, _)| Some((p, notify_socket_of(p)?)))
     });

@@ -2,11 +2,10 @@
 //! endpoint, and the `hotexec upgrade` command over the control socket. Success and every failure
 //! kind, each through both, with real processes, a real binary swapped on disk and real clients
 //! hammering the server meanwhile.
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use hotexec_testkit::prelude::*;
 
 const HTTP: &str = "HOTEXEC_LISTEN_HTTP";
 const ADMIN: &str = "HOTEXEC_LISTEN_ADMIN";
@@ -92,9 +91,9 @@ fn trigger_reports_success_and_each_failure() {
         );
         assert_eq!(app.pid_in_file(), Some(serving), "{what}: pid file changed");
         assert!(
-            App::children_of(serving).is_empty(),
+            children_of(serving).is_empty(),
             "{what}: {:?}",
-            App::children_of(serving)
+            children_of(serving)
         );
     }
 
@@ -104,7 +103,7 @@ fn trigger_reports_success_and_each_failure() {
     let first =
         std::thread::spawn(move || hotexec_cli(&["upgrade", "--pid-file", &pid_file], LIMIT));
     wait_for(Duration::from_secs(5), "the upgrade to start", || {
-        (!App::children_of(serving).is_empty()).then_some(())
+        (!children_of(serving).is_empty()).then_some(())
     });
     let run = cli_upgrade(&app, &[]);
     assert_eq!(run.code, 5, "{run:?}");
@@ -125,9 +124,9 @@ fn trigger_reports_success_and_each_failure() {
     // Failed attempts so far: 2 per failure kind, the busy case's first, and this one.
     app.wait_log("upgrade failed", 2 * 3 + 2, Duration::from_secs(10));
     assert!(
-        App::children_of(serving).is_empty(),
+        children_of(serving).is_empty(),
         "{:?}",
-        App::children_of(serving)
+        children_of(serving)
     );
 
     // Back to a good binary: the command upgrades again.

@@ -1,12 +1,11 @@
 //! The core promise, end to end: upgrades under load lose nothing; slow requests finish on the
 //! old process; failed upgrades leave the running service untouched.
-mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::*;
+use hotexec_testkit::prelude::*;
 
 const HTTP: &str = "HOTEXEC_LISTEN_HTTP";
 
@@ -176,9 +175,9 @@ fn failed_upgrades_leave_the_service_untouched() {
         );
         assert_eq!(app.pid_in_file(), Some(pid), "{what}: pid file changed");
         assert!(
-            App::children_of(pid).is_empty(),
+            children_of(pid).is_empty(),
             "{what}: left children {:?}",
-            App::children_of(pid)
+            children_of(pid)
         );
         assert!(alive(pid), "{what}: the serving process died");
     }
@@ -202,7 +201,7 @@ fn upgrade_signal_during_an_upgrade_is_ignored() {
     app.wait_log("upgrade failed", 1, Duration::from_secs(10));
     assert!(app.log_text().contains("an upgrade is already running"));
     assert_eq!(app.log_text().matches("upgrade: starting").count(), 1);
-    assert!(App::children_of(pid).is_empty());
+    assert!(children_of(pid).is_empty());
     assert_eq!(
         get(app.addr, "/", Duration::from_secs(5)),
         Outcome::Ok { pid }

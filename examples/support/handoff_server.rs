@@ -159,12 +159,3 @@ async fn take_handed_off(
     }
     tracing::info!(taken, "hand-off from the previous generation over");
 }
-
-pub fn init_tracing() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-}

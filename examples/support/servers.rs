@@ -11,21 +11,12 @@ use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use super::http_server;
+use super::{http_server, logging};
 
-/// Selects the role of a process of the example binary.
-pub const ROLE_VAR: &str = "HOTEXEC_EXAMPLE_ROLE";
-/// Address of the `plain` and `reuseport` roles.
-pub const ADDR_VAR: &str = "PLAIN_ADDR";
-/// Pid file the `plain` and `reuseport` roles write once listening.
-pub const PID_FILE_VAR: &str = "PLAIN_PID_FILE";
-/// Number of listeners of the `many` role.
-pub const MANY_COUNT_VAR: &str = "MANY_COUNT";
-/// File where the `many` role writes the port of its first and last listener.
-pub const MANY_PORTS_VAR: &str = "MANY_PORTS_FILE";
-/// `1`: the `many` role's listeners get the longest names allowed (64 characters, `l000…0`),
-/// so that a couple of thousand of them pass the kernel's limit on one environment string.
-pub const MANY_LONG_NAMES_VAR: &str = "MANY_LONG_NAMES";
+use hotexec_testkit::bench::roles::{
+    ADDR_VAR, AXUM_PLAIN_VAR, MANY_COUNT_VAR, MANY_LONG_NAMES_VAR, MANY_PORTS_VAR, PID_FILE_VAR,
+    ROLE_VAR,
+};
 
 /// Runs the role named in [`ROLE_VAR`] and returns true, or returns false when there is none
 /// (this process is the driver).
@@ -51,7 +42,7 @@ pub fn dispatch() -> bool {
 }
 
 /// The `http` example, verbatim: hotexec upgrades on SIGUSR2.
-#[hotexec::main(drain_timeout = "30s", init = http_server::init_tracing)]
+#[hotexec::main(drain_timeout = "30s", init = logging::init_tracing)]
 #[listen("127.0.0.1:8080", name = "http")]
 pub async fn hotexec_http(
     listeners: hotexec::Listeners,
@@ -61,14 +52,10 @@ pub async fn hotexec_http(
     http_server::serve(listener, shutdown).await
 }
 
-/// `1`: the `axum` role serves with plain `axum::serve` (inherited by its upgrades, which
-/// re-execute this binary with the same environment).
-pub const AXUM_PLAIN_VAR: &str = "AXUM_PLAIN_SHUTDOWN";
-
 /// An axum app as axum's docs show, under hotexec: served with `hotexec::serve`, or with
 /// plain `axum::serve(..).with_graceful_shutdown(..)` when [`AXUM_PLAIN_VAR`] is `1`: the two
 /// ways the benchmark compares. Both upgrade the same way; only the draining differs.
-#[hotexec::main(drain_timeout = "30s", init = http_server::init_tracing)]
+#[hotexec::main(drain_timeout = "30s", init = logging::init_tracing)]
 #[listen("127.0.0.1:3000", name = "http")]
 pub async fn axum_app(
     listeners: hotexec::Listeners,
@@ -93,7 +80,7 @@ pub async fn axum_app(
 /// The same server without hotexec: binds itself (with `SO_REUSEPORT` when `reuseport`, so a
 /// second copy can bind the same port), writes its pid file, serves until SIGTERM, drains.
 fn plain_http(reuseport: bool) -> std::io::Result<()> {
-    http_server::init_tracing();
+    logging::init_tracing();
     let addr: SocketAddr = std::env::var(ADDR_VAR)
         .map_err(|_| std::io::Error::other(format!("{ADDR_VAR} is not set")))?
         .parse()
@@ -159,7 +146,7 @@ pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
 /// since the number of listeners is not known at compile time.
 fn many_listeners() -> std::io::Result<()> {
     use hotexec::__private::{Builder, ListenSpec, Started};
-    http_server::init_tracing();
+    logging::init_tracing();
     let n: usize = std::env::var(MANY_COUNT_VAR)
         .ok()
         .and_then(|v| v.parse().ok())

@@ -29,9 +29,8 @@
 //! (`HOTEXEC_ACTIVATED_FDS`), so they stay adopted by name even when a new build declares
 //! another address.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::os::fd::RawFd;
-use std::sync::Mutex;
 
 use crate::socket;
 use crate::syntax::ListenAddr;
@@ -75,7 +74,7 @@ pub(crate) struct Assignment {
 /// No name, or systemd's default name: the unit's (`app.socket`). Listener names cannot hold a
 /// `.`, so no declared name looks like one. (`unknown` and empty names are unnamed already.)
 fn anonymous(f: &Found) -> bool {
-    f.name.as_deref().is_none_or(crate::protocol::is_unit_name)
+    f.name.as_deref().is_none_or(crate::handover::is_unit_name)
 }
 
 fn describe(f: &Found) -> String {
@@ -250,27 +249,6 @@ fn describe_closed(f: &Found) -> String {
         Some(n) => format!("fd {} (named {n:?}) ({})", f.fd, f.addr),
         None => format!("fd {} ({})", f.fd, f.addr),
     }
-}
-
-/// Names of the listeners this process serves on a service manager's socket (a set: each
-/// upgrade looks up every listener).
-static FROM_MANAGER: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
-
-/// Records that listener `name` is served on a socket a service manager passed.
-pub(crate) fn record(name: &str) {
-    FROM_MANAGER
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(name.to_owned());
-}
-
-/// Whether listener `name` is served on a socket a service manager passed (so the next
-/// generation is told, in `HOTEXEC_ACTIVATED_FDS`).
-pub(crate) fn from_manager(name: &str) -> bool {
-    FROM_MANAGER
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .contains(name)
 }
 
 #[cfg(test)]

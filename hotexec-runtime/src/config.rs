@@ -47,6 +47,10 @@ pub struct ListenDecl {
 /// The options in force.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// How a new generation is started (`HOTEXEC_SPAWN`).
+    pub spawn: crate::spawn::Method,
+    /// `HOTEXEC_EXE`: the path every upgrade executes, when set (see `exe.rs`).
+    pub exe: Option<OsString>,
     /// How long a stopping generation may drain before it exits anyway.
     pub drain_timeout: Duration,
     /// How long a new generation has to report ready.
@@ -197,7 +201,10 @@ impl Config {
                 }
             }
         }
+        let spawn = crate::spawn::Method::parse(get(crate::spawn::SPAWN_VAR).as_deref())?;
         Ok(Config {
+            spawn,
+            exe: get(crate::exe::ENV_EXE),
             drain_timeout,
             ready_timeout,
             upgrade_signal,

@@ -126,24 +126,28 @@ impl Reply {
     }
 }
 
-/// Control connections being served, process-wide.
-static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+/// How many control connections a server is serving.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Activity(Arc<AtomicUsize>);
 
-/// Waits (up to `limit`) until no control connection is being served. Called when `main` has
-/// returned: the `upgrade` request that replaced this generation gets its reply before the
-/// process exits.
-pub(crate) fn wait_idle(limit: Duration) {
-    let deadline = Instant::now() + limit;
-    while ACTIVE.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(2));
+impl Activity {
+    /// Waits (up to `limit`) until no control connection is being served. Called when `main`
+    /// has returned: the `upgrade` request that replaced this generation gets its reply before
+    /// the process exits.
+    pub(crate) fn wait_idle(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.0.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 }
 
 /// What a server does with one request line; returns the reply.
 pub(crate) type Handler = Arc<dyn Fn(&str) -> Reply + Send + Sync>;
 
-/// Binds `@hotexec/<our pid-ns>/<our pid>` and serves it on a thread of its own.
-pub(crate) fn start(handler: Handler) -> io::Result<()> {
+/// Binds `@hotexec/<our pid-ns>/<our pid>` and serves it on a thread of its own, counting the
+/// connections in service in `activity`.
+pub(crate) fn start(handler: Handler, activity: Activity) -> io::Result<()> {
     let pid = std::process::id();
     let addr = SocketAddr::from_abstract_name(name(pid).as_bytes())?;
     // std creates the socket with SOCK_CLOEXEC: it never crosses an execve.
@@ -167,20 +171,24 @@ pub(crate) fn start(handler: Handler) -> io::Result<()> {
                         continue;
                     }
                 };
-                if ACTIVE.fetch_add(1, Ordering::SeqCst) >= MAX_ACTIVE {
-                    ACTIVE.fetch_sub(1, Ordering::SeqCst);
+                let active = activity.0.clone();
+                if active.fetch_add(1, Ordering::SeqCst) >= MAX_ACTIVE {
+                    active.fetch_sub(1, Ordering::SeqCst);
                     let _ = reply(&conn, &Reply::error("busy", "too many control connections"));
                     continue;
                 }
                 let h = handler.clone();
                 let spawned = std::thread::Builder::new()
                     .name("hotexec-control-conn".into())
-                    .spawn(move || {
-                        serve(conn, &h);
-                        ACTIVE.fetch_sub(1, Ordering::SeqCst);
+                    .spawn({
+                        let active = active.clone();
+                        move || {
+                            serve(conn, &h);
+                            active.fetch_sub(1, Ordering::SeqCst);
+                        }
                     });
                 if let Err(e) = spawned {
-                    ACTIVE.fetch_sub(1, Ordering::SeqCst);
+                    active.fetch_sub(1, Ordering::SeqCst);
                     tracing::warn!("control socket: cannot start a thread: {e}");
                 }
             }
@@ -456,14 +464,17 @@ mod tests {
     /// unreachable.
     #[test]
     fn request_and_reply_over_a_real_socket() {
-        start(Arc::new(|req| match req {
-            "upgrade" => Reply::Ok(4242),
-            "slow" => {
-                std::thread::sleep(Duration::from_millis(800));
-                Reply::Ok(1)
-            }
-            other => Reply::error("bad-request", other),
-        }))
+        start(
+            Arc::new(|req| match req {
+                "upgrade" => Reply::Ok(4242),
+                "slow" => {
+                    std::thread::sleep(Duration::from_millis(800));
+                    Reply::Ok(1)
+                }
+                other => Reply::error("bad-request", other),
+            }),
+            Activity::default(),
+        )
         .unwrap();
         let me = std::process::id();
         assert_eq!(

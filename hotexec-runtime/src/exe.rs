@@ -25,8 +25,9 @@ use std::path::{Path, PathBuf};
 /// started by.
 pub(crate) const ENV_EXE: &str = "HOTEXEC_EXE";
 
-/// The path upgrades execute (see the module docs), resolved at start.
-pub(crate) fn resolve_at_start() -> io::Result<PathBuf> {
+/// The path upgrades execute (see the module docs), resolved at start; `configured`: the value
+/// of `HOTEXEC_EXE` (read with the other options, see `config.rs`).
+pub(crate) fn resolve_at_start(configured: Option<&OsStr>) -> io::Result<PathBuf> {
     let cwd = std::env::current_dir();
     let absolute = |p: &Path| -> Option<PathBuf> {
         if p.is_absolute() {
@@ -36,8 +37,8 @@ pub(crate) fn resolve_at_start() -> io::Result<PathBuf> {
         // would be wrong across a symlink).
         cwd.as_ref().ok().map(|d| d.join(p).components().collect())
     };
-    if let Some(v) = std::env::var_os(ENV_EXE).filter(|v| !v.is_empty()) {
-        return absolute(Path::new(&v)).ok_or_else(|| {
+    if let Some(v) = configured.filter(|v| !v.is_empty()) {
+        return absolute(Path::new(v)).ok_or_else(|| {
             io::Error::other(format!(
                 "{ENV_EXE}={v:?} is relative and the current directory is unknown"
             ))
@@ -124,7 +125,7 @@ mod tests {
 
     #[test]
     fn this_test_binary_resolves_to_a_path_of_itself() {
-        let p = resolve_at_start().unwrap();
+        let p = resolve_at_start(None).unwrap();
         assert!(p.is_absolute(), "{}", p.display());
         let a = std::fs::metadata(&p).unwrap();
         let b = std::fs::metadata("/proc/self/exe").unwrap();

@@ -1,113 +1,15 @@
-//! Start-up: taking the protocol variables out of the environment, and adopting the inherited
-//! fds they describe after checking each one.
+//! Adopting the inherited fds the hand-over describes (see `startup.rs`, which read it), after
+//! checking each one, and matching them to the declared listeners (see `activation.rs`).
 
+use std::collections::HashMap;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::Mutex;
 
 use crate::activation::{self, Found, Source, Wanted};
 use crate::config::ListenDecl;
-use crate::protocol::{self, Handover, Parsed, Snapshot};
+use crate::handover::{self as protocol, Handover, Parsed, ProtocolError};
 use crate::socket::{self, SocketInfo};
+use crate::startup::{FileId, identity};
 use crate::syntax::ListenAddr;
-
-/// Filled by the constructor below, before `main`.
-static SNAPSHOT: Mutex<Option<Snapshot>> = Mutex::new(None);
-/// `HOTEXEC_OWNED_FDNAMES` of the hand-over meant for this process.
-static OWNED: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-/// Whether the inherited Unix listener `name` was bound by a hotexec generation (so its path is
-/// ours to remove on a final stop) rather than by a socket activator.
-pub(crate) fn path_is_owned(name: &str) -> bool {
-    OWNED
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .any(|n| n == name)
-}
-
-/// Identity (`st_dev`, `st_ino`) of each fd the hand-over names, as found before `main`; `None`
-/// when the number was not open then. `adopt` only takes an fd that is still that same file: a
-/// number that was closed at exec and then reused by the application's `init` (a log file, a
-/// metrics socket) was not received from the parent and is never adopted, nor closed.
-static AT_START: Mutex<Vec<(RawFd, Option<FileId>)>> = Mutex::new(Vec::new());
-
-/// `(st_dev, st_ino)`: which open file an fd number refers to.
-type FileId = (libc::dev_t, libc::ino_t);
-
-fn identity(fd: RawFd) -> Option<FileId> {
-    // SAFETY: fstat on a number only reads its metadata; EBADF when it is not open.
-    let b = unsafe { BorrowedFd::borrow_raw(fd) };
-    nix::sys::stat::fstat(b)
-        .ok()
-        .map(|st| (st.st_dev, st.st_ino))
-}
-
-/// Takes the protocol variables out of the environment and, if they are meant for this process,
-/// marks the fds they name CLOEXEC, so no child the application spawns can inherit either.
-///
-/// Runs as a constructor, before `main` and so before any thread exists: the only moment
-/// `remove_var` is sound, and earlier than any code of the application could spawn a child.
-#[ctor::ctor]
-fn scrub_at_start() {
-    // SAFETY: constructors run before `main`, on the only thread of the process.
-    let snap = unsafe { take_from_env() };
-    *SNAPSHOT.lock().unwrap_or_else(|p| p.into_inner()) = Some(snap);
-}
-
-/// # Safety
-/// Mutates the environment: no other thread may be reading or writing it.
-unsafe fn take_from_env() -> Snapshot {
-    let get = |k| std::env::var_os(k);
-    let snap = Snapshot {
-        listen_pid: get(protocol::LISTEN_PID),
-        listen_fds: get(protocol::LISTEN_FDS),
-        listen_fdnames: get(protocol::LISTEN_FDNAMES),
-        ready_fd: get(protocol::READY_FD),
-        activated_fds: get(protocol::ACTIVATED_FDS),
-    };
-    let parsed = snap.parse(std::process::id());
-    let for_us = matches!(parsed, Ok(Parsed::ForUs(_)));
-    let upgraded = matches!(&parsed, Ok(Parsed::ForUs(h)) if h.ready_fd.is_some());
-    // SAFETY: guaranteed by the caller.
-    unsafe { crate::notify::take_from_env(upgraded) };
-    let owned = get(protocol::OWNED_FDNAMES).filter(|_| for_us);
-    *OWNED.lock().unwrap_or_else(|p| p.into_inner()) = owned
-        .and_then(|v| v.into_string().ok())
-        .map(|v| {
-            v.split(':')
-                .filter(|n| !n.is_empty())
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default();
-    for var in protocol::ALL {
-        // SAFETY: guaranteed by the caller.
-        unsafe { std::env::remove_var(var) };
-    }
-    if let Ok(Parsed::ForUs(h)) = parsed {
-        let mut at_start = AT_START.lock().unwrap_or_else(|p| p.into_inner());
-        for fd in h.fds.iter().map(|(fd, _)| *fd).chain(h.ready_fd) {
-            at_start.push((fd, identity(fd)));
-            // SAFETY: F_SETFD on a number we do not own is harmless: it fails with EBADF when
-            // closed, and otherwise only sets the close-on-exec flag the fd must have anyway.
-            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-        }
-    }
-    snap
-}
-
-/// The variables as they were at start. If the constructor was stripped by the linker, they are
-/// taken now (the runtime calls this first thing in `main`, before it starts any thread).
-pub(crate) fn snapshot() -> Snapshot {
-    let mut guard = SNAPSHOT.lock().unwrap_or_else(|p| p.into_inner());
-    guard
-        .get_or_insert_with(|| {
-            // SAFETY: called at the top of the generated `main`, before the runtime or the
-            // application start threads.
-            unsafe { take_from_env() }
-        })
-        .clone()
-}
 
 /// An inherited socket, checked.
 pub(crate) struct Inherited {
@@ -132,9 +34,13 @@ pub(crate) struct Adoption {
 /// `activation.rs`). A malformed variable, an fd that is closed, not a socket, or not a listener
 /// of the declared kind, or a service manager's socket that no declaration can be matched with,
 /// is an error that names it; nothing is adopted then.
-pub(crate) fn adopt(snap: &Snapshot, decls: &[ListenDecl]) -> Result<Adoption, String> {
+pub(crate) fn adopt(
+    handover: &Result<Parsed, ProtocolError>,
+    at_start: &[(RawFd, Option<FileId>)],
+    decls: &[ListenDecl],
+) -> Result<Adoption, String> {
     let mut notes = Vec::new();
-    let handover = match snap.parse(std::process::id()).map_err(|e| e.to_string())? {
+    let handover = match handover.clone().map_err(|e| e.to_string())? {
         Parsed::Absent => Handover {
             fds: Vec::new(),
             ready_fd: None,
@@ -156,12 +62,7 @@ pub(crate) fn adopt(snap: &Snapshot, decls: &[ListenDecl]) -> Result<Adoption, S
         unsafe { BorrowedFd::borrow_raw(fd) }
     };
     // Only numbers that were open before `main`, and still are the same file.
-    let at_start: std::collections::HashMap<RawFd, Option<FileId>> = AT_START
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .copied()
-        .collect();
+    let at_start: HashMap<RawFd, Option<FileId>> = at_start.iter().copied().collect();
     let received = |fd: RawFd, what: String| -> Result<(), String> {
         match at_start.get(&fd).map(|id| (fd, *id)) {
             Some((_, None)) => Err(format!(

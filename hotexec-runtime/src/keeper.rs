@@ -25,130 +25,71 @@
 //! reach the server). `HOTEXEC_KEEPER=0` turns it off.
 
 use std::ffi::OsString;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
-use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, sockopt};
+use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use crate::config::Config;
 use crate::control::{self, Reply};
-use crate::protocol::{
-    ACTIVATED_FDS, EXEC_FAILED, FDS_START, KEEPER_FD, KEEPER_RELOADING, KEEPER_SERVING,
-    KEEPER_STOPPING, KEEPER_UPGRADE_FAILED, Parsed, READY, Snapshot,
-};
-use crate::{notify, pidfile, signals, spawn};
+use crate::handover::{ACTIVATED_FDS, FDS_START, Parsed, ProtocolError};
+use crate::notify::Notifier;
+use crate::readiness::{PipeReader, Said};
+use crate::{pidfile, signals, spawn};
 
-/// The channel to the keeper, when this process is a generation under one.
-static CHANNEL: OnceLock<OwnedFd> = OnceLock::new();
-/// Why `HOTEXEC_KEEPER_FD` was refused, if it was.
-static REFUSED: Mutex<Option<String>> = Mutex::new(None);
-static TAKEN: Once = Once::new();
+/// Message a generation sends to the keeper when it hands over: `serving <new pid>`. The keeper
+/// forwards signals to the new generation from then on, and, as the service's main pid, tells
+/// the service manager `READY=1`.
+const SERVING: &str = "serving";
+/// An upgrade starts (the keeper says `RELOADING=1` to the service manager).
+const RELOADING: &str = "reloading";
+/// An upgrade failed and the generation serves on (the keeper says `READY=1`).
+const UPGRADE_FAILED: &str = "upgrade-failed";
+/// The generation begins a final stop (the keeper says `STOPPING=1`).
+const STOPPING: &str = "stopping";
 
-/// Takes `HOTEXEC_KEEPER_FD` out of the environment before `main` (so nothing the application
-/// spawns sees it) and adopts the fd it names, close-on-exec.
-#[ctor::ctor]
-fn take_at_start() {
-    // SAFETY: constructors run before `main`, on the only thread of the process.
-    unsafe { take() };
-}
+/// A generation's channel to its keeper (`HOTEXEC_KEEPER_FD`, adopted in `startup.rs`).
+#[derive(Debug)]
+pub(crate) struct KeeperChannel(OwnedFd);
 
-/// # Safety
-/// Mutates the environment: no other thread may be reading or writing it.
-unsafe fn take() {
-    TAKEN.call_once(|| {
-        let Some(value) = std::env::var_os(KEEPER_FD) else {
-            return;
-        };
-        // SAFETY: guaranteed by the caller.
-        unsafe { std::env::remove_var(KEEPER_FD) };
-        match adopt(&value) {
-            Ok(fd) => {
-                let _ = CHANNEL.set(fd);
-            }
-            Err(e) => *REFUSED.lock().unwrap_or_else(|p| p.into_inner()) = Some(e),
-        }
-    });
-}
-
-/// Checks that `value` names an open `SOCK_SEQPACKET` socket, and owns it.
-fn adopt(value: &OsString) -> Result<OwnedFd, String> {
-    let refuse = |why: String| format!("{KEEPER_FD}={value:?} refused: {why}");
-    let fd: RawFd = value
-        .to_str()
-        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| refuse("expected a decimal fd number".into()))?;
-    if fd < FDS_START {
-        return Err(refuse(
-            "not a usable fd number (it must be 3 or more)".into(),
-        ));
+impl KeeperChannel {
+    pub(crate) fn new(fd: OwnedFd) -> KeeperChannel {
+        KeeperChannel(fd)
     }
-    // SAFETY: only inspected with getsockopt while nothing in this process owns the number;
-    // EBADF is reported as "not open".
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    match socket::getsockopt(&borrowed, sockopt::SockType) {
-        Ok(SockType::SeqPacket) => {}
-        Ok(other) => {
-            return Err(refuse(format!(
-                "fd {fd} is a {other:?} socket, not the keeper's SOCK_SEQPACKET channel"
-            )));
-        }
-        Err(e) => {
-            return Err(refuse(format!(
-                "fd {fd} is not an open socket ({})",
-                e.desc()
-            )));
-        }
+
+    /// To pass to the next generation.
+    pub(crate) fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
     }
-    // SAFETY: checked open above; the variable hands it to this process, and nothing else in it
-    // has taken this number (it is above the listening fds and the readiness pipe).
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    crate::socket::set_cloexec(fd.as_fd()).map_err(|e| refuse(e.to_string()))?;
-    Ok(fd)
-}
 
-/// The channel to the keeper, to pass to the next generation.
-pub(crate) fn channel() -> Option<BorrowedFd<'static>> {
-    CHANNEL.get().map(|fd| fd.as_fd())
-}
+    /// `new_pid` serves now (told by the old generation once the new one is ready, or by an
+    /// orphaned generation that takes over).
+    pub(crate) fn serving(&self, new_pid: u32) {
+        self.tell(&format!("{SERVING} {new_pid}"));
+    }
 
-/// Tells the keeper that `new_pid` serves now (called by the old generation once the new one is
-/// ready, before it drains). Without a keeper, nothing.
-pub(crate) fn handed_over(new_pid: u32) {
-    tell(&format!("{KEEPER_SERVING} {new_pid}"));
-}
+    pub(crate) fn reloading(&self) {
+        self.tell(RELOADING);
+    }
 
-/// Tells the keeper that an upgrade starts. Without a keeper, nothing.
-pub(crate) fn reloading() {
-    tell(KEEPER_RELOADING);
-}
+    pub(crate) fn upgrade_failed(&self) {
+        self.tell(UPGRADE_FAILED);
+    }
 
-/// Tells the keeper that an upgrade failed and this generation serves on.
-pub(crate) fn upgrade_failed() {
-    tell(KEEPER_UPGRADE_FAILED);
-}
+    pub(crate) fn stopping(&self) {
+        self.tell(STOPPING);
+    }
 
-/// Tells the keeper that this generation begins a final stop.
-pub(crate) fn stopping() {
-    tell(KEEPER_STOPPING);
-}
-
-/// One message on the keeper channel, if this process is a generation under a keeper.
-fn tell(msg: &str) {
-    if let Some(fd) = CHANNEL.get() {
-        if let Err(e) = socket::send(
-            std::os::fd::AsRawFd::as_raw_fd(fd),
-            msg.as_bytes(),
-            MsgFlags::MSG_NOSIGNAL,
-        ) {
+    fn tell(&self, msg: &str) {
+        if let Err(e) = socket::send(self.0.as_raw_fd(), msg.as_bytes(), MsgFlags::MSG_NOSIGNAL) {
             tracing::error!("could not tell the keeper {msg:?}: {}", e.desc());
         }
     }
@@ -165,33 +106,28 @@ pub(crate) enum Role {
     Generation,
 }
 
-/// Decides the role, first thing in `run`.
-pub(crate) fn role(config: &Config, snap: &Snapshot) -> Result<Role, String> {
-    // SAFETY: called at the top of the generated `main`, before the runtime or the application
-    // start threads (normally the constructor already did it and this does nothing).
-    unsafe { take() };
-    if let Some(e) = REFUSED.lock().unwrap_or_else(|p| p.into_inner()).take() {
-        return Err(e);
-    }
-    if CHANNEL.get().is_some() {
-        return Ok(Role::Generation);
+/// Decides the role, first thing in `run`: `has_channel`: `HOTEXEC_KEEPER_FD` was given;
+/// `started_by_upgrade`: the hand-over came with a readiness pipe.
+pub(crate) fn role(config: &Config, has_channel: bool, started_by_upgrade: bool) -> Role {
+    if has_channel {
+        return Role::Generation;
     }
     let wanted = match config.keeper {
         Some(on) => on,
         None => foreground_of_a_terminal(),
     };
     if !wanted {
-        return Ok(Role::Plain);
+        return Role::Plain;
     }
-    if snap.ready_fd.is_some() {
+    if started_by_upgrade {
         // Started by an upgrade from a process without a keeper: the supervisor tracks the old
         // pid already, and a keeper cannot be put in between now.
         tracing::warn!(
             "keeper mode is on, but this process was started by an upgrade from a process without a keeper: it serves directly; the keeper starts with the next fresh start"
         );
-        return Ok(Role::Plain);
+        return Role::Plain;
     }
-    Ok(Role::Keeper)
+    Role::Keeper
 }
 
 fn foreground_of_a_terminal() -> bool {
@@ -210,7 +146,13 @@ fn exit_code(status: WaitStatus) -> i32 {
 
 /// Becomes the keeper: starts generation 1, then forwards signals, relays control requests and
 /// reaps every generation until the serving one exits with no successor. Never returns.
-pub(crate) fn run(config: Config, snap: &Snapshot, exe: PathBuf, argv: Vec<OsString>) -> ! {
+pub(crate) fn run(
+    config: Config,
+    handover: &Result<Parsed, ProtocolError>,
+    notifier: Notifier,
+    exe: PathBuf,
+    argv: Vec<OsString>,
+) -> ! {
     let pid = std::process::id();
     let span = tracing::info_span!("keeper", pid);
     let _enter = span.enter();
@@ -250,8 +192,8 @@ pub(crate) fn run(config: Config, snap: &Snapshot, exe: PathBuf, argv: Vec<OsStr
 
     // Sockets handed to the keeper itself (systemd socket activation) go on to generation 1.
     let mut passed: Vec<(OwnedFd, String)> = Vec::new();
-    if let Ok(Parsed::ForUs(h)) = snap.parse(pid) {
-        for (fd, name) in h.fds {
+    if let Ok(Parsed::ForUs(h)) = handover {
+        for (fd, name) in h.fds.iter().cloned() {
             // SAFETY: F_GETFD only reads the flags of a number; a closed one gives -1.
             if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
                 tracing::warn!(fd, "inherited fd is not open: not passed on");
@@ -270,6 +212,7 @@ pub(crate) fn run(config: Config, snap: &Snapshot, exe: PathBuf, argv: Vec<OsStr
     let extra = spawn::Extra {
         keeper: Some(theirs.as_fd()),
         handoff: None,
+        link: None,
         new_group: true,
         upgrade_signal: Some(config.upgrade_signal),
     };
@@ -281,20 +224,16 @@ pub(crate) fn run(config: Config, snap: &Snapshot, exe: PathBuf, argv: Vec<OsStr
         .map(|fd| fd.to_string())
         .collect();
     let env = [(ACTIVATED_FDS, OsString::from(activated.join(":")))];
-    let child = spawn::spawn(&exe, &argv, &fds, &names, &env, extra).unwrap_or_else(|e| {
-        fatal(format!(
-            "cannot start generation 1 ({}): {e}",
-            exe.display()
-        ))
-    });
+    let child =
+        spawn::spawn(config.spawn, &exe, &argv, &fds, &names, &env, extra).unwrap_or_else(|e| {
+            fatal(format!(
+                "cannot start generation 1 ({}): {e}",
+                exe.display()
+            ))
+        });
     drop(fds);
     drop(passed);
     drop(theirs);
-    // Read only when there is something: the keeper's loop must never block on it.
-    let _ = nix::fcntl::fcntl(
-        &child.ready_r,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-    );
     tracing::info!(
         generation = child.pid.as_raw(),
         "keeper: started generation 1"
@@ -313,7 +252,7 @@ pub(crate) fn run(config: Config, snap: &Snapshot, exe: PathBuf, argv: Vec<OsStr
             ),
         }
     });
-    if let Err(e) = control::start(relay) {
+    if let Err(e) = control::start(relay, control::Activity::default()) {
         tracing::warn!("keeper: no control socket ({e}); signals still work");
     }
     // Once signals are handled and the control socket is up: whoever reads it can upgrade.
@@ -324,7 +263,8 @@ pub(crate) fn run(config: Config, snap: &Snapshot, exe: PathBuf, argv: Vec<OsStr
     Keeper {
         serving,
         channel: Some(mine),
-        ready: Some(child.ready_r),
+        ready: Some(PipeReader::new(child.ready_r)),
+        notifier,
         sig_r,
         forwarded,
         upgrade_signal: config.upgrade_signal,
@@ -339,7 +279,9 @@ pub(crate) fn run(config: Config, snap: &Snapshot, exe: PathBuf, argv: Vec<OsStr
 struct Keeper {
     serving: Arc<AtomicI32>,
     channel: Option<OwnedFd>,
-    ready: Option<OwnedFd>,
+    ready: Option<PipeReader>,
+    /// The keeper is the main pid: it speaks to the service manager for the generations.
+    notifier: Notifier,
     sig_r: OwnedFd,
     forwarded: Vec<Signal>,
     upgrade_signal: Signal,
@@ -363,8 +305,8 @@ impl Keeper {
             if let Some(c) = &self.channel {
                 fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
             }
-            if let Some(r) = &self.ready {
-                fds.push(PollFd::new(r.as_fd(), PollFlags::POLLIN));
+            if let Some(r) = self.ready.as_ref().and_then(PipeReader::as_fd) {
+                fds.push(PollFd::new(r, PollFlags::POLLIN));
             }
             match poll(&mut fds, PollTimeout::from(200u16)) {
                 Ok(_) | Err(Errno::EINTR) => {}
@@ -491,22 +433,22 @@ impl Keeper {
                     // The keeper is the service's main pid: it speaks to the service manager
                     // for the generations, which never send MAINPID (see notify.rs).
                     match msg.as_ref() {
-                        KEEPER_RELOADING => {
-                            notify::reloading();
+                        RELOADING => {
+                            self.notifier.reloading();
                             continue;
                         }
-                        KEEPER_UPGRADE_FAILED => {
-                            notify::upgrade_failed();
+                        UPGRADE_FAILED => {
+                            self.notifier.ready_again();
                             continue;
                         }
-                        KEEPER_STOPPING => {
-                            notify::stopping();
+                        STOPPING => {
+                            self.notifier.stopping();
                             continue;
                         }
                         _ => {}
                     }
                     match msg
-                        .strip_prefix(KEEPER_SERVING)
+                        .strip_prefix(SERVING)
                         .and_then(|r| r.trim().parse::<i32>().ok())
                         .filter(|p| *p > 0)
                     {
@@ -523,7 +465,7 @@ impl Keeper {
                                 new_generation = new,
                                 "keeper: a new generation serves"
                             );
-                            notify::serving_again();
+                            self.notifier.ready_again();
                         }
                         None => {
                             tracing::warn!(message = %msg, "keeper: unknown message on the keeper channel")
@@ -539,17 +481,22 @@ impl Keeper {
     /// Generation 1's readiness (or exec failure): for the log, and `READY=1` to the service
     /// manager.
     fn read_ready(&mut self) {
-        let Some(r) = &self.ready else { return };
-        let mut buf = [0u8; 5];
-        match nix::unistd::read(r, &mut buf) {
-            Ok(n) if n > 0 && buf[0] == READY => {
+        let Some(r) = &mut self.ready else { return };
+        let said = r.read();
+        let Some(first) = said.first().copied() else {
+            return;
+        };
+        // What generation 1 says after it is ready is for a previous generation, and it has
+        // none: the pipe is closed once its readiness is known.
+        self.ready = None;
+        match first {
+            Said::Ready => {
                 tracing::info!(
                     generation = self.serving.load(Ordering::SeqCst),
                     "keeper: generation 1 is ready"
                 );
                 // The keeper is the main pid: its READY=1 is the service's.
-                notify::ready();
-                self.ready = None;
+                self.notifier.ready();
                 if std::mem::take(&mut self.held) {
                     let target = self.serving.load(Ordering::SeqCst);
                     tracing::info!(signal = %self.upgrade_signal, generation = target, "keeper: forwarding the upgrade signal held until generation 1 was ready");
@@ -562,20 +509,14 @@ impl Keeper {
                     }
                 }
             }
-            Ok(5) if buf[0] == EXEC_FAILED => {
-                let errno = i32::from_ne_bytes([buf[1], buf[2], buf[3], buf[4]]);
+            Said::ExecFailed(errno) => {
                 tracing::error!(
                     "keeper: could not execute generation 1: {}",
                     Errno::from_raw(errno).desc()
                 );
-                self.ready = None;
                 self.held = false;
             }
-            Err(Errno::EAGAIN) | Err(Errno::EINTR) => {}
-            _ => {
-                self.ready = None;
-                self.held = false;
-            }
+            _ => self.held = false,
         }
     }
 }
@@ -592,18 +533,5 @@ mod tests {
             exit_code(WaitStatus::Signaled(p, Signal::SIGKILL, false)),
             137
         );
-    }
-
-    #[test]
-    fn the_channel_variable_is_checked() {
-        for bad in ["", "x", "-1", "1", "99999"] {
-            let e = adopt(&OsString::from(bad)).unwrap_err();
-            assert!(e.starts_with(KEEPER_FD), "{e}");
-        }
-        // A pipe is not the keeper's channel.
-        let (r, _w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
-        let n = std::os::fd::AsRawFd::as_raw_fd(&r);
-        let e = adopt(&OsString::from(n.to_string())).unwrap_err();
-        assert!(e.contains("not an open socket"), "{e}");
     }
 }

@@ -1,14 +1,17 @@
 //! The runtime behind `#[hotexec::main]`: adoption of inherited listeners, signal handling, the
 //! readiness-gated upgrade and draining. Users depend on the `hotexec` facade, not on this crate.
 //!
-//! Where to look: [`protocol`] (the hand-over between generations), `inherit.rs` (start-up
-//! checks), `activation.rs` (which inherited socket serves which listener, and which came from
-//! a service manager), `exe.rs` (what an upgrade executes), `spawn.rs` (fork/exec of the new generation), `limits.rs` (the kernel limits an upgrade must fit), `upgrade.rs` (the supervisor and its
-//! state machine), `keeper.rs` (keeper mode), [`control`] (the control socket), `trigger.rs`
-//! (`upgrade()` and the control handler of a generation), [`handoff`] (established connections
-//! passed to the new generation), `drain.rs` (the
-//! drain deadline), `ready.rs`, `notify.rs` (`sd_notify` to the service manager, and from a new
-//! generation), `pidfile.rs`, `signals.rs`.
+//! Where to look, by what happens when:
+//!
+//! | when | files |
+//! |---|---|
+//! | before `main` | `startup.rs` (the one constructor: every hand-over variable, read once), [`handover`] (the variables and their parser) |
+//! | at start | `start.rs` (the sequence), `config.rs` (options and their environment overrides), `inherit.rs` (checks every inherited fd), `activation.rs` (which socket serves which listener), `socket.rs`, `listeners.rs`, `generation.rs` (this generation as the app sees it: number, carried state, readiness holds) |
+//! | while serving | `supervisor/` (the thread: `machine.rs` decides, `mod.rs` does, `spawn_next.rs` starts the next generation), `signals.rs`, [`control`] (the control socket), `upgrade.rs` (`upgrade()`, `ready()`) |
+//! | at an upgrade | `exe.rs` (what is executed), `limits.rs` (kernel limits), `spawn.rs` (clone/exec), `readiness.rs` (the readiness pipe, both ends), `link.rs` (the generation link: lineage, carried state, a stop passed on), [`handoff`] (established connections), `notify.rs` (`sd_notify`, both ways) |
+//! | every lifecycle event | `announce.rs` (log, pid file, service manager, keeper, previous generation: one place) |
+//! | draining and stopping | `shutdown.rs` (the app's `Shutdown`), `deadline.rs` (the drain deadline), `pidfile.rs` |
+//! | keeper mode | `keeper.rs` |
 //!
 //! Without the default `process` feature only [`syntax`] is built: the grammar that
 //! `hotexec-macros` checks literals with at compile time.
@@ -21,15 +24,19 @@ pub mod syntax;
 #[cfg(feature = "process")]
 mod activation;
 #[cfg(feature = "process")]
+mod announce;
+#[cfg(feature = "process")]
 mod config;
 #[cfg(feature = "process")]
 pub mod control;
 #[cfg(feature = "process")]
-mod drain;
+mod deadline;
 #[cfg(feature = "process")]
 mod error;
 #[cfg(feature = "process")]
 mod exe;
+#[cfg(feature = "process")]
+mod generation;
 #[cfg(feature = "process")]
 pub mod handoff;
 #[cfg(feature = "process")]
@@ -38,6 +45,8 @@ mod inherit;
 mod keeper;
 #[cfg(feature = "process")]
 mod limits;
+#[cfg(feature = "process")]
+mod link;
 #[cfg(feature = "process")]
 mod listeners;
 #[cfg(feature = "process")]
@@ -48,9 +57,7 @@ pub mod pidfile;
 #[doc(hidden)]
 pub mod private;
 #[cfg(feature = "process")]
-pub mod protocol;
-#[cfg(feature = "process")]
-mod ready;
+mod readiness;
 #[cfg(feature = "process")]
 mod shutdown;
 #[cfg(feature = "process")]
@@ -62,9 +69,16 @@ mod spawn;
 #[cfg(feature = "process")]
 mod start;
 #[cfg(feature = "process")]
-mod trigger;
+mod startup;
+#[cfg(feature = "process")]
+mod supervisor;
 #[cfg(feature = "process")]
 mod upgrade;
+// The hand-over's variables and parser: for the fuzzers and tools that speak the protocol,
+// not an API an application calls.
+#[cfg(feature = "process")]
+#[doc(hidden)]
+pub mod handover;
 
 #[cfg(feature = "process")]
 pub use crate::{
@@ -73,8 +87,8 @@ pub use crate::{
         ENV_LISTEN_PREFIX, ENV_PID_FILE, ENV_READY_TIMEOUT, ENV_UPGRADE_SIGNAL,
     },
     error::UpgradeError,
+    generation::{Carried, ReadyHold},
     listeners::Listeners,
-    ready::ready,
     shutdown::{Shutdown, ShutdownReason},
-    trigger::upgrade,
+    upgrade::{ready, upgrade},
 };

@@ -18,7 +18,7 @@
 use std::ffi::{CStr, CString};
 use std::fmt;
 
-use crate::protocol::{self, FDS_START};
+use crate::handover::{self as protocol, FDS_START};
 
 /// `MAX_ARG_STRLEN` of Linux: `32 * PAGE_SIZE`, the terminating NUL included.
 pub(crate) fn max_arg_strlen() -> usize {
@@ -123,10 +123,11 @@ impl fmt::Display for LimitError {
                 f,
                 "RLIMIT_NOFILE is {limit}: the new generation must be handed {count} fds ({listeners} listeners, {}), and placing them needs {count} free fd numbers from {from} below that limit, but only {free} are free; {RAISE}",
                 match count - listeners {
-                    0 | 1 => "the readiness pipe",
-                    2 => "the readiness pipe and the connection hand-off or keeper channel",
-                    _ =>
-                        "the readiness pipe, the keeper channel and the connection hand-off channel",
+                    0 | 1 => "the readiness pipe".to_string(),
+                    n => format!(
+                        "the readiness pipe and {} of hotexec's channels: keeper, connection hand-off, generation link",
+                        n - 1
+                    ),
                 }
             ),
         }

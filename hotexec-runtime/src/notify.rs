@@ -15,7 +15,7 @@
 //!
 //! **In keeper mode** the keeper is the main pid for the whole life of the service: the
 //! generations send none of the above (they tell the keeper on its channel, see
-//! [`crate::protocol::KEEPER_SERVING`]), and the keeper sends `READY=1` when generation 1 is
+//! `keeper.rs`), and the keeper sends `READY=1` when generation 1 is
 //! ready, `RELOADING=1` when an upgrade starts, `READY=1` when a new generation serves or the
 //! upgrade failed, `STOPPING=1` at a final stop. No message moves `MAINPID` away from it.
 //!
@@ -25,7 +25,7 @@
 //! pid counts as ready, exactly like the hotexec readiness pipe; so any program that reads
 //! `LISTEN_FDS` and calls `sd_notify("READY=1")` can be the new generation. A hotexec new
 //! generation uses the pipe, and restores the real `NOTIFY_SOCKET` from
-//! `HOTEXEC_NOTIFY_SOCKET` before `main` (see [`crate::protocol`]).
+//! `HOTEXEC_NOTIFY_SOCKET` before `main` (see `startup.rs`).
 
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -39,54 +39,7 @@ use nix::sys::socket::{
     self, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr, sockopt,
 };
 
-use crate::protocol;
-
-/// The service manager's socket, as found at start (`None`: not run under a notifying manager).
-static TARGET: Mutex<Option<OsString>> = Mutex::new(None);
-/// `READY=1` of a fresh start is sent once.
-static SENT_READY: AtomicBool = AtomicBool::new(false);
-/// This process is a generation under a keeper, which is the main pid and speaks for it.
-static KEEPER_IS_MAIN: AtomicBool = AtomicBool::new(false);
-
-/// This process is a generation under a keeper: from now on it sends nothing to the service
-/// manager itself (the application's own `NOTIFY_SOCKET` is left as it is).
-pub(crate) fn keeper_is_main_pid() {
-    KEEPER_IS_MAIN.store(true, Ordering::SeqCst);
-}
-
-/// Reads `NOTIFY_SOCKET` (and, in the new generation of an upgrade, the real one from
-/// `HOTEXEC_NOTIFY_SOCKET`, which is put back as `NOTIFY_SOCKET` for the application).
-///
-/// # Safety
-/// Mutates the environment: no other thread may be reading or writing it (called from the
-/// start-up constructor, see `inherit.rs`).
-pub(crate) unsafe fn take_from_env(upgraded: bool) {
-    let upstream = std::env::var_os(protocol::UPSTREAM_NOTIFY_SOCKET);
-    let target = match upstream {
-        Some(real) if upgraded => {
-            // SAFETY: guaranteed by the caller.
-            unsafe {
-                if real.is_empty() {
-                    std::env::remove_var(protocol::NOTIFY_SOCKET);
-                } else {
-                    std::env::set_var(protocol::NOTIFY_SOCKET, &real);
-                }
-            }
-            Some(real)
-        }
-        _ => std::env::var_os(protocol::NOTIFY_SOCKET),
-    };
-    *TARGET.lock().unwrap_or_else(|p| p.into_inner()) = target.filter(|t| !t.is_empty());
-}
-
-/// The real `NOTIFY_SOCKET` ("" when there is none), for `HOTEXEC_NOTIFY_SOCKET`.
-pub(crate) fn upstream() -> OsString {
-    TARGET
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-        .unwrap_or_default()
-}
+use crate::handover as protocol;
 
 /// Sends one datagram to `addr` in the `NOTIFY_SOCKET` syntax: an absolute path, or `@name` for
 /// an abstract address.
@@ -114,56 +67,80 @@ pub fn send_to(addr: &OsStr, state: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Sends `state` to the service manager, if there is one. A failure is logged, never fatal: the
-/// server serves whether or not its manager hears about it.
-fn notify(state: &str) {
-    if KEEPER_IS_MAIN.load(Ordering::SeqCst) {
-        return;
-    }
-    let target = TARGET.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    if let Some(addr) = target {
-        match send_to(&addr, state) {
-            Ok(()) => tracing::debug!(state = %state.replace('\n', " "), "sd_notify"),
-            Err(e) => tracing::warn!(
-                "sd_notify to {}={:?} failed ({e}): the service manager was not told {:?}",
-                protocol::NOTIFY_SOCKET,
-                addr,
-                state
-            ),
+/// The messages to the service manager (see the module docs).
+#[derive(Debug)]
+pub(crate) struct Notifier {
+    /// The service manager's socket, as found at start (`None`: not run under a notifying
+    /// manager).
+    target: Option<OsString>,
+    /// This process is a generation under a keeper, which is the main pid and speaks for it.
+    keeper_is_main: bool,
+    /// `READY=1` of a fresh start is sent once.
+    sent_ready: AtomicBool,
+}
+
+impl Notifier {
+    /// `target`: the service manager's socket (see `startup.rs`); `keeper_is_main`: this
+    /// process is a generation under a keeper, and sends nothing itself.
+    pub(crate) fn new(target: Option<OsString>, keeper_is_main: bool) -> Notifier {
+        Notifier {
+            target,
+            keeper_is_main,
+            sent_ready: AtomicBool::new(false),
         }
     }
-}
 
-/// A fresh start is serving.
-pub(crate) fn ready() {
-    if !SENT_READY.swap(true, Ordering::SeqCst) {
-        notify("READY=1");
+    /// The real `NOTIFY_SOCKET` ("" when there is none), for `HOTEXEC_NOTIFY_SOCKET`.
+    pub(crate) fn upstream(&self) -> OsString {
+        self.target.clone().unwrap_or_default()
     }
-}
 
-/// An upgrade starts.
-pub(crate) fn reloading() {
-    notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
-}
+    /// Sends `state` to the service manager, if there is one. A failure is logged, never fatal:
+    /// the server serves whether or not its manager hears about it.
+    fn notify(&self, state: &str) {
+        if self.keeper_is_main {
+            return;
+        }
+        if let Some(addr) = &self.target {
+            match send_to(addr, state) {
+                Ok(()) => tracing::debug!(state = %state.replace('\n', " "), "sd_notify"),
+                Err(e) => tracing::warn!(
+                    "sd_notify to {}={:?} failed ({e}): the service manager was not told {:?}",
+                    protocol::NOTIFY_SOCKET,
+                    addr,
+                    state
+                ),
+            }
+        }
+    }
 
-/// The new generation is ready and becomes the main pid.
-pub(crate) fn handed_over(new_pid: u32) {
-    notify(&format!("MAINPID={new_pid}\nREADY=1"));
-}
+    /// A fresh start (or the keeper's generation 1) is serving.
+    pub(crate) fn ready(&self) {
+        if !self.sent_ready.swap(true, Ordering::SeqCst) {
+            self.notify("READY=1");
+        }
+    }
 
-/// Keeper mode: a new generation serves; the keeper stays the main pid and is ready again.
-pub(crate) fn serving_again() {
-    notify("READY=1");
-}
+    /// An upgrade starts.
+    pub(crate) fn reloading(&self) {
+        self.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+    }
 
-/// An upgrade failed: this process stays the main pid and is ready again.
-pub(crate) fn upgrade_failed() {
-    notify("READY=1");
-}
+    /// The new generation is ready and becomes the main pid.
+    pub(crate) fn handed_over(&self, new_pid: u32) {
+        self.notify(&format!("MAINPID={new_pid}\nREADY=1"));
+    }
 
-/// A final stop begins.
-pub(crate) fn stopping() {
-    notify("STOPPING=1");
+    /// Ready again: an upgrade failed and this process stays the main pid, or (keeper mode) a
+    /// new generation serves and the keeper stays the main pid.
+    pub(crate) fn ready_again(&self) {
+        self.notify("READY=1");
+    }
+
+    /// A final stop begins.
+    pub(crate) fn stopping(&self) {
+        self.notify("STOPPING=1");
+    }
 }
 
 fn monotonic_usec() -> u64 {

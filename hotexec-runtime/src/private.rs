@@ -92,7 +92,7 @@ impl Builder {
 /// Called by generated code once the user's main is running (sync: before the body; async:
 /// after the first poll). Reports readiness unless the app asked for `ready = "manual"`.
 pub fn main_started() {
-    crate::ready::main_started();
+    crate::upgrade::main_started();
 }
 
 /// Wraps the user's async main: calls [`main_started`] after its first poll, i.e. once the

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
+use crate::generation::{Carried, Generation, ReadyHold};
+
 /// Why this generation is shutting down.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShutdownReason {
@@ -40,6 +42,8 @@ struct Inner {
     drain_timeout: Duration,
     /// Made by [`Shutdown::detached`]: resolved by [`Shutdown::resolve`], not by the runtime.
     detached: bool,
+    /// This generation (see [`Shutdown::generation`]).
+    generation: Arc<Generation>,
 }
 
 struct State {
@@ -71,8 +75,11 @@ impl std::fmt::Debug for Shutdown {
 }
 
 impl Shutdown {
-    pub(crate) fn new(drain_timeout: Duration) -> io::Result<Shutdown> {
-        Shutdown::make(drain_timeout, false)
+    pub(crate) fn new(
+        drain_timeout: Duration,
+        generation: Arc<Generation>,
+    ) -> io::Result<Shutdown> {
+        Shutdown::make(drain_timeout, false, generation)
     }
 
     /// A `Shutdown` of its own, not tied to the hotexec runtime: it resolves when
@@ -80,7 +87,7 @@ impl Shutdown {
     /// hotexec — a plain binary stopped by its own signal handling, or a test of the app — with
     /// `drain_timeout` bounding its drain as the runtime's would (no watchdog ends the process).
     pub fn detached(drain_timeout: Duration) -> io::Result<Shutdown> {
-        Shutdown::make(drain_timeout, true)
+        Shutdown::make(drain_timeout, true, Arc::new(Generation::detached()))
     }
 
     /// Resolves a [`detached`](Shutdown::detached) `Shutdown` (every clone) with `reason`.
@@ -91,7 +98,11 @@ impl Shutdown {
         self.inner.detached && self.trigger(reason)
     }
 
-    fn make(drain_timeout: Duration, detached: bool) -> io::Result<Shutdown> {
+    fn make(
+        drain_timeout: Duration,
+        detached: bool,
+        generation: Arc<Generation>,
+    ) -> io::Result<Shutdown> {
         let (pipe_r, pipe_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| io::Error::other(format!("pipe2: {}", e.desc())))?;
         Ok(Shutdown {
@@ -107,6 +118,7 @@ impl Shutdown {
                 on_final_stop: Mutex::new(Vec::new()),
                 drain_timeout,
                 detached,
+                generation,
             }),
         })
     }
@@ -249,11 +261,50 @@ impl Shutdown {
     /// [`Handoff`]: crate::handoff::Handoff
     pub fn handoff(&self) -> Option<crate::handoff::Handoff> {
         match self.reason() {
-            Some(ShutdownReason::Upgrade { new_pid }) => {
-                crate::handoff::active().filter(|h| h.new_pid() == new_pid)
-            }
+            Some(ShutdownReason::Upgrade { new_pid }) => self
+                .inner
+                .generation
+                .handoff
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .filter(|h| h.new_pid() == new_pid),
             _ => None,
         }
+    }
+
+    /// This generation's number: 1 after a fresh start, +1 per upgrade (a rollback counts as
+    /// one more). 1 for a [`detached`](Shutdown::detached) `Shutdown`.
+    pub fn generation(&self) -> u64 {
+        self.inner.generation.number()
+    }
+
+    /// Takes the bytes the previous generation carried over under `key` (see
+    /// [`carry`](Shutdown::carry)); `None` after a fresh start, when it carried nothing under
+    /// that key, or when it is an older build. Taken once. The bytes are zeroed when dropped.
+    pub fn inherited(&self, key: &str) -> Option<Carried> {
+        self.inner.generation.take_inherited(key)
+    }
+
+    /// Carries state to the next generation: at each upgrade, just before the new generation is
+    /// started, `f` runs in this one and its bytes (at most 64 KiB) reach the new generation,
+    /// which takes them with [`inherited`](Shutdown::inherited) as it starts. They travel over a
+    /// private, close-on-exec channel between the two processes: never in the environment,
+    /// argv or a file. Use it for what must continue across upgrades — session-ticket keys,
+    /// counters — not for what a new build may not understand: version the bytes.
+    ///
+    /// Registering `key` again replaces the earlier `f`. A key is at most 255 bytes.
+    pub fn carry(&self, key: &str, f: impl Fn() -> Vec<u8> + Send + Sync + 'static) {
+        self.inner.generation.carry(key, Box::new(f));
+    }
+
+    /// Holds this generation's readiness report until the returned [`ReadyHold`] is dropped:
+    /// the previous generation keeps serving meanwhile. For work that must succeed before this
+    /// generation takes over — a warm-up, a probe through the app's own service — without
+    /// switching the whole program to `ready = "manual"`. [`ReadyHold::fail`] gives up: the
+    /// process exits before it is ready, and the upgrade fails naming the reason.
+    pub fn hold_ready(&self) -> ReadyHold {
+        ReadyHold::new(&self.inner.generation)
     }
 
     /// The read end of a pipe that becomes readable when shutdown is triggered, for event loops

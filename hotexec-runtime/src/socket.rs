@@ -253,54 +253,53 @@ fn remove_stale(path: &std::path::Path) -> io::Result<()> {
     }
 }
 
-/// Unix socket paths this process must remove on a final stop, each with the (device, inode)
-/// the path had when bound or adopted, so a path that someone has since replaced is left alone.
-/// (listener name, path, device, inode) of each Unix path this process owns.
-type OwnedPath = (String, PathBuf, u64, u64);
-static OWNED_PATHS: std::sync::Mutex<Vec<OwnedPath>> = std::sync::Mutex::new(Vec::new());
+/// The Unix socket paths this process must remove on a final stop, each with the (device,
+/// inode) the path had when bound or adopted, so a path that someone has since replaced is left
+/// alone.
+#[derive(Debug, Default)]
+pub(crate) struct OwnedPaths {
+    /// (listener name, path, device, inode)
+    paths: std::sync::Mutex<Vec<(String, PathBuf, u64, u64)>>,
+}
 
-/// Records `path`, the Unix listener `name` bound by a hotexec generation, for
-/// [`remove_owned_paths`].
-pub(crate) fn own_path(name: &str, path: &std::path::Path) {
-    use std::os::unix::fs::MetadataExt;
-    if let Ok(m) = std::fs::symlink_metadata(path) {
-        OWNED_PATHS.lock().unwrap_or_else(|p| p.into_inner()).push((
-            name.to_owned(),
-            path.to_owned(),
-            m.dev(),
-            m.ino(),
-        ));
+impl OwnedPaths {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(String, PathBuf, u64, u64)>> {
+        self.paths.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
 
-/// Names of the listeners whose Unix socket path this process owns (they go in
-/// `HOTEXEC_OWNED_FDNAMES` when the listeners are passed on). Known since start: no syscall.
-pub(crate) fn owned_names() -> Vec<String> {
-    OWNED_PATHS
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .map(|(n, ..)| n.clone())
-        .collect()
-}
+    /// Records `path`, the Unix listener `name` bound by a hotexec generation.
+    pub(crate) fn own(&self, name: &str, path: &std::path::Path) {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(m) = std::fs::symlink_metadata(path) {
+            self.lock()
+                .push((name.to_owned(), path.to_owned(), m.dev(), m.ino()));
+        }
+    }
 
-/// On a final stop (never on an upgrade): removes the Unix socket paths this process owns, each
-/// only while it is still the file that was bound.
-pub(crate) fn remove_owned_paths() {
-    use std::os::unix::fs::MetadataExt;
-    let paths = std::mem::take(&mut *OWNED_PATHS.lock().unwrap_or_else(|p| p.into_inner()));
-    for (_, path, dev, ino) in paths {
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.dev() == dev && m.ino() == ino => match std::fs::remove_file(&path) {
-                Ok(()) => tracing::info!(path = %path.display(), "removed the socket file"),
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), "cannot remove the socket file: {e}")
+    /// Names of the listeners whose Unix socket path this process owns (they go in
+    /// `HOTEXEC_OWNED_FDNAMES` when the listeners are passed on). Known since start: no syscall.
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.lock().iter().map(|(n, ..)| n.clone()).collect()
+    }
+
+    /// On a final stop (never on an upgrade): removes the paths, each only while it is still
+    /// the file that was bound. Once: a second call finds nothing.
+    pub(crate) fn remove_all(&self) {
+        use std::os::unix::fs::MetadataExt;
+        let paths = std::mem::take(&mut *self.lock());
+        for (_, path, dev, ino) in paths {
+            match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.dev() == dev && m.ino() == ino => match std::fs::remove_file(&path) {
+                    Ok(()) => tracing::info!(path = %path.display(), "removed the socket file"),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), "cannot remove the socket file: {e}")
+                    }
+                },
+                Ok(_) => {
+                    tracing::info!(path = %path.display(), "socket file was replaced by another: left alone")
                 }
-            },
-            Ok(_) => {
-                tracing::info!(path = %path.display(), "socket file was replaced by another: left alone")
+                Err(_) => {}
             }
-            Err(_) => {}
         }
     }
 }

@@ -18,14 +18,13 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use std::sync::OnceLock;
-
 use nix::fcntl::OFlag;
 use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::{ForkResult, Pid, fork};
 
+use crate::handover::{self as protocol, FDS_START};
 use crate::limits::{self, LimitError};
-use crate::protocol::{self, EXEC_FAILED, FDS_START};
+use crate::readiness::EXEC_FAILED;
 
 /// A started child: its pid and the read end of its readiness pipe.
 pub struct Spawned {
@@ -50,6 +49,9 @@ pub struct Extra<'a> {
     /// The connection hand-off channel (see `handoff`): passed after the keeper channel, named
     /// by `HOTEXEC_HANDOFF_FD`.
     pub handoff: Option<BorrowedFd<'a>>,
+    /// The generation link (see `link.rs`): passed after the hand-off channel, named by
+    /// `HOTEXEC_LINK_FD`.
+    pub link: Option<BorrowedFd<'a>>,
     /// The upgrade signal of the new generation: blocked, with SIGTERM and SIGINT, from its
     /// first instruction until its runtime has installed its handlers (see `exec_mask`).
     pub upgrade_signal: Option<Signal>,
@@ -59,6 +61,7 @@ pub struct Extra<'a> {
 /// variables; `fds[i]` becomes fd `3 + i` in the child, named `names[i]`. `env` is set on top
 /// (replacing a variable of the same name).
 pub fn spawn(
+    method: Method,
     exe: &Path,
     argv: &[OsString],
     fds: &[BorrowedFd<'_>],
@@ -94,9 +97,14 @@ pub fn spawn(
     if extra.keeper.is_some() {
         ours.push((protocol::KEEPER_FD, (ready_target + 1).to_string().into()));
     }
+    // After the readiness pipe, each channel there is, in this order.
+    let mut next = ready_target + 1 + RawFd::from(extra.keeper.is_some());
     if extra.handoff.is_some() {
-        let at = ready_target + 1 + RawFd::from(extra.keeper.is_some());
-        ours.push((protocol::HANDOFF_FD, at.to_string().into()));
+        ours.push((protocol::HANDOFF_FD, next.to_string().into()));
+        next += 1;
+    }
+    if extra.link.is_some() {
+        ours.push((protocol::LINK_FD, next.to_string().into()));
     }
     ours.extend(env.iter().cloned());
     let var = |k: &[u8], v: &[u8]| cstr(&[k, b"=", v].concat());
@@ -105,7 +113,6 @@ pub fn spawn(
         let k = k.as_bytes();
         let replaced = protocol::ALL
             .iter()
-            .chain([&protocol::KEEPER_FD, &protocol::HANDOFF_FD])
             .chain(ours.iter().map(|(name, _)| name))
             .any(|p| k == p.as_bytes());
         if !replaced {
@@ -134,6 +141,7 @@ pub fn spawn(
     src.push(ready_w.as_raw_fd());
     src.extend(extra.keeper.map(|k| k.as_raw_fd()));
     src.extend(extra.handoff.map(|h| h.as_raw_fd()));
+    src.extend(extra.link.map(|l| l.as_raw_fd()));
     let mut tmp: Vec<RawFd> = vec![-1; src.len()];
     // The child's EMFILE would be reported as an exec failure: check its room first.
     limits::check_child_fds(src.len(), n).map_err(io::Error::other)?;
@@ -151,7 +159,7 @@ pub fn spawn(
         ready_w: ready_w.as_raw_fd(),
         exec_mask: exec_mask(extra.upgrade_signal),
     };
-    let pid = start_child(&mut child)?;
+    let pid = start_child(method, &mut child)?;
     drop(ready_w);
     Ok(Spawned { pid, ready_r })
 }
@@ -168,26 +176,21 @@ pub enum Method {
 }
 
 /// Name of the variable that selects the spawn [`Method`]: `clone` (default) or `fork`.
-/// A diagnostics and benchmark knob, read once per process.
+/// A diagnostics and benchmark knob, read with the other options (see `config.rs`).
 pub const SPAWN_VAR: &str = "HOTEXEC_SPAWN";
 
-/// The spawn method chosen by `HOTEXEC_SPAWN` (read once; unset or empty means `clone`).
-/// Anything else is an error naming the variable and the valid values.
-pub fn method() -> io::Result<Method> {
-    static METHOD: OnceLock<Result<Method, String>> = OnceLock::new();
-    METHOD
-        .get_or_init(|| match std::env::var_os(SPAWN_VAR) {
-            None => Ok(Method::Clone),
-            Some(v) => match v.to_str() {
-                Some("" | "clone") => Ok(Method::Clone),
-                Some("fork") => Ok(Method::Fork),
-                _ => Err(format!(
-                    "{SPAWN_VAR}={v:?}: expected `clone` (the default) or `fork`"
-                )),
-            },
-        })
-        .clone()
-        .map_err(io::Error::other)
+impl Method {
+    /// Parses the value of [`SPAWN_VAR`]; unset or empty means `clone`.
+    pub fn parse(value: Option<&std::ffi::OsStr>) -> Result<Method, String> {
+        match value.map(|v| v.to_str()) {
+            None | Some(Some("" | "clone")) => Ok(Method::Clone),
+            Some(Some("fork")) => Ok(Method::Fork),
+            Some(_) => Err(format!(
+                "{SPAWN_VAR}={:?}: expected `clone` (the default) or `fork`",
+                value.unwrap_or_default()
+            )),
+        }
+    }
 }
 
 /// The signal mask the new image starts with: only its upgrade signal blocked. Its default
@@ -241,8 +244,7 @@ const STACK_SIZE: usize = 256 * 1024;
 /// process can run in the child before its dispositions are reset, and the parent's own
 /// handlers are not run on this thread in the middle of the spawn either), restoring the
 /// thread's mask afterwards. Returns the child's pid.
-fn start_child(child: &mut Child) -> io::Result<Pid> {
-    let method = method()?;
+fn start_child(method: Method, child: &mut Child) -> io::Result<Pid> {
     // Allocated before the clone (the child may not allocate): a stack of its own, mapped
     // with one PROT_NONE guard page at its low end.
     let stack = match method {
@@ -531,7 +533,16 @@ mod tests {
                 upgrade_signal: Some(Signal::SIGUSR2),
                 ..Extra::default()
             };
-            let child = spawn(Path::new("/bin/sed"), &argv, &[], &[], &[], extra).unwrap();
+            let child = spawn(
+                Method::Clone,
+                Path::new("/bin/sed"),
+                &argv,
+                &[],
+                &[],
+                &[],
+                extra,
+            )
+            .unwrap();
             let status = nix::sys::wait::waitpid(child.pid, None).unwrap();
             assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child.pid, 0));
             if file == &environ {
@@ -559,6 +570,7 @@ mod tests {
     fn exec_errors_are_reported_on_the_ready_pipe() {
         let argv: Vec<OsString> = vec!["missing".into()];
         let child = spawn(
+            Method::Clone,
             Path::new("/nonexistent/hotexec-missing"),
             &argv,
             &[],

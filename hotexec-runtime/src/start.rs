@@ -1,13 +1,24 @@
-//! What `#[hotexec::main]` does before and after the application's `main`.
+//! What `#[hotexec::main]` does before and after the application's `main`: it takes the
+//! start-up snapshot, resolves the options, becomes a keeper if keeper mode says so, adopts or
+//! binds the listeners, starts the supervisor and the control socket, runs `main`, and after it
+//! waits until the process may exit.
 
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
+use crate::announce::Announcer;
 use crate::config::{Config, Declared};
+use crate::generation::Generation;
+use crate::handover::Parsed;
+use crate::keeper::{self, KeeperChannel};
 use crate::listeners::Listeners;
+use crate::notify::Notifier;
+use crate::readiness::Readiness;
 use crate::shutdown::{Shutdown, ShutdownReason};
+use crate::supervisor::{self, Held, Setup};
 use crate::syntax::ListenAddr;
-use crate::{activation, control, exe, inherit, keeper, notify, pidfile, ready, socket, trigger};
+use crate::upgrade::{self, Current};
+use crate::{activation, control, exe, inherit, link, pidfile, socket, startup};
 
 /// Refuses to start: the message goes to the app's tracing subscriber if it has one, and to
 /// stderr otherwise, then the process exits 1. In a new generation this makes the upgrade fail
@@ -22,57 +33,84 @@ fn fatal(msg: String) -> ! {
 
 /// Runs `f` as the application's main, inside the hotexec runtime.
 pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> R) -> R {
-    // First: the protocol variables, before anything could start a thread.
-    let snap = inherit::snapshot();
+    // First: the hand-over variables, before anything could start a thread.
+    let startup = startup::take();
     let mut config = Config::resolve(&declared, std::env::vars_os()).unwrap_or_else(|e| fatal(e));
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
+    let keeper_fd = startup.keeper.unwrap_or_else(|e| fatal(e));
+    let handoff_fd = startup.handoff.unwrap_or_else(|e| fatal(e));
+    let link_fd = startup.link.unwrap_or_else(|e| fatal(e));
     // The path the operator started, made absolute now (a relative one would change meaning
     // if the app changed directory) but not resolved through symlinks: each upgrade executes
     // whatever that path leads to then (see exe.rs).
-    let exe = exe::resolve_at_start()
+    let exe = exe::resolve_at_start(config.exe.as_deref())
         .unwrap_or_else(|e| fatal(format!("cannot resolve the path of this binary: {e}")));
     let argv: Vec<_> = std::env::args_os().collect();
     let pid = std::process::id();
-    match keeper::role(&config, &snap).unwrap_or_else(|e| fatal(e)) {
-        keeper::Role::Keeper => keeper::run(config, &snap, exe, argv),
+    let upgraded = matches!(&startup.handover, Ok(Parsed::ForUs(h)) if h.ready_fd.is_some());
+    let mut keeper_is_main = false;
+    match keeper::role(&config, keeper_fd.is_some(), upgraded) {
+        keeper::Role::Keeper => keeper::run(
+            config,
+            &startup.handover,
+            Notifier::new(startup.notify_target, false),
+            exe,
+            argv,
+        ),
         // The pid file names the keeper, which stays: generations leave it alone.
         // So does the service manager's main pid: the keeper speaks for the generations.
         keeper::Role::Generation => {
             config.pid_file = None;
-            notify::keeper_is_main_pid();
+            keeper_is_main = true;
         }
         keeper::Role::Plain => {}
     }
-    // The connection hand-off channel, judged with the hand-over (issue 20: lead, fold into the
-    // start-up snapshot's validation).
-    crate::handoff::check_start(&snap).unwrap_or_else(|e| fatal(e));
 
-    let adoption = inherit::adopt(&snap, &config.listeners).unwrap_or_else(|e| fatal(e));
+    let adoption = inherit::adopt(&startup.handover, &startup.at_start, &config.listeners)
+        .unwrap_or_else(|e| fatal(e));
     for note in &adoption.notes {
         tracing::info!("{note}");
     }
-    let upgraded = adoption.ready_fd.is_some();
-    let mut sockets = Vec::new();
+    // What the previous generation queued on the link before it spawned this one.
+    let lineage = link_fd
+        .as_ref()
+        .map(|l| {
+            if let Err(e) = link::set_nonblocking(l.as_fd()) {
+                fatal(format!("the generation link: {e}"));
+            }
+            link::read_lineage(l.as_fd())
+        })
+        .unwrap_or_default();
+    let generation = Arc::new(Generation::new(
+        lineage.generation.unwrap_or(1),
+        lineage.carried,
+        Readiness::new(adoption.ready_fd, config.manual_ready),
+        link_fd,
+    ));
+    let announcer = Arc::new(Announcer::new(
+        config.pid_file.clone(),
+        Notifier::new(startup.notify_target, keeper_is_main),
+        keeper_fd.map(KeeperChannel::new),
+        generation.clone(),
+        exe,
+    ));
+    let mut held = Vec::new();
     let mut handed = Vec::new();
     for (decl, inherited) in config.listeners.iter().zip(adoption.claimed) {
-        let (fd, addr, was_inherited) = match inherited {
+        let (fd, addr, was_inherited, from_manager) = match inherited {
             Some(s) => {
                 let from_manager = s.source == activation::Source::Manager;
                 tracing::info!(listener = %decl.name, addr = %inherit::addr_of(&s), from_service_manager = from_manager, "adopted inherited listener");
                 let addr = s.info.addr.clone();
-                if from_manager {
-                    // Passed on as the service manager's, to every later generation.
-                    activation::record(&decl.name);
-                }
                 // A path a socket activator bound is the activator's to remove, not ours.
                 if let (ListenAddr::Unix(p), Some(name), false) = (&addr, &s.name, from_manager) {
-                    if inherit::path_is_owned(name) {
-                        socket::own_path(&decl.name, p);
+                    if startup.owned_fdnames.iter().any(|n| n == name) {
+                        announcer.owned_paths.own(&decl.name, p);
                     }
                 }
-                (s.fd, addr, true)
+                (s.fd, addr, true, from_manager)
             }
             None => {
                 let fd = socket::bind(&decl.addr, &decl.opts).unwrap_or_else(|e| {
@@ -88,53 +126,69 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
                 });
                 let addr = socket::local_addr(fd.as_fd()).unwrap_or_else(|_| decl.addr.clone());
                 if let ListenAddr::Unix(p) = &addr {
-                    socket::own_path(&decl.name, p);
+                    announcer.owned_paths.own(&decl.name, p);
                 }
                 tracing::info!(listener = %decl.name, %addr, "listening");
-                (fd, addr, false)
+                (fd, addr, false, false)
             }
         };
         let user = fd
             .try_clone()
             .unwrap_or_else(|e| fatal(format!("listener {:?}: dup failed: {e}", decl.name)));
         handed.push((decl.name.clone(), addr, user, was_inherited));
-        sockets.push((decl.name.clone(), fd));
+        held.push(Held {
+            name: decl.name.clone(),
+            fd,
+            from_manager,
+        });
     }
     // Said at start, not only at the first upgrade: the server serves, but cannot be upgraded.
-    let names: Vec<&str> = sockets.iter().map(|(n, _)| n.as_str()).collect();
+    let names: Vec<&str> = held.iter().map(|h| h.name.as_str()).collect();
     if let Err(e) = crate::limits::check_fdnames(&names) {
         tracing::warn!("every upgrade of this server will fail: {e}");
     }
-    let shutdown = Shutdown::new(config.drain_timeout)
+    let shutdown = Shutdown::new(config.drain_timeout, generation.clone())
         .unwrap_or_else(|e| fatal(format!("shutdown pipe: {e}")));
-    ready::arm(
-        adoption.ready_fd,
-        config.manual_ready,
-        config.pid_file.clone(),
-    );
     let pid_file = config.pid_file.clone();
-    // A bad HOTEXEC_SPAWN is an error now, not at the first upgrade.
-    if let Err(e) = crate::spawn::method() {
-        fatal(e.to_string());
-    }
-    let ctx = crate::upgrade::start(config, exe, argv, sockets, shutdown.clone())
+    let setup = Setup {
+        config: config.clone(),
+        argv,
+        listeners: held,
+        shutdown: shutdown.clone(),
+        generation: generation.clone(),
+        announcer: announcer.clone(),
+    };
+    let supervisor = supervisor::start(setup)
         .unwrap_or_else(|e| fatal(format!("cannot install signal handling: {e}")));
+    {
+        let (announcer, supervisor) = (announcer.clone(), supervisor.clone());
+        generation.set_on_ready(move |reported| {
+            announcer.ready(reported);
+            supervisor.self_ready();
+        });
+    }
+    upgrade::set(Current {
+        generation: generation.clone(),
+        supervisor: supervisor.clone(),
+    });
     let listeners = Listeners::new(handed);
-    // A final stop closes hotexec's own copies at once, and those `main` never took: new
-    // clients are then refused (once `main` drops what it took) instead of queued and reset at
-    // exit. A service manager's copy (socket activation) is its own and stays open.
-    let weak = Arc::downgrade(&ctx);
+    // A final stop closes, at once, the listeners `main` never took (the supervisor closes its
+    // own copies): new clients are then refused (once `main` drops what it took) instead of
+    // queued and reset at exit. A service manager's copy (socket activation) is its own and
+    // stays open.
     let untaken = listeners.clone();
     shutdown.on_final_stop(move || {
-        let ours = weak.upgrade().map_or(0, |c| c.close_listeners());
         let idle = untaken.close_untaken();
         tracing::info!(
-            closed = ours + idle,
-            "final stop: hotexec's copies of the listeners are closed"
+            closed = idle,
+            "final stop: the listeners main never took are closed"
         );
     });
-    trigger::set(ctx.clone());
-    if let Err(e) = control::start(trigger::control_handler()) {
+    let activity = control::Activity::default();
+    if let Err(e) = control::start(
+        upgrade::control_handler(supervisor.clone()),
+        activity.clone(),
+    ) {
         tracing::warn!(
             "no control socket ({e}): `hotexec upgrade` cannot reach this process; the upgrade signal still works"
         );
@@ -145,23 +199,20 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
     if let (Some(p), false) = (&pid_file, upgraded) {
         pidfile::write(p, pid).unwrap_or_else(|e| fatal(e.to_string()));
     }
-    tracing::info!(pid, upgraded, "serving");
+    tracing::info!(pid, upgraded, generation = generation.number(), "serving");
 
-    crate::handoff::main_starting();
+    *generation
+        .handoff_inbox
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = crate::handoff::main_starting(handoff_fd);
     let result = f(listeners, shutdown.clone());
 
-    if matches!(shutdown.reason(), Some(ShutdownReason::Upgrade { .. })) {
-        // Stay able to roll back until the successor has outlived its probation.
-        ctx.wait_settled();
-    }
-    ctx.kill_pending();
+    // A half-started successor is killed; one in its probation is watched until past it.
+    supervisor.main_returned();
     // The request that replaced this generation (`hotexec upgrade`) gets its answer first.
-    control::wait_idle(std::time::Duration::from_secs(2));
+    activity.wait_idle(std::time::Duration::from_secs(2));
     if !matches!(shutdown.reason(), Some(ShutdownReason::Upgrade { .. })) {
-        if let Some(p) = &pid_file {
-            pidfile::remove_if_ours(p, pid);
-        }
-        socket::remove_owned_paths();
+        announcer.final_cleanup();
     }
     result
 }

@@ -7,7 +7,7 @@
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 
-use hotexec_runtime::protocol::{FDS_START, Parsed, Snapshot};
+use hotexec_runtime::handover::{FDS_START, Parsed, Snapshot};
 use hotexec_runtime::syntax::ListenAddr;
 use proptest::prelude::*;
 
@@ -139,7 +139,7 @@ proptest! {
                     .fds
                     .iter()
                     .filter_map(|(_, n)| n.as_deref())
-                    .filter(|n| !hotexec_runtime::protocol::is_unit_name(n))
+                    .filter(|n| !hotexec_runtime::handover::is_unit_name(n))
                     .collect();
                 let mut dedup = named.clone();
                 dedup.sort_unstable();
@@ -159,7 +159,7 @@ proptest! {
                 }
             }
             Err(e) => {
-                prop_assert!(hotexec_runtime::protocol::ALL.contains(&e.var));
+                prop_assert!(hotexec_runtime::handover::ALL.contains(&e.var));
                 prop_assert!(e.to_string().contains(e.var));
             }
         }

@@ -39,7 +39,7 @@ pub(crate) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// included, comes with an `SCM_CREDENTIALS` message, while the end of the channel comes with
 /// none. That is how [`recv`] tells an empty record from the end (`recvmsg` returns 0 for
 /// both). Set on both ends when the pair is made; the new generation sets it again on the end
-/// it adopts.
+/// it adopts (`main_starting`).
 pub(crate) fn tell_records_from_the_end(chan: BorrowedFd<'_>) -> io::Result<()> {
     rustix::net::sockopt::set_socket_passcred(chan, true).map_err(|e| {
         io::Error::other(format!(
@@ -143,7 +143,7 @@ pub(crate) fn recv(chan: BorrowedFd<'_>, dontwait: bool) -> io::Result<Received>
     let mut out_of_fds = false;
     if got.flags.contains(ReturnFlags::CTRUNC) {
         let why;
-        (why, out_of_fds) = why_truncated(chan);
+        (why, out_of_fds) = why_truncated(chan, fds.len());
         trouble = Some(why);
     }
     if got.flags.contains(ReturnFlags::TRUNC) || got.bytes > MAX_RECORD {
@@ -160,11 +160,23 @@ pub(crate) fn recv(chan: BorrowedFd<'_>, dontwait: bool) -> io::Result<Received>
     })
 }
 
-/// Why the kernel truncated a record's control data (`MSG_CTRUNC`): the buffer has room for
-/// more fds than a record may carry, so either this process could not take one more fd (its
-/// table is full: `EMFILE` while the kernel installed it, and the fd was dropped) or the sender
-/// attached too many. Told apart by trying to take one fd now; `true` for the first.
-fn why_truncated(chan: BorrowedFd<'_>) -> (String, bool) {
+/// Why the kernel truncated a record's control data (`MSG_CTRUNC`), `received` fds having
+/// come. The buffer has room for more fds than a record may carry, and the kernel installs them
+/// in order until one fails: with none received, the very first could not be installed — this
+/// process's fd table is full (`EMFILE`; the kernel dropped the fd). With some received, the
+/// sender attached too many, or the table filled up on the way (told apart by trying to take one
+/// fd now). `true` for a full fd table.
+fn why_truncated(chan: BorrowedFd<'_>, received: usize) -> (String, bool) {
+    let out_of_fds = || {
+        let limit = crate::limits::nofile();
+        format!(
+            "the receiving generation (pid {}) is out of file descriptors (EMFILE, RLIMIT_NOFILE soft limit {limit}): the connection's fd could not be received",
+            std::process::id()
+        )
+    };
+    if received == 0 {
+        return (out_of_fds(), true);
+    }
     match rustix::io::fcntl_dupfd_cloexec(chan, 0) {
         Ok(probe) => {
             drop(probe);
@@ -174,13 +186,7 @@ fn why_truncated(chan: BorrowedFd<'_>) -> (String, bool) {
             )
         }
         Err(e) if e == rustix::io::Errno::MFILE || e == rustix::io::Errno::NFILE => {
-            let limit = crate::limits::nofile();
-            let why = format!(
-                "the receiving generation (pid {}) is out of file descriptors ({}, RLIMIT_NOFILE soft limit {limit}): the connection's fd could not be received",
-                std::process::id(),
-                io::Error::from(e)
-            );
-            (why, true)
+            (out_of_fds(), true)
         }
         Err(e) => (
             format!(

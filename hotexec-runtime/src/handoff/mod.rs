@@ -86,7 +86,6 @@
 //! # Ok(()) }
 //! ```
 
-mod adopt;
 mod channel;
 mod error;
 mod recv;
@@ -102,8 +101,8 @@ pub mod __wire {
     };
 }
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::sync::{Arc, Mutex, Once};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use channel::Family;
@@ -114,127 +113,50 @@ pub use wire::{MAX_STATE, MAX_UNREAD, VERSION};
 
 use wire::Kind;
 
-/// `HOTEXEC_HANDOFF_FD` as the constructor took it, until [`check_start`] judges it.
-static AT_START: Mutex<Option<adopt::AtStart>> = Mutex::new(None);
-/// This generation's channel from the previous one, once adopted.
-static FROM_PARENT: Mutex<Option<OwnedFd>> = Mutex::new(None);
-/// Its reader, once `main` started.
-static INBOX: Mutex<Option<Arc<recv::Shared>>> = Mutex::new(None);
-/// The channel to the child being started (its pid and our end), until it reports ready.
-static TO_CHILD: Mutex<Option<(u32, OwnedFd)>> = Mutex::new(None);
-/// The hand-off to the generation that took over, if it takes hand-offs.
-static ACTIVE: Mutex<Option<Handoff>> = Mutex::new(None);
-static TAKEN: Once = Once::new();
+/// The connections offered to this generation, until the application claims them with
+/// `incoming()` (kept by this generation, see `generation.rs`).
+pub(crate) struct Inbox(Arc<recv::Shared>);
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Takes `HOTEXEC_HANDOFF_FD` out of the environment before `main` (nothing the application
-/// spawns sees it), and marks the fd it names close-on-exec until [`check_start`] has judged
-/// whether it is this process's.
-#[ctor::ctor]
-fn take_at_start() {
-    // SAFETY: constructors run before `main`, on the only thread of the process.
-    unsafe { take() };
-}
-
-/// # Safety
-/// Mutates the environment: no other thread may be reading or writing it.
-unsafe fn take() {
-    TAKEN.call_once(|| {
-        // SAFETY: guaranteed by the caller.
-        *lock(&AT_START) = unsafe { adopt::AtStart::take() };
-    });
-}
-
-/// Start-up hook: judges `HOTEXEC_HANDOFF_FD` with the hand-over variables of `snap` (meant
-/// for this process only if `LISTEN_PID` says so) and the other fds of the hand-over, and
-/// adopts the channel. `Err`: the message to stop the start with (exit 1), as for a bad
-/// `HOTEXEC_KEEPER_FD`. A variable meant for another process is ignored with a log line, its fd
-/// left as it was. Called once the keeper channel, if any, is known; later calls do nothing.
-pub(crate) fn check_start(snap: &crate::protocol::Snapshot) -> Result<(), String> {
-    // SAFETY: the runtime calls this before it or the application start threads (normally the
-    // constructor already did it and this does nothing).
-    unsafe { take() };
-    let Some(at) = lock(&AT_START).take() else {
-        return Ok(());
-    };
-    use crate::protocol::{LISTEN_PID, Parsed};
-    let (for_us, mut others): (Result<(), String>, Vec<RawFd>) =
-        match snap.parse(std::process::id()) {
-            Ok(Parsed::ForUs(h)) => (
-                Ok(()),
-                h.fds.iter().map(|(fd, _)| *fd).chain(h.ready_fd).collect(),
-            ),
-            Ok(Parsed::NotForUs(why)) => (Err(why), Vec::new()),
-            Ok(Parsed::Absent) => (
-                Err(format!(
-                    "{LISTEN_PID} is not set, so it is not meant for this process"
-                )),
-                Vec::new(),
-            ),
-            // The start stops on these anyway, naming them.
-            Err(e) => (
-                Err(format!("the hand-over variables were refused: {e}")),
-                Vec::new(),
-            ),
-        };
-    others.extend(crate::keeper::channel().map(|k| k.as_raw_fd()));
-    match adopt::judge(Some(&at.value), for_us, &others) {
-        Ok(adopt::Verdict::Adopt(fd)) => {
-            *lock(&FROM_PARENT) = Some(fd);
-            Ok(())
-        }
-        Ok(adopt::Verdict::NotForUs(why)) => {
-            at.release();
-            tracing::warn!("{why}; no connection hand-off from it");
-            Ok(())
-        }
-        Ok(adopt::Verdict::Absent) => Ok(()),
-        Err(e) => {
-            at.release();
-            Err(e)
-        }
+impl Inbox {
+    pub(crate) fn claim(self) -> HandedOff {
+        HandedOff::claim(self.0)
     }
 }
 
-/// Runtime hook, as `main` starts: says HELLO on the channel from the previous generation, if
-/// any, and starts reading it.
-pub(crate) fn main_starting() {
-    // Normally done already at start-up, where a refusal stops the start.
-    if let Err(e) = check_start(&crate::inherit::snapshot()) {
-        tracing::error!("{e}; no connection hand-off");
+/// Runtime hook, as `main` starts: says HELLO on the channel from the previous generation
+/// (`HOTEXEC_HANDOFF_FD`, checked and adopted in `startup.rs`), if there is one, and starts
+/// reading it.
+pub(crate) fn main_starting(fd: Option<OwnedFd>) -> Option<Inbox> {
+    let fd = fd?;
+    // Set at the pair's creation already; again, for a channel this process adopts.
+    if let Err(e) = channel::tell_records_from_the_end(fd.as_fd()) {
+        tracing::warn!("hand-off: {e}: no connection hand-off");
+        return None;
     }
-    let Some(fd) = lock(&FROM_PARENT).take() else {
-        return;
-    };
     let hello = wire::encode(Kind::Hello, u64::from(std::process::id()), b"", b"");
     if let Err(e) = channel::send(fd.as_fd(), &hello, None, true) {
         tracing::warn!(
             "hand-off: cannot say HELLO to the previous generation ({e}): no connection hand-off"
         );
-        return;
+        return None;
     }
     match recv::start(fd) {
         Ok(shared) => {
             tracing::info!(
                 "hand-off channel from the previous generation open (version {VERSION})"
             );
-            *lock(&INBOX) = Some(shared);
+            Some(Inbox(shared))
         }
-        Err(e) => tracing::error!(
-            "hand-off: cannot start its reader ({e}): nothing will be handed to this generation"
-        ),
+        Err(e) => {
+            tracing::error!(
+                "hand-off: cannot start its reader ({e}): nothing will be handed to this generation"
+            );
+            None
+        }
     }
 }
 
-/// The connections the previous generation hands to this one; `None` when this generation was
-/// not started by an upgrade with hand-off (or the stream was already taken). Call it as `main`
-/// starts: offers that find no receiver [`CLAIM_GRACE`] after `main` started are refused.
-pub fn incoming() -> Option<HandedOff> {
-    lock(&INBOX).take().map(HandedOff::claim)
-}
+pub use crate::upgrade::incoming;
 
 /// Runtime hook before a new generation is spawned: a fresh channel; the child's end is passed
 /// like the keeper channel (see `spawn::Extra::handoff`). At the fd limit (`EMFILE`) the upgrade
@@ -258,19 +180,10 @@ pub(crate) fn channel_for_child() -> std::io::Result<Option<(OwnedFd, OwnedFd)>>
     }
 }
 
-/// Runtime hook once the child is spawned: keeps our end of its channel until it is ready.
-pub(crate) fn spawned(pid: u32, ours: OwnedFd) {
-    *lock(&TO_CHILD) = Some((pid, ours));
-}
-
 /// Runtime hook once `new_pid` reported ready (an upgrade or a rollback), before `Shutdown`
 /// resolves: if it said HELLO in our version, connections can be handed to it until
 /// `drain_timeout / 2` from now.
-pub(crate) fn child_ready(new_pid: u32, drain_timeout: Duration) {
-    let chan = match lock(&TO_CHILD).take() {
-        Some((pid, fd)) if pid == new_pid => fd,
-        _ => return,
-    };
+pub(crate) fn child_ready(chan: OwnedFd, new_pid: u32, drain_timeout: Duration) -> Option<Handoff> {
     // The HELLO was sent before the readiness report, so it is queued by now if it ever comes.
     let hello = match channel::recv(chan.as_fd(), true) {
         Ok(channel::Received::Message {
@@ -298,7 +211,7 @@ pub(crate) fn child_ready(new_pid: u32, drain_timeout: Duration) {
                         version = VERSION,
                         "the new generation takes connection hand-offs"
                     );
-                    *lock(&ACTIVE) = Some(h);
+                    return Some(h);
                 }
                 Err(e) => tracing::error!(
                     "hand-off: cannot start its sender ({e}): draining as without hand-off"
@@ -315,11 +228,7 @@ pub(crate) fn child_ready(new_pid: u32, drain_timeout: Duration) {
             "no connection hand-off to the new generation ({why}): draining as before"
         ),
     }
-}
-
-/// The hand-off to the generation that took over (see [`Shutdown::handoff`](crate::Shutdown::handoff)).
-pub(crate) fn active() -> Option<Handoff> {
-    lock(&ACTIVE).clone()
+    None
 }
 
 #[cfg(test)]

@@ -68,7 +68,8 @@ impl Connection {
 
     /// The socket as a `tokio::net::TcpStream` (made non-blocking), inside a tokio runtime.
     /// On failure — not a TCP connection, no runtime — the connection comes back in the error,
-    /// untouched: it is this generation's, and nobody else can serve it any more.
+    /// untouched: it is this generation's, and nobody else can serve it any more (see
+    /// [`IntoStreamError::conn`] for the one rare exception).
     #[cfg(feature = "tokio")]
     pub fn into_tokio_tcp(
         self,
@@ -105,29 +106,27 @@ impl Connection {
                 ),
             );
             return Err(IntoStreamError {
-                conn: self,
+                conn: Some(self),
                 error: e,
             });
         }
         if tokio::runtime::Handle::try_current().is_err() {
             let e = Error::other("not inside a tokio runtime");
             return Err(IntoStreamError {
-                conn: self,
+                conn: Some(self),
                 error: e,
             });
         }
         if let Err(e) = rustix::io::ioctl_fionbio(&self.fd, true) {
             return Err(IntoStreamError {
-                conn: self,
+                conn: Some(self),
                 error: e.into(),
             });
         }
         // tokio closes what it fails to register (epoll_ctl: ENOMEM, a full watch limit): a
-        // copy keeps the connection through that. No fd free for the copy: refused as it is.
-        let spare = match self.fd.try_clone() {
-            Ok(spare) => spare,
-            Err(error) => return Err(IntoStreamError { conn: self, error }),
-        };
+        // copy keeps the connection through that, when an fd is free for it (at the fd limit,
+        // where registration needs none, it goes without).
+        let spare = self.fd.try_clone().ok();
         let Connection {
             fd,
             family,
@@ -137,12 +136,12 @@ impl Connection {
         match register(fd) {
             Ok(s) => Ok((s, unread, state)),
             Err(error) => Err(IntoStreamError {
-                conn: Connection {
-                    fd: spare,
+                conn: spare.map(|fd| Connection {
+                    fd,
                     family,
                     unread,
                     state,
-                },
+                }),
                 error,
             }),
         }
@@ -153,8 +152,10 @@ impl Connection {
 /// [`Connection::into_tokio_tcp`]): the connection, untouched, and why.
 #[derive(Debug)]
 pub struct IntoStreamError {
-    /// The connection, still this generation's.
-    pub conn: Connection,
+    /// The connection, still this generation's. `None` only when tokio could not register it
+    /// (`epoll_ctl` failed: out of memory, or the epoll watch limit) and no fd was free for a
+    /// copy to keep it through that: tokio closed it.
+    pub conn: Option<Connection>,
     /// Why it could not be converted.
     pub error: std::io::Error,
 }

@@ -1,4 +1,5 @@
-//! The hand-over protocol between two generations, defined once for both sides.
+//! The hand-over between two generations: the environment variables and the fd layout a new
+//! generation starts with, defined once for both sides, and their parser.
 //!
 //! hotexec passes listening sockets in the systemd socket-activation convention, so a new binary
 //! can be any program that understands `sd_listen_fds(3)`, and a hotexec binary started by
@@ -9,16 +10,20 @@
 //! | `LISTEN_PID` | pid of the process the fds are meant for; any other process ignores them |
 //! | `LISTEN_FDS` | number of fds, numbered from 3 (`SD_LISTEN_FDS_START`) |
 //! | `LISTEN_FDNAMES` | colon-separated names, one per fd (the `name` of each `#[listen]`) |
-//! | `HOTEXEC_READY_FD` | write end of a pipe: the new generation writes [`READY`] to it once its listeners are held and its `main` runs, and keeps it: later it writes [`HANDED_ON`] or [`STOPPING`], so the previous generation knows not to roll back |
+//! | `HOTEXEC_READY_FD` | write end of a pipe: the new generation writes a byte on it once its listeners are held and its `main` runs, and keeps it to say later that it handed on or stops, so the previous generation knows not to roll back (see `readiness.rs`) |
 //! | `NOTIFY_SOCKET` | during an upgrade, a private `AF_UNIX` datagram socket of the old generation: a new binary that is not built on hotexec reports ready with `sd_notify("READY=1")` on it instead of the pipe (only datagrams sent by the new pid count) |
 //! | `HOTEXEC_NOTIFY_SOCKET` | the service manager's real `NOTIFY_SOCKET` (empty: none), which a hotexec new generation puts back as its `NOTIFY_SOCKET` |
 //! | `HOTEXEC_OWNED_FDNAMES` | colon-separated names of the passed Unix listeners whose path a hotexec generation bound (not a socket activator): the generation that stops for good removes those paths |
 //! | `HOTEXEC_ACTIVATED_FDS` | with `HOTEXEC_READY_FD` only: colon-separated numbers of the passed fds that a service manager handed over (to the first generation, or to the keeper), so every later generation keeps adopting them whatever its declarations say (see `activation.rs`). Without `HOTEXEC_READY_FD` every fd is the service manager's and this variable is not read |
-//! | `HOTEXEC_KEEPER_FD` | keeper mode only: this process is a generation under a keeper, and this fd is its channel to the keeper (a `SOCK_SEQPACKET` socket; see [`KEEPER_SERVING`]) |
-//! | `HOTEXEC_HANDOFF_FD` | the connection hand-off channel from the old generation (a `SOCK_SEQPACKET` socket, after the keeper channel if any; records documented in the runtime's `handoff/wire.rs`) |
+//! | `HOTEXEC_KEEPER_FD` | keeper mode only: this process is a generation under a keeper, and this fd is its channel to the keeper (a `SOCK_SEQPACKET` socket; see `keeper.rs`) |
+//! | `HOTEXEC_HANDOFF_FD` | the connection hand-off channel from the old generation (a `SOCK_SEQPACKET` socket, after the keeper channel if any; see `handoff/`) |
+//! | `HOTEXEC_LINK_FD` | the generation link to the old generation (a `SOCK_SEQPACKET` socket, after the hand-off channel: lineage, carried state, a stop passed on; see `link.rs`) |
 //!
-//! All but `NOTIFY_SOCKET` are removed from the environment before `main` runs, so nothing the
-//! application spawns sees them; `NOTIFY_SOCKET` is left as the service manager set it.
+//! Fds are passed in this order: the listeners from fd 3, then the readiness pipe, then the
+//! keeper channel, the hand-off channel and the generation link, each when there is one. All
+//! variables but `NOTIFY_SOCKET` are removed from the environment before `main` runs (see
+//! `startup.rs`), so nothing the application spawns sees them; `NOTIFY_SOCKET` is left as the
+//! service manager set it.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -41,27 +46,14 @@ pub const UPSTREAM_NOTIFY_SOCKET: &str = "HOTEXEC_NOTIFY_SOCKET";
 pub const OWNED_FDNAMES: &str = "HOTEXEC_OWNED_FDNAMES";
 /// `HOTEXEC_ACTIVATED_FDS`: which fds of a hotexec hand-over came from a service manager.
 pub const ACTIVATED_FDS: &str = "HOTEXEC_ACTIVATED_FDS";
-/// `HOTEXEC_KEEPER_FD`: the channel to the keeper, in keeper mode. Scrubbed by the keeper module
-/// (it is not part of [`ALL`], which is the hand-over between generations).
+/// `HOTEXEC_KEEPER_FD`: the channel to the keeper, in keeper mode.
 pub const KEEPER_FD: &str = "HOTEXEC_KEEPER_FD";
-/// `HOTEXEC_HANDOFF_FD`: the connection hand-off channel from the previous generation. Scrubbed
-/// by the handoff module (like [`KEEPER_FD`], it is not part of [`ALL`]).
+/// `HOTEXEC_HANDOFF_FD`: the connection hand-off channel from the previous generation.
 pub const HANDOFF_FD: &str = "HOTEXEC_HANDOFF_FD";
-/// Message a generation sends to the keeper when it hands over: `serving <new pid>`. The
-/// keeper forwards it to the new generation from then on, and, as the service's main pid,
-/// tells the service manager `READY=1`.
-pub const KEEPER_SERVING: &str = "serving";
-/// Message a generation sends to the keeper when an upgrade starts (the keeper says
-/// `RELOADING=1` to the service manager).
-pub const KEEPER_RELOADING: &str = "reloading";
-/// Message a generation sends to the keeper when an upgrade failed and it serves on (the keeper
-/// says `READY=1`).
-pub const KEEPER_UPGRADE_FAILED: &str = "upgrade-failed";
-/// Message a generation sends to the keeper when it begins a final stop (the keeper says
-/// `STOPPING=1`).
-pub const KEEPER_STOPPING: &str = "stopping";
-/// Every hotexec protocol variable, for scrubbing (`NOTIFY_SOCKET` is systemd's and stays).
-pub const ALL: [&str; 7] = [
+/// `HOTEXEC_LINK_FD`: the generation link from the previous generation.
+pub const LINK_FD: &str = "HOTEXEC_LINK_FD";
+/// Every hand-over variable, for scrubbing (`NOTIFY_SOCKET` is systemd's and stays).
+pub const ALL: [&str; 10] = [
     LISTEN_PID,
     LISTEN_FDS,
     LISTEN_FDNAMES,
@@ -69,25 +61,15 @@ pub const ALL: [&str; 7] = [
     UPSTREAM_NOTIFY_SOCKET,
     OWNED_FDNAMES,
     ACTIVATED_FDS,
+    KEEPER_FD,
+    HANDOFF_FD,
+    LINK_FD,
 ];
 
 /// First inherited fd, as in systemd.
 pub const FDS_START: RawFd = 3;
 /// More fds than this in `LISTEN_FDS` is refused as garbage (the default hard `RLIMIT_NOFILE`).
 pub const MAX_FDS: usize = 1 << 20;
-
-/// Byte the new generation writes on the readiness pipe when it is serving.
-pub const READY: u8 = b'R';
-/// Byte a generation writes on its readiness pipe, after [`READY`], once it has handed over to
-/// a successor of its own: that successor serves now, and this generation's exit, whatever its
-/// status, is no reason for the previous one to roll back.
-pub const HANDED_ON: u8 = b'H';
-/// Byte a generation writes on its readiness pipe, after [`READY`], when a stop signal starts
-/// its final stop: the operator (or the service manager) wants it gone, and its exit, whatever
-/// its status, is no reason for the previous one to roll back.
-pub const STOPPING: u8 = b'S';
-/// Byte the forked child writes, followed by a native-endian `i32` errno, when `execve` failed.
-pub const EXEC_FAILED: u8 = b'E';
 
 /// Whether `name` in `LISTEN_FDNAMES` is a socket unit's (`app.socket`): the name systemd gives
 /// the fds of a `.socket` unit without `FileDescriptorName=`. It names no listener (a listener

@@ -1,21 +1,25 @@
 //! Starting, upgrading and stopping the servers the `demo` and `bench` examples measure, and
 //! knowing when each process exited. Every process started here is killed and reaped by
 //! [`Target`]'s `Drop`; every wait has a deadline.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-use super::servers;
+use super::load::GenerationOf;
+use super::roles;
+use crate::net::free_addr;
+use crate::procfs::{alive, child_count, children_of};
+use crate::scratch::Scratch;
+use crate::wait::poll;
 
 /// What is measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,128 +59,27 @@ impl Kind {
     pub fn upgrades(self) -> bool {
         !matches!(self, Kind::Plain | Kind::HotexecSteady)
     }
+
+    /// Which process a responding pid stands for: nginx's workers answer for their master.
+    pub fn generation_of(self) -> GenerationOf {
+        if self == Kind::Nginx {
+            GenerationOf::Parent
+        } else {
+            GenerationOf::Pid
+        }
+    }
 }
 
 /// The nginx binary, `/usr/sbin/nginx` (nginx re-executes itself by `argv[0]`, so it must be
 /// started with an absolute path).
 pub const NGINX: &str = "/usr/sbin/nginx";
 
-/// A scratch directory, removed on drop.
-pub struct Scratch(pub PathBuf);
-
-impl Scratch {
-    pub fn new(tag: &str) -> std::io::Result<Scratch> {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "hotexec-{tag}-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p)?;
-        Ok(Scratch(p))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Makes this process adopt orphaned descendants, so that every generation, whoever started
-/// it, is reaped here and its exit time is known.
-pub fn subreaper() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes integer arguments and touches no memory.
-        let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        if r != 0 {
-            eprintln!(
-                "warning: prctl(PR_SET_CHILD_SUBREAPER): {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    });
-}
-
-/// Raises the soft limit of open files to the hard limit (inherited by the servers started
-/// after it); returns the new limit.
-pub fn raise_nofile() -> libc::rlim_t {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write the struct on our stack.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-    lim.rlim_cur
-}
-
-/// A free port on 127.0.0.1 (bound and released).
-pub fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Polls `f` every `every` until it returns Some or `timeout` passes.
-pub fn wait_for<T>(
-    timeout: Duration,
-    every: Duration,
-    what: &str,
-    mut f: impl FnMut() -> Option<T>,
-) -> std::io::Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            return Err(std::io::Error::other(format!(
-                "timed out after {timeout:?} waiting for {what}"
-            )));
-        }
-        std::thread::sleep(every);
-    }
-}
-
 fn read_pid(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// (ppid, state) of a process, from /proc.
-fn stat(pid: u32) -> Option<(u32, char)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 2..];
-    let mut it = rest.split_whitespace();
-    let state = it.next()?.chars().next()?;
-    let ppid = it.next()?.parse().ok()?;
-    Some((ppid, state))
-}
-
-fn children(pid: u32) -> usize {
-    if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
-        return s.split_whitespace().count();
-    }
-    child_pids(pid).len()
-}
-
-fn child_pids(pid: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-                .filter(|p| stat(*p).is_some_and(|(pp, _)| pp == pid))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Watches pids and records when each exited (reaping those that are our children: with
-/// [`subreaper`], every generation ends up ours).
+/// [`subreaper`](crate::reap::subreaper), every generation ends up ours).
 pub struct Tracker {
     exits: Mutex<HashMap<u32, Instant>>,
     watched: Mutex<Vec<u32>>,
@@ -200,7 +103,7 @@ impl Tracker {
                         Ok(WaitStatus::StillAlive) => false,
                         Ok(_) => true,
                         // Not our child (yet): its parent is alive; or already gone.
-                        Err(_) => !matches!(stat(pid), Some((_, s)) if s != 'Z'),
+                        Err(_) => !alive(pid),
                     };
                     if gone {
                         t2.exits.lock().unwrap().insert(pid, Instant::now());
@@ -223,7 +126,7 @@ impl Tracker {
 
     /// Waits up to `timeout` for `pid` to exit.
     pub fn wait_exit(&self, pid: u32, timeout: Duration) -> Option<Instant> {
-        wait_for(timeout, Duration::from_millis(1), "exit", || {
+        poll(timeout, Duration::from_millis(1), "exit", || {
             self.exited(pid)
         })
         .ok()
@@ -268,8 +171,8 @@ impl Target {
         tracker: Arc<Tracker>,
         extra_env: &[(&str, &str)],
     ) -> std::io::Result<Target> {
-        let dir = Scratch::new("target")?;
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse().unwrap();
+        let dir = Scratch::new("target");
+        let addr = free_addr();
         let mut t = Target {
             kind,
             addr,
@@ -295,7 +198,7 @@ impl Target {
             Kind::Axum | Kind::AxumPlain => {
                 let plain = if kind == Kind::Axum { "0" } else { "1" };
                 let mut cmd = t.command("axum");
-                cmd.env(servers::AXUM_PLAIN_VAR, plain)
+                cmd.env(roles::AXUM_PLAIN_VAR, plain)
                     .env("HOTEXEC_LISTEN_HTTP", addr.to_string())
                     .env("HOTEXEC_PID_FILE", t.pid_file());
                 let pid = t.spawn(cmd)?;
@@ -305,12 +208,12 @@ impl Target {
             Kind::Many(n) => {
                 let ports = t.dir.0.join("ports");
                 let mut cmd = t.command("many");
-                cmd.env(servers::MANY_COUNT_VAR, n.to_string())
-                    .env(servers::MANY_PORTS_VAR, &ports)
+                cmd.env(roles::MANY_COUNT_VAR, n.to_string())
+                    .env(roles::MANY_PORTS_VAR, &ports)
                     .env("HOTEXEC_PID_FILE", t.pid_file());
                 let pid = t.spawn(cmd)?;
                 let pid = t.wait_pid_file(&t.pid_file(), |p| p == pid)?;
-                let last: u16 = wait_for(
+                let last: u16 = poll(
                     Duration::from_secs(10),
                     Duration::from_millis(5),
                     "the ports file",
@@ -346,7 +249,7 @@ impl Target {
             }
         };
         let addr = t.addr;
-        wait_for(
+        poll(
             Duration::from_secs(10),
             Duration::from_millis(5),
             "the server to accept",
@@ -364,7 +267,7 @@ impl Target {
 
     fn command(&self, role: &str) -> Command {
         let mut cmd = Command::new(&self.exe);
-        cmd.env(servers::ROLE_VAR, role)
+        cmd.env(roles::ROLE_VAR, role)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null());
         for (k, v) in &self.extra_env {
@@ -402,8 +305,8 @@ impl Target {
             "plain"
         };
         let mut cmd = self.command(role);
-        cmd.env(servers::ADDR_VAR, self.addr.to_string())
-            .env(servers::PID_FILE_VAR, &pid_file);
+        cmd.env(roles::ADDR_VAR, self.addr.to_string())
+            .env(roles::PID_FILE_VAR, &pid_file);
         let started = Instant::now();
         let pid = self.spawn(cmd)?;
         self.wait_pid_file(&pid_file, |p| p == pid)?;
@@ -411,7 +314,7 @@ impl Target {
     }
 
     fn wait_pid_file(&self, path: &Path, ok: impl Fn(u32) -> bool) -> std::io::Result<u32> {
-        wait_for(
+        poll(
             Duration::from_secs(10),
             Duration::from_micros(200),
             &format!("the pid file {}", path.display()),
@@ -441,11 +344,11 @@ impl Target {
                 kill(Pid::from_raw(old as i32), Signal::SIGUSR2)?;
                 let new = self.wait_pid_file(&self.pid_file(), |p| p != old)?;
                 let workers = nginx_workers();
-                wait_for(
+                poll(
                     Duration::from_secs(10),
                     Duration::from_micros(200),
                     "the new nginx master's workers",
-                    || (children(new) >= workers).then_some(()),
+                    || (child_count(new) >= workers).then_some(()),
                 )?;
                 (new, signal)
             }
@@ -485,7 +388,12 @@ impl Target {
 impl Drop for Target {
     fn drop(&mut self) {
         // nginx workers outlive a killed master: take them too.
-        let workers: Vec<u32> = self.pids.iter().flat_map(|&p| child_pids(p)).collect();
+        let workers: Vec<u32> = self
+            .pids
+            .iter()
+            .flat_map(|&p| children_of(p))
+            .map(|(p, _)| p)
+            .collect();
         for p in workers {
             self.own(p);
         }

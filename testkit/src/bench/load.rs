@@ -1,7 +1,6 @@
 //! The load generator of the `demo` and `bench` examples: N concurrent HTTP/1.1 clients (or
-//! HTTP/2 streams, [`Mode::H2`]) on tokio, each request classified. Nothing counts as ok without a `200` status line and the
-//! complete body (`Content-Length` bytes, starting `pid=`).
-#![allow(dead_code)]
+//! HTTP/2 streams, [`Mode::H2`]) on tokio, each request classified. Nothing counts as ok without
+//! a `200` status line and the complete body (`Content-Length` bytes, starting `pid=`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+pub use crate::outcome::Class;
+use crate::procfs::parent_of;
 
 /// How a client uses connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,41 +41,6 @@ impl Mode {
     }
 }
 
-/// How one request ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Class {
-    Ok,
-    Refused,
-    Reset,
-    /// The connection ended before a complete response.
-    Eof,
-    Timeout,
-    BadStatus,
-    Other,
-}
-
-impl Class {
-    pub const FAILURES: [Class; 6] = [
-        Class::Refused,
-        Class::Reset,
-        Class::Eof,
-        Class::Timeout,
-        Class::BadStatus,
-        Class::Other,
-    ];
-    pub fn name(self) -> &'static str {
-        match self {
-            Class::Ok => "ok",
-            Class::Refused => "refused",
-            Class::Reset => "reset",
-            Class::Eof => "EOF before response",
-            Class::Timeout => "timeout",
-            Class::BadStatus => "bad status",
-            Class::Other => "other",
-        }
-    }
-}
-
 /// One request: start and end in µs since the run's start, its class, and the generation that
 /// answered (0 when none did).
 #[derive(Clone, Copy, Debug)]
@@ -90,12 +57,6 @@ pub struct Rec {
 pub enum GenerationOf {
     Pid,
     Parent,
-}
-
-fn parent_of(pid: u32) -> Option<u32> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 2..];
-    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Live counters, for progress lines.
@@ -265,22 +226,13 @@ struct Conn {
     buf: Vec<u8>,
 }
 
-fn classify(e: &std::io::Error) -> Class {
-    use std::io::ErrorKind::*;
-    match e.kind() {
-        ConnectionRefused => Class::Refused,
-        ConnectionReset | ConnectionAborted | BrokenPipe => Class::Reset,
-        UnexpectedEof => Class::Eof,
-        TimedOut => Class::Timeout,
-        _ => Class::Other,
-    }
-}
-
 /// One request on `conn` (connecting first if needed); the responding pid, or the failure.
 /// Leaves `conn` open only when the connection may be reused.
 async fn request(conn: &mut Option<Conn>, addr: SocketAddr, mode: Mode) -> Result<u32, Class> {
     if conn.is_none() {
-        let stream = TcpStream::connect(addr).await.map_err(|e| classify(&e))?;
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| Class::of_io(&e))?;
         let _ = stream.set_nodelay(true);
         *conn = Some(Conn {
             stream,
@@ -292,7 +244,10 @@ async fn request(conn: &mut Option<Conn>, addr: SocketAddr, mode: Mode) -> Resul
         Mode::Close => REQUEST_CLOSE,
         Mode::KeepAlive | Mode::H2 => REQUEST_KEEP,
     };
-    c.stream.write_all(req).await.map_err(|e| classify(&e))?;
+    c.stream
+        .write_all(req)
+        .await
+        .map_err(|e| Class::of_io(&e))?;
     let resp = read_response(&mut c.stream, &mut c.buf).await?;
     if mode == Mode::Close || resp.close {
         *conn = None;
@@ -334,10 +289,10 @@ fn classify_hyper(e: &hyper::Error) -> Class {
             if h2.is_reset() {
                 return Class::Reset;
             }
-            return h2.get_io().map_or(Class::Other, classify);
+            return h2.get_io().map_or(Class::Other, Class::of_io);
         }
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return classify(io);
+            return Class::of_io(io);
         }
         source = s.source();
     }
@@ -384,7 +339,7 @@ async fn request_h2(
                 _ => {
                     let tcp = step(deadline, "connecting", TcpStream::connect(addr))
                         .await?
-                        .map_err(|e| classify(&e))?;
+                        .map_err(|e| Class::of_io(&e))?;
                     let _ = tcp.set_nodelay(true);
                     let handshake = hyper::client::conn::http2::handshake(
                         hyper_util::rt::TokioExecutor::new(),
@@ -423,13 +378,7 @@ async fn request_h2(
                     .await?
                     .map_err(|e| classify_hyper(&e))?
                     .to_bytes();
-                    return body
-                        .strip_prefix(b"pid=")
-                        .and_then(|r| {
-                            let digits = r.iter().take_while(|b| b.is_ascii_digit()).count();
-                            std::str::from_utf8(&r[..digits]).ok()?.parse().ok()
-                        })
-                        .ok_or(Class::BadStatus);
+                    return pid_in_body(&body).ok_or(Class::BadStatus);
                 }
                 Err(e) if e.message().is_some() || h2_unprocessed(e.error()) => {}
                 Err(e) => return Err(classify_hyper(e.error())),
@@ -456,7 +405,6 @@ pub struct Response {
 /// expected, as requests are not pipelined).
 pub async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Response, Class> {
     buf.clear();
-    let mut chunk = [0u8; 1024];
     loop {
         if let Some(head_end) = find(buf, b"\r\n\r\n") {
             let (status_ok, len, close) = {
@@ -482,31 +430,38 @@ pub async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<
             let len = len.ok_or(Class::BadStatus)?;
             let body_start = head_end + 4;
             while buf.len() < body_start + len {
-                let n = stream.read(&mut chunk).await.map_err(|e| classify(&e))?;
-                if n == 0 {
-                    return Err(Class::Eof);
-                }
-                buf.extend_from_slice(&chunk[..n]);
+                read_more(stream, buf).await?;
             }
             if !status_ok {
                 return Err(Class::BadStatus);
             }
             let body = &buf[body_start..body_start + len];
-            let pid = body
-                .strip_prefix(b"pid=")
-                .and_then(|r| {
-                    let digits = r.iter().take_while(|b| b.is_ascii_digit()).count();
-                    std::str::from_utf8(&r[..digits]).ok()?.parse().ok()
-                })
-                .ok_or(Class::BadStatus)?;
+            let pid = pid_in_body(body).ok_or(Class::BadStatus)?;
             return Ok(Response { pid, close });
         }
-        let n = stream.read(&mut chunk).await.map_err(|e| classify(&e))?;
-        if n == 0 {
-            return Err(Class::Eof);
-        }
-        buf.extend_from_slice(&chunk[..n]);
+        read_more(stream, buf).await?;
     }
+}
+
+/// Appends what `stream` has next to `buf`; the end of the stream is [`Class::Eof`].
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), Class> {
+    let mut chunk = [0u8; 1024];
+    let n = stream
+        .read(&mut chunk)
+        .await
+        .map_err(|e| Class::of_io(&e))?;
+    if n == 0 {
+        return Err(Class::Eof);
+    }
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(())
+}
+
+/// The pid of a body that starts `pid=<digits>`.
+fn pid_in_body(body: &[u8]) -> Option<u32> {
+    let r = body.strip_prefix(b"pid=")?;
+    let digits = r.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&r[..digits]).ok()?.parse().ok()
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

@@ -6,28 +6,25 @@
 //! single `write(2)` to stderr made only if `poll` says it would not block, and it ends the
 //! process with `_exit` (no atexit handlers or destructors racing the app's live threads).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::pidfile;
 use crate::shutdown::ShutdownReason;
 
 /// Exit status of a process whose drain was cut off by `drain_timeout`.
 pub(crate) const DRAIN_TIMEOUT_EXIT: i32 = 124;
 
-/// Starts the watchdog: if the process is still alive after `timeout`, it exits with
-/// [`DRAIN_TIMEOUT_EXIT`].
-pub(crate) fn start(timeout: Duration, reason: ShutdownReason, pid_file: Option<PathBuf>) {
+/// Starts the watchdog: if the process is still alive after `timeout`, it runs `at_expiry`
+/// (the final clean-up of a stop: see `announce.rs`) and exits with [`DRAIN_TIMEOUT_EXIT`].
+pub(crate) fn arm(
+    timeout: Duration,
+    reason: ShutdownReason,
+    at_expiry: impl FnOnce() + Send + 'static,
+) {
     let spawned = std::thread::Builder::new()
         .name("hotexec-drain".into())
         .spawn(move || {
             std::thread::sleep(timeout);
-            if let (ShutdownReason::Stop { .. }, Some(p)) = (reason, &pid_file) {
-                pidfile::remove_if_ours(p, std::process::id());
-            }
-            if let ShutdownReason::Stop { .. } = reason {
-                crate::socket::remove_owned_paths();
-            }
+            at_expiry();
             let msg = format!(
                 "hotexec: drain timeout of {timeout:?} expired with work still in flight ({reason:?}): exiting with status {DRAIN_TIMEOUT_EXIT}\n"
             );

@@ -1,27 +1,11 @@
-//! What the connection hand-off tests share: a line-protocol client, and "one owner" checked
-//! from outside, in `/proc/<pid>/fd` of each process and `/proc/net/tcp{,6}`.
-#![allow(dead_code)]
+//! What the connection hand-off tests share: a client of the `line` example, and "one owner"
+//! checked from outside — in `/proc/<pid>/fd` of each process against the kernel's table of
+//! established connections (`/proc/net/tcp{,6}`), not by asking either process.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
-
-/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit: room for a thousand client
-/// sockets here, and in the servers started from here (they inherit it).
-pub fn raise_nofile() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write the struct on our stack.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
 
 /// An integer from the environment, or `default`: the size knobs of the long runs.
 pub fn env_usize(var: &str, default: usize) -> usize {
@@ -33,6 +17,7 @@ pub fn env_usize(var: &str, default: usize) -> usize {
 
 /// A client of the `line` example (each line answered `pid=<pid> <line>`).
 pub struct LineClient {
+    /// The connection (for writing, and its local port).
     pub out: TcpStream,
     input: BufReader<TcpStream>,
 }
@@ -40,12 +25,14 @@ pub struct LineClient {
 /// How a line request ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Said {
+    /// A line, without its newline.
     Line(String),
     /// EOF or reset: the connection is gone.
     Gone,
 }
 
 impl LineClient {
+    /// Connects, with a 30 s bound on every read.
     pub fn connect(addr: SocketAddr) -> LineClient {
         let out = TcpStream::connect(addr).unwrap();
         // A bound on every read: a missing answer fails the test instead of hanging it.
@@ -54,10 +41,12 @@ impl LineClient {
         LineClient { out, input }
     }
 
+    /// Writes `bytes`; false if the connection is gone.
     pub fn send(&mut self, bytes: &str) -> bool {
         self.out.write_all(bytes.as_bytes()).is_ok()
     }
 
+    /// Reads one line (a test failure after 30 s).
     pub fn read(&mut self) -> Said {
         let mut line = String::new();
         match self.input.read_line(&mut line) {
@@ -73,6 +62,7 @@ impl LineClient {
         }
     }
 
+    /// Sends `line` and reads the answer.
     pub fn ask(&mut self, line: &str) -> Said {
         if !self.send(&format!("{line}\n")) {
             return Said::Gone;
@@ -100,7 +90,7 @@ impl LineClient {
 
 /// Inodes of the sockets `pid` has open (`socket:[N]` in `/proc/<pid>/fd`).
 pub fn socket_inodes(pid: u32) -> HashSet<u64> {
-    super::fd_targets(pid)
+    crate::procfs::fd_targets(pid)
         .into_iter()
         .filter_map(|(_, t)| t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok())
         .collect()
@@ -136,15 +126,21 @@ pub fn server_side_connections(port: u16) -> HashMap<u16, u64> {
     out
 }
 
-/// Who holds the server side of each connection to `port`: (held by `a` only, by `b` only, by
-/// both). Seen from outside: the kernel's tables, not what either process says.
+/// Who holds the server side of each connection to `port`: held by `a` only, by `b` only, by
+/// both, by neither. Seen from outside: the kernel's tables, not what either process says.
+#[derive(Clone, Debug)]
 pub struct Owners {
+    /// Held by `a` only.
     pub only_a: usize,
+    /// Held by `b` only.
     pub only_b: usize,
+    /// Held by both: two owners.
     pub both: usize,
+    /// Held by neither.
     pub neither: usize,
 }
 
+/// [`Owners`] of the connections to `port`, between processes `a` and `b`.
 pub fn owners(port: u16, a: u32, b: u32) -> Owners {
     let (o, _) = owners_by_client(port, a, b);
     o

@@ -1,0 +1,520 @@
+//! The supervisor: one thread per generation that turns what happens — signals, upgrade
+//! requests, what a new generation says on its readiness pipe and its generation link, a
+//! child's exit, time passing — into [`Event`]s for the state machine (`machine.rs`, where every
+//! decision is), and does the [`Action`]s it returns: spawn, kill, announce (`announce.rs`),
+//! resolve the application's `Shutdown`, reply to requests.
+//!
+//! Files: `event.rs` (what goes in and out), `machine.rs` (the rules), `spawn_next.rs` (how a
+//! new generation is started, with what), this file (the thread and its loop).
+
+pub(crate) mod event;
+mod machine;
+mod spawn_next;
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use crate::announce::Announcer;
+use crate::config::Config;
+use crate::error::UpgradeError;
+use crate::generation::Generation;
+use crate::link::{self, Received, Record};
+use crate::readiness::Said;
+use crate::shutdown::Shutdown;
+use crate::{deadline, signals};
+use event::{Action, Announcement, Event, Exit, News, Target, Waiter};
+use machine::{Machine, Timing};
+use spawn_next::Child;
+pub(crate) use spawn_next::Held;
+
+type Reply = mpsc::Sender<Result<u32, UpgradeError>>;
+
+/// What other threads hand the supervisor: requests and news of the application.
+#[derive(Default)]
+struct Inbox {
+    requests: Vec<Reply>,
+    ready: bool,
+    main_returned: bool,
+}
+
+/// The supervisor as the rest of the process sees it.
+pub(crate) struct Handle {
+    inbox: Mutex<Inbox>,
+    wake_w: OwnedFd,
+    /// Set (and signalled) once the machine allows the process to exit after `main` returned.
+    may_exit: (Mutex<bool>, Condvar),
+}
+
+impl Handle {
+    fn push(&self, f: impl FnOnce(&mut Inbox)) {
+        f(&mut self.inbox.lock().unwrap_or_else(|p| p.into_inner()));
+        let _ = nix::unistd::write(&self.wake_w, b"w");
+    }
+
+    /// Asks for an upgrade and waits for its outcome.
+    pub(crate) fn request_upgrade(&self) -> Result<u32, UpgradeError> {
+        let (tx, rx) = mpsc::channel();
+        self.push(|i| i.requests.push(tx));
+        rx.recv().unwrap_or(Err(UpgradeError::NotRunning))
+    }
+
+    /// This generation reported ready.
+    pub(crate) fn self_ready(&self) {
+        self.push(|i| i.ready = true);
+    }
+
+    /// The application's `main` returned: waits until the process may exit (a half-started
+    /// successor is killed; a successor in its probation is watched until it is past it).
+    /// Bounded by the drain deadline, which ends the process.
+    pub(crate) fn main_returned(&self) {
+        self.push(|i| i.main_returned = true);
+        let (lock, cond) = &self.may_exit;
+        let mut ok = lock.lock().unwrap_or_else(|p| p.into_inner());
+        while !*ok {
+            ok = cond.wait(ok).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Everything the supervisor of a generation needs.
+pub(crate) struct Setup {
+    pub config: Config,
+    pub argv: Vec<std::ffi::OsString>,
+    /// The runtime's own copy of each listener, passed to every new generation.
+    pub listeners: Vec<Held>,
+    pub shutdown: Shutdown,
+    pub generation: Arc<Generation>,
+    pub announcer: Arc<Announcer>,
+}
+
+/// Installs the signal handlers and starts the supervisor thread.
+pub(crate) fn start(setup: Setup) -> std::io::Result<Arc<Handle>> {
+    let upgrade_signal = setup.config.upgrade_signal;
+    let sig_r = signals::install(
+        &[upgrade_signal, Signal::SIGTERM, Signal::SIGINT],
+        Some(upgrade_signal),
+    )?;
+    let (wake_r, wake_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+            .map_err(|e| std::io::Error::other(format!("pipe2: {}", e.desc())))?;
+    let handle = Arc::new(Handle {
+        inbox: Mutex::new(Inbox::default()),
+        wake_w,
+        may_exit: (Mutex::new(false), Condvar::new()),
+    });
+    let timing = Timing {
+        ready_timeout: setup.config.ready_timeout,
+        probation: setup.config.probation.min(setup.config.drain_timeout),
+    };
+    let started_by_upgrade = setup.generation.readiness.started_by_upgrade();
+    let shell = Shell {
+        machine: Machine::new(timing, started_by_upgrade),
+        handle: handle.clone(),
+        sig_r,
+        wake_r,
+        replies: HashMap::new(),
+        next_waiter: 0,
+        child: None,
+        successor: None,
+        parent_link_open: setup.generation.parent_link.is_some(),
+        told_ready: false,
+        setup,
+        span: None,
+    };
+    std::thread::Builder::new()
+        .name("hotexec-supervisor".into())
+        .spawn(move || shell.run())?;
+    Ok(handle)
+}
+
+/// The generation this one handed over to.
+struct Successor {
+    child: Child,
+}
+
+/// The supervisor thread's state.
+struct Shell {
+    machine: Machine,
+    handle: Arc<Handle>,
+    setup: Setup,
+    sig_r: OwnedFd,
+    wake_r: OwnedFd,
+    replies: HashMap<Waiter, Reply>,
+    next_waiter: Waiter,
+    /// The child being started (an upgrade or a rollback).
+    child: Option<Child>,
+    successor: Option<Successor>,
+    parent_link_open: bool,
+    /// The machine has heard that this generation reported ready.
+    told_ready: bool,
+    /// The span of the upgrade in progress (old pid, new pid, trigger).
+    span: Option<tracing::Span>,
+}
+
+impl Shell {
+    fn run(mut self) {
+        loop {
+            self.wait();
+            let now = Instant::now();
+            for event in self.collect() {
+                self.feed(now, event);
+            }
+            self.feed(Instant::now(), Event::Tick);
+        }
+    }
+
+    /// Sleeps until something happens or the next deadline.
+    fn wait(&self) {
+        let timeout = match self.machine.next_deadline() {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                PollTimeout::from(u16::try_from(left.as_millis() + 1).unwrap_or(u16::MAX))
+            }
+            None => PollTimeout::NONE,
+        };
+        let mut fds = vec![
+            PollFd::new(self.sig_r.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.wake_r.as_fd(), PollFlags::POLLIN),
+        ];
+        if let (true, Some(l)) = (self.parent_link_open, &self.setup.generation.parent_link) {
+            fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+        }
+        let children = self
+            .child
+            .iter()
+            .chain(self.successor.iter().map(|s| &s.child));
+        for c in children {
+            c.poll_fds(&mut fds);
+        }
+        // Without pidfds (old kernels) a child's exit is noticed by polling every 50 ms.
+        let timeout = if self.child_without_pidfd() {
+            PollTimeout::from(50u16).min(timeout)
+        } else {
+            timeout
+        };
+        if let Err(e) = poll(&mut fds, timeout) {
+            if e != nix::errno::Errno::EINTR {
+                tracing::error!("supervisor poll failed: {}", e.desc());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    fn child_without_pidfd(&self) -> bool {
+        let children = self
+            .child
+            .iter()
+            .chain(self.successor.iter().map(|s| &s.child));
+        children.into_iter().any(|c| c.pidfd.is_none() && !c.reaped)
+    }
+
+    /// What happened since the last wake-up, in the order the machine should hear it: stops
+    /// and requests first, then what the children said, then their exits.
+    fn collect(&mut self) -> Vec<Event> {
+        let mut events = Vec::new();
+        // Readiness first, from the flag set before the READY byte is written: a signal sent
+        // because of that byte (the keeper forwards a held upgrade signal once it reads it)
+        // must find this generation ready, whatever woke the supervisor first.
+        if !self.told_ready && self.setup.generation.readiness.reported() {
+            self.told_ready = true;
+            events.push(Event::SelfReady);
+        }
+        let upgrade_signal = self.setup.config.upgrade_signal;
+        for sig in signals::drain(&self.sig_r) {
+            events.push(if sig == upgrade_signal {
+                Event::UpgradeSignal
+            } else {
+                Event::StopSignal(sig)
+            });
+        }
+        self.read_parent_link(&mut events);
+        let mut buf = [0u8; 64];
+        while matches!(nix::unistd::read(&self.wake_r, &mut buf), Ok(n) if n > 0) {}
+        let inbox =
+            std::mem::take(&mut *self.handle.inbox.lock().unwrap_or_else(|p| p.into_inner()));
+        if inbox.ready {
+            events.push(Event::SelfReady);
+        }
+        if inbox.main_returned {
+            events.push(Event::MainReturned);
+        }
+        for reply in inbox.requests {
+            let w = self.next_waiter;
+            self.next_waiter += 1;
+            self.replies.insert(w, reply);
+            events.push(Event::Request(w));
+        }
+        if let Some(c) = &mut self.child {
+            let pid = c.pid;
+            for said in c.ready.read() {
+                events.push(match said {
+                    Said::Ready => Event::ChildReady { pid },
+                    Said::ExecFailed(errno) => Event::ExecFailed { pid, errno },
+                    Said::Closed | Said::Garbage(_) => Event::ReadyClosed { pid },
+                    // After READY: the successor's news (see below).
+                    Said::HandedOn => Event::SuccessorNews {
+                        pid,
+                        news: News::HandedOn,
+                    },
+                    Said::Stopping => Event::SuccessorNews {
+                        pid,
+                        news: News::Stopping,
+                    },
+                });
+            }
+            if c.notify_ready() {
+                tracing::info!("the new generation reported READY=1 on its notify socket");
+                events.push(Event::ChildReady { pid });
+            }
+            c.read_link();
+            if let Some(exit) = c.exited() {
+                events.push(Event::ChildExited { pid, exit });
+            }
+        }
+        if let Some(s) = &mut self.successor {
+            let pid = s.child.pid;
+            for said in s.child.ready.read() {
+                match said {
+                    Said::HandedOn => events.push(Event::SuccessorNews {
+                        pid,
+                        news: News::HandedOn,
+                    }),
+                    Said::Stopping => events.push(Event::SuccessorNews {
+                        pid,
+                        news: News::Stopping,
+                    }),
+                    Said::Closed => {}
+                    other => tracing::debug!(new_pid = pid, ?other, "readiness pipe after ready"),
+                }
+            }
+            s.child.read_link();
+            if let Some(exit) = s.child.exited() {
+                events.push(Event::ChildExited { pid, exit });
+            }
+        }
+        events
+    }
+
+    /// Records of the previous generation (a stop passed on).
+    fn read_parent_link(&mut self, events: &mut Vec<Event>) {
+        let Some(l) = (self.parent_link_open)
+            .then_some(())
+            .and(self.setup.generation.parent_link.as_ref())
+        else {
+            return;
+        };
+        // Bounded per wake-up: a flood cannot keep the supervisor from signals and deadlines.
+        for _ in 0..64 {
+            match link::recv(l.as_fd()) {
+                Received::Record(Record::Stop) => {
+                    tracing::info!("the previous generation passed a stop on to this one");
+                    events.push(Event::StopPassedOn);
+                }
+                Received::Record(other) => {
+                    tracing::debug!(
+                        ?other,
+                        "generation link: record from the previous generation"
+                    )
+                }
+                Received::Refused(why) => {
+                    tracing::warn!("generation link: refused {why} from the previous generation")
+                }
+                Received::Empty => return,
+                Received::Closed => {
+                    self.parent_link_open = false;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One event through the machine, and its actions (and the events they produce).
+    fn feed(&mut self, now: Instant, event: Event) {
+        let mut queue = vec![event];
+        while let Some(event) = queue.pop() {
+            let span = self.span.clone();
+            let _enter = span.as_ref().map(|s| s.enter());
+            for action in self.machine.handle(now, event) {
+                if let Some(next) = self.act(action) {
+                    queue.push(next);
+                }
+            }
+        }
+        if self.machine.may_exit() {
+            let (lock, cond) = &self.handle.may_exit;
+            *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            cond.notify_all();
+        }
+    }
+
+    fn act(&mut self, action: Action) -> Option<Event> {
+        match action {
+            Action::Spawn(target) => {
+                if target == Target::Rollback {
+                    self.span = Some(tracing::info_span!(
+                        "rollback",
+                        old_pid = std::process::id(),
+                        new_pid = tracing::field::Empty,
+                    ));
+                }
+                let _enter = self.span.as_ref().map(|s| s.enter());
+                match spawn_next::spawn(&self.setup, target) {
+                    Ok(child) => {
+                        let pid = child.pid;
+                        if let Some(s) = &self.span {
+                            s.record("new_pid", pid);
+                        }
+                        self.child = Some(child);
+                        Some(Event::Spawned { pid })
+                    }
+                    Err(e) => Some(Event::SpawnFailed(e)),
+                }
+            }
+            Action::Kill { pid } => {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                let _ = waitpid(Pid::from_raw(pid as i32), None);
+                if self.child.as_ref().is_some_and(|c| c.pid == pid) {
+                    self.child = None;
+                }
+                None
+            }
+            Action::Announce(a) => {
+                if let Announcement::UpgradeStarted { trigger } = a {
+                    self.span = Some(tracing::info_span!(
+                        "upgrade",
+                        old_pid = std::process::id(),
+                        new_pid = tracing::field::Empty,
+                        trigger = trigger.as_str(),
+                    ));
+                }
+                let span = self.span.clone();
+                let _enter = span.as_ref().map(|s| s.enter());
+                let ends = matches!(
+                    a,
+                    Announcement::UpgradeFailed { .. } | Announcement::HandedOver { .. }
+                );
+                let a = match a {
+                    Announcement::UpgradeFailed {
+                        error: UpgradeError::Exec { errno, .. },
+                    } => Announcement::UpgradeFailed {
+                        error: UpgradeError::Exec {
+                            path: self.setup.announcer.exe.clone(),
+                            errno,
+                        },
+                    },
+                    other => other,
+                };
+                if let Announcement::HandedOver { new_pid, .. } = a {
+                    // The child serves now: what it says from here on is a successor's news.
+                    if let Some(child) = self.child.take().filter(|c| c.pid == new_pid) {
+                        self.successor = Some(Successor { child });
+                    }
+                }
+                self.setup.announcer.announce(&a);
+                if ends {
+                    self.span = None;
+                }
+                None
+            }
+            Action::HandOffTo { pid } => {
+                let chan = self
+                    .successor
+                    .as_mut()
+                    .filter(|s| s.child.pid == pid)
+                    .and_then(|s| s.child.handoff.take());
+                if let Some(chan) = chan {
+                    let h = crate::handoff::child_ready(chan, pid, self.setup.config.drain_timeout);
+                    *self
+                        .setup
+                        .generation
+                        .handoff
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = h;
+                }
+                None
+            }
+            Action::TriggerShutdown(reason) => {
+                self.setup.shutdown.trigger(reason);
+                None
+            }
+            Action::ArmDeadline(reason) => {
+                let announcer = self.setup.announcer.clone();
+                let final_stop = matches!(reason, crate::ShutdownReason::Stop { .. });
+                deadline::arm(self.setup.config.drain_timeout, reason, move || {
+                    if final_stop {
+                        announcer.final_cleanup();
+                    }
+                });
+                None
+            }
+            Action::StopSuccessor { pid } => {
+                let passed = self
+                    .successor
+                    .as_ref()
+                    .filter(|s| s.child.pid == pid)
+                    .and_then(|s| s.child.link.as_ref())
+                    .is_some_and(|l| link::send(l.as_fd(), &Record::Stop).is_ok());
+                if !passed {
+                    // Not a hotexec build (no link), or the link is gone: the signal itself.
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+                }
+                None
+            }
+            Action::CloseListeners => {
+                let closed = std::mem::take(&mut self.setup.listeners).len();
+                tracing::info!(closed, "hotexec's copies of the listeners are closed");
+                None
+            }
+            Action::Reply { waiters, result } => {
+                let result = result.map_err(|e| match e {
+                    UpgradeError::Exec { errno, .. } => UpgradeError::Exec {
+                        path: self.setup.announcer.exe.clone(),
+                        errno,
+                    },
+                    other => other,
+                });
+                for w in waiters {
+                    if let Some(r) = self.replies.remove(&w) {
+                        let _ = r.send(result.clone());
+                    }
+                }
+                None
+            }
+            Action::ExitNow => {
+                self.setup.announcer.final_cleanup();
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+/// How a wait status reads in the log: `exit status 1`, `killed by SIGSEGV`.
+fn describe(status: WaitStatus) -> String {
+    match status {
+        WaitStatus::Exited(_, code) => format!("exit status {code}"),
+        WaitStatus::Signaled(_, sig, _) => format!("killed by {sig}"),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Reaps `pid` if it has exited.
+fn reap(pid: u32) -> Option<Exit> {
+    match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::StillAlive) => None,
+        Ok(status) => Some(Exit {
+            clean: matches!(status, WaitStatus::Exited(_, 0)),
+            how: describe(status),
+        }),
+        Err(e) => Some(Exit {
+            clean: false,
+            how: format!("not a child of this process any more ({})", e.desc()),
+        }),
+    }
+}
