@@ -90,6 +90,7 @@ mod channel;
 mod error;
 mod recv;
 mod send;
+mod successor;
 mod wire;
 
 /// The wire format of the channel, for the runtime's own fuzzers and tests and for test fixtures
@@ -107,19 +108,21 @@ use std::time::{Duration, Instant};
 
 pub use channel::Family;
 pub use error::HandoffError;
-pub use recv::{CLAIM_GRACE, Connection, HandedOff, IntoStreamError, Next};
+pub use recv::{CLAIM_GRACE, Claim, Connection, HandedOff, IntoStreamError, Next};
 pub use send::{Handoff, Returned, SendFuture};
+pub use successor::{Changed, Successor};
 pub use wire::{MAX_STATE, MAX_UNREAD, VERSION};
 
 use wire::Kind;
 
-/// The connections offered to this generation, until the application claims them with
-/// `incoming()` (kept by this generation, see `generation.rs`).
+/// The connections offered to this generation, claimed by the application with `incoming()`
+/// or `incoming_claiming()` (kept by this generation, see `generation.rs`).
 pub(crate) struct Inbox(Arc<recv::Shared>);
 
 impl Inbox {
-    pub(crate) fn claim(self) -> HandedOff {
-        HandedOff::claim(self.0)
+    /// The connections `claim` takes; `None` if a receiver already holds some of them.
+    pub(crate) fn claim(&self, claim: Claim) -> Option<HandedOff> {
+        recv::claim(&self.0, claim)
     }
 }
 
@@ -156,7 +159,7 @@ pub(crate) fn main_starting(fd: Option<OwnedFd>) -> Option<Inbox> {
     }
 }
 
-pub use crate::upgrade::incoming;
+pub use crate::upgrade::{incoming, incoming_claiming};
 
 /// Runtime hook before a new generation is spawned: a fresh channel; the child's end is passed
 /// like the keeper channel (see `spawn::Extra::handoff`). At the fd limit (`EMFILE`) the upgrade
@@ -247,7 +250,7 @@ mod tests {
 
     fn both_ends(deadline: Duration) -> (Handoff, HandedOff) {
         let (old, new) = channel::pair().unwrap();
-        let rx = HandedOff::claim(recv::start(new).unwrap());
+        let rx = recv::claim(&recv::start(new).unwrap(), Claim::All).unwrap();
         let tx = Handoff::start(old, 4242, Instant::now() + deadline).unwrap();
         (tx, rx)
     }
@@ -307,7 +310,7 @@ mod tests {
     #[test]
     fn the_deadline_gives_back_what_was_not_taken() {
         let (old, new) = channel::pair().unwrap();
-        let _rx = HandedOff::claim(recv::start(new).unwrap());
+        let _rx = recv::claim(&recv::start(new).unwrap(), Claim::All).unwrap();
         let tx = Handoff::start(old, 1, Instant::now() + Duration::from_millis(300)).unwrap();
         let (_c, s) = tcp_pair();
         let back = tx.send_blocking(s, Vec::new(), Vec::new()).unwrap_err();
@@ -384,7 +387,7 @@ mod garbage_tests {
     #[test]
     fn nothing_is_kept_from_garbage() {
         let (old, new) = channel::pair().unwrap();
-        let mut rx = HandedOff::claim(recv::start(new).unwrap());
+        let mut rx = recv::claim(&recv::start(new).unwrap(), Claim::All).unwrap();
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -437,7 +440,7 @@ mod serde_tests {
     #[test]
     fn state_travels_as_a_serde_type_and_reads_in_a_later_shape() {
         let (old, new) = channel::pair().unwrap();
-        let mut rx = HandedOff::claim(recv::start(new).unwrap());
+        let mut rx = recv::claim(&recv::start(new).unwrap(), Claim::All).unwrap();
         let tx = Handoff::start(old, 1, Instant::now() + Duration::from_secs(30)).unwrap();
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let _c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
@@ -580,7 +583,7 @@ mod one_owner_tests {
     #[test]
     fn an_empty_record_from_the_old_side_is_refused_by_name() {
         let (old, new) = channel::pair().unwrap();
-        let mut rx = HandedOff::claim(recv::start(new).unwrap());
+        let mut rx = recv::claim(&recv::start(new).unwrap(), Claim::All).unwrap();
         channel::send(old.as_fd(), b"", None, false).unwrap();
         let e = rx
             .recv_blocking()
@@ -601,7 +604,7 @@ mod one_owner_tests {
         let shared = recv::start_at(new, long_ago).unwrap();
         // The reader has looked at the grace with nothing offered yet.
         std::thread::sleep(Duration::from_millis(100));
-        let mut rx = HandedOff::claim(shared);
+        let mut rx = recv::claim(&shared, Claim::All).unwrap();
         let tx = Handoff::start(old, 5, Instant::now() + Duration::from_secs(30)).unwrap();
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let _c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
@@ -645,5 +648,45 @@ mod one_owner_tests {
             "the connection was closed by the failed conversion"
         );
         drop(kept);
+    }
+
+    /// Two listeners, two protocols: each receiver claims its own listener's connections; one
+    /// that no receiver claims is refused (and stays with the previous generation), not taken by
+    /// the code of another protocol.
+    #[test]
+    fn each_receiver_takes_its_own_listeners_connections() {
+        let (old, new) = channel::pair().unwrap();
+        let shared = recv::start_at(new, Instant::now().checked_sub(CLAIM_GRACE).unwrap()).unwrap();
+        let (la, lb) = (
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+        );
+        let (pa, pb) = (
+            la.local_addr().unwrap().port(),
+            lb.local_addr().unwrap().port(),
+        );
+        let mut rx_a = recv::claim(&shared, Claim::TcpPort(pa)).unwrap();
+        assert!(
+            recv::claim(&shared, Claim::TcpPort(pa)).is_none(),
+            "claimed twice"
+        );
+        assert!(recv::claim(&shared, Claim::All).is_none(), "overlaps");
+        let tx = Handoff::start(old, 3, Instant::now() + Duration::from_secs(30)).unwrap();
+        let _ca = TcpStream::connect(la.local_addr().unwrap()).unwrap();
+        let _cb = TcpStream::connect(lb.local_addr().unwrap()).unwrap();
+        let (sa, sb) = (la.accept().unwrap().0, lb.accept().unwrap().0);
+        let tb = tx.clone();
+        let for_b = std::thread::spawn(move || tb.send_blocking(sb, Vec::new(), b"b".to_vec()));
+        let ta = tx.clone();
+        let for_a = std::thread::spawn(move || ta.send_blocking(sa, Vec::new(), b"a".to_vec()));
+        let got = rx_a.recv_blocking().unwrap().unwrap();
+        assert_eq!(
+            (got.state.as_slice(), got.local_port()),
+            (&b"a"[..], Some(pa))
+        );
+        assert!(for_a.join().unwrap().is_ok());
+        let back = for_b.join().unwrap().unwrap_err();
+        assert!(matches!(back.error, HandoffError::Refused(_)), "{back:?}");
+        assert_eq!(back.state, b"b");
     }
 }

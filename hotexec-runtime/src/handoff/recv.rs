@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -41,6 +42,24 @@ impl fmt::Debug for Connection {
 }
 
 impl Connection {
+    /// The local port of a TCP connection: the port of the listener it was accepted on.
+    pub fn local_port(&self) -> Option<u16> {
+        use nix::sys::socket::{SockaddrLike, SockaddrStorage, getsockname};
+        let addr: SockaddrStorage = getsockname(std::os::fd::AsRawFd::as_raw_fd(&self.fd)).ok()?;
+        match addr.family()? {
+            nix::sys::socket::AddressFamily::Inet => addr.as_sockaddr_in().map(|a| a.port()),
+            nix::sys::socket::AddressFamily::Inet6 => addr.as_sockaddr_in6().map(|a| a.port()),
+            _ => None,
+        }
+    }
+
+    /// The local path of a Unix connection: the path of the listener it was accepted on.
+    pub fn local_path(&self) -> Option<PathBuf> {
+        use nix::sys::socket::{SockaddrStorage, getsockname};
+        let addr: SockaddrStorage = getsockname(std::os::fd::AsRawFd::as_raw_fd(&self.fd)).ok()?;
+        addr.as_unix_addr()?.path().map(PathBuf::from)
+    }
+
     /// The state as the serde type the previous generation sent with
     /// [`Handoff::send_serde`](super::Handoff::send_serde) (feature `serde`).
     #[cfg(feature = "serde")]
@@ -172,19 +191,90 @@ impl std::error::Error for IntoStreamError {
     }
 }
 
-struct Inbox {
-    /// What came, in order, with when it came.
-    queue: VecDeque<(Instant, Result<(u64, Connection), HandoffError>)>,
-    /// No more records come (the channel ended); `queue` may still hold some.
-    ended: bool,
-    /// The application asked for the stream ([`super::incoming`]).
-    claimed: bool,
-    /// The application dropped its stream: refuse what comes.
+/// Which handed-off connections a receiver takes ([`incoming_claiming`](super::incoming_claiming)):
+/// all of them, or those of one listener. A server that serves several protocols on several
+/// listeners takes each listener's connections to the code that speaks its protocol; what no
+/// receiver claims is refused after [`CLAIM_GRACE`] and stays with the previous generation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// Every connection (what [`incoming`](super::incoming) takes).
+    All,
+    /// TCP connections whose local port is this one: the port of the listener they came from.
+    TcpPort(u16),
+    /// Unix stream connections whose local address is this path: the listener's path.
+    UnixPath(PathBuf),
+}
+
+impl Claim {
+    /// Whether `conn` is one this claim takes.
+    pub fn takes(&self, conn: &Connection) -> bool {
+        match self {
+            Claim::All => true,
+            Claim::TcpPort(p) => conn.family == Family::Tcp && conn.local_port() == Some(*p),
+            Claim::UnixPath(path) => {
+                conn.family == Family::Unix && conn.local_path().as_deref() == Some(path.as_path())
+            }
+        }
+    }
+
+    /// Whether two claims could take the same connection (only one may be held at a time).
+    fn overlaps(&self, other: &Claim) -> bool {
+        matches!((self, other), (Claim::All, _) | (_, Claim::All)) || self == other
+    }
+}
+
+/// One claimed stream of connections.
+struct Receiver {
+    claim: Claim,
+    queue: VecDeque<Result<(u64, Connection), HandoffError>>,
+    /// Its `HandedOff` was dropped: what comes for it is refused.
     dropped: bool,
-    /// Not claimed yet, and an offer already waited [`CLAIM_GRACE`] in vain: offers are refused
-    /// as they come until the application claims the stream.
-    refusing_unclaimed: bool,
     waker: Option<Waker>,
+}
+
+struct Inbox {
+    /// Offers no receiver has claimed yet, in order, with when they came.
+    unclaimed: VecDeque<(Instant, u64, Connection)>,
+    /// The claimed streams; a `HandedOff` is an index here.
+    receivers: Vec<Receiver>,
+    /// No more records come (the channel ended); queues may still hold some.
+    ended: bool,
+    /// An offer already waited [`CLAIM_GRACE`] for a claim in vain: offers no receiver claims
+    /// are refused as they come, until the application claims again.
+    refusing_unclaimed: bool,
+}
+
+impl Inbox {
+    /// Queues `r` for receiver `i` and wakes whoever waits for it.
+    fn deliver(&mut self, i: usize, r: Result<(u64, Connection), HandoffError>) {
+        let rx = &mut self.receivers[i];
+        rx.queue.push_back(r);
+        if let Some(w) = rx.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// The live receiver that takes `conn`, if any; `Err(())`: only a dropped one would.
+    fn receiver_for(&self, conn: &Connection) -> Result<Option<usize>, ()> {
+        let mut dropped = false;
+        for (i, rx) in self.receivers.iter().enumerate() {
+            if rx.claim.takes(conn) {
+                if !rx.dropped {
+                    return Ok(Some(i));
+                }
+                dropped = true;
+            }
+        }
+        if dropped { Err(()) } else { Ok(None) }
+    }
+
+    fn wake_all(&mut self) {
+        for rx in &mut self.receivers {
+            if let Some(w) = rx.waker.take() {
+                w.wake();
+            }
+        }
+    }
 }
 
 pub(crate) struct Shared {
@@ -196,10 +286,11 @@ pub(crate) struct Shared {
     main_started: Instant,
 }
 
-/// How long an offer waits for an application that has not called [`super::incoming`] (counted
-/// from when it came, and not before `main` started that long ago) before it is refused, and so
-/// stays with the previous generation. Once one offer was refused so, the next are refused as
-/// they come, until the application claims the stream: from then on it takes what comes.
+/// How long an offer waits for a receiver that claims it ([`super::incoming`],
+/// [`super::incoming_claiming`]) before it is refused, and so stays with the previous
+/// generation: counted from when it came, and not before `main` started that long ago. Once one
+/// offer was refused so, the next that no receiver claims are refused as they come, until the
+/// application claims again: from then on it takes what comes.
 pub const CLAIM_GRACE: Duration = Duration::from_secs(2);
 
 impl Shared {
@@ -222,12 +313,10 @@ pub(crate) fn start(chan: OwnedFd) -> std::io::Result<Arc<Shared>> {
 pub(crate) fn start_at(chan: OwnedFd, main_started: Instant) -> std::io::Result<Arc<Shared>> {
     let shared = Arc::new(Shared {
         inbox: Mutex::new(Inbox {
-            queue: VecDeque::new(),
+            unclaimed: VecDeque::new(),
+            receivers: Vec::new(),
             ended: false,
-            claimed: false,
-            dropped: false,
             refusing_unclaimed: false,
-            waker: None,
         }),
         cond: Condvar::new(),
         chan,
@@ -251,28 +340,23 @@ impl Shared {
     }
 }
 
-/// Refuses the offers that have waited [`CLAIM_GRACE`] for an application that has not claimed
-/// the stream: those connections go back to the previous generation now, not at its deadline.
-/// Returns when the next offer still waiting expires, if one does.
+/// Refuses the offers that have waited [`CLAIM_GRACE`] for a receiver that claims them: those
+/// connections go back to the previous generation now, not at its deadline. Returns when the
+/// next offer still waiting expires, if one does.
 fn refuse_unclaimed(s: &Shared) -> Option<Instant> {
     let mut inbox = s.inbox.lock().unwrap_or_else(|p| p.into_inner());
-    if inbox.claimed || inbox.dropped {
-        return None;
-    }
     let now = Instant::now();
     let mut expired = Vec::new();
     let mut next = None;
-    inbox.queue.retain(|(at, r)| match r {
-        Ok((id, _)) if s.claim_expires(*at) <= now => {
+    inbox.unclaimed.retain(|(at, id, _)| {
+        let e = s.claim_expires(*at);
+        if e <= now {
             expired.push(*id);
             false
-        }
-        Ok(_) => {
-            let e = s.claim_expires(*at);
+        } else {
             next = Some(next.map_or(e, |n: Instant| n.min(e)));
             true
         }
-        Err(_) => true,
     });
     if expired.is_empty() {
         return next;
@@ -281,7 +365,7 @@ fn refuse_unclaimed(s: &Shared) -> Option<Instant> {
     drop(inbox);
     tracing::warn!(
         refused = expired.len(),
-        "hand-off: this application has not called hotexec::handoff::incoming() {CLAIM_GRACE:?} after connections were offered: they go back to the previous generation, and so do the next ones until it does"
+        "hand-off: no receiver (hotexec::handoff::incoming()) claimed connections {CLAIM_GRACE:?} after they were offered: they go back to the previous generation, and so do the next ones until one does"
     );
     for id in expired {
         s.answer(Kind::Nak, id, NOT_RECEIVING);
@@ -389,18 +473,23 @@ fn receive(s: &Shared) {
             state: rec.state,
         };
         let mut inbox = s.inbox.lock().unwrap_or_else(|p| p.into_inner());
-        if inbox.dropped || (!inbox.claimed && inbox.refusing_unclaimed) {
-            drop(inbox);
-            drop(conn);
-            s.answer(Kind::Nak, rec.id, NOT_RECEIVING);
-            continue;
-        }
-        inbox.queue.push_back((Instant::now(), Ok((rec.id, conn))));
-        let w = inbox.waker.take();
+        let refusal = match inbox.receiver_for(&conn) {
+            Ok(Some(i)) => {
+                inbox.deliver(i, Ok((rec.id, conn)));
+                None
+            }
+            Err(()) => Some((conn, "the application dropped its HandedOff receiver")),
+            Ok(None) if inbox.refusing_unclaimed => Some((conn, NOT_RECEIVING)),
+            Ok(None) => {
+                inbox.unclaimed.push_back((Instant::now(), rec.id, conn));
+                None
+            }
+        };
         drop(inbox);
         s.cond.notify_all();
-        if let Some(w) = w {
-            w.wake();
+        if let Some((conn, why)) = refusal {
+            drop(conn);
+            s.answer(Kind::Nak, rec.id, why);
         }
     }
     for (why, n) in refused {
@@ -421,22 +510,22 @@ fn receive(s: &Shared) {
 fn give_back_untaken(s: &Shared, why: &str) {
     let mut inbox = s.inbox.lock().unwrap_or_else(|p| p.into_inner());
     inbox.ended = true;
-    let untaken: Vec<u64> = inbox
-        .queue
-        .iter()
-        .filter_map(|(_, r)| r.as_ref().ok().map(|(id, _)| *id))
-        .collect();
-    inbox.queue.retain(|(_, r)| r.is_err());
+    let mut untaken: Vec<u64> = inbox.unclaimed.drain(..).map(|(_, id, _)| id).collect();
+    for rx in &mut inbox.receivers {
+        untaken.extend(
+            rx.queue
+                .iter()
+                .filter_map(|r| r.as_ref().ok().map(|(id, _)| *id)),
+        );
+        rx.queue.retain(|r| r.is_err());
+    }
     for id in untaken {
         s.answer(Kind::Nak, id, why);
     }
     let _ = rustix::net::shutdown(&s.chan, rustix::net::Shutdown::Both);
-    let w = inbox.waker.take();
+    inbox.wake_all();
     drop(inbox);
     s.cond.notify_all();
-    if let Some(w) = w {
-        w.wake();
-    }
 }
 
 /// A record that cannot be answered (unreadable header, wrong kind): the channel is not a
@@ -451,26 +540,65 @@ fn refuse_all(s: &Shared, e: wire::WireError) {
     give_back_untaken(s, "the hand-off channel broke");
 }
 
+/// A refused record, for the receivers that take everything to see (it was logged).
 fn push(s: &Shared, r: Result<(u64, Connection), HandoffError>) {
+    let Err(e) = r else { return };
     let mut inbox = s.inbox.lock().unwrap_or_else(|p| p.into_inner());
-    inbox.queue.push_back((Instant::now(), r));
-    let w = inbox.waker.take();
+    let all: Vec<usize> = (0..inbox.receivers.len())
+        .filter(|i| !inbox.receivers[*i].dropped && inbox.receivers[*i].claim == Claim::All)
+        .collect();
+    for i in all {
+        inbox.deliver(i, Err(e.clone()));
+    }
     drop(inbox);
     s.cond.notify_all();
-    if let Some(w) = w {
-        w.wake();
+}
+
+/// Claims the connections `claim` takes: `None` if a live receiver already claims some of them.
+pub(crate) fn claim(shared: &Arc<Shared>, claim: Claim) -> Option<HandedOff> {
+    let mut inbox = shared.inbox.lock().unwrap_or_else(|p| p.into_inner());
+    if inbox
+        .receivers
+        .iter()
+        .any(|rx| !rx.dropped && rx.claim.overlaps(&claim))
+    {
+        return None;
     }
+    let mut queue = VecDeque::new();
+    let mut rest = VecDeque::new();
+    for (at, id, conn) in inbox.unclaimed.drain(..) {
+        if claim.takes(&conn) {
+            queue.push_back(Ok((id, conn)));
+        } else {
+            rest.push_back((at, id, conn));
+        }
+    }
+    inbox.unclaimed = rest;
+    inbox.refusing_unclaimed = false;
+    inbox.receivers.push(Receiver {
+        claim,
+        queue,
+        dropped: false,
+        waker: None,
+    });
+    Some(HandedOff {
+        shared: shared.clone(),
+        rx: inbox.receivers.len() - 1,
+    })
 }
 
 /// The connections the previous generation hands to this one, in the order it sent them. Got
-/// from [`incoming`](super::incoming). Ends when the previous generation has finished handing
-/// off (or exited).
+/// from [`incoming`](super::incoming) (all of them) or
+/// [`incoming_claiming`](super::incoming_claiming) (one listener's). Ends when the previous
+/// generation has finished handing off (or exited).
 ///
 /// Each connection taken with [`recv`](Self::recv) or [`recv_blocking`](Self::recv_blocking)
 /// is acknowledged at that moment: from then on it is this generation's alone. Connections not
 /// taken stay the previous generation's; dropping `HandedOff` refuses them.
 pub struct HandedOff {
-    pub(crate) shared: Arc<Shared>,
+    shared: Arc<Shared>,
+    /// Its receiver in the inbox.
+    rx: usize,
 }
 
 impl fmt::Debug for HandedOff {
@@ -480,19 +608,10 @@ impl fmt::Debug for HandedOff {
 }
 
 impl HandedOff {
-    pub(crate) fn claim(shared: Arc<Shared>) -> HandedOff {
-        shared
-            .inbox
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .claimed = true;
-        HandedOff { shared }
-    }
-
     /// Takes the next one if any, acknowledging it. `Err`: a record that was refused (garbage
     /// or a bad fd; nothing was adopted from it). `None`: the hand-off is over.
     fn take(&self, inbox: &mut Inbox) -> Option<Option<Result<Connection, HandoffError>>> {
-        match inbox.queue.pop_front().map(|(_, r)| r) {
+        match inbox.receivers[self.rx].queue.pop_front() {
             Some(Ok((id, conn))) => {
                 // Acknowledged under the lock: the end of the channel cannot refuse it meanwhile.
                 self.shared.answer(Kind::Ack, id, "");
@@ -528,11 +647,13 @@ impl HandedOff {
 impl Drop for HandedOff {
     fn drop(&mut self) {
         let mut inbox = self.shared.inbox.lock().unwrap_or_else(|p| p.into_inner());
-        inbox.dropped = true;
-        let untaken: Vec<u64> = inbox
+        let rx = &mut inbox.receivers[self.rx];
+        rx.dropped = true;
+        rx.waker = None;
+        let untaken: Vec<u64> = rx
             .queue
             .drain(..)
-            .filter_map(|(_, r)| r.ok().map(|(id, _)| id))
+            .filter_map(|r| r.ok().map(|(id, _)| id))
             .collect();
         for id in untaken {
             self.shared.answer(
@@ -558,7 +679,7 @@ impl Future for Next<'_> {
         match rx.take(&mut inbox) {
             Some(r) => Poll::Ready(r),
             None => {
-                inbox.waker = Some(cx.waker().clone());
+                inbox.receivers[rx.rx].waker = Some(cx.waker().clone());
                 Poll::Pending
             }
         }
