@@ -72,10 +72,7 @@ pub use hotexec_runtime::{
 /// and get the outcome, as the `hotexec upgrade` command does.
 pub use hotexec_runtime::control;
 
-/// Connection hand-off: pass established connections (WebSocket, streaming, line-protocol
-/// sessions) to the new generation instead of draining them. See [`handoff::incoming`] and
-/// [`Shutdown::handoff`].
-pub use hotexec_runtime::handoff;
+pub mod handoff;
 
 #[doc(hidden)]
 pub mod __private {
