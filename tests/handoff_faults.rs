@@ -4,7 +4,7 @@
 //! of whose messages is answered once, by one process.
 use std::time::{Duration, Instant};
 
-use hotexec_testkit::handoff::{LineClient, Owners, env_usize, owners, owners_by_client};
+use hotexec_testkit::handoff::{LineClient, Owners, Said, env_usize, owners, owners_by_client};
 use hotexec_testkit::prelude::*;
 
 /// The new generation runs at its fd limit during a hand-off of many connections (by default
@@ -110,6 +110,114 @@ fn settle(port: u16, old: u32, new: u32, n: usize) -> Owners {
         assert!(
             Instant::now() < deadline,
             "not one owner per connection after 60 s: {o}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The new generation is killed at each step of a hand-off of 10 sessions — before taking any,
+/// after taking 3, after taking all — within its probation. What it had taken (acknowledged)
+/// was its own and dies with it; everything else comes back to the old generation whole
+/// (unread bytes and state) and is handed to the rollback generation the old one starts
+/// (issue 20, finding 8: it used to be drained by the old generation instead). Seen from
+/// outside: the clients, and who holds each connection.
+#[test]
+fn new_generation_killed_at_each_step_of_a_handoff() {
+    for take in [0, 3, 10] {
+        killed_after_taking(take);
+    }
+}
+
+fn killed_after_taking(take: usize) {
+    const N: usize = 10;
+    let app = App::start(
+        "line",
+        "HOTEXEC_LISTEN_LINE",
+        &[
+            ("HOTEXEC_DRAIN_TIMEOUT", "60s"),
+            ("HOTEXEC_PROBATION", "30s"),
+        ],
+    );
+    let first = app.first_pid();
+    let mut clients: Vec<LineClient> = (0..N).map(|_| LineClient::connect(app.addr)).collect();
+    for c in &mut clients {
+        assert_eq!(c.ask_pid("hello"), Ok(first));
+        // Half a line: it travels as unread bytes (or stays in the kernel's queue).
+        assert!(c.send("par"));
+    }
+    app.replace_binary(Some(&format!(
+        "#!/bin/sh\nHOTEXEC_TEST_TAKE={take} exec {} \"$@\"\n",
+        example("handoff_stall").display()
+    )));
+    let (old, stalled) = app.upgrade();
+    app.wait_log(
+        &format!("took {take}, taking no more"),
+        1,
+        Duration::from_secs(30),
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(stalled as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let rolled = wait_for(Duration::from_secs(30), "the rollback generation", || {
+        app.pid_in_file().filter(|p| *p != old && *p != stalled)
+    });
+    app.track(rolled);
+    // The sessions that came back go to the rollback generation: wait until it holds them all,
+    // and the old generation none, for a second.
+    let port = app.addr.port();
+    let settled = settle_on(port, old, rolled, N - take);
+    assert_eq!(
+        (settled.only_a, settled.both),
+        (0, 0),
+        "take {take}: after the kill: {settled}"
+    );
+    let (mut resumed, mut lost) = (0, 0);
+    for c in &mut clients {
+        let _ = c.send("tial\n");
+        match c.read() {
+            Said::Line(l) => {
+                assert_eq!(
+                    l,
+                    format!("pid={rolled} partial"),
+                    "take {take}: unread bytes intact"
+                );
+                assert_eq!(
+                    c.ask("count"),
+                    Said::Line(format!("pid={rolled} count=2")),
+                    "take {take}: state intact"
+                );
+                resumed += 1;
+            }
+            Said::Gone => lost += 1,
+        }
+    }
+    println!(
+        "killed after taking {take} of {N}: {resumed} sessions resumed by the rollback generation, {lost} died with the killed one (it had acknowledged them); from /proc: {settled}"
+    );
+    assert_eq!((resumed, lost), (N - take, take));
+    let mut fresh = LineClient::connect(app.addr);
+    assert_eq!(fresh.ask_pid("hi"), Ok(rolled));
+}
+
+/// Waits until `n` connections to `port` are held by `new` alone, none by `old`, for a second.
+fn settle_on(port: u16, old: u32, new: u32, n: usize) -> Owners {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut since: Option<Instant> = None;
+    loop {
+        let o = owners(port, old, new);
+        if o.only_b == n && o.only_a == 0 && o.both == 0 {
+            let t = *since.get_or_insert_with(Instant::now);
+            if t.elapsed() >= Duration::from_secs(1) {
+                return o;
+            }
+        } else {
+            since = None;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not {n} connections held by the new generation alone after 60 s: {o}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
