@@ -222,3 +222,63 @@ fn settle_on(port: u16, old: u32, new: u32, n: usize) -> Owners {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A hostile (or broken) new generation acknowledges the connections it is offered and serves
+/// them, and in the middle sends an empty record, garbage, or an acknowledgement of a connection
+/// it was never offered. None of it makes the old generation take back what was acknowledged:
+/// once settled, every connection is held by one process, which answers its client.
+#[test]
+fn a_hostile_new_generation_cannot_make_a_connection_have_two_owners() {
+    for mode in ["empty", "garbage", "unknown-ack"] {
+        hostile(mode);
+    }
+}
+
+fn hostile(mode: &str) {
+    const N: usize = 10;
+    let app = App::start(
+        "line",
+        "HOTEXEC_LISTEN_LINE",
+        &[("HOTEXEC_DRAIN_TIMEOUT", "60s")],
+    );
+    let first = app.first_pid();
+    let mut clients: Vec<LineClient> = (0..N).map(|_| LineClient::connect(app.addr)).collect();
+    for c in &mut clients {
+        assert_eq!(c.ask_pid("hello"), Ok(first));
+    }
+    app.replace_binary(Some(&format!(
+        "#!/bin/sh\nHOTEXEC_TEST_HOSTILE={mode} exec {} \"$@\"\n",
+        example("handoff_hostile").display()
+    )));
+    let (old, new) = app.upgrade();
+    app.wait_log(&format!("sent {mode} after"), 1, Duration::from_secs(30));
+    let port = app.addr.port();
+    let settled = settle(port, old, new, N);
+    let (_, holder) = owners_by_client(port, old, new);
+    let mut moved = 0;
+    for round in 0..2 {
+        for (i, c) in clients.iter_mut().enumerate() {
+            let pid = c
+                .ask_pid(&format!("r{round} {i}"))
+                .unwrap_or_else(|e| panic!("{mode}: client {i}: {e}"));
+            assert_eq!(holder[&c.port()], vec![pid], "{mode}: client {i}");
+            moved += usize::from(round == 0 && pid == new);
+        }
+    }
+    println!(
+        "hostile new generation ({mode}): {moved} of {N} connections moved to it, the rest kept; from /proc: {settled}"
+    );
+    assert_eq!(settled.both, 0, "{mode}: {settled}");
+    assert!(
+        moved >= 5,
+        "{mode}: what it acknowledged is its own: {moved}"
+    );
+    assert!(
+        app.plain_log()
+            .contains("hand-off: garbage from the new generation")
+            || app
+                .plain_log()
+                .contains("for a connection this generation did not send"),
+        "{mode}: the old generation says what it got"
+    );
+}

@@ -14,8 +14,10 @@ use rustix::net::{
 use super::wire::MAX_RECORD;
 
 /// A fresh channel: (the old generation's end, the new generation's end), both `CLOEXEC`
-/// (spawn clears the flag on the child's copy only, between fork and exec), both with
-/// `SO_PASSCRED` (see [`recv`]).
+/// (spawn clears the flag on the child's copy only, between fork and exec). The old
+/// generation's end gets `SO_PASSCRED` (see [`tell_records_from_the_end`]); the new generation
+/// turns it on for its own end if it is a build that reads credentials, since a receiver that
+/// did not make room for them in its control buffer would lose the record's fd to truncation.
 pub(crate) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let (a, b) = rustix::net::socketpair(
         AddressFamily::UNIX,
@@ -30,16 +32,15 @@ pub(crate) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
     // the default 208 KiB).
     for fd in [&a, &b] {
         let _ = rustix::net::sockopt::set_socket_send_buffer_size(fd, 4 * MAX_RECORD);
-        tell_records_from_the_end(fd.as_fd())?;
     }
+    tell_records_from_the_end(a.as_fd())?;
     Ok((a, b))
 }
 
-/// Turns `SO_PASSCRED` on for `chan`: from then on every record received on it, an empty one
-/// included, comes with an `SCM_CREDENTIALS` message, while the end of the channel comes with
-/// none. That is how [`recv`] tells an empty record from the end (`recvmsg` returns 0 for
-/// both). Set on both ends when the pair is made; the new generation sets it again on the end
-/// it adopts (`main_starting`).
+/// Turns `SO_PASSCRED` on for `chan`, the end this process reads: from then on every record
+/// received on it, an empty one included, comes with an `SCM_CREDENTIALS` message, while the
+/// end of the channel comes with none. That is how [`recv`] tells an empty record from the end
+/// (`recvmsg` returns 0 for both).
 pub(crate) fn tell_records_from_the_end(chan: BorrowedFd<'_>) -> io::Result<()> {
     rustix::net::sockopt::set_socket_passcred(chan, true).map_err(|e| {
         io::Error::other(format!(

@@ -131,11 +131,6 @@ impl Inbox {
 /// reading it.
 pub(crate) fn main_starting(fd: Option<OwnedFd>) -> Option<Inbox> {
     let fd = fd?;
-    // Set at the pair's creation already; again, for a channel this process adopts.
-    if let Err(e) = channel::tell_records_from_the_end(fd.as_fd()) {
-        tracing::warn!("hand-off: {e}: no connection hand-off");
-        return None;
-    }
     let hello = wire::encode(Kind::Hello, u64::from(std::process::id()), b"", b"");
     if let Err(e) = channel::send(fd.as_fd(), &hello, None, true) {
         tracing::warn!(

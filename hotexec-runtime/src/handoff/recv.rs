@@ -311,6 +311,8 @@ pub(crate) fn start(chan: OwnedFd) -> std::io::Result<Arc<Shared>> {
 
 /// [`start`], for a `main` that started at `main_started` (tests go back in time with it).
 pub(crate) fn start_at(chan: OwnedFd, main_started: Instant) -> std::io::Result<Arc<Shared>> {
+    // This end is read here: records must be told from the end of the channel.
+    channel::tell_records_from_the_end(chan.as_fd())?;
     let shared = Arc::new(Shared {
         inbox: Mutex::new(Inbox {
             unclaimed: VecDeque::new(),
