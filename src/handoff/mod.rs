@@ -52,3 +52,6 @@ pub use hotexec_runtime::handoff::__wire;
 mod sessions;
 #[cfg(feature = "handoff")]
 pub use sessions::{Kept, Relay, Session, Sessions, Socket, serve};
+
+#[cfg(feature = "websocket")]
+pub mod websocket;

@@ -393,26 +393,42 @@ impl Relay {
         unread: Vec<u8>,
         state: Vec<u8>,
     ) -> Result<(), Kept<S>> {
-        let Some(h) = self.target() else {
-            return Err(Kept {
+        match self.hand_off_fd(stream.as_fd(), unread, state).await {
+            Ok(()) => Ok(()),
+            Err((unread, state, error)) => Err(Kept {
                 stream,
                 unread,
                 state,
-                error: HandoffError::Closed("no generation takes hand-offs now".into()),
-            });
+                error,
+            }),
+        }
+    }
+
+    /// [`hand_off`](Self::hand_off) for a connection whose stream is not a [`Socket`] (a
+    /// WebSocket over hyper's upgraded connection): a copy of `fd` is sent, and the caller
+    /// drops its stream once this returns `Ok`. `Err` gives back the unread bytes and the state.
+    pub async fn hand_off_fd(
+        &mut self,
+        fd: std::os::fd::BorrowedFd<'_>,
+        unread: Vec<u8>,
+        state: Vec<u8>,
+    ) -> Result<(), (Vec<u8>, Vec<u8>, HandoffError)> {
+        let Some(h) = self.target() else {
+            return Err((
+                unread,
+                state,
+                HandoffError::Closed("no generation takes hand-offs now".into()),
+            ));
         };
-        // A copy of the fd travels; `stream` stays registered with tokio here, so a failed
+        // A copy of the fd travels; the stream stays registered with tokio here, so a failed
         // hand-off gives the session back a stream that works as it did.
-        let copy: OwnedFd = match stream.as_fd().try_clone_to_owned() {
+        let copy: OwnedFd = match fd.try_clone_to_owned() {
             Ok(fd) => fd,
             Err(e) => {
-                return Err(self.kept(
-                    h.new_pid(),
-                    stream,
-                    unread,
-                    state,
-                    HandoffError::Closed(format!("no fd free to hand the connection off: {e}")),
-                ));
+                let error =
+                    HandoffError::Closed(format!("no fd free to hand the connection off: {e}"));
+                self.failed(h.new_pid(), &error);
+                return Err((unread, state, error));
             }
         };
         match h.send(copy, unread, state).await {
@@ -421,21 +437,15 @@ impl Relay {
                 Ok(())
             }
             Err(back) => {
-                let (unread, state, error) = (back.unread, back.state, back.error);
                 // `back.fd`, the copy, is closed here; the stream serves on.
-                Err(self.kept(h.new_pid(), stream, unread, state, error))
+                self.failed(h.new_pid(), &back.error);
+                Err((back.unread, back.state, back.error))
             }
         }
     }
 
-    fn kept<S>(
-        &mut self,
-        pid: u32,
-        stream: S,
-        unread: Vec<u8>,
-        state: Vec<u8>,
-        error: HandoffError,
-    ) -> Kept<S> {
+    /// A hand-off to `pid` failed: not that one again; counted, and the first one logged.
+    fn failed(&mut self, pid: u32, error: &HandoffError) {
         self.tried.push(pid);
         self.sessions.kept_n.fetch_add(1, Ordering::Relaxed);
         let mut first = self
@@ -449,12 +459,6 @@ impl Relay {
                 "a session stays with this generation: {error} (logged once; the count is in the summary)"
             );
             *first = Some(error.to_string());
-        }
-        Kept {
-            stream,
-            unread,
-            state,
-            error,
         }
     }
 }

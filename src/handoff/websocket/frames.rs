@@ -5,15 +5,15 @@
 //! `FrameBoundary` reads from the socket into a buffer of its own but gives the WebSocket layer
 //! bytes only up to the end of the current frame. So once the WebSocket layer has returned a
 //! message and no frame is in progress ([`FrameBoundary::at_boundary`]), everything read but
-//! not processed is in this wrapper's buffer ([`FrameBoundary::into_parts`]): the unread bytes of
-//! the hand-off.
+//! not processed is in this wrapper's buffer ([`FrameBoundary::take_unread`]): the unread bytes
+//! of the hand-off.
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-pub struct FrameBoundary<S> {
+pub(crate) struct FrameBoundary<S> {
     inner: S,
     /// Read from `inner`, not yet given to the WebSocket layer.
     buf: Vec<u8>,
@@ -27,7 +27,7 @@ pub struct FrameBoundary<S> {
 
 impl<S> FrameBoundary<S> {
     /// Wraps `inner`; `unread` (bytes handed over with it) comes first.
-    pub fn new(inner: S, unread: Vec<u8>, raw: bool) -> Self {
+    pub(crate) fn new(inner: S, unread: Vec<u8>, raw: bool) -> Self {
         FrameBoundary {
             inner,
             buf: unread,
@@ -38,18 +38,35 @@ impl<S> FrameBoundary<S> {
     }
 
     /// From now on, give whole frames only (call once the HTTP upgrade is done).
-    pub fn frames(&mut self) {
+    pub(crate) fn frames(&mut self) {
         self.raw = false;
     }
 
     /// No frame is half given and no fragmented message is in progress.
-    pub fn at_boundary(&self) -> bool {
+    pub(crate) fn at_boundary(&self) -> bool {
         !self.raw && self.frame_left == 0 && !self.in_message
     }
 
-    /// The stream and the bytes read from it that the WebSocket layer has not seen.
-    pub fn into_parts(self) -> (S, Vec<u8>) {
-        (self.inner, self.buf)
+    /// The stream.
+    pub(crate) fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// The stream, mutably (to drain what a transport buffers itself).
+    pub(crate) fn inner_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The bytes read from the stream that the WebSocket layer has not seen, taken out.
+    pub(crate) fn take_unread(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Bytes taken out by [`take_unread`](Self::take_unread) come back (a hand-off failed):
+    /// they come first again.
+    pub(crate) fn put_back(&mut self, mut unread: Vec<u8>) {
+        unread.extend_from_slice(&self.buf);
+        self.buf = unread;
     }
 
     /// If `buf` starts with a complete frame header: the frame's whole length, its FIN bit
