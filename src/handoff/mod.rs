@@ -55,3 +55,6 @@ pub use sessions::{Kept, Relay, Session, Sessions, Socket, serve};
 
 #[cfg(feature = "websocket")]
 pub mod websocket;
+
+#[cfg(feature = "axum-websocket")]
+pub mod axum;

@@ -274,6 +274,16 @@ impl Sessions {
         &self.inner.shutdown
     }
 
+    /// A [`Relay`] for a session this generation serves on a connection of its own making (a
+    /// WebSocket its HTTP server upgraded).
+    #[cfg_attr(not(feature = "axum-websocket"), allow(dead_code))]
+    pub(crate) fn relay(&self) -> Relay {
+        Relay {
+            sessions: self.inner.clone(),
+            tried: Vec::new(),
+        }
+    }
+
     /// How many sessions were handed to the next generation so far.
     pub fn handed_off(&self) -> u64 {
         self.inner.handed_n.load(Ordering::Relaxed)

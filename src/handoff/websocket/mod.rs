@@ -66,8 +66,9 @@ use super::{Relay, Session, Socket};
 /// (tokio's `TcpStream`, `UnixStream`) is one; so is axum's upgraded connection under
 /// [`handoff::axum`](crate::handoff::axum) (feature `axum-websocket`).
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// The connection's socket: a copy of it is what is handed off.
-    fn socket(&self) -> BorrowedFd<'_>;
+    /// The connection's socket: a copy of it is what is handed off. `None`: this connection
+    /// cannot be handed off.
+    fn socket(&self) -> Option<BorrowedFd<'_>>;
 
     /// Whether this transport may hold bytes it read from the socket that it has not returned
     /// yet (hyper's upgraded connection does): they are drained into the unread bytes before a
@@ -78,8 +79,8 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 }
 
 impl<S: Socket + 'static> Transport for S {
-    fn socket(&self) -> BorrowedFd<'_> {
-        self.as_fd()
+    fn socket(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.as_fd())
     }
 }
 
@@ -87,7 +88,8 @@ impl<S: Socket + 'static> Transport for S {
 pub struct WebSocket<T: Transport> {
     /// `None` once handed off: this generation's copy of the connection is closed at once.
     ws: Option<WebSocketStream<FrameBoundary<T>>>,
-    relay: Relay,
+    /// `None`: not under [`Sessions`](super::Sessions) (axum's own `serve`): no hand-off.
+    relay: Option<Relay>,
     state: Vec<u8>,
     head: Option<Head>,
     resumed: bool,
@@ -126,14 +128,14 @@ impl<S: Socket + 'static> WebSocket<S> {
         let mut ws =
             tokio_tungstenite::accept_async(FrameBoundary::new(stream, unread, true)).await?;
         ws.get_mut().frames();
-        Ok(WebSocket::new(ws, relay, Vec::new(), None, false))
+        Ok(WebSocket::new(ws, Some(relay), Vec::new(), None, false))
     }
 }
 
 impl<T: Transport> WebSocket<T> {
     fn new(
         ws: WebSocketStream<FrameBoundary<T>>,
-        relay: Relay,
+        relay: Option<Relay>,
         state: Vec<u8>,
         head: Option<Head>,
         resumed: bool,
@@ -157,28 +159,45 @@ impl<T: Transport> WebSocket<T> {
         state: &[u8],
         relay: Relay,
     ) -> Result<WebSocket<T>, String> {
-        let ws = WebSocketStream::from_raw_socket(
-            FrameBoundary::new(io, unread, false),
-            Role::Server,
-            None,
-        )
-        .await;
         match envelope::decode(state) {
-            Ok((head, state)) => Ok(WebSocket::new(ws, relay, state, head, true)),
+            Ok((head, state)) => {
+                Ok(WebSocket::resume_decoded(io, unread, head, state, Some(relay)).await)
+            }
             Err(e) => {
-                let mut ws = ws;
+                let mut ws = WebSocket::resume_decoded(io, unread, None, Vec::new(), None).await;
                 let _ = ws.close(Some(going_away())).await;
                 Err(format!("a handed-over WebSocket session refused: {e}"))
             }
         }
     }
 
-    /// Upgraded by this generation with `head` (the axum integration).
-    pub(crate) fn upgraded(
-        ws: WebSocketStream<FrameBoundary<T>>,
-        relay: Relay,
-        head: Head,
+    /// [`resume`](Self::resume) with the envelope already read.
+    pub(crate) async fn resume_decoded(
+        io: T,
+        unread: Vec<u8>,
+        head: Option<Head>,
+        state: Vec<u8>,
+        relay: Option<Relay>,
     ) -> WebSocket<T> {
+        let ws = WebSocketStream::from_raw_socket(
+            FrameBoundary::new(io, unread, false),
+            Role::Server,
+            None,
+        )
+        .await;
+        WebSocket::new(ws, relay, state, head, true)
+    }
+
+    #[cfg_attr(not(feature = "axum-websocket"), allow(dead_code))]
+    /// A connection this generation upgraded itself (the axum integration answered the
+    /// handshake): `head` is the request it was upgraded by.
+    pub(crate) async fn upgraded(io: T, relay: Option<Relay>, head: Head) -> WebSocket<T> {
+        let ws = WebSocketStream::from_raw_socket(
+            FrameBoundary::new(io, Vec::new(), false),
+            Role::Server,
+            None,
+        )
+        .await;
         WebSocket::new(ws, relay, Vec::new(), Some(head), false)
     }
 
@@ -191,21 +210,25 @@ impl<T: Transport> WebSocket<T> {
     pub async fn recv(&mut self) -> Option<Result<Message, Error>> {
         loop {
             let ws = self.ws.as_mut()?;
+            let Some(relay) = self.relay.as_ref() else {
+                return ws.next().await;
+            };
             let at_boundary = ws.get_ref().at_boundary();
-            if at_boundary && self.relay.is_due() {
+            if at_boundary && relay.is_due() {
                 match self.hand_off().await {
                     Ok(true) => return None,
                     Ok(false) => continue,
                     Err(e) => return Some(Err(e)),
                 }
             }
-            let due_now = self.relay.is_due();
-            let closing = self.relay.closing();
+            let relay = self.relay.as_ref()?;
+            let due_now = relay.is_due();
+            let closing = relay.closing();
             let close_now = !self.close_sent && !due_now;
             let ws = self.ws.as_mut()?;
             tokio::select! {
                 biased;
-                () = self.relay.due(), if at_boundary && !due_now => continue,
+                () = relay.due(), if at_boundary && !due_now => continue,
                 () = closing.cancelled(), if close_now => {
                     self.close_sent = true;
                     if let Err(e) = ws.close(Some(going_away())).await {
@@ -270,8 +293,11 @@ impl<T: Transport> WebSocket<T> {
             drain_buffered(fb.inner_mut(), &mut unread);
         }
         let state = envelope::encode(self.head.as_ref(), &self.state);
-        let fd = ws.get_ref().inner().socket();
-        match self.relay.hand_off_fd(fd, unread, state).await {
+        let (Some(relay), Some(fd)) = (self.relay.as_mut(), ws.get_ref().inner().socket()) else {
+            ws.get_mut().put_back(unread);
+            return Ok(false);
+        };
+        match relay.hand_off_fd(fd, unread, state).await {
             Ok(()) => {
                 // The next generation serves it: this generation's copy goes now.
                 self.ws = None;
@@ -287,7 +313,14 @@ impl<T: Transport> WebSocket<T> {
     }
 }
 
-fn going_away() -> CloseFrame {
+/// Reads a session envelope (for the axum integration, which replays its request head).
+#[cfg_attr(not(feature = "axum-websocket"), allow(dead_code))]
+pub(crate) fn envelope_decode(state: &[u8]) -> Result<(Option<Head>, Vec<u8>), String> {
+    envelope::decode(state)
+}
+
+/// `1001 Going Away`: the server restarts; the client reconnects.
+pub(crate) fn going_away() -> CloseFrame {
     CloseFrame {
         code: CloseCode::Away,
         reason: "server restarting".into(),
