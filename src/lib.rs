@@ -72,6 +72,12 @@ pub use hotexec_runtime::{
 /// and get the outcome, as the `hotexec upgrade` command does.
 pub use hotexec_runtime::control;
 
+/// The evidence of every upgrade: [`UpgradeReport`] (what `hotexec upgrade --json` prints)
+/// and [`evidence::Status`] (what `hotexec status` prints). With the `serde` feature both are
+/// `Serialize` and `Deserialize`.
+pub use hotexec_runtime::evidence;
+pub use hotexec_runtime::evidence::UpgradeReport;
+
 pub mod handoff;
 
 #[doc(hidden)]

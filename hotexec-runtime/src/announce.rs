@@ -37,6 +37,9 @@ pub(crate) struct Announcer {
     pub exe: PathBuf,
     /// When the current upgrade started, for the log.
     started: std::sync::Mutex<Option<Instant>>,
+    /// The evidence of every upgrade (issue 19): the report is recorded from these
+    /// announcements, logged at the end of the `upgrade` span, counted in the metrics.
+    pub evidence: crate::evidence::Ledger,
 }
 
 impl Announcer {
@@ -47,7 +50,9 @@ impl Announcer {
         generation: Arc<Generation>,
         exe: PathBuf,
     ) -> Announcer {
+        let evidence = crate::evidence::Ledger::new(generation.clone(), exe.clone());
         Announcer {
+            evidence,
             pid_file,
             notifier,
             keeper,
@@ -61,7 +66,8 @@ impl Announcer {
     /// What the supervisor decided.
     pub(crate) fn announce(&self, what: &Announcement) {
         match what {
-            Announcement::UpgradeStarted { .. } => {
+            Announcement::UpgradeStarted { trigger } => {
+                self.evidence.started(crate::evidence::trigger_of(*trigger));
                 *self.started.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
                 exe::log_upgrade_target(&self.exe);
                 self.notifier.reloading();
@@ -71,6 +77,7 @@ impl Announcer {
             }
             Announcement::UpgradeFailed { error } => {
                 tracing::error!("upgrade failed: {error}; this generation keeps serving");
+                self.evidence.finished(Err(error));
                 // Leave the reloading state: this process stays the main pid.
                 self.notifier.ready_again();
                 if let Some(k) = &self.keeper {
@@ -101,6 +108,7 @@ impl Announcer {
                         elapsed_ms,
                         "upgrade: new generation is ready; this one stops accepting and drains"
                     );
+                    self.evidence.finished(Ok(*new_pid));
                 }
             }
             Announcement::Stopping { signal } => {

@@ -20,6 +20,14 @@
 //! | request | reply |
 //! |---|---|
 //! | `upgrade` | `ok <new pid>`, or `error <kind> <reason>` |
+//! | `upgrade v2` | `report <fields>`: the upgrade's evidence ([`UpgradeReport`]), whatever the outcome; or `error <kind> <reason>` when no upgrade was attempted |
+//! | `status v2` | `status <fields>`: what serves now ([`Status`]) |
+//!
+//! `<fields>` are `key=value` pairs separated by spaces, values percent-encoded (every byte
+//! outside `!`..=`~`, and `%`, as `%XX`), nested keys dotted (`health.error_rate=0`,
+//! `listener.0.name=http`); unknown keys are skipped. The plain `upgrade` request stays as it
+//! was, for older clients; a newer client ([`request_upgrade`]) asks `upgrade v2` and falls
+//! back to `upgrade` when an older server answers `error bad-request`.
 //!
 //! `kind` is one of `busy` (an upgrade is running, or this generation is draining), `spawn`,
 //! `limit` (what the upgrade must pass is past a kernel limit; nothing was started), `exec` (the binary could not be executed), `exited` (the new process exited before it was
@@ -38,6 +46,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::UpgradeError;
+use crate::evidence::wire::Record;
+use crate::evidence::{Status, UpgradeReport};
 
 /// The abstract socket name of process `pid` of the caller's pid namespace, without the leading
 /// NUL: `hotexec/<pid-ns inode>/<pid>` (`hotexec/<pid>` if `/proc/self/ns/pid` cannot be read).
@@ -57,10 +67,14 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_ACTIVE: usize = 16;
 
 /// A reply of the control socket.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Reply {
     /// `ok <pid>`: the new generation that now serves.
     Ok(u32),
+    /// `report <fields>`: the evidence of an upgrade, the reply to `upgrade v2`.
+    Report(Box<UpgradeReport>),
+    /// `status <fields>`: the reply to `status v2`.
+    Status(Box<Status>),
     /// `error <kind> <reason>`.
     Error {
         /// Machine-readable class, see the module docs.
@@ -75,19 +89,7 @@ impl Reply {
     pub fn from_upgrade(result: Result<u32, UpgradeError>) -> Reply {
         match result {
             Ok(pid) => Reply::Ok(pid),
-            Err(e) => {
-                let kind = match &e {
-                    UpgradeError::Busy(_) => "busy",
-                    UpgradeError::Spawn(_) => "spawn",
-                    UpgradeError::Limit(_) => "limit",
-                    UpgradeError::Exec { .. } => "exec",
-                    UpgradeError::ExitedBeforeReady { .. } => "exited",
-                    UpgradeError::ReadyTimeout { .. } => "ready-timeout",
-                    UpgradeError::Aborted => "aborted",
-                    UpgradeError::NotRunning => "not-running",
-                };
-                Reply::error(kind, e.to_string())
-            }
+            Err(e) => Reply::error(crate::evidence::kind_of(&e), e.to_string()),
         }
     }
 
@@ -103,6 +105,8 @@ impl Reply {
     pub fn to_line(&self) -> String {
         match self {
             Reply::Ok(pid) => format!("ok {pid}"),
+            Reply::Report(r) => format!("report {}", r.to_record().encode()),
+            Reply::Status(s) => format!("status {}", s.to_record().encode()),
             Reply::Error { kind, reason } => format!("error {kind} {reason}"),
         }
     }
@@ -116,12 +120,22 @@ impl Reply {
                 .map(Reply::Ok)
                 .map_err(|_| format!("malformed reply {line:?}: `ok` must be followed by a pid"));
         }
+        if let Some(fields) = line.strip_prefix("report ") {
+            return UpgradeReport::from_record(&Record::decode(fields))
+                .map(|r| Reply::Report(Box::new(r)))
+                .ok_or_else(|| format!("malformed report {line:?}: no `result`"));
+        }
+        if let Some(fields) = line.strip_prefix("status ") {
+            return Status::from_record(&Record::decode(fields))
+                .map(|s| Reply::Status(Box::new(s)))
+                .ok_or_else(|| format!("malformed status {line:?}: no `pid`"));
+        }
         if let Some(rest) = line.strip_prefix("error ") {
             let (kind, reason) = rest.split_once(' ').unwrap_or((rest, ""));
             return Ok(Reply::error(kind, reason));
         }
         Err(format!(
-            "malformed reply {line:?}: expected `ok <pid>` or `error <kind> <reason>`"
+            "malformed reply {line:?}: expected `ok <pid>`, `report …`, `status …` or `error <kind> <reason>`"
         ))
     }
 }
@@ -384,6 +398,55 @@ pub fn request(pid: u32, request: &str, timeout: Duration) -> Result<Reply, Requ
         Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(RequestError::Timeout(timeout)),
         Err(e) => Err(RequestError::Protocol(format!(
             "{sock}: reading the reply: {e}"
+        ))),
+    }
+}
+
+/// Asks `pid` for an upgrade and returns its evidence, whatever the outcome: an `error` reply
+/// (busy, refused, …) is a report with `result` `error` and the reply's kind and reason. An
+/// older server that does not know `upgrade v2` is asked the plain `upgrade` (its report then
+/// has the outcome and the pids only). `Err` only when no answer came.
+pub fn request_upgrade(pid: u32, timeout: Duration) -> Result<UpgradeReport, RequestError> {
+    let deadline = Instant::now() + timeout;
+    let reply = match request(pid, "upgrade v2", timeout)? {
+        Reply::Error { kind, .. } if kind == "bad-request" => request(
+            pid,
+            "upgrade",
+            deadline.saturating_duration_since(Instant::now()),
+        )?,
+        other => other,
+    };
+    let mut report = UpgradeReport {
+        trigger: crate::evidence::Trigger::Control,
+        old_pid: pid,
+        ..UpgradeReport::default()
+    };
+    match reply {
+        Reply::Report(r) => return Ok(*r),
+        Reply::Ok(new) => report.new_pid = Some(new),
+        Reply::Error { kind, reason } => {
+            report.result = crate::evidence::UpgradeResult::Error;
+            report.kind = Some(kind);
+            report.reason = Some(reason);
+        }
+        Reply::Status(_) => {
+            return Err(RequestError::Protocol(format!(
+                "pid {pid} answered an upgrade request with a status"
+            )));
+        }
+    }
+    Ok(report)
+}
+
+/// Asks `pid` what serves now. An `error` reply (an older server that does not know
+/// `status v2` answers `bad-request`) is `Err(Reply::Error)` inside `Ok`.
+pub fn request_status(pid: u32, timeout: Duration) -> Result<Result<Status, Reply>, RequestError> {
+    match request(pid, "status v2", timeout)? {
+        Reply::Status(s) => Ok(Ok(*s)),
+        other @ Reply::Error { .. } => Ok(Err(other)),
+        other => Err(RequestError::Protocol(format!(
+            "pid {pid} answered a status request with {:?}",
+            other.to_line()
         ))),
     }
 }

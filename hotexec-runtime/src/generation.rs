@@ -49,6 +49,8 @@ pub(crate) struct Generation {
     /// The hand-off to the generation this one handed over to (or to the rollback generation
     /// that replaced it), if it takes hand-offs.
     pub(crate) handoff: handoff::Successor,
+    /// How this generation's connections end (issue 19's drain summary).
+    pub(crate) drain_count: crate::evidence::DrainCount,
 }
 
 impl Generation {
@@ -74,6 +76,7 @@ impl Generation {
             parent_link,
             handoff_inbox: Mutex::new(None),
             handoff: handoff::Successor::default(),
+            drain_count: crate::evidence::DrainCount::default(),
         }
     }
 

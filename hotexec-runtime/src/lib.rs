@@ -12,6 +12,7 @@
 //! | every lifecycle event | `announce.rs` (log, pid file, service manager, keeper, previous generation: one place) |
 //! | draining and stopping | `shutdown.rs` (the app's `Shutdown`), `deadline.rs` (the drain deadline), `pidfile.rs` |
 //! | keeper mode | `keeper.rs` |
+//! | evidence (what each upgrade cost, what serves) | [`evidence`] (`report.rs` the report and its recorder, `ledger.rs` this generation's evidence fed by the announcer, `status.rs`, `drain.rs` connection counts, `metrics.rs`, `wire.rs` the control-socket encoding), `kernel.rs` (netstat counters, accept queues, build id) |
 //!
 //! Without the default `process` feature only [`syntax`] is built: the grammar that
 //! `hotexec-macros` checks literals with at compile time.
@@ -33,6 +34,9 @@ pub mod control;
 mod deadline;
 #[cfg(feature = "process")]
 mod error;
+// Issue 19: the evidence of every upgrade (report, status, their wire encoding).
+#[cfg(feature = "process")]
+pub mod evidence;
 #[cfg(feature = "process")]
 mod exe;
 #[cfg(feature = "process")]
@@ -43,6 +47,9 @@ pub mod handoff;
 mod inherit;
 #[cfg(feature = "process")]
 mod keeper;
+// Issue 19 (evidence): kernel readers (netstat counters, accept queues, build id).
+#[cfg(feature = "process")]
+mod kernel;
 #[cfg(feature = "process")]
 mod limits;
 #[cfg(feature = "process")]
@@ -52,7 +59,7 @@ mod listeners;
 #[cfg(feature = "process")]
 mod notify;
 #[cfg(feature = "process")]
-pub mod pidfile;
+mod pidfile;
 #[cfg(feature = "process")]
 #[doc(hidden)]
 pub mod private;
@@ -63,7 +70,7 @@ mod shutdown;
 #[cfg(feature = "process")]
 mod signals;
 #[cfg(feature = "process")]
-pub mod socket;
+mod socket;
 #[cfg(feature = "process")]
 mod spawn;
 #[cfg(feature = "process")]

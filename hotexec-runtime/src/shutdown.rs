@@ -280,6 +280,15 @@ impl Shutdown {
         self.inner.generation.number()
     }
 
+    /// The counters of how this generation's connections end, for its drain summary (the
+    /// `old_generation` of the upgrade's evidence). `hotexec::serve` and
+    /// `hotexec::drain::Connections` count into it; an application that serves its own way can
+    /// too ([`DrainCount::opened`](crate::evidence::DrainCount::opened) /
+    /// [`closed`](crate::evidence::DrainCount::closed)).
+    pub fn drain_count(&self) -> &crate::evidence::DrainCount {
+        &self.inner.generation.drain_count
+    }
+
     /// Takes the bytes the previous generation carried over under `key` (see
     /// [`carry`](Shutdown::carry)); `None` after a fresh start, when it carried nothing under
     /// that key, or when it is an older build. Taken once. The bytes are zeroed when dropped.

@@ -147,6 +147,12 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
     if let Err(e) = crate::limits::check_fdnames(&names) {
         tracing::warn!("every upgrade of this server will fail: {e}");
     }
+    let named: Vec<_> = held
+        .iter()
+        .map(|h| (h.name.as_str(), h.fd.as_fd()))
+        .collect();
+    announcer.evidence.serving(&named, config.drain_timeout);
+    drop(named);
     let shutdown = Shutdown::new(config.drain_timeout, generation.clone())
         .unwrap_or_else(|e| fatal(format!("shutdown pipe: {e}")));
     let pid_file = config.pid_file.clone();
@@ -186,7 +192,7 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
     });
     let activity = control::Activity::default();
     if let Err(e) = control::start(
-        upgrade::control_handler(supervisor.clone()),
+        upgrade::control_handler(supervisor.clone(), announcer.clone()),
         activity.clone(),
     ) {
         tracing::warn!(
@@ -213,6 +219,9 @@ pub(crate) fn run<R>(declared: Declared, f: impl FnOnce(Listeners, Shutdown) -> 
     activity.wait_idle(std::time::Duration::from_secs(2));
     if !matches!(shutdown.reason(), Some(ShutdownReason::Upgrade { .. })) {
         announcer.final_cleanup();
+    } else {
+        // Issue 19: how this generation's connections ended, to the new generation.
+        announcer.evidence.drain_done();
     }
     result
 }

@@ -82,10 +82,22 @@ pub(crate) fn main_started() {
     }
 }
 
-/// The control socket handler of a generation: `upgrade` runs [`upgrade()`].
-pub(crate) fn control_handler(supervisor: Arc<Handle>) -> Handler {
+/// The control socket handler of a generation: `upgrade` runs [`upgrade()`]; `upgrade v2` and
+/// `status v2` answer with the evidence (see `hotexec::control`).
+pub(crate) fn control_handler(
+    supervisor: Arc<Handle>,
+    announcer: Arc<crate::announce::Announcer>,
+) -> Handler {
     Arc::new(move |request| match request {
-        "upgrade" => Reply::from_upgrade(supervisor.request_upgrade()),
+        "upgrade" => Reply::from_upgrade(
+            announcer
+                .evidence
+                .control_request(|| supervisor.request_upgrade()),
+        ),
+        "upgrade v2" => {
+            crate::evidence::serve_upgrade(&announcer.evidence, || supervisor.request_upgrade())
+        }
+        "status v2" => crate::evidence::serve_status(&announcer.evidence),
         other => Reply::error(
             "bad-request",
             format!("unknown request {other:?}: expected `upgrade`"),

@@ -146,7 +146,10 @@ impl Connections {
                 biased;
                 _ = &mut shutdown => return None,
                 accepted = listener.accept() => match accepted {
-                    Ok(conn) => return Some(conn),
+                    Ok(conn) => {
+                        self.inner.shutdown.drain_count().accepted();
+                        return Some(conn);
+                    }
                     Err(e) if is_connection_error(&e) => continue,
                     Err(e) => {
                         tracing::warn!("accept: {e}; retrying in 50ms");
@@ -167,7 +170,22 @@ impl Connections {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.inner.tracker.spawn(task)
+        // Counted for the upgrade's evidence (the old generation's drain summary): how many
+        // finished while draining, how many were still open at the end. A guard, so a task that
+        // panics or is aborted is counted as ended too.
+        struct Counted(Shutdown);
+        impl Drop for Counted {
+            fn drop(&mut self) {
+                self.0.drain_count().closed(self.0.is_triggered());
+            }
+        }
+        let shutdown = self.inner.shutdown.clone();
+        shutdown.drain_count().opened();
+        let guard = Counted(shutdown);
+        self.inner.tracker.spawn(async move {
+            let _guard = guard;
+            task.await
+        })
     }
 
     /// Cancelled when shutdown has resolved (the hand-over): time to ask clients to leave, if

@@ -25,6 +25,8 @@ struct State {
     /// Bumped by every change.
     version: u64,
     current: Option<Handoff>,
+    /// Every hand-off this generation had (the upgrade's, a rollback's), for the counts.
+    all: Vec<Handoff>,
     wakers: Vec<Waker>,
 }
 
@@ -49,6 +51,7 @@ impl Successor {
         let wakers = {
             let mut st = self.lock();
             st.version += 1;
+            st.all.extend(handoff.clone());
             st.current = handoff;
             std::mem::take(&mut st.wakers)
         };
@@ -60,6 +63,12 @@ impl Successor {
     /// The hand-off to the latest generation this one handed over to, if it takes hand-offs.
     pub fn current(&self) -> Option<Handoff> {
         self.lock().current.clone()
+    }
+
+    /// How many connections this generation has handed off, to every generation it handed
+    /// over to.
+    pub fn handed_off(&self) -> u64 {
+        self.lock().all.iter().map(Handoff::handed_off).sum()
     }
 
     /// Resolves at the next change after this call: a new generation this one handed over to

@@ -72,8 +72,12 @@ pub(crate) enum Event {
     SpawnFailed(UpgradeError),
     /// `pid` reported ready (its readiness pipe, or `READY=1` on its notify socket).
     ChildReady { pid: u32 },
-    /// `execve` failed in `pid`.
-    ExecFailed { pid: u32, errno: i32 },
+    /// `execve` of `path` failed in `pid`.
+    ExecFailed {
+        pid: u32,
+        errno: i32,
+        path: std::path::PathBuf,
+    },
     /// `pid` closed its readiness pipe without reporting ready.
     ReadyClosed { pid: u32 },
     /// A child exited and was reaped.

@@ -27,66 +27,11 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use super::event::{Action, Announcement, Event, News, Target, Trigger, Waiter};
+use super::event::{Action, Announcement, Event, Exit, News, Target, Trigger, Waiter};
+pub(crate) use super::state::Timing;
+use super::state::{State, Upgrade};
 use crate::error::UpgradeError;
 use crate::shutdown::ShutdownReason;
-
-/// The durations the machine decides with.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Timing {
-    pub ready_timeout: Duration,
-    /// How long a generation that handed over may still roll back (at most `drain_timeout`).
-    pub probation: Duration,
-}
-
-/// An upgrade in progress.
-#[derive(Debug)]
-struct Upgrade {
-    waiters: Vec<Waiter>,
-    deadline: Instant,
-    /// Starting this generation's own image again after its successor crashed.
-    rollback: bool,
-}
-
-#[derive(Debug)]
-enum State {
-    /// Accepting; no upgrade running. `deferred`: an upgrade signal reached this fresh start
-    /// before it reported ready; the upgrade starts once it has.
-    Serving { deferred: bool },
-    /// [`Action::Spawn`] is being done.
-    Spawning { target: Target, upgrade: Upgrade },
-    /// The new generation runs and has not reported ready. `closed`: it closed its readiness
-    /// pipe; it is given until `upgrade.deadline` to exit, then killed.
-    WaitingReady {
-        pid: u32,
-        upgrade: Upgrade,
-        closed: bool,
-    },
-    /// Handed over: the successor serves, this generation drains, and a crash of the successor
-    /// before `until` rolls back.
-    Probation {
-        successor: u32,
-        until: Instant,
-        rolled_back: bool,
-    },
-    /// Nothing is left to decide but the drain (after an upgrade, or a final stop).
-    Draining { reason: ShutdownReason },
-    /// `main` returned and nothing is pending: the process may exit.
-    Exiting,
-}
-
-impl State {
-    fn name(&self) -> &'static str {
-        match self {
-            State::Serving { .. } => "serving",
-            State::Spawning { .. } => "spawning",
-            State::WaitingReady { .. } => "waiting for ready",
-            State::Probation { .. } => "probation",
-            State::Draining { .. } => "draining",
-            State::Exiting => "exiting",
-        }
-    }
-}
 
 /// The supervisor's state and its rules.
 #[derive(Debug)]
@@ -150,7 +95,14 @@ impl Machine {
     /// One event in, the actions out.
     pub(crate) fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
         let mut out = Vec::new();
-        let state = std::mem::replace(&mut self.state, State::Exiting);
+        // A deadline that passed is acted on before anything else, whatever came first to the
+        // shell: a successor that dies after its probation ended is past it, even if the Tick
+        // is late on a loaded machine.
+        let due = self.next_deadline().is_some_and(|d| now >= d);
+        let mut state = std::mem::replace(&mut self.state, State::Exiting);
+        if due && !matches!(event, Event::Tick) {
+            state = self.step(state, now, Event::Tick, &mut out);
+        }
         self.state = self.step(state, now, event, &mut out);
         if self.main_returned && self.nothing_pending() {
             self.state = State::Exiting;
@@ -169,6 +121,16 @@ impl Machine {
     fn step(&mut self, state: State, now: Instant, event: Event, out: &mut Vec<Action>) -> State {
         match (state, event) {
             // ---- events that mean the same in every state -------------------------------
+            // A stop passed on is a SIGTERM, except that it never escalates a stop in progress
+            // into an immediate exit (a broadcast SIGTERM reached this generation too).
+            (state @ (State::Draining { .. } | State::Exiting), Event::StopPassedOn) => {
+                self.stop_requested = true;
+                tracing::info!("stop passed on by the previous generation: already stopping");
+                state
+            }
+            (state, Event::StopPassedOn) => {
+                self.step(state, now, Event::StopSignal(Signal::SIGTERM), out)
+            }
             (state, Event::SelfReady) => {
                 self.ready = true;
                 match state {
@@ -206,7 +168,6 @@ impl Machine {
                 self.begin(Trigger::Api, vec![w], now, out)
             }
             (State::Serving { .. }, Event::StopSignal(sig)) => self.stop(sig, out),
-            (State::Serving { .. }, Event::StopPassedOn) => self.stop(Signal::SIGTERM, out),
             (State::Serving { .. }, Event::MainReturned) => {
                 self.main_returned = true;
                 State::Exiting
@@ -234,15 +195,17 @@ impl Machine {
             {
                 self.hand_over(pid, upgrade, now, out)
             }
-            (State::WaitingReady { pid, upgrade, .. }, Event::ExecFailed { pid: p, errno })
-                if p == pid =>
-            {
+            (
+                State::WaitingReady { pid, upgrade, .. },
+                Event::ExecFailed {
+                    pid: p,
+                    errno,
+                    path,
+                },
+            ) if p == pid => {
                 // The child wrote the errno and exited 127: reap it.
                 out.push(Action::Kill { pid });
-                let error = UpgradeError::Exec {
-                    path: std::path::PathBuf::new(),
-                    errno,
-                };
+                let error = UpgradeError::Exec { path, errno };
                 self.failed(upgrade, error, out)
             }
             (
@@ -300,9 +263,6 @@ impl Machine {
             }
             (State::WaitingReady { pid, upgrade, .. }, Event::StopSignal(sig)) => {
                 self.abandon(pid, upgrade, sig, out)
-            }
-            (State::WaitingReady { pid, upgrade, .. }, Event::StopPassedOn) => {
-                self.abandon(pid, upgrade, Signal::SIGTERM, out)
             }
             (state @ State::WaitingReady { .. }, Event::UpgradeSignal) => {
                 tracing::warn!("upgrade signal ignored: an upgrade is already running");
@@ -373,35 +333,9 @@ impl Machine {
                 },
                 Event::ChildExited { pid, exit },
             ) if pid == successor => {
-                if let Some(why) = self.no_rollback_because() {
-                    tracing::info!(
-                        new_pid = pid,
-                        "the new generation exited ({}): {why}",
-                        exit.how
-                    );
+                if !self.successor_exited(pid, &exit, Some(rolled_back)) {
                     return self.settle("the new generation has exited", out);
                 }
-                if exit.clean {
-                    tracing::error!(
-                        new_pid = pid,
-                        "the new generation exited while this one was draining ({}): nothing is serving new connections",
-                        exit.how
-                    );
-                    return self.settle("the new generation has exited", out);
-                }
-                if rolled_back {
-                    tracing::error!(
-                        new_pid = pid,
-                        "the rolled-back generation died ({}): nothing is serving new connections",
-                        exit.how
-                    );
-                    return self.settle("the new generation has exited", out);
-                }
-                tracing::error!(
-                    new_pid = pid,
-                    "the new generation died ({}) after taking over: rolling back to this generation's code",
-                    exit.how
-                );
                 out.push(Action::Spawn(Target::Rollback));
                 State::Spawning {
                     target: Target::Rollback,
@@ -424,24 +358,6 @@ impl Machine {
                 out.push(Action::StopSuccessor { pid: successor });
                 self.settle("this generation was told to stop: not rolling back", out)
             }
-            (State::Probation { successor, .. }, Event::StopPassedOn) => {
-                self.stop_requested = true;
-                out.push(Action::StopSuccessor { pid: successor });
-                self.settle("this generation was told to stop: not rolling back", out)
-            }
-            (state @ State::Probation { .. }, Event::UpgradeSignal) => {
-                tracing::warn!(
-                    "upgrade signal ignored: this generation has handed over and is draining"
-                );
-                state
-            }
-            (state @ State::Probation { .. }, Event::Request(w)) => {
-                out.push(Action::Reply {
-                    waiters: vec![w],
-                    result: Err(UpgradeError::Busy("this generation is draining")),
-                });
-                state
-            }
             (state @ State::Probation { .. }, Event::MainReturned) => {
                 // Stay able to roll back until the successor has outlived its probation.
                 self.main_returned = true;
@@ -462,18 +378,13 @@ impl Machine {
                 }
                 State::Draining { reason }
             }
-            (state @ State::Draining { .. }, Event::StopPassedOn) => {
-                self.stop_requested = true;
-                tracing::info!("stop passed on by the previous generation: already stopping");
-                state
-            }
-            (state @ State::Draining { .. }, Event::UpgradeSignal) => {
+            (state @ (State::Probation { .. } | State::Draining { .. }), Event::UpgradeSignal) => {
                 tracing::warn!(
                     "upgrade signal ignored: this generation has handed over and is draining"
                 );
                 state
             }
-            (state @ State::Draining { .. }, Event::Request(w)) => {
+            (state @ (State::Probation { .. } | State::Draining { .. }), Event::Request(w)) => {
                 out.push(Action::Reply {
                     waiters: vec![w],
                     result: Err(UpgradeError::Busy("this generation is draining")),
@@ -483,26 +394,7 @@ impl Machine {
             (state @ State::Draining { .. }, Event::ChildExited { pid, exit })
                 if self.successor == Some(pid) =>
             {
-                if let Some(why) = self.no_rollback_because() {
-                    tracing::info!(
-                        new_pid = pid,
-                        "the new generation exited ({}): {why}",
-                        exit.how
-                    );
-                } else if exit.clean {
-                    tracing::error!(
-                        new_pid = pid,
-                        "the new generation exited while this one was draining ({}): nothing is serving new connections",
-                        exit.how
-                    );
-                } else {
-                    tracing::error!(
-                        new_pid = pid,
-                        probation = ?self.timing.probation,
-                        "the new generation died ({}) after its probation: not rolling back (its crash is not a failed upgrade); nothing is serving new connections",
-                        exit.how
-                    );
-                }
+                self.successor_exited(pid, &exit, None);
                 state
             }
             (state @ State::Draining { .. }, Event::MainReturned) => {
@@ -664,6 +556,41 @@ impl Machine {
     fn drain_reason(&self) -> ShutdownReason {
         // Settling only follows a hand-over or a stop, which set the reason.
         self.reason.unwrap_or(ShutdownReason::Stop { signal: 0 })
+    }
+
+    /// Logs how the successor ended and says whether to roll back: only a crash within its
+    /// probation (`probation`: `Some(rolled_back)`), of a successor that is not itself a
+    /// rollback, with nothing saying not to.
+    fn successor_exited(&self, pid: u32, exit: &Exit, probation: Option<bool>) -> bool {
+        let how = &exit.how;
+        if let Some(why) = self.no_rollback_because() {
+            tracing::info!(new_pid = pid, "the new generation exited ({how}): {why}");
+        } else if exit.clean {
+            tracing::error!(
+                new_pid = pid,
+                "the new generation exited while this one was draining ({how}): nothing is serving new connections"
+            );
+        } else {
+            match probation {
+                None => tracing::error!(
+                    new_pid = pid,
+                    probation = ?self.timing.probation,
+                    "the new generation died ({how}) after its probation: not rolling back (its crash is not a failed upgrade); nothing is serving new connections"
+                ),
+                Some(true) => tracing::error!(
+                    new_pid = pid,
+                    "the rolled-back generation died ({how}): nothing is serving new connections"
+                ),
+                Some(false) => {
+                    tracing::error!(
+                        new_pid = pid,
+                        "the new generation died ({how}) after taking over: rolling back to this generation's code"
+                    );
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     /// Why the successor's exit, whatever its status, must not be rolled back; `None`: it may.

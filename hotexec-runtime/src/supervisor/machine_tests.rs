@@ -144,6 +144,7 @@ fn events() -> Vec<Event> {
         Event::ExecFailed {
             pid: CHILD,
             errno: libc::ENOENT,
+            path: "/srv/app".into(),
         },
         Event::ReadyClosed { pid: CHILD },
         Event::ChildExited {
@@ -288,6 +289,7 @@ fn failed_upgrades_serve_on() {
         Event::ExecFailed {
             pid: CHILD,
             errno: libc::EACCES,
+            path: "/srv/app".into(),
         },
     );
     assert!(out.contains(&Action::Kill { pid: CHILD }));
@@ -422,6 +424,16 @@ fn no_rollback_after_probation_or_news_or_a_stop() {
     };
     let mut m = reach(At::DrainingUpgrade, t0);
     assert!(m.handle(t0, crashed).is_empty());
+    // A crash seen after the probation ended, before its Tick (a loaded machine): past it.
+    let mut m = reach(At::Probation, t0);
+    let out = m.handle(
+        t0 + PROBATION,
+        Event::ChildExited {
+            pid: CHILD,
+            exit: crash(),
+        },
+    );
+    assert_eq!(out, vec![Action::CloseListeners]);
     for news in [News::HandedOn, News::Stopping] {
         let mut m = reach(At::Probation, t0);
         assert_eq!(

@@ -4,12 +4,14 @@
 //! decision is), and does the [`Action`]s it returns: spawn, kill, announce (`announce.rs`),
 //! resolve the application's `Shutdown`, reply to requests.
 //!
-//! Files: `event.rs` (what goes in and out), `machine.rs` (the rules), `spawn_next.rs` (how a
-//! new generation is started, with what), this file (the thread and its loop).
+//! Files: `event.rs` (what goes in and out), `state.rs` (the states and their data),
+//! `machine.rs` (the rules), `spawn_next.rs` (how a new generation is started, with what), this
+//! file (the thread and its loop).
 
 pub(crate) mod event;
 mod machine;
 mod spawn_next;
+mod state;
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -256,7 +258,11 @@ impl Shell {
             for said in c.ready.read() {
                 events.push(match said {
                     Said::Ready => Event::ChildReady { pid },
-                    Said::ExecFailed(errno) => Event::ExecFailed { pid, errno },
+                    Said::ExecFailed(errno) => Event::ExecFailed {
+                        pid,
+                        errno,
+                        path: c.exe.clone(),
+                    },
                     Said::Closed | Said::Garbage(_) => Event::ReadyClosed { pid },
                     // After READY: the successor's news (see below).
                     Said::HandedOn => Event::SuccessorNews {
@@ -317,6 +323,8 @@ impl Shell {
                     tracing::info!("the previous generation passed a stop on to this one");
                     events.push(Event::StopPassedOn);
                 }
+                Received::Record(Record::Other { kind, bytes })
+                    if self.setup.announcer.evidence.received(kind, &bytes) => {}
                 Received::Record(other) => {
                     tracing::debug!(
                         ?other,
@@ -371,6 +379,7 @@ impl Shell {
                         if let Some(s) = &self.span {
                             s.record("new_pid", pid);
                         }
+                        self.setup.announcer.evidence.spawned(pid);
                         self.child = Some(child);
                         Some(Event::Spawned { pid })
                     }
@@ -400,17 +409,6 @@ impl Shell {
                     a,
                     Announcement::UpgradeFailed { .. } | Announcement::HandedOver { .. }
                 );
-                let a = match a {
-                    Announcement::UpgradeFailed {
-                        error: UpgradeError::Exec { errno, .. },
-                    } => Announcement::UpgradeFailed {
-                        error: UpgradeError::Exec {
-                            path: self.setup.announcer.exe.clone(),
-                            errno,
-                        },
-                    },
-                    other => other,
-                };
                 if let Announcement::HandedOver { new_pid, .. } = a {
                     // The child serves now: what it says from here on is a successor's news.
                     if let Some(child) = self.child.take().filter(|c| c.pid == new_pid) {
@@ -418,6 +416,18 @@ impl Shell {
                     }
                 }
                 self.setup.announcer.announce(&a);
+                if let Announcement::HandedOver {
+                    rollback: false, ..
+                } = a
+                {
+                    // Its evidence, for the new generation's `status` (issue 19).
+                    let evidence = &self.setup.announcer.evidence;
+                    let link = self.successor.as_ref().and_then(|s| s.child.link.as_ref());
+                    if let (Some(r), Some(l)) = (evidence.last(), link) {
+                        let _ = link::send(l.as_fd(), &evidence.link_record(&r));
+                        evidence.handed_over_on(l.as_fd());
+                    }
+                }
                 if ends {
                     self.span = None;
                 }
@@ -445,6 +455,9 @@ impl Shell {
                 deadline::arm(self.setup.config.drain_timeout, reason, move || {
                     if final_stop {
                         announcer.final_cleanup();
+                    } else {
+                        // What is still open is cut now: the new generation hears it.
+                        announcer.evidence.drain_done();
                     }
                 });
                 None
@@ -468,13 +481,6 @@ impl Shell {
                 None
             }
             Action::Reply { waiters, result } => {
-                let result = result.map_err(|e| match e {
-                    UpgradeError::Exec { errno, .. } => UpgradeError::Exec {
-                        path: self.setup.announcer.exe.clone(),
-                        errno,
-                    },
-                    other => other,
-                });
                 for w in waiters {
                     if let Some(r) = self.replies.remove(&w) {
                         let _ = r.send(result.clone());

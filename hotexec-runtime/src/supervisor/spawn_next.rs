@@ -29,6 +29,8 @@ pub(crate) struct Held {
 /// A spawned generation, as the supervisor hears from it.
 pub(crate) struct Child {
     pub pid: u32,
+    /// What it executes.
+    pub exe: std::path::PathBuf,
     /// Its readiness pipe: `READY`, then its news.
     pub ready: PipeReader,
     /// A program not built on hotexec reports `READY=1` here instead.
@@ -198,6 +200,7 @@ pub(crate) fn spawn(setup: &Setup, target: Target) -> Result<Child, UpgradeError
     let pid = spawned.pid.as_raw() as u32;
     Ok(Child {
         handoff: handoff.map(|(ours, _)| ours),
+        exe: exe.to_path_buf(),
         pid,
         ready: PipeReader::new(spawned.ready_r),
         notify: notify_sock,

@@ -1,0 +1,402 @@
+//! This generation's evidence: the upgrade being recorded, the last report, the listeners as
+//! `status` names them, and hotexec's metrics. Held by the announcer (`announce.rs`), which
+//! tells it what the supervisor decided; read by the control socket's handler.
+
+use std::os::fd::BorrowedFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::metrics::Metrics;
+use super::status::{DrainingGeneration, ListenerId, StatusInput, gather};
+use super::wire::Record;
+use super::{Recorder, Status, Trigger, UpgradeReport};
+use crate::error::UpgradeError;
+use crate::generation::Generation;
+use crate::link;
+
+/// The link record kind of an upgrade's report, sent by the old generation to the new one once
+/// it has handed over (what the new one's `status` shows as its `last_upgrade`).
+pub(crate) const LINK_REPORT: u16 = link::FIRST_OTHER + 8;
+/// The link record kind of the old generation's drain summary, sent when it is done.
+pub(crate) const LINK_DRAINED: u16 = link::FIRST_OTHER + 9;
+/// The key hotexec's metric totals are carried under (`Shutdown::carry`'s mechanism).
+const METRICS_KEY: &str = "hotexec.metrics";
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What the supervisor calls the trigger, as the report says it.
+pub(crate) fn trigger_of(t: crate::supervisor::event::Trigger) -> Trigger {
+    match t {
+        crate::supervisor::event::Trigger::Signal => Trigger::Signal,
+        crate::supervisor::event::Trigger::Api => Trigger::Api,
+    }
+}
+
+#[derive(Default)]
+struct State {
+    recorder: Option<Recorder>,
+    last: Option<UpgradeReport>,
+    listeners: Vec<ListenerId>,
+    drain_timeout: Option<Duration>,
+    /// The previous generation, while it drains (from its report), and when it exits at the
+    /// latest.
+    draining: Option<DrainingGeneration>,
+    /// Our end of the link to the generation this one handed over to (a duplicate), for the
+    /// drain summary; taken when it is sent.
+    successor_link: Option<std::os::fd::OwnedFd>,
+}
+
+/// This generation's evidence.
+pub(crate) struct Ledger {
+    /// Control requests waiting for their upgrade: the supervisor says "api" for them and for
+    /// `hotexec::upgrade()` alike, the report says `control` while one waits (one upgrade runs
+    /// at a time; an API call racing a control request may be named after it).
+    control_requests: std::sync::atomic::AtomicUsize,
+    exe: PathBuf,
+    generation: Arc<Generation>,
+    metrics: Arc<Metrics>,
+    state: Mutex<State>,
+}
+
+impl Ledger {
+    /// Takes over the metric totals the previous generation carried and registers this one's
+    /// to be carried to the next.
+    pub(crate) fn new(generation: Arc<Generation>, exe: PathBuf) -> Ledger {
+        let metrics = Arc::new(Metrics::new());
+        if let Some(carried) = generation.take_inherited(METRICS_KEY) {
+            metrics.import(&carried);
+        }
+        metrics.generation(generation.number());
+        if cfg!(feature = "metrics") {
+            let m = metrics.clone();
+            generation.carry(METRICS_KEY, Box::new(move || m.export()));
+        }
+        Ledger {
+            control_requests: std::sync::atomic::AtomicUsize::new(0),
+            exe,
+            generation,
+            metrics,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The listeners `status` names, and the drain timeout an old generation announces.
+    pub(crate) fn serving(&self, listeners: &[(&str, BorrowedFd<'_>)], drain_timeout: Duration) {
+        let mut st = self.state();
+        st.listeners = listeners
+            .iter()
+            .map(|(name, fd)| ListenerId::of(name, *fd))
+            .collect();
+        st.drain_timeout = Some(drain_timeout);
+    }
+
+    /// An upgrade starts (the announcer's `UpgradeStarted`).
+    pub(crate) fn started(&self, trigger: Trigger) {
+        let trigger = match trigger {
+            Trigger::Api
+                if self
+                    .control_requests
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    > 0 =>
+            {
+                Trigger::Control
+            }
+            other => other,
+        };
+        self.state().recorder = Some(Recorder::start(trigger, std::process::id()));
+    }
+
+    /// The new process exists.
+    pub(crate) fn spawned(&self, pid: u32) {
+        if let Some(r) = &mut self.state().recorder {
+            r.spawned(pid, Instant::now());
+        }
+    }
+
+    /// The upgrade ended: the report, logged (in the `upgrade` span, where the announcer
+    /// calls this), counted and kept.
+    pub(crate) fn finished(&self, outcome: Result<u32, &UpgradeError>) -> Option<UpgradeReport> {
+        let mut st = self.state();
+        let mut rec = st.recorder.take()?;
+        if outcome.is_ok() {
+            rec.ready(Instant::now());
+            rec.generation(self.generation.number() + 1);
+        }
+        let report = rec.finish(outcome);
+        tracing::info!(report = %report.summary(), "upgrade report");
+        self.metrics.upgrade(&report);
+        st.last = Some(report.clone());
+        Some(report)
+    }
+
+    /// The last upgrade's report (this generation's, or the one that started it).
+    pub(crate) fn last(&self) -> Option<UpgradeReport> {
+        self.state().last.clone()
+    }
+
+    /// The record the new generation gets over the link once this one has handed over: the
+    /// report, and when this generation exits at the latest.
+    pub(crate) fn link_record(&self, report: &UpgradeReport) -> link::Record {
+        let mut r = report.to_record();
+        if let Some(d) = self.state().drain_timeout {
+            r.put("drain_deadline_ms", now_ms() + d.as_millis() as u64);
+        }
+        link::Record::Other {
+            kind: LINK_REPORT,
+            bytes: r.encode().into_bytes(),
+        }
+    }
+
+    /// Keeps a duplicate of the link to the generation this one handed over to.
+    pub(crate) fn handed_over_on(&self, link: BorrowedFd<'_>) {
+        match link.try_clone_to_owned() {
+            Ok(l) => self.state().successor_link = Some(l),
+            Err(e) => tracing::warn!("no drain summary for the new generation: dup: {e}"),
+        }
+    }
+
+    /// This generation, which handed over, is done (its `main` returned, or `drain_timeout`
+    /// is cutting what is left): its drain summary goes to the new generation. Once.
+    pub(crate) fn drain_done(&self) {
+        let (link, started) = {
+            let mut st = self.state();
+            (
+                st.successor_link.take(),
+                st.last.as_ref().map(|r| r.started_at_ms),
+            )
+        };
+        let Some(link) = link else { return };
+        let counted = self.generation.drain_count.now();
+        let handed_off = self.generation.handoff.handed_off();
+        let summary = super::DrainSummary {
+            drained: counted.map(|c| c.0),
+            handed_off: Some(handed_off),
+            returned: None,
+            cut: counted.map(|c| c.1),
+            ms_to_done: started.map(|s| now_ms().saturating_sub(s) as f64),
+        };
+        tracing::info!(summary = %summary.to_record().encode(), "drain summary");
+        self.metrics.drained(&summary);
+        let mut r = summary.to_record();
+        // The old generation's last accept, after the trigger (the report's
+        // `ms_to_last_accept`); only this generation knows it.
+        let last_accept = self.generation.drain_count.last_accept_ms();
+        if let (Some(t), Some(s)) = (last_accept, started) {
+            if t >= s {
+                r.put("ms_to_last_accept", (t - s) as f64);
+            }
+        }
+        let record = link::Record::Other {
+            kind: LINK_DRAINED,
+            bytes: r.encode().into_bytes(),
+        };
+        if let Err(e) = link::send(std::os::fd::AsFd::as_fd(&link), &record) {
+            tracing::debug!("drain summary not sent: {e}");
+        }
+    }
+
+    /// A record of kind `kind` from the previous generation; `true` if it was evidence.
+    pub(crate) fn received(&self, kind: u16, bytes: &[u8]) -> bool {
+        if kind != LINK_REPORT && kind != LINK_DRAINED {
+            return false;
+        }
+        let Some(record) = std::str::from_utf8(bytes).ok().map(Record::decode) else {
+            tracing::warn!("generation link: evidence that is not UTF-8, skipped");
+            return true;
+        };
+        if kind == LINK_DRAINED {
+            let Some(summary) = super::DrainSummary::from_record(&record) else {
+                tracing::warn!("generation link: a malformed drain summary, skipped");
+                return true;
+            };
+            tracing::info!(summary = %summary.to_record().encode(), "the previous generation is done");
+            self.metrics.drained(&summary);
+            let mut st = self.state();
+            st.draining = None;
+            if let Some(last) = &mut st.last {
+                last.old_generation = Some(summary);
+                last.ms_to_last_accept = record.parse("ms_to_last_accept");
+            }
+            return true;
+        }
+        let Some(report) = UpgradeReport::from_record(&record) else {
+            tracing::warn!("generation link: a malformed report, skipped");
+            return true;
+        };
+        // The upgrade that started this generation: counted here, where the exporter is
+        // scraped from now on (the old generation's totals were carried before it ended).
+        self.metrics.upgrade(&report);
+        let mut st = self.state();
+        st.draining = Some(DrainingGeneration {
+            pid: report.old_pid,
+            connections: None,
+            deadline_ms: record.parse("drain_deadline_ms"),
+        });
+        st.last = Some(report);
+        true
+    }
+
+    /// Runs `upgrade` for a control request (so that its report says `control`).
+    pub(crate) fn control_request<T>(&self, upgrade: impl FnOnce() -> T) -> T {
+        use std::sync::atomic::Ordering;
+        self.control_requests.fetch_add(1, Ordering::SeqCst);
+        let out = upgrade();
+        self.control_requests.fetch_sub(1, Ordering::SeqCst);
+        out
+    }
+
+    /// The report of the upgrade a control request asked for at `asked_ms`, which ended with
+    /// `result`: the supervisor's own if it is that one, else one made from the outcome (an
+    /// upgrade refused as busy never started).
+    pub(crate) fn report_for(
+        &self,
+        asked_ms: u64,
+        result: &Result<u32, UpgradeError>,
+    ) -> UpgradeReport {
+        let last = self.state().last.clone();
+        let matches = last.as_ref().is_some_and(|r| {
+            r.started_at_ms + 1 >= asked_ms
+                && match result {
+                    Ok(pid) => r.is_ok() && r.new_pid == Some(*pid),
+                    Err(e) => !r.is_ok() && r.kind.as_deref() == Some(super::kind_of(e)),
+                }
+        });
+        match (matches, last) {
+            (true, Some(r)) => r,
+            _ => Recorder::start(Trigger::Control, std::process::id())
+                .finish(result.as_ref().copied()),
+        }
+    }
+
+    /// What serves now.
+    pub(crate) fn status(&self) -> Status {
+        let st = self.state();
+        let parent_alive = st
+            .draining
+            .as_ref()
+            .is_some_and(|d| std::path::Path::new(&format!("/proc/{}", d.pid)).exists())
+            && self.parent_link_open();
+        gather(StatusInput {
+            generation: Some(self.generation.number()),
+            exe: &self.exe,
+            listeners: &st.listeners,
+            last_upgrade: st.last.clone(),
+            draining: st
+                .draining
+                .iter()
+                .filter(|_| parent_alive)
+                .cloned()
+                .collect(),
+        })
+    }
+
+    /// Whether the previous generation still holds its end of the link (it does until it
+    /// exits).
+    fn parent_link_open(&self) -> bool {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        let Some(l) = &self.generation.parent_link else {
+            return false;
+        };
+        let mut fds = [PollFd::new(l.as_fd(), PollFlags::empty())];
+        match poll(&mut fds, PollTimeout::ZERO) {
+            Ok(_) => !fds[0]
+                .revents()
+                .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)),
+            Err(_) => false,
+        }
+    }
+
+    /// The totals, published again (an exporter installed after start gets them at once).
+    pub(crate) fn publish_metrics(&self) {
+        self.metrics.publish_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ledger() -> Ledger {
+        Ledger::new(Arc::new(Generation::detached()), PathBuf::from("/srv/app"))
+    }
+
+    /// What the previous generation sends over the link may be garbage (a broken or hostile
+    /// build): it is skipped, never taken as evidence, and other modules' kinds are left alone.
+    #[test]
+    fn garbage_from_the_previous_generation_is_skipped() {
+        let l = ledger();
+        assert!(
+            !l.received(link::FIRST_OTHER, b"result=ok old_pid=1"),
+            "not ours"
+        );
+        for junk in [&b"\xff\xfe"[..], b"", b"hello", b"old_pid=7 new_pid=8"] {
+            assert!(l.received(LINK_REPORT, junk));
+            assert!(l.received(LINK_DRAINED, junk));
+        }
+        assert_eq!(l.last(), None);
+        assert!(l.status().draining.is_empty());
+    }
+
+    /// The report, then the drain summary: the status shows the upgrade that started this
+    /// generation, the old one draining with its deadline, then done.
+    #[test]
+    fn the_report_then_the_summary() {
+        let l = ledger();
+        let report = UpgradeReport {
+            old_pid: std::process::id(),
+            new_pid: Some(2),
+            ..UpgradeReport::default()
+        };
+        let link::Record::Other { kind, bytes } = l.link_record(&report) else {
+            panic!("not a module record");
+        };
+        assert_eq!(kind, LINK_REPORT);
+        assert!(l.received(kind, &bytes));
+        assert_eq!(l.last().map(|r| r.new_pid), Some(Some(2)));
+        let summary = crate::evidence::DrainSummary {
+            drained: Some(5),
+            cut: Some(0),
+            ..Default::default()
+        };
+        assert!(l.received(LINK_DRAINED, summary.to_record().encode().as_bytes()));
+        let last = l.last().unwrap();
+        assert_eq!(last.old_generation, Some(summary));
+        assert!(l.status().draining.is_empty());
+        assert_eq!(l.status().generation, Some(1));
+    }
+
+    /// A control request's reply is the supervisor's report of that upgrade when it is that
+    /// one, and one made from the outcome otherwise (a busy refusal never started).
+    #[test]
+    fn the_reply_of_a_control_request() {
+        let l = ledger();
+        // `hotexec::upgrade()`: the supervisor's "api" stays api.
+        l.started(Trigger::Api);
+        assert_eq!(l.finished(Ok(41)).unwrap().trigger, Trigger::Api);
+        // The same while a control request waits: control.
+        let asked = now_ms();
+        l.control_request(|| l.started(Trigger::Api));
+        l.spawned(42);
+        let made = l.finished(Ok(42)).unwrap();
+        assert_eq!(made.trigger, Trigger::Control);
+        let r = l.report_for(asked, &Ok(42));
+        assert_eq!(r.ms_to_spawn, made.ms_to_spawn);
+        let busy = l.report_for(
+            asked,
+            &Err(UpgradeError::Busy("an upgrade is already running")),
+        );
+        assert_eq!(busy.kind.as_deref(), Some("busy"));
+        assert_eq!(busy.trigger, Trigger::Control);
+        assert_eq!(busy.ms_to_spawn, None);
+    }
+}
