@@ -159,7 +159,7 @@ const KERNEL_ARG_FLOOR: usize = 128 * 1024;
 /// (`RLIM_INFINITY`: unlimited), as the kernel computes it (`bprm_stack_limits`).
 pub(crate) fn arg_max_for(stack: u64) -> usize {
     let quarter = usize::try_from(stack / 4).unwrap_or(usize::MAX);
-    quarter.min(KERNEL_ARG_CAP).max(KERNEL_ARG_FLOOR)
+    quarter.clamp(KERNEL_ARG_FLOOR, KERNEL_ARG_CAP)
 }
 
 /// [`arg_max_for`] this process's soft `RLIMIT_STACK`, which the new process inherits.

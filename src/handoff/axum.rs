@@ -32,7 +32,7 @@
 //!
 //! - Each upgraded WebSocket session is tracked with the connections, and hands itself off
 //!   inside [`WebSocket::recv`] at its next message boundary once a new generation that takes
-//!   hand-offs is ready (see [`websocket`](super::websocket)).
+//!   hand-offs is ready (see the [WebSocket layer](super::websocket)).
 //! - The new generation resumes each session through the app itself: the request the session
 //!   was upgraded by (method, URI, headers) is replayed through the router with no handshake,
 //!   so the handler that serves it is the one its route names in the new build, with its

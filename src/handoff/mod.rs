@@ -12,9 +12,9 @@
 //!
 //! | stack | feature | what |
 //! |---|---|---|
-//! | axum with WebSocket routes | `axum-websocket` | [`axum::serve`] in place of `hotexec::serve`, and [`axum::WebSocketUpgrade`] in place of axum's extractor |
-//! | tokio-tungstenite | `websocket` | [`Sessions`] (or [`serve()`]) and [`websocket::WebSocket::accept`] |
-//! | any tokio protocol | `handoff` | [`Sessions`] (or [`serve()`]): each [`Session`]'s [`Relay`] says when to hand off, and does it |
+//! | axum with WebSocket routes | `axum-websocket` | `hotexec::handoff::axum::serve` in place of `hotexec::serve`, and `hotexec::handoff::axum::WebSocketUpgrade` in place of axum's extractor (`examples/axum_ws.rs`) |
+//! | tokio-tungstenite | `websocket` | `Sessions` (or `hotexec::handoff::serve`) and `hotexec::handoff::websocket::WebSocket::accept` (`examples/websocket.rs`) |
+//! | any tokio protocol | `handoff` | `Sessions` (or `hotexec::handoff::serve`): each `Session`'s `Relay` says when to hand off, and does it (`examples/line.rs`) |
 //! | anything else | — | the building blocks: [`Shutdown::handoff`](crate::Shutdown::handoff) on the old side, [`incoming`] on the new one |
 //!
 //! What it guarantees:

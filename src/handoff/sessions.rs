@@ -83,12 +83,15 @@ pub struct Sessions {
     inner: Arc<Inner>,
 }
 
+/// One listener's handed-over connections (shared by the accept calls on that listener).
+type Receiver = Arc<tokio::sync::Mutex<HandedOff>>;
+
 struct Inner {
     conns: Connections,
     shutdown: Shutdown,
     handoff: bool,
     /// The handed-over connections of each listener accepted on, claimed the first time.
-    resumed: Mutex<Vec<(Claim, Option<Arc<tokio::sync::Mutex<HandedOff>>>)>>,
+    resumed: Mutex<Vec<(Claim, Option<Receiver>)>>,
     /// Sessions resumed, handed off, kept after a failed hand-off.
     resumed_n: AtomicU64,
     handed_n: AtomicU64,
@@ -202,7 +205,7 @@ impl Sessions {
     }
 
     /// The receiver of `claim`'s handed-over connections, claimed on first use.
-    fn receiver(&self, claim: &Claim) -> Option<Arc<tokio::sync::Mutex<HandedOff>>> {
+    fn receiver(&self, claim: &Claim) -> Option<Receiver> {
         let mut all = self.inner.resumed.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, rx)) = all.iter().find(|(c, _)| c == claim) {
             return rx.clone();

@@ -683,5 +683,7 @@ mod one_owner_tests {
         let back = for_b.join().unwrap().unwrap_err();
         assert!(matches!(back.error, HandoffError::Refused(_)), "{back:?}");
         assert_eq!(back.state, b"b");
+        // The other listener's connections can still be claimed (by its own receiver).
+        assert!(recv::claim(&shared, Claim::TcpPort(pb)).is_some());
     }
 }

@@ -97,7 +97,7 @@ impl fmt::Display for WireError {
 
 impl std::error::Error for WireError {}
 
-/// Encodes a record. Lengths over the limits are the caller's to refuse first ([`check_sizes`]).
+/// Encodes a record. Lengths over the limits are the caller's to refuse first (`check_sizes`).
 pub fn encode(kind: Kind, id: u64, unread: &[u8], state: &[u8]) -> Vec<u8> {
     encode_as(VERSION, kind, id, unread, state)
 }
