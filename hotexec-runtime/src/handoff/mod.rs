@@ -23,19 +23,29 @@
 //! until the new one acknowledges it, and an acknowledged connection is never given back. If the
 //! new generation dies, refuses, or the channel breaks before the ACK, [`Handoff::send`] resolves
 //! with [`Returned`] (the socket, the unread bytes and the state), and the old generation serves
-//! it on or drains it as without hand-off.
+//! it on or drains it as without hand-off. Only the end of the channel — after every answer
+//! queued before it — settles what was not answered: an empty record, garbage, a read error or a
+//! failed send never gives back an acknowledged connection. If the new generation dies within
+//! its probation, the [`Successor`] moves to the rollback generation, and what came back can be
+//! offered to it ([`Shutdown::successor`](crate::Shutdown::successor)).
 //!
 //! **Detection.** The new generation says HELLO with its protocol [`VERSION`] before it reports
 //! ready. No HELLO (an older hotexec build, a program not built on hotexec) or another version:
 //! [`Shutdown::handoff`](crate::Shutdown::handoff) is `None` and the old generation drains as
-//! before. A new generation whose application never calls [`incoming`] refuses what it is
-//! offered ([`CLAIM_GRACE`] after its `main` started), so those connections come back too.
+//! before. An offer that no receiver ([`incoming`], [`incoming_claiming`]) claims within
+//! [`CLAIM_GRACE`] is refused, so those connections come back too; each listener's connections
+//! can be claimed by the code that speaks its protocol ([`Claim`]).
 //!
 //! **Checks.** Records are bounded ([`MAX_UNREAD`], [`MAX_STATE`]) and checked field by field
-//! (the record layout is documented in `handoff/wire.rs`); fds arrive `CLOEXEC` (`MSG_CMSG_CLOEXEC`) into `OwnedFd`, a truncated control
-//! buffer is refused, and each fd must be a connected `SOCK_STREAM` socket (TCP or Unix), as
-//! inherited listeners are checked. Garbage is refused with an error naming what is wrong, and
-//! nothing is adopted from it.
+//! (the record layout is documented in `handoff/wire.rs`); fds arrive `CLOEXEC`
+//! (`MSG_CMSG_CLOEXEC`) into `OwnedFd`, and each must be a connected `SOCK_STREAM` socket (TCP or
+//! Unix), as inherited listeners are checked. A record whose fd could not be received (this
+//! process at its fd limit) is refused alone, naming the limit. Garbage is refused with an error
+//! naming what is wrong, and nothing is adopted from it.
+//!
+//! These are the building blocks. Servers on tokio use the facade's `hotexec::handoff::Sessions`
+//! (the accept loop, resumed sessions and the drain in one), its WebSocket layer or its axum
+//! integration, built on them.
 //!
 //! **Limits.** Only what the kernel holds moves with the fd: the connection, its queued bytes and
 //! its TCP state. Whatever lives in the application — the bytes it buffered (pass them as
