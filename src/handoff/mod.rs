@@ -40,10 +40,12 @@
 //! it). The hand-off point is the application's: a boundary where another process can resume.
 
 pub use hotexec_runtime::handoff::{
-    CLAIM_GRACE, Changed, Claim, Connection, Family, HandedOff, Handoff, HandoffError,
-    IntoStreamError, MAX_STATE, MAX_UNREAD, Next, Returned, SendFuture, Successor, VERSION,
-    incoming, incoming_claiming,
+    CLAIM_GRACE, Changed, Claim, Connection, Family, HandedOff, Handoff, HandoffError, MAX_STATE,
+    MAX_UNREAD, Next, Returned, SendFuture, Successor, VERSION, incoming, incoming_claiming,
 };
+
+#[cfg(feature = "tokio")]
+pub use hotexec_runtime::handoff::IntoStreamError;
 
 #[doc(hidden)]
 pub use hotexec_runtime::handoff::__wire;

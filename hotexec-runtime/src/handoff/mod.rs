@@ -118,7 +118,9 @@ use std::time::{Duration, Instant};
 
 pub use channel::Family;
 pub use error::HandoffError;
-pub use recv::{CLAIM_GRACE, Claim, Connection, HandedOff, IntoStreamError, Next};
+#[cfg(feature = "tokio")]
+pub use recv::IntoStreamError;
+pub use recv::{CLAIM_GRACE, Claim, Connection, HandedOff, Next};
 pub use send::{Handoff, Returned, SendFuture};
 pub use successor::{Changed, Successor};
 pub use wire::{MAX_STATE, MAX_UNREAD, VERSION};

@@ -169,6 +169,7 @@ impl Connection {
 
 /// A handed-off connection that could not be converted as asked (see
 /// [`Connection::into_tokio_tcp`]): the connection, untouched, and why.
+#[cfg(feature = "tokio")]
 #[derive(Debug)]
 pub struct IntoStreamError {
     /// The connection, still this generation's. `None` only when tokio could not register it
@@ -179,12 +180,14 @@ pub struct IntoStreamError {
     pub error: std::io::Error,
 }
 
+#[cfg(feature = "tokio")]
 impl fmt::Display for IntoStreamError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "handed-off connection not converted: {}", self.error)
     }
 }
 
+#[cfg(feature = "tokio")]
 impl std::error::Error for IntoStreamError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(&self.error)
