@@ -617,3 +617,61 @@ fn sessions_are_handed_off_in_keeper_mode_across_chained_upgrades() {
         Duration::from_secs(10),
     );
 }
+
+/// A client whose connection the old generation accepted sends its WebSocket handshake just
+/// after the hand-over, while the old generation drains: the handshake is answered as a
+/// handshake (the drain's `Connection: close` is for HTTP responses, not a `101`), and the
+/// session then goes to the new generation.
+#[test]
+fn a_websocket_handshake_answered_while_draining_is_still_an_upgrade() {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let rt = runtime();
+    let mut missed = 0;
+    loop {
+        let app = App::start("axum_ws", "HOTEXEC_LISTEN_HTTP", &[]);
+        let tcp = std::net::TcpStream::connect(app.addr).unwrap();
+        // Accepted by the first generation before the upgrade.
+        assert_eq!(
+            get(app.addr, "/", Duration::from_secs(10)),
+            Outcome::Ok {
+                pid: app.first_pid()
+            }
+        );
+        let (old, new) = app.upgrade();
+        // The old generation drains now.
+        app.wait_log(
+            "stopped accepting; draining HTTP connections",
+            1,
+            Duration::from_secs(10),
+        );
+        let url = format!("ws://{}/ws", app.addr);
+        let r = rt.block_on(async {
+            tcp.set_nonblocking(true).unwrap();
+            let tcp = tokio::net::TcpStream::from_std(tcp).unwrap();
+            let (mut ws, resp) = tokio_tungstenite::client_async(url, tcp).await?;
+            let conn = resp.headers().get("connection").cloned();
+            ws.send(Message::text("hi")).await?;
+            let answer = tokio::time::timeout(Duration::from_secs(30), ws.next()).await;
+            Ok::<_, WsError>((conn, answer))
+        });
+        match r {
+            Ok((conn, Ok(Some(Ok(Message::Text(t)))))) => {
+                println!(
+                    "handshake answered by the draining generation {old} (Connection: {conn:?}); session answered: {t}"
+                );
+                assert!(
+                    conn.as_ref()
+                        .is_some_and(|c| c.as_bytes().eq_ignore_ascii_case(b"upgrade")),
+                    "{conn:?}"
+                );
+                // Upgraded by the draining generation, the session went on to the new one.
+                assert_eq!(t.as_str(), format!("pid={new} hi"));
+                return;
+            }
+            // The connection was closed before the handshake reached the old generation: the
+            // drain's grace window (500 ms) was over. Not what this test is about: again.
+            Err(WsError::Io(_)) | Err(WsError::ConnectionClosed) if missed < 3 => missed += 1,
+            other => panic!("the handshake answered while draining failed: {other:?}"),
+        }
+    }
+}
