@@ -164,3 +164,77 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FrameBoundary<S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A frame header of `len` payload bytes (masked as a client's are), then the payload.
+    fn frame(fin: bool, opcode: u8, len: usize) -> Vec<u8> {
+        let mut f = vec![(u8::from(fin) << 7) | opcode];
+        match len {
+            0..=125 => f.push(0x80 | len as u8),
+            126..=65535 => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&[1, 2, 3, 4]);
+        f.extend(std::iter::repeat_n(b'x', len));
+        f
+    }
+
+    #[test]
+    fn headers_of_every_length_form() {
+        for len in [0, 5, 125, 126, 300, 65535, 65536, 70_000] {
+            let f = frame(true, 1, len);
+            let (whole, fin, control) = FrameBoundary::<()>::header(&f).unwrap();
+            assert_eq!(
+                (whole as usize, fin, control),
+                (f.len(), true, false),
+                "{len}"
+            );
+        }
+        assert_eq!(FrameBoundary::<()>::header(&[0x81]), None);
+        assert_eq!(FrameBoundary::<()>::header(&[0x81, 0xfe, 0]), None);
+        assert!(
+            FrameBoundary::<()>::header(&frame(true, 9, 0)).unwrap().2,
+            "ping is control"
+        );
+    }
+
+    /// Two frames arrive in one read: the WebSocket layer is given the first only, and at that
+    /// boundary the second is still this layer's, as unread bytes.
+    #[tokio::test]
+    async fn a_frame_at_a_time_and_the_rest_unread() {
+        let (a, b) = (frame(true, 1, 10), frame(true, 1, 20));
+        let wire = [a.clone(), b.clone()].concat();
+        let mut fb = FrameBoundary::new(std::io::Cursor::new(wire), Vec::new(), false);
+        let mut got = vec![0u8; a.len()];
+        fb.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, a);
+        assert!(fb.at_boundary());
+        assert_eq!(fb.take_unread(), b);
+        fb.put_back(b"back".to_vec());
+        assert_eq!(fb.take_unread(), b"back");
+    }
+
+    /// Inside a fragmented message (a frame without FIN) there is no boundary, even between
+    /// its frames; a control frame in between does not end it.
+    #[tokio::test]
+    async fn no_boundary_inside_a_fragmented_message() {
+        let parts = [frame(false, 1, 3), frame(true, 9, 0), frame(true, 0, 3)];
+        let mut fb = FrameBoundary::new(std::io::Cursor::new(parts.concat()), Vec::new(), false);
+        for (i, p) in parts.iter().enumerate() {
+            let mut got = vec![0u8; p.len()];
+            fb.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, p);
+            assert_eq!(fb.at_boundary(), i == 2, "after part {i}");
+        }
+    }
+}
