@@ -50,7 +50,9 @@
 //! tower service (an axum `Router`, tonic's `Routes`) or, with `hotexec::serve_hyper`, a hyper
 //! `service_fn`, over HTTP/1.1 and HTTP/2, and drains at the hand-over without losing a request.
 //! With `features = ["drain"]`, `hotexec::drain::Connections` does the same for any other
-//! protocol on tokio. See the `hotexec::serve` module (documented with those features).
+//! protocol on tokio. With `features = ["tls"]`, `hotexec::serve(..).tls(config)` serves over
+//! TLS (rustls) with the same drain, and session tickets that still resume after an upgrade.
+//! See the `hotexec::serve` module (documented with those features).
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
@@ -58,6 +60,8 @@
 pub mod serve;
 #[cfg(feature = "drain")]
 pub use serve::drain;
+#[cfg(feature = "tls")]
+pub use serve::tls;
 #[cfg(feature = "http")]
 pub use serve::{serve, serve_hyper};
 

@@ -53,6 +53,12 @@ fn upgrade_json_and_status_under_load() {
         "{r}"
     );
     assert_eq!(r["generation"], 2, "{r}");
+    // The default clone spawn returns once the child has exec'd: the exec is marked too.
+    let exec = r["ms_to_exec"].as_f64().expect("ms_to_exec");
+    assert!(
+        exec >= spawn && exec <= r["ms_to_ready"].as_f64().unwrap(),
+        "{r}"
+    );
     assert_eq!(r["trigger"], "control", "{r}");
     // Per network namespace: another server of this namespace dropping connections at the same
     // time would count here too (the tests of this suite never run such a thing in parallel).

@@ -22,6 +22,9 @@ fn started_as_dot_slash_app_upgrades_to_the_renamed_binary() {
         .arg("cd \"$0\" && exec ./app")
         .arg(&dir.0)
         .env("HOTEXEC_LISTEN_HTTP", &addr)
+        // Never the example's fixed admin port: a second instance (another test, another
+        // checkout) would make this one fail to start.
+        .env("HOTEXEC_LISTEN_ADMIN", "127.0.0.1:0")
         .env("HOTEXEC_PID_FILE", &pid_file)
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
@@ -34,6 +37,9 @@ fn started_as_dot_slash_app_upgrades_to_the_renamed_binary() {
         let read_pid =
             || -> Option<u32> { std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok() };
         wait_for(Duration::from_secs(10), "first pid file", || {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!("the server exited at start ({st})");
+            }
             (read_pid() == Some(first)).then_some(())
         });
         let sa = addr.parse().unwrap();

@@ -96,7 +96,8 @@ pub fn main_started() {
 }
 
 /// Wraps the user's async main: calls [`main_started`] after its first poll, i.e. once the
-/// app has run up to its first `.await` (typically: its accept loop is waiting).
+/// app has run up to its first `.await` (typically: its accept loop is waiting), unless that
+/// first poll already ended `main` (an error at start: never reported ready).
 pub struct Started<F> {
     fut: Pin<Box<F>>,
     first: bool,
@@ -115,7 +116,10 @@ impl<F: Future> Future for Started<F> {
     type Output = F::Output;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let r = self.fut.as_mut().poll(cx);
-        if std::mem::take(&mut self.first) {
+        // A main that returned on its first poll (typically an error at start: a certificate
+        // that does not load) never served: it is not ready, so an upgrade to it fails and
+        // the running generation serves on.
+        if std::mem::take(&mut self.first) && r.is_pending() {
             main_started();
         }
         r

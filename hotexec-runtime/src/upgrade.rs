@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use crate::control::{Handler, Reply};
 use crate::error::UpgradeError;
 use crate::generation::Generation;
-use crate::supervisor::Handle;
+use crate::supervisor::{Handle, Trigger};
 
 /// What the public free functions reach.
 pub(crate) struct Current {
@@ -31,7 +31,7 @@ pub(crate) fn set(current: Current) {
 /// code call it in `spawn_blocking`.
 pub fn upgrade() -> Result<u32, UpgradeError> {
     match CURRENT.get() {
-        Some(c) => c.supervisor.request_upgrade(),
+        Some(c) => c.supervisor.request_upgrade(Trigger::Api),
         None => Err(UpgradeError::NotRunning),
     }
 }
@@ -89,14 +89,10 @@ pub(crate) fn control_handler(
     announcer: Arc<crate::announce::Announcer>,
 ) -> Handler {
     Arc::new(move |request| match request {
-        "upgrade" => Reply::from_upgrade(
-            announcer
-                .evidence
-                .control_request(|| supervisor.request_upgrade()),
-        ),
-        "upgrade v2" => {
-            crate::evidence::serve_upgrade(&announcer.evidence, || supervisor.request_upgrade())
-        }
+        "upgrade" => Reply::from_upgrade(supervisor.request_upgrade(Trigger::Control)),
+        "upgrade v2" => crate::evidence::serve_upgrade(&announcer.evidence, || {
+            supervisor.request_upgrade(Trigger::Control)
+        }),
         "status v2" => crate::evidence::serve_status(&announcer.evidence),
         other => Reply::error(
             "bad-request",

@@ -430,7 +430,7 @@ where
         });
         let (s, b) = (sessions.clone(), builder.clone());
         sessions.spawn(async move {
-            if let Err(e) = serve_conn(session.stream, service, s.connections(), &b).await {
+            if let Err(e) = serve_conn(session.stream, service, s.connections(), &b, None).await {
                 tracing::debug!("connection: {e}");
             }
         });

@@ -9,12 +9,18 @@
 //!   response, at a request boundary.
 //! - Once the grace window is over ([`Connections::closing`]): an HTTP/1.1 connection that is
 //!   still open is shut down gracefully (closed if idle, else after the response in progress);
-//!   so is one that has not sent a request yet.
+//!   so is one that has not sent anything yet. One whose client has sent part of its first
+//!   request (or an HTTP/2 preface) is shut down once that request is in.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 
 use hyper::body::Incoming;
 use hyper::header::{CONNECTION, HeaderValue};
@@ -79,15 +85,29 @@ where
     B::Error: Into<BoxError>,
 {
     let builder = auto::Builder::new(TokioExecutor::new());
-    serve_conn(io, service, conns, &builder).await
+    serve_conn(io, service, conns, &builder, None).await
 }
 
 /// The drain phases of one connection (see the module docs).
+///
+/// `not_before`: an HTTP/1.1 connection is not shut down before this instant even once the
+/// grace window is over. For a connection that only became able to speak during the drain (a
+/// TLS handshake completed then): its client sends its first request right after the
+/// handshake, and closing the connection at that moment would lose it.
+///
+/// A connection whose client has sent bytes but not yet a whole first request (a request
+/// half-read, an HTTP/2 preface not yet through hyper's handshake) is not shut down at the end
+/// of the grace window either, but once that first request is in (at most [`SPOKEN_BOUND`]
+/// later): hyper would close it unread (shutting down while it still tells HTTP/1 from HTTP/2,
+/// or during the HTTP/2 handshake, closes the connection), and its client would lose every
+/// request it had sent. Seen on a loaded host with `h2load` over TLS, where a TLS handshake can
+/// take longer than the grace window.
 pub(crate) async fn serve_conn<I, S, B>(
     io: I,
     service: S,
     conns: &Connections,
     builder: &auto::Builder<TokioExecutor>,
+    not_before: Option<tokio::time::Instant>,
 ) -> Result<(), BoxError>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -100,30 +120,121 @@ where
 {
     let draining = conns.draining();
     let closing = conns.closing();
-    let http2 = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Seen::default());
     let service = Grace {
         inner: service,
         conns: conns.clone(),
-        http2: http2.clone(),
+        seen: seen.clone(),
+    };
+    let io = Spoke {
+        io,
+        seen: seen.clone(),
     };
     // With upgrades, so that axum's WebSocket extractor works (an upgraded connection leaves
     // hyper, and this drain, once the handshake response is written).
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
+    // `biased`, the connection first: what it has received is taken in before a phase change
+    // is acted on.
     tokio::select! {
+        biased;
         r = conn.as_mut() => return r,
         _ = draining.cancelled() => {}
     }
-    if !http2.load(Ordering::Relaxed) {
+    if !seen.http2.load(Ordering::Relaxed) {
         // HTTP/1.1 (or nothing received yet): `Connection: close` on responses does the work;
         // what is still open after the grace window is shut down then.
         tokio::select! {
+            biased;
             r = conn.as_mut() => return r,
             _ = closing.cancelled() => {}
+        }
+        if let Some(at) = not_before {
+            tokio::select! {
+                biased;
+                r = conn.as_mut() => return r,
+                _ = tokio::time::sleep_until(at) => {}
+            }
+        }
+        if seen.bytes.load(Ordering::Relaxed) && !seen.request.load(Ordering::Relaxed) {
+            tokio::select! {
+                biased;
+                r = conn.as_mut() => return r,
+                _ = seen.first_request.notified() => {}
+                _ = tokio::time::sleep(SPOKEN_BOUND) => {}
+            }
         }
     }
     conn.as_mut().graceful_shutdown();
     conn.await
+}
+
+/// How long, past the grace window, a connection in the middle of its first request is given
+/// to complete it (see [`serve_conn`]).
+const SPOKEN_BOUND: Duration = Duration::from_secs(5);
+
+/// What a connection has shown so far.
+#[derive(Default)]
+struct Seen {
+    /// Bytes from the client (after TLS, if any).
+    bytes: AtomicBool,
+    /// A request reached the service.
+    request: AtomicBool,
+    /// ... over HTTP/2.
+    http2: AtomicBool,
+    /// Notified at the first request.
+    first_request: Notify,
+}
+
+/// The connection's IO, noting when the client has sent something.
+struct Spoke<I> {
+    io: I,
+    seen: Arc<Seen>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Spoke<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before && !self.seen.bytes.load(Ordering::Relaxed) {
+            self.seen.bytes.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Spoke<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// Adds `Connection: close` to HTTP/1 responses once draining, and notes that a connection
@@ -131,7 +242,7 @@ where
 struct Grace<S> {
     inner: S,
     conns: Connections,
-    http2: Arc<AtomicBool>,
+    seen: Arc<Seen>,
 }
 
 type ResponseFuture<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>;
@@ -149,7 +260,11 @@ where
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let http1 = req.version() < Version::HTTP_2;
         if !http1 {
-            self.http2.store(true, Ordering::Relaxed);
+            self.seen.http2.store(true, Ordering::Relaxed);
+        }
+        if !self.seen.request.swap(true, Ordering::Relaxed) {
+            // A permit if nobody waits yet: `notified()` then returns at once.
+            self.seen.first_request.notify_one();
         }
         let response = self.inner.call(req);
         let conns = self.conns.clone();

@@ -207,6 +207,12 @@ impl Connections {
         self.inner.closing.clone()
     }
 
+    /// The close grace window: how long after the hand-over [`closing`](Connections::closing)
+    /// is cancelled.
+    pub fn close_grace(&self) -> Duration {
+        self.inner.grace
+    }
+
     /// The `Shutdown` these connections are drained by.
     pub fn shutdown(&self) -> &Shutdown {
         &self.inner.shutdown

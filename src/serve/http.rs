@@ -94,6 +94,8 @@ where
         shutdown,
         close_grace: DEFAULT_CLOSE_GRACE,
         protocols: Protocols::Auto,
+        #[cfg(feature = "tls")]
+        tls: None,
     }
 }
 
@@ -105,6 +107,8 @@ pub struct Serve<L, S> {
     shutdown: Shutdown,
     close_grace: Duration,
     protocols: Protocols,
+    #[cfg(feature = "tls")]
+    tls: Option<super::tls::TlsConfig>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -119,11 +123,19 @@ impl<L, S> std::fmt::Debug for Serve<L, S> {
         f.debug_struct("Serve")
             .field("close_grace", &self.close_grace)
             .field("protocols", &self.protocols)
+            .field("tls", &self.has_tls())
             .finish_non_exhaustive()
     }
 }
 
 impl<L, S> Serve<L, S> {
+    fn has_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
+    }
+
     /// How long, after the hand-over, HTTP/1.1 responses carry `Connection: close` before the
     /// connections still idle are closed. Default [`DEFAULT_CLOSE_GRACE`] (500 ms; its docs say
     /// why). Longer costs nothing but a later exit of the old process; zero closes idle
@@ -142,6 +154,25 @@ impl<L, S> Serve<L, S> {
     /// Speak HTTP/2 only (prior knowledge, h2c), as a gRPC server does.
     pub fn http2_only(mut self) -> Self {
         self.protocols = Protocols::Http2;
+        self
+    }
+
+    /// Serve over TLS (feature `tls`): each accepted connection does its handshake in its own
+    /// task, bounded by the configuration's timeout, then is served and drained as a plaintext
+    /// one would be (`close_notify` after the last response). ALPN offers `h2` and
+    /// `http/1.1`, or the one protocol of `.http1_only()` / `.http2_only()`. The
+    /// session-ticket keys are taken from the previous generation and handed to the next
+    /// ([`tls`](crate::tls) module docs).
+    ///
+    /// ```no_run
+    /// # async fn run(listener: tokio::net::TcpListener, app: axum::Router, shutdown: hotexec::Shutdown) -> std::io::Result<()> {
+    /// let tls = hotexec::tls::TlsConfig::from_pem_files("cert.pem", "key.pem")?;
+    /// hotexec::serve(listener, app, shutdown).tls(tls).await
+    /// # }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: super::tls::TlsConfig) -> Self {
+        self.tls = Some(config);
         self
     }
 }
@@ -167,6 +198,8 @@ where
                 shutdown,
                 close_grace,
                 protocols,
+                #[cfg(feature = "tls")]
+                tls,
             } = self;
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder = match protocols {
@@ -176,10 +209,39 @@ where
             };
             let builder = Arc::new(builder);
             let conns = Connections::with_close_grace(shutdown.clone(), close_grace);
+            #[cfg(feature = "tls")]
+            let tls = tls.map(|t| {
+                let (h1, h2) = match protocols {
+                    Protocols::Auto => (true, true),
+                    Protocols::Http1 => (true, false),
+                    Protocols::Http2 => (false, true),
+                };
+                let t = t.for_protocols(h1, h2);
+                let acceptor = t.acceptor(&shutdown);
+                (t, acceptor)
+            });
             while let Some((io, _peer)) = conns.accept(&mut listener).await {
                 let (service, builder, c) = (service.clone(), builder.clone(), conns.clone());
+                #[cfg(feature = "tls")]
+                if let Some((_, acceptor)) = &tls {
+                    let acceptor = acceptor.clone();
+                    conns.spawn(async move {
+                        // Counted and logged by the acceptor.
+                        let Ok(io) = acceptor.accept(io).await else {
+                            return;
+                        };
+                        // Done during the drain: its first request is still served.
+                        let not_before = c
+                            .is_draining()
+                            .then(|| tokio::time::Instant::now() + c.close_grace());
+                        if let Err(e) = serve_conn(io, service, &c, &builder, not_before).await {
+                            tracing::debug!("connection: {e}");
+                        }
+                    });
+                    continue;
+                }
                 conns.spawn(async move {
-                    if let Err(e) = serve_conn(io, service, &c, &builder).await {
+                    if let Err(e) = serve_conn(io, service, &c, &builder, None).await {
                         tracing::debug!("connection: {e}");
                     }
                 });
@@ -193,6 +255,10 @@ where
                 "stopped accepting; draining HTTP connections"
             );
             conns.wait().await;
+            #[cfg(feature = "tls")]
+            if let Some((t, _)) = &tls {
+                tracing::info!(handshakes = %t.stats(), "TLS handshakes of this generation");
+            }
             Ok(())
         })
     }

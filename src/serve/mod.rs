@@ -18,11 +18,14 @@
 //! | axum | `hotexec::serve(listener, app, shutdown).await` |
 //! | tonic | `hotexec::serve(listener, routes, shutdown).await` (`routes`: `tonic::service::Routes`; gRPC's HTTP/2 is detected per connection, or say `.http2_only()`) |
 //! | hyper | `hotexec::serve_hyper(listener, service_fn(handler), shutdown).await` |
-//! | own TLS | `hotexec::serve::connection(tls_stream, app, &conns)` in a [`drain::Connections`] accept loop |
+//! | TLS (feature `tls`) | `hotexec::serve(listener, app, shutdown).tls(config).await` ([`tls`]: rustls, session tickets carried across upgrades) |
+//! | own TLS | `hotexec::serve::connection(tls_stream, app, &conns)` in a [`drain::Connections`] accept loop ([`tls::Acceptor`] does the handshake) |
 //! | any tokio protocol | [`drain::Connections`]: `accept`, `spawn`, `closing`, `wait` |
 //!
 //! Files: `listener.rs` (what can be accepted from), `drain.rs`, `http.rs` (the builder and the
-//! accept loop), `conn.rs` (one HTTP connection through the drain phases).
+//! accept loop), `conn.rs` (one HTTP connection through the drain phases), `tls/` (TLS:
+//! configuration and handshakes in `mod.rs`, `certs.rs`, `tickets.rs` for the session-ticket
+//! keys, `carry.rs` for their way to the next generation).
 
 pub mod drain;
 mod listener;
@@ -31,6 +34,8 @@ mod listener;
 mod conn;
 #[cfg(feature = "http")]
 mod http;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use listener::Listener;
 

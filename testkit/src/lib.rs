@@ -22,7 +22,7 @@
 //! | [`cli`] | the `hotexec` command run under a time limit |
 //! | [`rt`] | the tokio runtime of a test's clients |
 //! | [`logfile`] | a process's captured output: read, without colour codes, shown on failure |
-//! | [`notify`], [`pty`], [`tools`] | an sd_notify socket, a pseudo-terminal, systemd's tools |
+//! | [`notify`], [`pty`], [`tools`] | an sd_notify socket, a pseudo-terminal, outside tools (systemd's; wrk, h2load, openssl run as children of a test) |
 //! | [`mod@bench`] | the benchmarks' targets (hotexec, naive restart, nginx…) and tokio load generator |
 //!
 //! Tests take the whole kit with `use hotexec_testkit::prelude::*;`.

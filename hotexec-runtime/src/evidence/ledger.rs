@@ -34,6 +34,7 @@ pub(crate) fn trigger_of(t: crate::supervisor::event::Trigger) -> Trigger {
     match t {
         crate::supervisor::event::Trigger::Signal => Trigger::Signal,
         crate::supervisor::event::Trigger::Api => Trigger::Api,
+        crate::supervisor::event::Trigger::Control => Trigger::Control,
     }
 }
 
@@ -53,10 +54,6 @@ struct State {
 
 /// This generation's evidence.
 pub(crate) struct Ledger {
-    /// Control requests waiting for their upgrade: the supervisor says "api" for them and for
-    /// `hotexec::upgrade()` alike, the report says `control` while one waits (one upgrade runs
-    /// at a time; an API call racing a control request may be named after it).
-    control_requests: std::sync::atomic::AtomicUsize,
     exe: PathBuf,
     generation: Arc<Generation>,
     metrics: Arc<Metrics>,
@@ -77,7 +74,6 @@ impl Ledger {
             generation.carry(METRICS_KEY, Box::new(move || m.export()));
         }
         Ledger {
-            control_requests: std::sync::atomic::AtomicUsize::new(0),
             exe,
             generation,
             metrics,
@@ -101,18 +97,14 @@ impl Ledger {
 
     /// An upgrade starts (the announcer's `UpgradeStarted`).
     pub(crate) fn started(&self, trigger: Trigger) {
-        let trigger = match trigger {
-            Trigger::Api
-                if self
-                    .control_requests
-                    .load(std::sync::atomic::Ordering::SeqCst)
-                    > 0 =>
-            {
-                Trigger::Control
-            }
-            other => other,
-        };
         self.state().recorder = Some(Recorder::start(trigger, std::process::id()));
+    }
+
+    /// The new binary runs: its `execve` returned.
+    pub(crate) fn executed(&self) {
+        if let Some(r) = &mut self.state().recorder {
+            r.executed(Instant::now());
+        }
     }
 
     /// The new process exists.
@@ -245,15 +237,6 @@ impl Ledger {
         true
     }
 
-    /// Runs `upgrade` for a control request (so that its report says `control`).
-    pub(crate) fn control_request<T>(&self, upgrade: impl FnOnce() -> T) -> T {
-        use std::sync::atomic::Ordering;
-        self.control_requests.fetch_add(1, Ordering::SeqCst);
-        let out = upgrade();
-        self.control_requests.fetch_sub(1, Ordering::SeqCst);
-        out
-    }
-
     /// The report of the upgrade a control request asked for at `asked_ms`, which ended with
     /// `result`: the supervisor's own if it is that one, else one made from the outcome (an
     /// upgrade refused as busy never started).
@@ -383,9 +366,8 @@ mod tests {
         // `hotexec::upgrade()`: the supervisor's "api" stays api.
         l.started(Trigger::Api);
         assert_eq!(l.finished(Ok(41)).unwrap().trigger, Trigger::Api);
-        // The same while a control request waits: control.
         let asked = now_ms();
-        l.control_request(|| l.started(Trigger::Api));
+        l.started(Trigger::Control);
         l.spawned(42);
         let made = l.finished(Ok(42)).unwrap();
         assert_eq!(made.trigger, Trigger::Control);

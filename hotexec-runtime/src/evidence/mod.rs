@@ -34,7 +34,7 @@ pub(crate) fn serve_upgrade(
     let asked = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let result = ledger.control_request(upgrade);
+    let result = upgrade();
     Reply::Report(Box::new(ledger.report_for(asked, &result)))
 }
 

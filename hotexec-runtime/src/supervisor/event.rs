@@ -10,8 +10,10 @@ use crate::shutdown::ShutdownReason;
 pub(crate) enum Trigger {
     /// The upgrade signal.
     Signal,
-    /// `hotexec::upgrade()` or the control socket.
+    /// `hotexec::upgrade()`, called by the application.
     Api,
+    /// The control socket (`hotexec upgrade`, also relayed by a keeper).
+    Control,
 }
 
 impl Trigger {
@@ -19,6 +21,7 @@ impl Trigger {
         match self {
             Trigger::Signal => "signal",
             Trigger::Api => "api",
+            Trigger::Control => "control",
         }
     }
 }
@@ -63,7 +66,7 @@ pub(crate) enum Event {
     /// The previous generation passed a stop on to this one (it was meant for the service).
     StopPassedOn,
     /// An upgrade request (`hotexec::upgrade()`, the control socket).
-    Request(Waiter),
+    Request(Waiter, Trigger),
     /// This generation reported ready.
     SelfReady,
     /// The spawn asked for by [`Action::Spawn`] started `pid`.

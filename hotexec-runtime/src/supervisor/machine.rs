@@ -164,8 +164,8 @@ impl Machine {
                     State::Serving { deferred: true }
                 }
             }
-            (State::Serving { .. }, Event::Request(w)) => {
-                self.begin(Trigger::Api, vec![w], now, out)
+            (State::Serving { .. }, Event::Request(w, trigger)) => {
+                self.begin(trigger, vec![w], now, out)
             }
             (State::Serving { .. }, Event::StopSignal(sig)) => self.stop(sig, out),
             (State::Serving { .. }, Event::MainReturned) => {
@@ -268,7 +268,7 @@ impl Machine {
                 tracing::warn!("upgrade signal ignored: an upgrade is already running");
                 state
             }
-            (state @ State::WaitingReady { .. }, Event::Request(w)) => {
+            (state @ State::WaitingReady { .. }, Event::Request(w, _)) => {
                 out.push(Action::Reply {
                     waiters: vec![w],
                     result: Err(UpgradeError::Busy("an upgrade is already running")),
@@ -384,7 +384,7 @@ impl Machine {
                 );
                 state
             }
-            (state @ (State::Probation { .. } | State::Draining { .. }), Event::Request(w)) => {
+            (state @ (State::Probation { .. } | State::Draining { .. }), Event::Request(w, _)) => {
                 out.push(Action::Reply {
                     waiters: vec![w],
                     result: Err(UpgradeError::Busy("this generation is draining")),
@@ -403,7 +403,7 @@ impl Machine {
             }
 
             // ---- Exiting -------------------------------------------------------------------
-            (State::Exiting, Event::Request(w)) => {
+            (State::Exiting, Event::Request(w, _)) => {
                 out.push(Action::Reply {
                     waiters: vec![w],
                     result: Err(UpgradeError::Busy("this generation is exiting")),
@@ -416,7 +416,7 @@ impl Machine {
             }
 
             // ---- anything else: named and logged, never silent ----------------------------
-            (state, Event::Request(w)) => {
+            (state, Event::Request(w, _)) => {
                 // Only `Spawning`, which the shell leaves before it reads another event.
                 out.push(Action::Reply {
                     waiters: vec![w],

@@ -136,7 +136,7 @@ fn events() -> Vec<Event> {
         Event::StopSignal(Signal::SIGTERM),
         Event::StopSignal(Signal::SIGINT),
         Event::StopPassedOn,
-        Event::Request(7),
+        Event::Request(7, Trigger::Control),
         Event::SelfReady,
         Event::Spawned { pid: 300 },
         Event::SpawnFailed(UpgradeError::Spawn("x".into())),
@@ -177,7 +177,7 @@ fn every_state_takes_every_event() {
         for event in events() {
             let mut m = reach(at, t0);
             let label = format!("{at:?} + {event:?}");
-            let is_request = matches!(event, Event::Request(_));
+            let is_request = matches!(event, Event::Request(..));
             let out = m.handle(t0 + Duration::from_millis(1), event);
             let replies: Vec<_> = out
                 .iter()
@@ -256,7 +256,7 @@ fn an_upgrade_from_signal_to_commit() {
 fn a_request_is_answered_with_the_new_pid() {
     let t0 = Instant::now();
     let mut m = reach(At::Serving, t0);
-    m.handle(t0, Event::Request(1));
+    m.handle(t0, Event::Request(1, Trigger::Api));
     m.handle(t0, Event::Spawned { pid: CHILD });
     let out = m.handle(t0, Event::ChildReady { pid: CHILD });
     assert!(out.contains(&Action::Reply {

@@ -31,6 +31,7 @@ use crate::link::{self, Received, Record};
 use crate::readiness::Said;
 use crate::shutdown::Shutdown;
 use crate::{deadline, signals};
+pub(crate) use event::Trigger;
 use event::{Action, Announcement, Event, Exit, News, Target, Waiter};
 use machine::{Machine, Timing};
 use spawn_next::Child;
@@ -41,7 +42,7 @@ type Reply = mpsc::Sender<Result<u32, UpgradeError>>;
 /// What other threads hand the supervisor: requests and news of the application.
 #[derive(Default)]
 struct Inbox {
-    requests: Vec<Reply>,
+    requests: Vec<(Trigger, Reply)>,
     ready: bool,
     main_returned: bool,
 }
@@ -60,10 +61,10 @@ impl Handle {
         let _ = nix::unistd::write(&self.wake_w, b"w");
     }
 
-    /// Asks for an upgrade and waits for its outcome.
-    pub(crate) fn request_upgrade(&self) -> Result<u32, UpgradeError> {
+    /// Asks for an upgrade on behalf of `trigger` and waits for its outcome.
+    pub(crate) fn request_upgrade(&self, trigger: Trigger) -> Result<u32, UpgradeError> {
         let (tx, rx) = mpsc::channel();
-        self.push(|i| i.requests.push(tx));
+        self.push(|i| i.requests.push((trigger, tx)));
         rx.recv().unwrap_or(Err(UpgradeError::NotRunning))
     }
 
@@ -247,11 +248,11 @@ impl Shell {
         if inbox.main_returned {
             events.push(Event::MainReturned);
         }
-        for reply in inbox.requests {
+        for (trigger, reply) in inbox.requests {
             let w = self.next_waiter;
             self.next_waiter += 1;
             self.replies.insert(w, reply);
-            events.push(Event::Request(w));
+            events.push(Event::Request(w, trigger));
         }
         if let Some(c) = &mut self.child {
             let pid = c.pid;
@@ -379,7 +380,13 @@ impl Shell {
                         if let Some(s) = &self.span {
                             s.record("new_pid", pid);
                         }
-                        self.setup.announcer.evidence.spawned(pid);
+                        let evidence = &self.setup.announcer.evidence;
+                        evidence.spawned(pid);
+                        if self.setup.config.spawn == crate::spawn::Method::Clone {
+                            // With CLONE_VFORK the spawn returns once the child has exec'd:
+                            // the new binary runs now. (After a fork nothing marks it.)
+                            evidence.executed();
+                        }
                         self.child = Some(child);
                         Some(Event::Spawned { pid })
                     }
