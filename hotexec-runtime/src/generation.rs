@@ -46,8 +46,9 @@ pub(crate) struct Generation {
     pub(crate) parent_link: Option<OwnedFd>,
     /// Connections the previous generation hands over, until `incoming()` claims them.
     pub(crate) handoff_inbox: Mutex<Option<handoff::Inbox>>,
-    /// The hand-off to the generation this one handed over to, if it takes hand-offs.
-    pub(crate) handoff: Mutex<Option<handoff::Handoff>>,
+    /// The hand-off to the generation this one handed over to (or to the rollback generation
+    /// that replaced it), if it takes hand-offs.
+    pub(crate) handoff: handoff::Successor,
     /// How this generation's connections end (issue 19's drain summary).
     pub(crate) drain_count: crate::evidence::DrainCount,
 }
@@ -74,7 +75,7 @@ impl Generation {
             on_ready: OnceLock::new(),
             parent_link,
             handoff_inbox: Mutex::new(None),
-            handoff: Mutex::new(None),
+            handoff: handoff::Successor::default(),
             drain_count: crate::evidence::DrainCount::default(),
         }
     }

@@ -23,19 +23,29 @@
 //! until the new one acknowledges it, and an acknowledged connection is never given back. If the
 //! new generation dies, refuses, or the channel breaks before the ACK, [`Handoff::send`] resolves
 //! with [`Returned`] (the socket, the unread bytes and the state), and the old generation serves
-//! it on or drains it as without hand-off.
+//! it on or drains it as without hand-off. Only the end of the channel — after every answer
+//! queued before it — settles what was not answered: an empty record, garbage, a read error or a
+//! failed send never gives back an acknowledged connection. If the new generation dies within
+//! its probation, the [`Successor`] moves to the rollback generation, and what came back can be
+//! offered to it ([`Shutdown::successor`](crate::Shutdown::successor)).
 //!
 //! **Detection.** The new generation says HELLO with its protocol [`VERSION`] before it reports
 //! ready. No HELLO (an older hotexec build, a program not built on hotexec) or another version:
 //! [`Shutdown::handoff`](crate::Shutdown::handoff) is `None` and the old generation drains as
-//! before. A new generation whose application never calls [`incoming`] refuses what it is
-//! offered ([`CLAIM_GRACE`] after its `main` started), so those connections come back too.
+//! before. An offer that no receiver ([`incoming`], [`incoming_claiming`]) claims within
+//! [`CLAIM_GRACE`] is refused, so those connections come back too; each listener's connections
+//! can be claimed by the code that speaks its protocol ([`Claim`]).
 //!
 //! **Checks.** Records are bounded ([`MAX_UNREAD`], [`MAX_STATE`]) and checked field by field
-//! (see [`wire`]); fds arrive `CLOEXEC` (`MSG_CMSG_CLOEXEC`) into `OwnedFd`, a truncated control
-//! buffer is refused, and each fd must be a connected `SOCK_STREAM` socket (TCP or Unix), as
-//! inherited listeners are checked. Garbage is refused with an error naming what is wrong, and
-//! nothing is adopted from it.
+//! (the record layout is documented in `handoff/wire.rs`); fds arrive `CLOEXEC`
+//! (`MSG_CMSG_CLOEXEC`) into `OwnedFd`, and each must be a connected `SOCK_STREAM` socket (TCP or
+//! Unix), as inherited listeners are checked. A record whose fd could not be received (this
+//! process at its fd limit) is refused alone, naming the limit. Garbage is refused with an error
+//! naming what is wrong, and nothing is adopted from it.
+//!
+//! These are the building blocks. Servers on tokio use the facade's `hotexec::handoff::Sessions`
+//! (the accept loop, resumed sessions and the drain in one), its WebSocket layer or its axum
+//! integration, built on them.
 //!
 //! **Limits.** Only what the kernel holds moves with the fd: the connection, its queued bytes and
 //! its TCP state. Whatever lives in the application — the bytes it buffered (pass them as
@@ -72,11 +82,13 @@
 //! if let Some(mut incoming) = hotexec::handoff::incoming() {
 //!     while let Some(conn) = incoming.recv().await {
 //!         match conn {
-//!             Ok(conn) => {
-//!                 let (stream, unread, state) = conn.into_tokio_tcp()?;
-//!                 // serve `stream`: first `unread`, with the session restored from `state`
-//!                 # drop((stream, unread, state));
-//!             }
+//!             Ok(conn) => match conn.into_tokio_tcp() {
+//!                 Ok((stream, unread, state)) => {
+//!                     // serve `stream`: first `unread`, with the session restored from `state`
+//!                     # drop((stream, unread, state));
+//!                 }
+//!                 Err(e) => eprintln!("{e}"), // `e.conn`: the connection, still ours
+//!             },
 //!             Err(e) => eprintln!("{e}"), // refused, nothing adopted
 //!         }
 //!     }
@@ -85,28 +97,44 @@
 //! ```
 
 mod channel;
+mod error;
 mod recv;
 mod send;
-pub mod wire;
+mod successor;
+mod wire;
+
+/// The wire format of the channel, for the runtime's own fuzzers and tests and for test fixtures
+/// that play a broken peer. Not a public API: it changes with the protocol version.
+#[doc(hidden)]
+pub mod __wire {
+    pub use super::wire::{
+        HEADER, Kind, MAGIC, MAX_RECORD, Record, VERSION, WireError, decode, encode, encode_as,
+    };
+}
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use channel::Family;
-pub use recv::{CLAIM_GRACE, Connection, HandedOff, Next};
-pub use send::{Handoff, HandoffError, Returned, SendFuture};
+pub use error::HandoffError;
+#[cfg(feature = "tokio")]
+pub use recv::IntoStreamError;
+pub use recv::{CLAIM_GRACE, Claim, Connection, HandedOff, Next};
+pub use send::{Handoff, Returned, SendFuture};
+pub use successor::{Changed, Successor};
 pub use wire::{MAX_STATE, MAX_UNREAD, VERSION};
 
 use wire::Kind;
 
-/// The connections offered to this generation, until the application claims them with
-/// `incoming()` (kept by this generation, see `generation.rs`).
+/// The connections offered to this generation, claimed by the application with `incoming()`
+/// or `incoming_claiming()` (kept by this generation, see `generation.rs`).
 pub(crate) struct Inbox(Arc<recv::Shared>);
 
 impl Inbox {
-    pub(crate) fn claim(self) -> HandedOff {
-        HandedOff::claim(self.0)
+    /// The connections `claim` takes; `None` if a receiver already holds some of them.
+    pub(crate) fn claim(&self, claim: Claim) -> Option<HandedOff> {
+        recv::claim(&self.0, claim)
     }
 }
 
@@ -138,7 +166,7 @@ pub(crate) fn main_starting(fd: Option<OwnedFd>) -> Option<Inbox> {
     }
 }
 
-pub use crate::upgrade::incoming;
+pub use crate::upgrade::{incoming, incoming_claiming};
 
 /// Runtime hook before a new generation is spawned: a fresh channel; the child's end is passed
 /// like the keeper channel (see `spawn::Extra::handoff`). At the fd limit (`EMFILE`) the upgrade
@@ -172,6 +200,7 @@ pub(crate) fn child_ready(chan: OwnedFd, new_pid: u32, drain_timeout: Duration) 
             bytes,
             fds,
             trouble: None,
+            ..
         }) => wire::decode(&bytes, fds.len()).map_err(|e| e.reason),
         Ok(channel::Received::Message {
             trouble: Some(t), ..
@@ -228,7 +257,7 @@ mod tests {
 
     fn both_ends(deadline: Duration) -> (Handoff, HandedOff) {
         let (old, new) = channel::pair().unwrap();
-        let rx = HandedOff::claim(recv::start(new).unwrap());
+        let rx = recv::claim(&recv::start(new).unwrap(), Claim::All).unwrap();
         let tx = Handoff::start(old, 4242, Instant::now() + deadline).unwrap();
         (tx, rx)
     }
@@ -288,7 +317,7 @@ mod tests {
     #[test]
     fn the_deadline_gives_back_what_was_not_taken() {
         let (old, new) = channel::pair().unwrap();
-        let _rx = HandedOff::claim(recv::start(new).unwrap());
+        let _rx = recv::claim(&recv::start(new).unwrap(), Claim::All).unwrap();
         let tx = Handoff::start(old, 1, Instant::now() + Duration::from_millis(300)).unwrap();
         let (_c, s) = tcp_pair();
         let back = tx.send_blocking(s, Vec::new(), Vec::new()).unwrap_err();
@@ -365,7 +394,7 @@ mod garbage_tests {
     #[test]
     fn nothing_is_kept_from_garbage() {
         let (old, new) = channel::pair().unwrap();
-        let mut rx = HandedOff::claim(recv::start(new).unwrap());
+        let mut rx = recv::claim(&recv::start(new).unwrap(), Claim::All).unwrap();
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -418,7 +447,7 @@ mod serde_tests {
     #[test]
     fn state_travels_as_a_serde_type_and_reads_in_a_later_shape() {
         let (old, new) = channel::pair().unwrap();
-        let mut rx = HandedOff::claim(recv::start(new).unwrap());
+        let mut rx = recv::claim(&recv::start(new).unwrap(), Claim::All).unwrap();
         let tx = Handoff::start(old, 1, Instant::now() + Duration::from_secs(30)).unwrap();
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let _c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
@@ -486,5 +515,187 @@ mod broken_peer_tests {
         let back = sender.join().unwrap().unwrap_err();
         assert_eq!(back.unread, b"u");
         assert!(matches!(back.error, HandoffError::Closed(_)), "{back:?}");
+    }
+}
+
+/// What a broken or hostile new generation can do to the old side's books: whatever it sends,
+/// a connection it acknowledged is never given back (that would make two owners).
+#[cfg(test)]
+mod one_owner_tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+
+    /// `n` connected pairs: (clients, server sides).
+    fn conns(n: usize) -> (Vec<TcpStream>, Vec<TcpStream>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let clients: Vec<TcpStream> = (0..n)
+            .map(|_| TcpStream::connect(l.local_addr().unwrap()).unwrap())
+            .collect();
+        let servers = (0..n).map(|_| l.accept().unwrap().0).collect();
+        (clients, servers)
+    }
+
+    /// Plays the new generation: reads `n` CONN records, returns their ids (their fds are kept
+    /// open, as a new generation that took them would).
+    fn read_conns(chan: &OwnedFd, n: usize) -> (Vec<u64>, Vec<OwnedFd>) {
+        let (mut ids, mut kept) = (Vec::new(), Vec::new());
+        while ids.len() < n {
+            match channel::recv(chan.as_fd(), false).unwrap() {
+                channel::Received::Message { bytes, fds, .. } => {
+                    let r = wire::decode(&bytes, fds.len()).unwrap();
+                    assert_eq!(r.kind, Kind::Conn);
+                    ids.push(r.id);
+                    kept.extend(fds);
+                }
+                channel::Received::Eof => panic!("the old side closed the channel"),
+            }
+        }
+        (ids, kept)
+    }
+
+    /// An answer; a send that fails (the old side already gave up the channel) is for the
+    /// assertions on the old side's outcomes to report.
+    fn answer(chan: &OwnedFd, kind: Kind, id: u64) {
+        let _ = channel::send(chan.as_fd(), &wire::encode(kind, id, b"", b""), None, false);
+    }
+
+    /// Finding 2 of issue 20: SEQPACKET allows a record of 0 bytes, which `recv` returns just
+    /// like the end of the channel. A new generation that sends one between two ACKs must not
+    /// make the old side give back the connection of the second ACK.
+    #[test]
+    fn an_empty_record_is_not_the_end_of_the_channel() {
+        let (old, new) = channel::pair().unwrap();
+        let tx = Handoff::start(old, 9, Instant::now() + Duration::from_secs(30)).unwrap();
+        let (_clients, servers) = conns(2);
+        let sends: Vec<_> = servers
+            .into_iter()
+            .map(|s| {
+                let tx = tx.clone();
+                std::thread::spawn(move || tx.send_blocking(s, Vec::new(), Vec::new()))
+            })
+            .collect();
+        let (ids, _kept) = read_conns(&new, 2);
+        answer(&new, Kind::Ack, ids[0]);
+        channel::send(new.as_fd(), b"", None, false).unwrap();
+        answer(&new, Kind::Ack, ids[1]);
+        for s in sends {
+            let r = s.join().unwrap();
+            assert!(r.is_ok(), "an acknowledged connection came back: {r:?}");
+        }
+        assert_eq!(tx.handed_off(), 2);
+    }
+
+    /// The same on the new side: an empty record from the old side is a protocol error, named
+    /// as such, not the end of the hand-off.
+    #[test]
+    fn an_empty_record_from_the_old_side_is_refused_by_name() {
+        let (old, new) = channel::pair().unwrap();
+        let mut rx = recv::claim(&recv::start(new).unwrap(), Claim::All).unwrap();
+        channel::send(old.as_fd(), b"", None, false).unwrap();
+        let e = rx
+            .recv_blocking()
+            .expect("an error, not the end")
+            .unwrap_err();
+        assert!(e.to_string().contains("an empty record"), "{e}");
+    }
+
+    /// Finding 4 of issue 20: an application that claims the hand-off stream later than
+    /// `CLAIM_GRACE` after `main` started (a warm-up before `ready()`) takes what is offered
+    /// from then on; the grace refuses only offers that waited for a claim that did not come.
+    #[test]
+    fn incoming_claimed_after_the_grace_still_takes_what_comes() {
+        let (old, new) = channel::pair().unwrap();
+        let long_ago = Instant::now()
+            .checked_sub(CLAIM_GRACE + Duration::from_secs(1))
+            .unwrap();
+        let shared = recv::start_at(new, long_ago).unwrap();
+        // The reader has looked at the grace with nothing offered yet.
+        std::thread::sleep(Duration::from_millis(100));
+        let mut rx = recv::claim(&shared, Claim::All).unwrap();
+        let tx = Handoff::start(old, 5, Instant::now() + Duration::from_secs(30)).unwrap();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let s = l.accept().unwrap().0;
+        let taker = std::thread::spawn(move || rx.recv_blocking().map(|r| r.map(|_| ())));
+        let sent = tx.send_blocking(s, Vec::new(), Vec::new());
+        assert!(
+            sent.is_ok(),
+            "refused though the application receives: {sent:?}"
+        );
+        assert!(matches!(taker.join().unwrap(), Some(Ok(()))));
+    }
+
+    /// Finding 5 of issue 20: converting an acknowledged connection that is not TCP into a
+    /// tokio `TcpStream` fails, and must give the connection back, not close it (it is this
+    /// generation's alone: nobody else can serve it any more).
+    #[cfg(feature = "tokio")]
+    #[test]
+    fn a_connection_of_the_wrong_kind_is_given_back_not_dropped() {
+        use std::io::Read;
+        let (ours, mut client) = std::os::unix::net::UnixStream::pair().unwrap();
+        let conn = Connection {
+            fd: ours.into(),
+            family: Family::Unix,
+            unread: b"u".to_vec(),
+            state: b"s".to_vec(),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _in_rt = rt.enter();
+        let kept = conn.into_tokio_tcp();
+        assert!(kept.is_err(), "a Unix connection is not a TcpStream");
+        client.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        let e = client.read(&mut b).unwrap_err();
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock,
+            "the connection was closed by the failed conversion"
+        );
+        drop(kept);
+    }
+
+    /// Two listeners, two protocols: each receiver claims its own listener's connections; one
+    /// that no receiver claims is refused (and stays with the previous generation), not taken by
+    /// the code of another protocol.
+    #[test]
+    fn each_receiver_takes_its_own_listeners_connections() {
+        let (old, new) = channel::pair().unwrap();
+        let shared = recv::start_at(new, Instant::now().checked_sub(CLAIM_GRACE).unwrap()).unwrap();
+        let (la, lb) = (
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+        );
+        let (pa, pb) = (
+            la.local_addr().unwrap().port(),
+            lb.local_addr().unwrap().port(),
+        );
+        let mut rx_a = recv::claim(&shared, Claim::TcpPort(pa)).unwrap();
+        assert!(
+            recv::claim(&shared, Claim::TcpPort(pa)).is_none(),
+            "claimed twice"
+        );
+        assert!(recv::claim(&shared, Claim::All).is_none(), "overlaps");
+        let tx = Handoff::start(old, 3, Instant::now() + Duration::from_secs(30)).unwrap();
+        let _ca = TcpStream::connect(la.local_addr().unwrap()).unwrap();
+        let _cb = TcpStream::connect(lb.local_addr().unwrap()).unwrap();
+        let (sa, sb) = (la.accept().unwrap().0, lb.accept().unwrap().0);
+        let tb = tx.clone();
+        let for_b = std::thread::spawn(move || tb.send_blocking(sb, Vec::new(), b"b".to_vec()));
+        let ta = tx.clone();
+        let for_a = std::thread::spawn(move || ta.send_blocking(sa, Vec::new(), b"a".to_vec()));
+        let got = rx_a.recv_blocking().unwrap().unwrap();
+        assert_eq!(
+            (got.state.as_slice(), got.local_port()),
+            (&b"a"[..], Some(pa))
+        );
+        assert!(for_a.join().unwrap().is_ok());
+        let back = for_b.join().unwrap().unwrap_err();
+        assert!(matches!(back.error, HandoffError::Refused(_)), "{back:?}");
+        assert_eq!(back.state, b"b");
+        // The other listener's connections can still be claimed (by its own receiver).
+        assert!(recv::claim(&shared, Claim::TcpPort(pb)).is_some());
     }
 }
