@@ -52,7 +52,9 @@ pub mod wait;
 pub mod prelude {
     pub use crate::app::{App, extra_listeners};
     pub use crate::cli::{CliRun, hotexec_cli};
-    pub use crate::client::{answered_by, get, get_keepalive, get_text, post, request_on};
+    pub use crate::client::{
+        answered_by, get, get_keepalive, get_text, post, read_response, request_on,
+    };
     pub use crate::crafted::{Crafted, ListenPid};
     pub use crate::limits::raise_nofile;
     pub use crate::load::{
