@@ -96,10 +96,7 @@ pub use hotexec_runtime::control;
 pub use hotexec_runtime::evidence;
 pub use hotexec_runtime::evidence::UpgradeReport;
 
-/// Connection hand-off: pass established connections (WebSocket, streaming, line-protocol
-/// sessions) to the new generation instead of draining them. See [`handoff::incoming`] and
-/// [`Shutdown::handoff`].
-pub use hotexec_runtime::handoff;
+pub mod handoff;
 
 #[doc(hidden)]
 pub mod __private {

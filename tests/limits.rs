@@ -156,3 +156,97 @@ fn an_upgrade_near_rlimit_nofile_fails_clearly_and_the_old_one_serves_on() {
         (get(app.addr, "/", T) == Outcome::Ok { pid: new }).then_some(())
     });
 }
+
+/// The kernel caps what `execve` copies — the path it executes, argv and the environment, a
+/// pointer each — at 6 MiB (three quarters of its 8 MiB `_STK_LIM`) whatever the stack limit,
+/// where `sysconf(_SC_ARG_MAX)` of some C libraries says a quarter of the stack limit (with an
+/// unlimited stack: no limit at all). A server started with an unlimited stack, from a long
+/// path (deep release directories), with an environment that just fits that cap at its own
+/// start, must have its upgrade — the same plus the hand-over variables — refused up front
+/// with the real limit named, not failed by `execve` with a bare E2BIG (issue 20, finding 8).
+#[test]
+fn an_upgrade_past_the_kernels_arg_max_cap_fails_clearly_whatever_the_stack_limit() {
+    use std::os::unix::process::CommandExt;
+    const KERNEL_CAP: usize = 6 * 1024 * 1024;
+    const PTR: usize = std::mem::size_of::<usize>();
+    let dir = Scratch::new("argmax");
+    let mut deep = dir.0.clone();
+    for i in 0..14 {
+        deep.push(format!("{i:02}{}", "r".repeat(198)));
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    let bin = deep.join("http");
+    copy_exe(&example("http"), &bin);
+    let pid_file = dir.0.join("pid");
+    let port = free_port();
+    let mut env: Vec<(String, String)> = vec![
+        ("HOTEXEC_LISTEN_HTTP".into(), format!("127.0.0.1:{port}")),
+        (
+            "HOTEXEC_LISTEN_ADMIN".into(),
+            format!("127.0.0.1:{}", free_port()),
+        ),
+        ("HOTEXEC_PID_FILE".into(), pid_file.display().to_string()),
+        ("RUST_LOG".into(), "info".into()),
+    ];
+    // What execve counts: the path and argv[0] (the same here), each `NAME=value`, a NUL after
+    // each, and a pointer per argv and envp entry. Padding brings it to 64 bytes under the cap.
+    let path_len = bin.as_os_str().len() + 1;
+    let size = |env: &[(String, String)]| {
+        2 * path_len
+            + env
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 2)
+                .sum::<usize>()
+            + PTR * (1 + env.len())
+    };
+    let mut i = 0;
+    while size(&env) < KERNEL_CAP - 64 {
+        let name = format!("PAD{i:03}");
+        // One string stays under MAX_ARG_STRLEN (128 KiB).
+        let room = (KERNEL_CAP - 64 - size(&env))
+            .saturating_sub(name.len() + 2 + PTR)
+            .min(120_000);
+        env.push((name, "x".repeat(room)));
+        i += 1;
+    }
+    assert_eq!(size(&env), KERNEL_CAP - 64);
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.env_clear().envs(env.iter().map(|(k, v)| (k, v)));
+    // SAFETY: setrlimit(2) is async-signal-safe and reads a struct on this stack frame.
+    unsafe {
+        cmd.pre_exec(|| {
+            let unlimited = libc::rlimit {
+                rlim_cur: libc::RLIM_INFINITY,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            if libc::setrlimit(libc::RLIMIT_STACK, &unlimited) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut server = Started::spawn(cmd, &dir.0, &dir.0.join("log"));
+    server.wait_log("serving", T);
+    let pid = server.pid();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(get(addr, "/", T), Outcome::Ok { pid });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGUSR2,
+    )
+    .unwrap();
+    let line = wait_for(T, "the upgrade to fail", || {
+        server
+            .plain_log()
+            .lines()
+            .find(|l| l.contains("upgrade failed"))
+            .map(str::to_owned)
+    });
+    // The path is 2,800 bytes long: shown without it.
+    let line = line.replace(&bin.display().to_string(), "<path>");
+    println!("{line}");
+    assert!(line.contains("ARG_MAX"), "{line}");
+    assert!(line.contains(&KERNEL_CAP.to_string()), "{line}");
+    assert!(!line.contains("Argument list too long"), "{line}");
+    assert_eq!(get(addr, "/", T), Outcome::Ok { pid });
+}

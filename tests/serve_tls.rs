@@ -6,7 +6,7 @@
 //! leaf certificates for 127.0.0.1), in a scratch directory removed afterwards.
 //!
 //! `openssl`, `wrk` and `h2load` are installed by `.ci/install`.
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -208,7 +208,7 @@ fn tls_connect(
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
             return Err(Outcome::Refused);
         }
-        Err(e) => return Err(io_outcome(e)),
+        Err(e) => return Err(classify(e)),
     };
     tcp.set_read_timeout(Some(timeout)).unwrap();
     tcp.set_write_timeout(Some(timeout)).unwrap();
@@ -228,54 +228,6 @@ fn tls_connect(
     Ok((tls, resumed, cert))
 }
 
-fn io_outcome(e: std::io::Error) -> Outcome {
-    use std::io::ErrorKind::*;
-    match e.kind() {
-        ConnectionReset | ConnectionAborted | BrokenPipe => Outcome::Reset,
-        WouldBlock | TimedOut => Outcome::Timeout,
-        UnexpectedEof => Outcome::Eof,
-        _ => Outcome::Other(e.to_string()),
-    }
-}
-
-/// Reads one response (status 200, content-length, `pid=` body); returns the pid and whether
-/// the server said `Connection: close`.
-fn read_response(r: &mut impl BufRead) -> Result<(u32, bool), Outcome> {
-    let mut status = String::new();
-    if r.read_line(&mut status).map_err(io_outcome)? == 0 {
-        return Err(Outcome::Eof);
-    }
-    let (mut len, mut close) = (None, false);
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).map_err(io_outcome)? == 0 {
-            return Err(Outcome::Eof);
-        }
-        let line = line.trim_end().to_ascii_lowercase();
-        if line.is_empty() {
-            break;
-        }
-        if let Some(v) = line.strip_prefix("content-length:") {
-            len = v.trim().parse::<usize>().ok();
-        } else if let Some(v) = line.strip_prefix("connection:") {
-            close = v.trim() == "close";
-        }
-    }
-    if !status.starts_with("HTTP/1.1 200") {
-        return Err(Outcome::BadStatus(status.trim_end().to_string()));
-    }
-    let len = len.ok_or_else(|| Outcome::BadStatus("no content-length".into()))?;
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).map_err(io_outcome)?;
-    let body = String::from_utf8_lossy(&body);
-    let pid = body
-        .strip_prefix("pid=")
-        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(|| Outcome::BadStatus(format!("body {body:?}")))?;
-    Ok((pid, close))
-}
-
 /// After the server said `Connection: close`: the connection must end with a TLS
 /// `close_notify` (rustls reads `Ok(0)`; a TCP close without it is `UnexpectedEof`).
 fn expect_close_notify(r: &mut impl Read) -> Result<(), Outcome> {
@@ -289,7 +241,7 @@ fn expect_close_notify(r: &mut impl Read) -> Result<(), Outcome> {
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             Err(Outcome::Other("closed without close_notify".into()))
         }
-        Err(e) => Err(io_outcome(e)),
+        Err(e) => Err(classify(e)),
     }
 }
 
@@ -336,7 +288,7 @@ fn tls_get(
         .get_mut()
         .write_all(req.as_bytes())
         .and_then(|_| r.get_mut().flush())
-        .map_err(io_outcome)
+        .map_err(classify)
         .and_then(|_| read_response(r))
         .and_then(|(pid, close)| {
             if close || !keep {

@@ -9,8 +9,9 @@
 //! `SOCK_CLOEXEC` and never passed to a new generation; each generation binds its own.
 //!
 //! Both ends check who is on the other side with `SO_PEERCRED`: the server serves only a peer
-//! with its uid, or root; the client talks only to the process it meant — the pid it was given,
-//! under the uid that process runs as. Anyone can bind an abstract name, so a process that took
+//! with its uid, or root, in its own pid namespace (a container of the same pod shares the
+//! abstract names, not the right to upgrade); the client talks only to the process it meant —
+//! the pid it was given, under the uid that process runs as. Anyone can bind an abstract name, so a process that took
 //! the name first (to answer `ok` to an upgrade that never happened) is detected and refused
 //! ([`RequestError::WrongPeer`]).
 //!
@@ -36,7 +37,7 @@
 //! preflight refusals before anything is started (`missing`, `not-executable`, `format`,
 //! `machine`, `interpreter`, `incompatible`: see `hotexec::preflight`), `not-running`,
 //! `unreachable` (a keeper could not reach its serving generation), `refused` (peer of another
-//! user), `bad-request`. On every error the serving generation keeps serving.
+//! user, or in another pid namespace), `bad-request`. On every error the serving generation keeps serving.
 //!
 //! A keeper (keeper mode) answers on its own pid by relaying the request to the generation that
 //! serves, so a pid file naming the keeper works as well.
@@ -237,27 +238,42 @@ fn serve(conn: UnixStream, handler: &Handler) {
     let peer = nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials);
     // SAFETY: geteuid(2) cannot fail and touches no memory.
     let me = unsafe { libc::geteuid() };
-    match peer {
-        Ok(c) if c.uid() == me || c.uid() == 0 => {}
-        Ok(c) => {
-            tracing::warn!(
-                peer_pid = c.pid(),
-                peer_uid = c.uid(),
-                "control socket: request from another user refused"
-            );
-            let _ = reply(
-                &conn,
-                &Reply::error(
-                    "refused",
-                    "only the same user or root may control this process",
-                ),
-            );
-            return;
-        }
+    let peer = match peer {
+        Ok(c) => c,
         Err(e) => {
             tracing::warn!("control socket: SO_PEERCRED: {}", e.desc());
             return;
         }
+    };
+    if peer.uid() != me && peer.uid() != 0 {
+        tracing::warn!(
+            peer_pid = peer.pid(),
+            peer_uid = peer.uid(),
+            "control socket: request from another user refused"
+        );
+        let _ = reply(
+            &conn,
+            &Reply::error(
+                "refused",
+                "only the same user or root may control this process",
+            ),
+        );
+        return;
+    }
+    if let Err(why) = same_pid_namespace(peer.pid()) {
+        tracing::warn!(
+            peer_pid = peer.pid(),
+            peer_uid = peer.uid(),
+            "control socket: request from another pid namespace refused: {why}"
+        );
+        let _ = reply(
+            &conn,
+            &Reply::error(
+                "refused",
+                format!("only a process in this process's pid namespace may control it: {why}"),
+            ),
+        );
+        return;
     }
     let _ = conn.set_read_timeout(Some(REQUEST_TIMEOUT));
     let line = match read_line(&conn, Instant::now() + REQUEST_TIMEOUT) {
@@ -273,6 +289,35 @@ fn serve(conn: UnixStream, handler: &Handler) {
     if let Err(e) = reply(&conn, &r) {
         tracing::warn!(reply = %r.to_line(), "control socket: the client left before the reply ({e})");
     }
+}
+
+/// `Ok` when the peer `pid` (as `SO_PEERCRED` gives it: translated into this process's pid
+/// namespace, 0 when it is not visible there) runs in this process's pid namespace.
+///
+/// The abstract socket name is shared by everything in the network namespace: two containers
+/// of a pod reach each other's. Its `<pid-ns>` part keeps names from colliding, not strangers
+/// out; this check does. A peer in an ancestor namespace (the host) has no pid here (0); one in
+/// a descendant namespace (a sidecar started with `unshare --pid`) has one, but another
+/// `/proc/<pid>/ns/pid`. Unreadable: refused too. Operators reach a server in its own
+/// namespace: `docker exec`, `kubectl exec`, `nsenter -t PID -p`.
+fn same_pid_namespace(pid: i32) -> Result<(), String> {
+    if pid <= 0 {
+        return Err(format!(
+            "the peer's pid is {pid} here: it runs in a pid namespace this process cannot see"
+        ));
+    }
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/pid"));
+    let mine = ns("self").map_err(|e| format!("cannot read /proc/self/ns/pid: {e}"))?;
+    let theirs = ns(&pid.to_string())
+        .map_err(|e| format!("cannot read /proc/{pid}/ns/pid of the peer: {e}"))?;
+    if mine != theirs {
+        return Err(format!(
+            "the peer (pid {pid}) runs in pid namespace {}, this process in {}",
+            theirs.display(),
+            mine.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Reads one line, until `deadline`.

@@ -47,8 +47,9 @@ pub(crate) struct Generation {
     pub(crate) parent_link: Option<OwnedFd>,
     /// Connections the previous generation hands over, until `incoming()` claims them.
     pub(crate) handoff_inbox: Mutex<Option<handoff::Inbox>>,
-    /// The hand-off to the generation this one handed over to, if it takes hand-offs.
-    pub(crate) handoff: Mutex<Option<handoff::Handoff>>,
+    /// The hand-off to the generation this one handed over to (or to the rollback generation
+    /// that replaced it), if it takes hand-offs.
+    pub(crate) handoff: handoff::Successor,
     /// What this generation serves, counted ([`Shutdown::health`](crate::Shutdown::health)).
     pub(crate) health: Health,
     /// How this generation's connections end (issue 19's drain summary).
@@ -77,7 +78,7 @@ impl Generation {
             on_ready: OnceLock::new(),
             parent_link,
             handoff_inbox: Mutex::new(None),
-            handoff: Mutex::new(None),
+            handoff: handoff::Successor::default(),
             health: Health::new(),
             drain_count: crate::evidence::DrainCount::default(),
         }

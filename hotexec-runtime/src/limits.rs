@@ -5,12 +5,17 @@
 //! - `MAX_ARG_STRLEN` (32 pages, 128 KiB with 4 KiB pages): the longest one argument or
 //!   environment string may be. `LISTEN_FDNAMES` holds every listener's name, so about 2,000
 //!   listeners with 64-character names pass it.
-//! - `ARG_MAX` (a quarter of `RLIMIT_STACK`): argv and the environment together.
+//! - `ARG_MAX`: what `execve` copies onto the new process's stack — the path it executes, argv
+//!   and the environment, each with its NUL, and a pointer per argv and envp entry — at most a
+//!   quarter of `RLIMIT_STACK`, never more than 6 MiB (three quarters of the kernel's 8 MiB
+//!   `_STK_LIM`) and never less than 128 KiB. Computed here as the kernel does
+//!   (`bprm_stack_limits` in `fs/exec.c`), not taken from `sysconf(_SC_ARG_MAX)`: C libraries
+//!   differ (older glibc says a quarter of the stack limit, unbounded for an unlimited stack).
 //! - `RLIMIT_NOFILE`: the new process is handed every listener (plus the readiness pipe and the
 //!   keeper channel) at fds 3.., and to place them it first needs as many free fd numbers
 //!   above them in this process's fd table (see `spawn.rs`), all below the soft limit.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fmt;
 
 use crate::handover::{self as protocol, FDS_START};
@@ -39,11 +44,11 @@ pub(crate) enum LimitError {
         /// How many listener names it holds, for `LISTEN_FDNAMES`.
         names: Option<usize>,
     },
-    /// argv and the environment together are larger than `ARG_MAX`.
+    /// The path, argv and the environment together are larger than `ARG_MAX`.
     ArgMax {
         /// Their size as `execve` counts it (strings, NULs and pointers).
         total: usize,
-        /// `sysconf(_SC_ARG_MAX)`.
+        /// The kernel's limit for this process's stack limit ([`arg_max`]).
         max: usize,
     },
     /// This process has no fd number left below `RLIMIT_NOFILE` for the upgrade itself.
@@ -90,10 +95,20 @@ impl fmt::Display for LimitError {
                 }
                 Ok(())
             }
-            LimitError::ArgMax { total, max } => write!(
-                f,
-                "the arguments and environment of the new process would be {total} bytes, more than ARG_MAX ({max} bytes, a quarter of RLIMIT_STACK): execve would fail with E2BIG; shorten the environment or raise the stack limit (`ulimit -s`, LimitSTACK=)"
-            ),
+            LimitError::ArgMax { total, max } => {
+                write!(
+                    f,
+                    "the path, arguments and environment of the new process would be {total} bytes, more than ARG_MAX ({max} bytes: a quarter of RLIMIT_STACK, at most {KERNEL_ARG_CAP} whatever the stack limit): execve would fail with E2BIG; "
+                )?;
+                if *max >= KERNEL_ARG_CAP {
+                    write!(f, "shorten the environment (the kernel allows no more)")
+                } else {
+                    write!(
+                        f,
+                        "shorten the environment or raise the stack limit (`ulimit -s`, LimitSTACK=)"
+                    )
+                }
+            }
             LimitError::NoFile { call, limit } => write!(
                 f,
                 "{call} failed with EMFILE: this process has no free fd number below its RLIMIT_NOFILE soft limit of {limit}; {RAISE}"
@@ -134,6 +149,33 @@ pub(crate) fn nofile() -> u64 {
     r.rlim_cur
 }
 
+/// The most `execve` copies whatever the stack limit: three quarters of the kernel's `_STK_LIM`
+/// (8 MiB).
+pub(crate) const KERNEL_ARG_CAP: usize = 8 * 1024 * 1024 / 4 * 3;
+/// The least it allows whatever the stack limit (the kernel's `ARG_MAX`, 32 pages of 4 KiB).
+const KERNEL_ARG_FLOOR: usize = 128 * 1024;
+
+/// What `execve` copies at most, for a soft `RLIMIT_STACK` of `stack` bytes
+/// (`RLIM_INFINITY`: unlimited), as the kernel computes it (`bprm_stack_limits`).
+pub(crate) fn arg_max_for(stack: u64) -> usize {
+    let quarter = usize::try_from(stack / 4).unwrap_or(usize::MAX);
+    quarter.clamp(KERNEL_ARG_FLOOR, KERNEL_ARG_CAP)
+}
+
+/// [`arg_max_for`] this process's soft `RLIMIT_STACK`, which the new process inherits.
+pub(crate) fn arg_max() -> usize {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into `r`, which lives for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut r) } != 0 {
+        // The kernel's default 8 MiB stack.
+        return arg_max_for(8 * 1024 * 1024);
+    }
+    arg_max_for(r.rlim_cur)
+}
+
 /// `LISTEN_FDNAMES` for `names`, checked against `MAX_ARG_STRLEN` (also used at start, to warn
 /// early that upgrades will fail).
 pub(crate) fn check_fdnames(names: &[&str]) -> Result<(), LimitError> {
@@ -154,9 +196,11 @@ pub(crate) fn check_fdnames(names: &[&str]) -> Result<(), LimitError> {
     Ok(())
 }
 
-/// Checks the prepared argv and environment (`NAME=value` strings) of the new process, and the
-/// `LISTEN_PID=` entry still to be written, against `MAX_ARG_STRLEN` and `ARG_MAX`.
+/// Checks what `execve` will copy for the new process — the `path` it executes, the prepared
+/// argv and environment (`NAME=value` strings), and `reserved` bytes for the `LISTEN_PID=` entry
+/// still to be written — against `MAX_ARG_STRLEN` and [`arg_max`].
 pub(crate) fn check_exec(
+    path: &CStr,
     argv: &[CString],
     envp: &[CString],
     reserved: usize,
@@ -181,23 +225,24 @@ pub(crate) fn check_exec(
             });
         }
     }
-    // SAFETY: sysconf takes an integer and touches no memory.
-    let arg_max = unsafe { libc::sysconf(libc::_SC_ARG_MAX) };
-    if let Ok(arg_max) = usize::try_from(arg_max) {
-        let ptr = std::mem::size_of::<*const libc::c_char>();
-        let total = argv
+    let arg_max = arg_max();
+    let ptr = std::mem::size_of::<*const libc::c_char>();
+    // The kernel copies the path first, then each string with its NUL, and counts a pointer for
+    // each argv and envp entry (the terminating NULs, and the `LISTEN_PID` pointer, are counted
+    // here too: a few bytes on the safe side).
+    let total = path.to_bytes_with_nul().len()
+        + argv
             .iter()
             .chain(envp)
             .map(|s| s.as_bytes_with_nul().len() + ptr)
             .sum::<usize>()
-            + reserved
-            + 3 * ptr;
-        if arg_max > 0 && total > arg_max {
-            return Err(LimitError::ArgMax {
-                total,
-                max: arg_max,
-            });
-        }
+        + reserved
+        + 3 * ptr;
+    if total > arg_max {
+        return Err(LimitError::ArgMax {
+            total,
+            max: arg_max,
+        });
     }
     Ok(())
 }
@@ -251,10 +296,46 @@ mod tests {
     #[test]
     fn an_environment_string_past_the_limit_is_named() {
         let big = CString::new(format!("BIG={}", "y".repeat(max_arg_strlen()))).unwrap();
-        let e = check_exec(&[], &[big], 0).unwrap_err();
+        let e = check_exec(c"/app", &[], &[big], 0).unwrap_err();
         assert!(
             matches!(&e, LimitError::EnvString { var, names: None, .. } if var == "BIG"),
             "{e:?}"
         );
+    }
+
+    /// As the kernel computes it (fs/exec.c, `bprm_stack_limits`), whatever the C library's
+    /// `sysconf(_SC_ARG_MAX)` says.
+    #[test]
+    fn arg_max_is_the_kernels() {
+        let mib = 1024 * 1024;
+        assert_eq!(arg_max_for(8 * mib), 2 * 1024 * 1024);
+        assert_eq!(arg_max_for(24 * mib), 6 * 1024 * 1024);
+        assert_eq!(arg_max_for(100 * mib), 6 * 1024 * 1024);
+        assert_eq!(arg_max_for(libc::RLIM_INFINITY), 6 * 1024 * 1024);
+        assert_eq!(arg_max_for(64 * 1024), 128 * 1024);
+    }
+
+    /// The path `execve` executes is copied too, and counted: an environment that fits with a
+    /// short path does not with a 4,000-byte one.
+    #[test]
+    fn the_executed_path_counts() {
+        let ptr = std::mem::size_of::<usize>();
+        // Strings of 100,000 bytes (under MAX_ARG_STRLEN) up to 100 bytes under the limit,
+        // counting a 3-byte path ("/a" and its NUL).
+        let budget = arg_max() - 3 * ptr - 3 - 100;
+        let mut env = Vec::new();
+        let mut used = 0;
+        while used < budget {
+            let len = budget.saturating_sub(used + ptr + 1).min(100_000);
+            if len == 0 {
+                break;
+            }
+            env.push(CString::new(vec![b'e'; len]).unwrap());
+            used += len + 1 + ptr;
+        }
+        assert!(check_exec(c"/a", &[], &env, 0).is_ok());
+        let long = CString::new(format!("/{}", "p".repeat(4000))).unwrap();
+        let e = check_exec(&long, &[], &env, 0);
+        assert!(matches!(e, Err(LimitError::ArgMax { .. })), "{e:?}");
     }
 }

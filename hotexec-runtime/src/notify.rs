@@ -32,6 +32,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixDatagram;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::sys::socket::{
@@ -152,11 +153,37 @@ fn monotonic_usec() -> u64 {
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
+/// Most datagrams read from the private notify socket per wake-up: the supervisor then looks at
+/// the readiness pipe, its signals and the deadline before it reads more, however fast anyone
+/// else writes to the socket.
+const READS_PER_WAKE: usize = 32;
+/// At most one log line per this interval about datagrams from other senders (the first one is
+/// logged at once).
+const DROPPED_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The private notify socket of one upgrade (see the module docs).
+///
+/// Its abstract name is visible to every local user (`/proc/net/unix`), and anyone may send to
+/// it: only datagrams whose kernel-attested sender is the new generation count; the others are
+/// dropped, counted, and logged at most once a second (and once more when the socket goes).
 pub(crate) struct ChildSocket {
     fd: OwnedFd,
     /// `@name`, for the new generation's `NOTIFY_SOCKET`.
     pub addr: OsString,
+    dropped: Mutex<Dropped>,
+}
+
+/// Datagrams from other senders than the new generation.
+#[derive(Default)]
+struct Dropped {
+    total: u64,
+    /// Since the last log line.
+    unlogged: u64,
+    last_log: Option<std::time::Instant>,
+    /// The latest sender (pid, uid), as the kernel attested it.
+    sender: Option<(i32, u32)>,
+    /// The pid that counts.
+    new_pid: i32,
 }
 
 impl ChildSocket {
@@ -186,6 +213,7 @@ impl ChildSocket {
         Ok(ChildSocket {
             fd,
             addr: OsString::from(std::ffi::OsStr::from_bytes(&addr)),
+            dropped: Mutex::new(Dropped::default()),
         })
     }
 
@@ -193,11 +221,11 @@ impl ChildSocket {
         self.fd.as_fd()
     }
 
-    /// Reads every pending datagram; true if one of them, sent by `pid`, says `READY=1`.
-    /// Datagrams from any other sender are dropped with a log line.
+    /// Reads the pending datagrams, [`READS_PER_WAKE`] at most; true if one of them, sent by
+    /// `pid`, says `READY=1`. Datagrams from any other sender are dropped and counted.
     pub(crate) fn ready_from(&self, pid: i32) -> bool {
         let mut ready = false;
-        loop {
+        for _ in 0..READS_PER_WAKE {
             let mut buf = [0u8; 4096];
             let mut cmsg = nix::cmsg_space!(socket::UnixCredentials);
             let mut iov = [io::IoSliceMut::new(&mut buf)];
@@ -210,28 +238,65 @@ impl ChildSocket {
                 Ok(msg) => {
                     let sender = msg.cmsgs().ok().and_then(|mut c| {
                         c.find_map(|m| match m {
-                            ControlMessageOwned::ScmCredentials(cred) => Some(cred.pid()),
+                            ControlMessageOwned::ScmCredentials(cred) => {
+                                Some((cred.pid(), cred.uid()))
+                            }
                             _ => None,
                         })
                     });
                     (msg.bytes, sender)
                 }
                 Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => return ready,
+                Err(_) => break,
             };
-            let text = String::from_utf8_lossy(&buf[..len]);
-            if sender == Some(pid) {
+            if sender.map(|(p, _)| p) == Some(pid) {
+                let text = String::from_utf8_lossy(&buf[..len]);
                 if text.lines().any(|l| l == "READY=1") {
                     ready = true;
                 }
                 tracing::debug!(new_pid = pid, message = %text.replace('\n', " "), "sd_notify from the new generation");
             } else {
-                tracing::warn!(
-                    ?sender,
-                    new_pid = pid,
-                    "dropped a datagram on the upgrade's notify socket: not sent by the new generation"
-                );
+                self.drop_from(sender, pid);
             }
+        }
+        ready
+    }
+
+    /// Counts a datagram from another sender than `pid`; logs at once for the first, then at
+    /// most once per [`DROPPED_LOG_EVERY`].
+    fn drop_from(&self, sender: Option<(i32, u32)>, pid: i32) {
+        let mut d = self.dropped.lock().unwrap_or_else(|p| p.into_inner());
+        d.total += 1;
+        d.unlogged += 1;
+        d.sender = sender.or(d.sender);
+        d.new_pid = pid;
+        let due = d.last_log.is_none_or(|t| t.elapsed() >= DROPPED_LOG_EVERY);
+        if due {
+            d.last_log = Some(std::time::Instant::now());
+            let n = std::mem::take(&mut d.unlogged);
+            log_dropped(n, d.total, d.sender, pid);
+        }
+    }
+}
+
+fn log_dropped(n: u64, total: u64, sender: Option<(i32, u32)>, new_pid: i32) {
+    let from = match sender {
+        Some((p, u)) => format!("pid {p} uid {u}"),
+        None => "a sender without credentials".into(),
+    };
+    tracing::warn!(
+        dropped = n,
+        total,
+        new_pid,
+        "dropped {n} datagram(s) on the upgrade's notify socket, latest from {from}: not sent by the new generation (logged at most once a second)"
+    );
+}
+
+impl Drop for ChildSocket {
+    fn drop(&mut self) {
+        let d = self.dropped.get_mut().unwrap_or_else(|p| p.into_inner());
+        if d.unlogged > 0 {
+            log_dropped(d.unlogged, d.total, d.sender, d.new_pid);
         }
     }
 }

@@ -261,21 +261,15 @@ impl Shutdown {
     }
 
     /// After an upgrade to a generation that takes connection hand-offs: the [`Handoff`] to pass
-    /// it established connections instead of draining them (see [`crate::handoff`]). `None`
-    /// before an upgrade resolved this `Shutdown`, on a final stop, and when the new generation
-    /// does not take hand-offs (drain as usual then).
+    /// it established connections instead of draining them (see [`crate::handoff`]); after a
+    /// rollback (that generation died within its probation), the one to the rollback generation
+    /// that replaced it. `None` before an upgrade resolved this `Shutdown`, on a final stop, and
+    /// when the new generation does not take hand-offs (drain as usual then).
     ///
     /// [`Handoff`]: crate::handoff::Handoff
     pub fn handoff(&self) -> Option<crate::handoff::Handoff> {
         match self.reason() {
-            Some(ShutdownReason::Upgrade { new_pid }) => self
-                .inner
-                .generation
-                .handoff
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone()
-                .filter(|h| h.new_pid() == new_pid),
+            Some(ShutdownReason::Upgrade { .. }) => self.inner.generation.handoff.current(),
             _ => None,
         }
     }
@@ -286,6 +280,13 @@ impl Shutdown {
     /// [`crate::health`]).
     pub fn health(&self) -> crate::health::Health {
         self.inner.generation.health.clone()
+    }
+
+    /// The hand-off target as it changes: [`handoff`](Self::handoff) and a future that resolves
+    /// when a rollback generation takes over from a successor that died, so that connections
+    /// given back by the dead one can be offered to it.
+    pub fn successor(&self) -> crate::handoff::Successor {
+        self.inner.generation.handoff.clone()
     }
 
     /// This generation's number: 1 after a fresh start, +1 per upgrade (a rollback counts as

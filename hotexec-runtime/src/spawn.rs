@@ -126,7 +126,7 @@ pub fn spawn(
     let mut pid_var = PID_VAR.to_vec();
     pid_var.resize(PID_VAR.len() + 24, 0);
     // E2BIG from execve would only say "Argument list too long": say which string, and why.
-    limits::check_exec(&argv_c, &envp_c, pid_var.len()).map_err(io::Error::other)?;
+    limits::check_exec(&path, &argv_c, &envp_c, pid_var.len()).map_err(io::Error::other)?;
 
     let argv_p: Vec<*const libc::c_char> = argv_c
         .iter()

@@ -55,18 +55,24 @@ pub fn ready() {
 }
 
 /// The connections the previous generation hands to this one; `None` when this generation was
-/// not started by an upgrade with hand-off (or the stream was already taken). Call it as `main`
-/// starts: offers that find no receiver [`CLAIM_GRACE`](crate::handoff::CLAIM_GRACE) after
-/// `main` started are refused.
+/// not started by an upgrade with hand-off (or the stream was already claimed). Call it as
+/// `main` starts: offers that no receiver claims within
+/// [`CLAIM_GRACE`](crate::handoff::CLAIM_GRACE) are refused.
 pub fn incoming() -> Option<crate::handoff::HandedOff> {
+    incoming_claiming(crate::handoff::Claim::All)
+}
+
+/// [`incoming`] for the connections `claim` takes (one listener's, for a server that speaks a
+/// protocol per listener); `None` as for `incoming`, or if a receiver already claims some of
+/// them.
+pub fn incoming_claiming(claim: crate::handoff::Claim) -> Option<crate::handoff::HandedOff> {
     let c = CURRENT.get()?;
     let inbox = c
         .generation
         .handoff_inbox
         .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
-    inbox.map(crate::handoff::Inbox::claim)
+        .unwrap_or_else(|p| p.into_inner());
+    inbox.as_ref()?.claim(claim)
 }
 
 /// The generated code calls this once the application's `main` runs.

@@ -28,7 +28,7 @@ use tokio::sync::Notify;
 
 use hyper::body::Incoming;
 use hyper::header::{CONNECTION, HeaderValue};
-use hyper::{Request, Response, Version};
+use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -329,8 +329,10 @@ where
                 }
             };
             // Checked when the response is ready: a slow request that started before the
-            // hand-over also tells its client to leave.
-            if http1 && conns.is_draining() {
+            // hand-over also tells its client to leave. Not a `101 Switching Protocols`: its
+            // `Connection: upgrade` is the handshake (a WebSocket upgraded while draining is
+            // tracked, and handed off or drained, on its own).
+            if http1 && conns.is_draining() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
                 resp.headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }

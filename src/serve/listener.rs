@@ -16,6 +16,13 @@ pub trait Listener: Send + 'static {
 
     /// Accepts the next connection.
     fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Io, Self::Addr)>> + Send;
+
+    /// Which of the connections the previous generation hands over were accepted on this
+    /// listener, to be resumed with it (see `hotexec::handoff::Sessions`): the listener's port
+    /// or path. The default, for acceptors of your own, takes all of them.
+    fn claim(&self) -> hotexec_runtime::handoff::Claim {
+        hotexec_runtime::handoff::Claim::All
+    }
 }
 
 impl Listener for tokio::net::TcpListener {
@@ -30,6 +37,13 @@ impl Listener for tokio::net::TcpListener {
         let _ = stream.set_nodelay(true);
         Ok((stream, peer))
     }
+
+    fn claim(&self) -> hotexec_runtime::handoff::Claim {
+        match self.local_addr() {
+            Ok(a) => hotexec_runtime::handoff::Claim::TcpPort(a.port()),
+            Err(_) => hotexec_runtime::handoff::Claim::All,
+        }
+    }
 }
 
 impl Listener for tokio::net::UnixListener {
@@ -38,5 +52,16 @@ impl Listener for tokio::net::UnixListener {
 
     async fn accept(&mut self) -> io::Result<(Self::Io, Self::Addr)> {
         tokio::net::UnixListener::accept(self).await
+    }
+
+    fn claim(&self) -> hotexec_runtime::handoff::Claim {
+        match self
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(Into::into))
+        {
+            Some(path) => hotexec_runtime::handoff::Claim::UnixPath(path),
+            None => hotexec_runtime::handoff::Claim::All,
+        }
     }
 }

@@ -49,6 +49,9 @@ pub use listener::Listener;
 
 #[cfg(feature = "http")]
 pub use conn::{BoxError, connection, connection_hyper};
+// The hand-off's axum integration serves its connections through the same drain.
+#[cfg(feature = "axum-websocket")]
+pub(crate) use conn::serve_conn;
 #[cfg(feature = "http")]
 pub use http::{Serve, serve, serve_hyper};
 #[cfg(feature = "http")]

@@ -122,7 +122,6 @@ pub fn get_keepalive(
     path: &str,
     timeout: Duration,
 ) -> (Outcome, bool) {
-    use std::io::BufRead;
     let reused = conn.is_some();
     if conn.is_none() {
         let s = match TcpStream::connect_timeout(&addr, timeout) {
@@ -141,39 +140,7 @@ pub fn get_keepalive(
         let r = conn.as_mut().unwrap();
         let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
         r.get_mut().write_all(req.as_bytes()).map_err(classify)?;
-        let mut status = String::new();
-        if r.read_line(&mut status).map_err(classify)? == 0 {
-            return Err(Outcome::Eof);
-        }
-        let (mut len, mut close) = (None, false);
-        loop {
-            let mut line = String::new();
-            if r.read_line(&mut line).map_err(classify)? == 0 {
-                return Err(Outcome::Eof);
-            }
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            let lower = line.to_ascii_lowercase();
-            if let Some(v) = lower.strip_prefix("content-length:") {
-                len = v.trim().parse::<usize>().ok();
-            } else if let Some(v) = lower.strip_prefix("connection:") {
-                close = v.trim() == "close";
-            }
-        }
-        if !status.starts_with("HTTP/1.1 200") {
-            return Err(Outcome::BadStatus(status.trim_end().to_string()));
-        }
-        let len = len.ok_or_else(|| Outcome::BadStatus("no content-length".into()))?;
-        let mut body = vec![0; len];
-        r.read_exact(&mut body).map_err(classify)?;
-        let body = String::from_utf8_lossy(&body);
-        let pid = body
-            .strip_prefix("pid=")
-            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|p| p.parse().ok())
-            .ok_or_else(|| Outcome::BadStatus(format!("body {body:?}")))?;
+        let (pid, close) = read_response(r)?;
         Ok((Outcome::Ok { pid }, close))
     };
     match result() {
@@ -188,6 +155,45 @@ pub fn get_keepalive(
             (outcome, reused)
         }
     }
+}
+
+/// Reads one HTTP/1.1 response from `r` (any stream: plain TCP, TLS): status 200, a
+/// `Content-Length` body `pid=<pid>…`; returns the pid and whether the server said
+/// `Connection: close`. Anything else is the [`Outcome`] that says what went wrong.
+pub fn read_response(r: &mut impl std::io::BufRead) -> Result<(u32, bool), Outcome> {
+    let mut status = String::new();
+    if r.read_line(&mut status).map_err(classify)? == 0 {
+        return Err(Outcome::Eof);
+    }
+    let (mut len, mut close) = (None, false);
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).map_err(classify)? == 0 {
+            return Err(Outcome::Eof);
+        }
+        let line = line.trim_end().to_ascii_lowercase();
+        if line.is_empty() {
+            break;
+        }
+        if let Some(v) = line.strip_prefix("content-length:") {
+            len = v.trim().parse::<usize>().ok();
+        } else if let Some(v) = line.strip_prefix("connection:") {
+            close = v.trim() == "close";
+        }
+    }
+    if !status.starts_with("HTTP/1.1 200") {
+        return Err(Outcome::BadStatus(status.trim_end().to_string()));
+    }
+    let len = len.ok_or_else(|| Outcome::BadStatus("no content-length".into()))?;
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).map_err(classify)?;
+    let body = String::from_utf8_lossy(&body);
+    let pid = body
+        .strip_prefix("pid=")
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| Outcome::BadStatus(format!("body {body:?}")))?;
+    Ok((pid, close))
 }
 
 /// One `POST path` (empty body) on a new connection: (status code, body), or why it failed.

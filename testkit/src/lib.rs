@@ -15,6 +15,7 @@
 //! | [`spawn`] | built examples, copies without ETXTBSY, [`spawn::Started`] |
 //! | [`app`] | [`app::App`]: an example server under test, upgraded by signal |
 //! | [`crafted`] | a process started with a hand-made hand-over |
+//! | [`handoff`] | a line-protocol client; who holds each connection, from `/proc` |
 //! | [`outcome`] | how a request ended ([`outcome::Outcome`], [`outcome::Class`]) |
 //! | [`client`] | a blocking HTTP/1.1 client |
 //! | [`load`] | the tests' load (client threads) and the verdicts over it |
@@ -31,6 +32,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod crafted;
+pub mod handoff;
 pub mod limits;
 pub mod load;
 pub mod logfile;
@@ -50,7 +52,9 @@ pub mod wait;
 pub mod prelude {
     pub use crate::app::{App, extra_listeners};
     pub use crate::cli::{CliRun, hotexec_cli};
-    pub use crate::client::{answered_by, get, get_keepalive, get_text, post, request_on};
+    pub use crate::client::{
+        answered_by, get, get_keepalive, get_text, post, read_response, request_on,
+    };
     pub use crate::crafted::{Crafted, ListenPid};
     pub use crate::limits::raise_nofile;
     pub use crate::load::{

@@ -190,13 +190,7 @@ impl Ledger {
         };
         let Some(link) = link else { return };
         let counted = self.generation.drain_count.now();
-        let handed_off = self
-            .generation
-            .handoff
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map_or(0, |h| h.handed_off());
+        let handed_off = self.generation.handoff.handed_off();
         let summary = super::DrainSummary {
             drained: counted.map(|c| c.0),
             handed_off: Some(handed_off),

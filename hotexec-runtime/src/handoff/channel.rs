@@ -14,7 +14,10 @@ use rustix::net::{
 use super::wire::MAX_RECORD;
 
 /// A fresh channel: (the old generation's end, the new generation's end), both `CLOEXEC`
-/// (spawn clears the flag on the child's copy only, between fork and exec).
+/// (spawn clears the flag on the child's copy only, between fork and exec). The old
+/// generation's end gets `SO_PASSCRED` (see [`tell_records_from_the_end`]); the new generation
+/// turns it on for its own end if it is a build that reads credentials, since a receiver that
+/// did not make room for them in its control buffer would lose the record's fd to truncation.
 pub(crate) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let (a, b) = rustix::net::socketpair(
         AddressFamily::UNIX,
@@ -30,7 +33,20 @@ pub(crate) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
     for fd in [&a, &b] {
         let _ = rustix::net::sockopt::set_socket_send_buffer_size(fd, 4 * MAX_RECORD);
     }
+    tell_records_from_the_end(a.as_fd())?;
     Ok((a, b))
+}
+
+/// Turns `SO_PASSCRED` on for `chan`, the end this process reads: from then on every record
+/// received on it, an empty one included, comes with an `SCM_CREDENTIALS` message, while the
+/// end of the channel comes with none. That is how [`recv`] tells an empty record from the end
+/// (`recvmsg` returns 0 for both).
+pub(crate) fn tell_records_from_the_end(chan: BorrowedFd<'_>) -> io::Result<()> {
+    rustix::net::sockopt::set_socket_passcred(chan, true).map_err(|e| {
+        io::Error::other(format!(
+            "setsockopt(SO_PASSCRED) on the hand-off channel: {e}"
+        ))
+    })
 }
 
 /// Sends one record, with `fd` attached when given. Non-blocking when `dontwait`
@@ -66,7 +82,8 @@ pub(crate) fn send(
 
 /// One message as received.
 pub(crate) enum Received {
-    /// The peer closed its end or shut it down for writing.
+    /// The peer closed its end or shut it down for writing, and every record it sent before has
+    /// been received.
     Eof,
     /// A message: its bytes (checked by `wire::decode`), and the fds that came with it, already
     /// `CLOEXEC` and owned. `trouble` says what was wrong at the transport level (a truncated
@@ -75,6 +92,9 @@ pub(crate) enum Received {
         bytes: Vec<u8>,
         fds: Vec<OwnedFd>,
         trouble: Option<String>,
+        /// The trouble is this process's full fd table: the fd sent with the record was
+        /// dropped by the kernel (the record itself was fine).
+        out_of_fds: bool,
     },
 }
 
@@ -82,8 +102,9 @@ pub(crate) enum Received {
 pub(crate) fn recv(chan: BorrowedFd<'_>, dontwait: bool) -> io::Result<Received> {
     let mut buf = vec![0u8; MAX_RECORD + 1];
     // Room for more fds than a record may carry, so extra ones are received (and closed) rather
-    // than left to truncation; a sender attaching even more gets MSG_CTRUNC, refused below.
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+    // than left to truncation; a sender attaching even more gets MSG_CTRUNC, refused below. And
+    // for the sender's credentials, which mark a record (see `tell_records_from_the_end`).
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4), ScmCredentials(1))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let mut flags = RecvFlags::CMSG_CLOEXEC;
     if dontwait {
@@ -101,19 +122,30 @@ pub(crate) fn recv(chan: BorrowedFd<'_>, dontwait: bool) -> io::Result<Received>
         }
     };
     let mut fds = Vec::new();
+    let mut credentials = false;
     for msg in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(received) = msg {
-            fds.extend(received);
+        match msg {
+            RecvAncillaryMessage::ScmRights(received) => fds.extend(received),
+            RecvAncillaryMessage::ScmCredentials(_) => credentials = true,
+            _ => {}
         }
     }
-    if got.bytes == 0 && fds.is_empty() {
+    // `recvmsg` returns 0 at the end of the channel and for an empty record alike; only a
+    // record carries credentials. (A truncated control buffer may have lost them: then it was
+    // a record too, refused below.)
+    if got.bytes == 0 && fds.is_empty() && !credentials && !got.flags.contains(ReturnFlags::CTRUNC)
+    {
         return Ok(Received::Eof);
     }
     let mut trouble = None;
+    if got.bytes == 0 {
+        trouble = Some("an empty record (0 bytes): not the end of the channel, and not a record of this protocol".into());
+    }
+    let mut out_of_fds = false;
     if got.flags.contains(ReturnFlags::CTRUNC) {
-        trouble = Some(
-            "its control data was truncated (more fds attached than a record may carry)".into(),
-        );
+        let why;
+        (why, out_of_fds) = why_truncated(chan, fds.len());
+        trouble = Some(why);
     }
     if got.flags.contains(ReturnFlags::TRUNC) || got.bytes > MAX_RECORD {
         trouble = Some(format!(
@@ -125,7 +157,46 @@ pub(crate) fn recv(chan: BorrowedFd<'_>, dontwait: bool) -> io::Result<Received>
         bytes: buf,
         fds,
         trouble,
+        out_of_fds,
     })
+}
+
+/// Why the kernel truncated a record's control data (`MSG_CTRUNC`), `received` fds having
+/// come. The buffer has room for more fds than a record may carry, and the kernel installs them
+/// in order until one fails: with none received, the very first could not be installed — this
+/// process's fd table is full (`EMFILE`; the kernel dropped the fd). With some received, the
+/// sender attached too many, or the table filled up on the way (told apart by trying to take one
+/// fd now). `true` for a full fd table.
+fn why_truncated(chan: BorrowedFd<'_>, received: usize) -> (String, bool) {
+    let out_of_fds = || {
+        let limit = crate::limits::nofile();
+        format!(
+            "the receiving generation (pid {}) is out of file descriptors (EMFILE, RLIMIT_NOFILE soft limit {limit}): the connection's fd could not be received",
+            std::process::id()
+        )
+    };
+    if received == 0 {
+        return (out_of_fds(), true);
+    }
+    match rustix::io::fcntl_dupfd_cloexec(chan, 0) {
+        Ok(probe) => {
+            drop(probe);
+            (
+                "its control data was truncated: more fds attached than a record may carry".into(),
+                false,
+            )
+        }
+        Err(e) if e == rustix::io::Errno::MFILE || e == rustix::io::Errno::NFILE => {
+            (out_of_fds(), true)
+        }
+        Err(e) => (
+            format!(
+                "its control data was truncated, and a probe for a free fd failed: {}",
+                io::Error::from(e)
+            ),
+            false,
+        ),
+    }
 }
 
 /// What a received connection is.

@@ -23,19 +23,29 @@
 //! until the new one acknowledges it, and an acknowledged connection is never given back. If the
 //! new generation dies, refuses, or the channel breaks before the ACK, [`Handoff::send`] resolves
 //! with [`Returned`] (the socket, the unread bytes and the state), and the old generation serves
-//! it on or drains it as without hand-off.
+//! it on or drains it as without hand-off. Only the end of the channel — after every answer
+//! queued before it — settles what was not answered: an empty record, garbage, a read error or a
+//! failed send never gives back an acknowledged connection. If the new generation dies within
+//! its probation, the [`Successor`] moves to the rollback generation, and what came back can be
+//! offered to it ([`Shutdown::successor`](crate::Shutdown::successor)).
 //!
 //! **Detection.** The new generation says HELLO with its protocol [`VERSION`] before it reports
 //! ready. No HELLO (an older hotexec build, a program not built on hotexec) or another version:
 //! [`Shutdown::handoff`](crate::Shutdown::handoff) is `None` and the old generation drains as
-//! before. A new generation whose application never calls [`incoming`] refuses what it is
-//! offered ([`CLAIM_GRACE`] after its `main` started), so those connections come back too.
+//! before. An offer that no receiver ([`incoming`], [`incoming_claiming`]) claims within
+//! [`CLAIM_GRACE`] is refused, so those connections come back too; each listener's connections
+//! can be claimed by the code that speaks its protocol ([`Claim`]).
 //!
 //! **Checks.** Records are bounded ([`MAX_UNREAD`], [`MAX_STATE`]) and checked field by field
-//! (see [`wire`]); fds arrive `CLOEXEC` (`MSG_CMSG_CLOEXEC`) into `OwnedFd`, a truncated control
-//! buffer is refused, and each fd must be a connected `SOCK_STREAM` socket (TCP or Unix), as
-//! inherited listeners are checked. Garbage is refused with an error naming what is wrong, and
-//! nothing is adopted from it.
+//! (the record layout is documented in `handoff/wire.rs`); fds arrive `CLOEXEC`
+//! (`MSG_CMSG_CLOEXEC`) into `OwnedFd`, and each must be a connected `SOCK_STREAM` socket (TCP or
+//! Unix), as inherited listeners are checked. A record whose fd could not be received (this
+//! process at its fd limit) is refused alone, naming the limit. Garbage is refused with an error
+//! naming what is wrong, and nothing is adopted from it.
+//!
+//! These are the building blocks. Servers on tokio use the facade's `hotexec::handoff::Sessions`
+//! (the accept loop, resumed sessions and the drain in one), its WebSocket layer or its axum
+//! integration, built on them.
 //!
 //! **Limits.** Only what the kernel holds moves with the fd: the connection, its queued bytes and
 //! its TCP state. Whatever lives in the application — the bytes it buffered (pass them as
@@ -72,11 +82,13 @@
 //! if let Some(mut incoming) = hotexec::handoff::incoming() {
 //!     while let Some(conn) = incoming.recv().await {
 //!         match conn {
-//!             Ok(conn) => {
-//!                 let (stream, unread, state) = conn.into_tokio_tcp()?;
-//!                 // serve `stream`: first `unread`, with the session restored from `state`
-//!                 # drop((stream, unread, state));
-//!             }
+//!             Ok(conn) => match conn.into_tokio_tcp() {
+//!                 Ok((stream, unread, state)) => {
+//!                     // serve `stream`: first `unread`, with the session restored from `state`
+//!                     # drop((stream, unread, state));
+//!                 }
+//!                 Err(e) => eprintln!("{e}"), // `e.conn`: the connection, still ours
+//!             },
 //!             Err(e) => eprintln!("{e}"), // refused, nothing adopted
 //!         }
 //!     }
@@ -85,28 +97,45 @@
 //! ```
 
 mod channel;
+mod connection;
+mod error;
 mod recv;
 mod send;
-pub mod wire;
+mod successor;
+mod wire;
+
+/// The wire format of the channel, for the runtime's own fuzzers and tests and for test fixtures
+/// that play a broken peer. Not a public API: it changes with the protocol version.
+#[doc(hidden)]
+pub mod __wire {
+    pub use super::wire::{
+        HEADER, Kind, MAGIC, MAX_RECORD, Record, VERSION, WireError, decode, encode, encode_as,
+    };
+}
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use channel::Family;
-pub use recv::{CLAIM_GRACE, Connection, HandedOff, Next};
-pub use send::{Handoff, HandoffError, Returned, SendFuture};
+#[cfg(feature = "tokio")]
+pub use connection::{Connection, IntoStreamError};
+pub use error::HandoffError;
+pub use recv::{CLAIM_GRACE, Claim, HandedOff, Next};
+pub use send::{Handoff, Returned, SendFuture};
+pub use successor::{Changed, Successor};
 pub use wire::{MAX_STATE, MAX_UNREAD, VERSION};
 
 use wire::Kind;
 
-/// The connections offered to this generation, until the application claims them with
-/// `incoming()` (kept by this generation, see `generation.rs`).
+/// The connections offered to this generation, claimed by the application with `incoming()`
+/// or `incoming_claiming()` (kept by this generation, see `generation.rs`).
 pub(crate) struct Inbox(Arc<recv::Shared>);
 
 impl Inbox {
-    pub(crate) fn claim(self) -> HandedOff {
-        HandedOff::claim(self.0)
+    /// The connections `claim` takes; `None` if a receiver already holds some of them.
+    pub(crate) fn claim(&self, claim: Claim) -> Option<HandedOff> {
+        recv::claim(&self.0, claim)
     }
 }
 
@@ -138,7 +167,7 @@ pub(crate) fn main_starting(fd: Option<OwnedFd>) -> Option<Inbox> {
     }
 }
 
-pub use crate::upgrade::incoming;
+pub use crate::upgrade::{incoming, incoming_claiming};
 
 /// Runtime hook before a new generation is spawned: a fresh channel; the child's end is passed
 /// like the keeper channel (see `spawn::Extra::handoff`). At the fd limit (`EMFILE`) the upgrade
@@ -172,6 +201,7 @@ pub(crate) fn child_ready(chan: OwnedFd, new_pid: u32, drain_timeout: Duration) 
             bytes,
             fds,
             trouble: None,
+            ..
         }) => wire::decode(&bytes, fds.len()).map_err(|e| e.reason),
         Ok(channel::Received::Message {
             trouble: Some(t), ..
@@ -213,278 +243,4 @@ pub(crate) fn child_ready(chan: OwnedFd, new_pid: u32, drain_timeout: Duration) 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
-
-    /// A connected pair on 127.0.0.1: (client, server side).
-    fn tcp_pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (s, _) = l.accept().unwrap();
-        (c, s)
-    }
-
-    fn both_ends(deadline: Duration) -> (Handoff, HandedOff) {
-        let (old, new) = channel::pair().unwrap();
-        let rx = HandedOff::claim(recv::start(new).unwrap());
-        let tx = Handoff::start(old, 4242, Instant::now() + deadline).unwrap();
-        (tx, rx)
-    }
-
-    /// A connection, its unread bytes and its state arrive whole; after the ACK the old side's
-    /// copy is closed and the new side alone serves the client.
-    #[test]
-    fn a_connection_moves_with_its_bytes_and_state() {
-        let (tx, mut rx) = both_ends(Duration::from_secs(30));
-        let (mut client, server) = tcp_pair();
-        let taker = std::thread::spawn(move || {
-            let conn = rx.recv_blocking().unwrap().unwrap();
-            assert_eq!(conn.family, Family::Tcp);
-            let (mut s, unread, state) = conn.into_tcp().unwrap();
-            assert_eq!(unread, b"half a li");
-            assert_eq!(state, b"count=3");
-            s.write_all(b"from the new side\n").unwrap();
-            s
-        });
-        tx.send_blocking(server, b"half a li".to_vec(), b"count=3".to_vec())
-            .unwrap();
-        assert_eq!(tx.handed_off(), 1);
-        let kept = taker.join().unwrap();
-        let mut buf = [0u8; 18];
-        client.read_exact(&mut buf).unwrap();
-        assert_eq!(&buf, b"from the new side\n");
-        // The new side's copy is the only one left: closing it ends the connection.
-        drop(kept);
-        assert_eq!(client.read(&mut buf).unwrap(), 0);
-    }
-
-    /// The new side goes away before it took (acknowledged) the connection: it comes back whole,
-    /// still connected to its client.
-    #[test]
-    fn unacknowledged_connections_come_back_when_the_new_side_goes() {
-        let (tx, rx) = both_ends(Duration::from_secs(30));
-        let (mut client, server) = tcp_pair();
-        // Dropping the receiver refuses what it holds and what comes.
-        drop(rx);
-        let tx2 = tx.clone();
-        let sender =
-            std::thread::spawn(move || tx2.send_blocking(server, b"u".to_vec(), b"s".to_vec()));
-        let back = sender.join().unwrap().unwrap_err();
-        assert!(matches!(back.error, HandoffError::Refused(_)), "{back:?}");
-        let (mut s, unread, state) = back.into_tcp();
-        assert_eq!(
-            (unread.as_slice(), state.as_slice()),
-            (&b"u"[..], &b"s"[..])
-        );
-        s.write_all(b"x").unwrap();
-        let mut b = [0u8; 1];
-        client.read_exact(&mut b).unwrap();
-        assert_eq!(&b, b"x");
-    }
-
-    /// The deadline passes with the new side never taking anything: everything comes back.
-    #[test]
-    fn the_deadline_gives_back_what_was_not_taken() {
-        let (old, new) = channel::pair().unwrap();
-        let _rx = HandedOff::claim(recv::start(new).unwrap());
-        let tx = Handoff::start(old, 1, Instant::now() + Duration::from_millis(300)).unwrap();
-        let (_c, s) = tcp_pair();
-        let back = tx.send_blocking(s, Vec::new(), Vec::new()).unwrap_err();
-        assert!(
-            matches!(
-                back.error,
-                HandoffError::Refused(_) | HandoffError::Deadline
-            ),
-            "{back:?}"
-        );
-        // After the deadline nothing more is taken.
-        let (_c2, s2) = tcp_pair();
-        assert!(tx.send_blocking(s2, Vec::new(), Vec::new()).is_err());
-    }
-
-    /// A new generation whose application never asks for hand-offs gives what it was offered
-    /// back once the claim grace is over, not only at the old side's deadline.
-    #[test]
-    fn an_application_that_does_not_receive_refuses_after_the_grace() {
-        let (old, new) = channel::pair().unwrap();
-        let _unclaimed = recv::start(new).unwrap();
-        let tx = Handoff::start(old, 7, Instant::now() + Duration::from_secs(60)).unwrap();
-        let (_c, s) = tcp_pair();
-        let back = tx.send_blocking(s, Vec::new(), Vec::new()).unwrap_err();
-        assert!(matches!(back.error, HandoffError::Refused(_)), "{back:?}");
-        assert!(
-            back.to_string().contains("does not take hand-offs"),
-            "{back}"
-        );
-    }
-
-    /// Over-size unread bytes or state are refused before anything is sent.
-    #[test]
-    fn over_size_payloads_are_refused_up_front() {
-        let (tx, _rx) = both_ends(Duration::from_secs(30));
-        let (_c, s) = tcp_pair();
-        let back = tx
-            .send_blocking(s, vec![0; MAX_UNREAD + 1], Vec::new())
-            .unwrap_err();
-        assert!(matches!(back.error, HandoffError::TooLarge(_)));
-        assert!(back.to_string().contains("unread bytes"), "{back}");
-    }
-
-    /// A pipe, a listener, and a socket nobody connected are refused on receipt, each with a
-    /// message saying what it is; the sender gets it back.
-    #[test]
-    fn fds_that_are_not_connections_are_refused() {
-        let (tx, mut rx) = both_ends(Duration::from_secs(30));
-        let (pr, _pw) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let fds: Vec<(OwnedFd, &str)> = vec![
-            (pr, "not a socket"),
-            (listener.into(), "listening socket"),
-            (udp.into(), "not a SOCK_STREAM"),
-        ];
-        for (fd, needle) in fds {
-            let back = tx.send_blocking(fd, Vec::new(), Vec::new()).unwrap_err();
-            assert!(back.to_string().contains(needle), "{needle:?}: {back}");
-            let e = rx.recv_blocking().unwrap().unwrap_err();
-            assert!(e.to_string().contains(needle), "{needle:?}: {e}");
-        }
-    }
-}
-
-#[cfg(test)]
-mod garbage_tests {
-    use super::*;
-    use std::io::Read;
-    use std::net::{TcpListener, TcpStream};
-
-    /// Garbage with a connection attached: the channel is given up and the connection is not
-    /// kept (its client sees it closed once the sender closes its copy).
-    #[test]
-    fn nothing_is_kept_from_garbage() {
-        let (old, new) = channel::pair().unwrap();
-        let mut rx = HandedOff::claim(recv::start(new).unwrap());
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let s: OwnedFd = l.accept().unwrap().0.into();
-        let (pr, _pw) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
-        channel::send(
-            old.as_fd(),
-            &wire::encode(Kind::Conn, 1, b"", b""),
-            Some(pr.as_fd()),
-            false,
-        )
-        .unwrap();
-        assert!(rx.recv_blocking().unwrap().is_err());
-        channel::send(
-            old.as_fd(),
-            b"GET / HTTP/1.1\r\n\r\n garbage",
-            Some(s.as_fd()),
-            false,
-        )
-        .unwrap();
-        let e = rx.recv_blocking().unwrap().unwrap_err();
-        assert!(e.to_string().contains("magic"), "{e}");
-        assert!(rx.recv_blocking().is_none());
-        drop(s);
-        let mut b = [0u8; 1];
-        assert_eq!(c.read(&mut b).unwrap(), 0);
-    }
-}
-
-#[cfg(all(test, feature = "serde"))]
-mod serde_tests {
-    use super::*;
-    use std::net::{TcpListener, TcpStream};
-
-    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
-    struct V1 {
-        user: String,
-        seq: u64,
-    }
-
-    /// A later build's state type with a field more (defaulted) reads the earlier one's state.
-    #[derive(serde::Deserialize, Debug, PartialEq)]
-    struct V2 {
-        user: String,
-        seq: u64,
-        #[serde(default)]
-        room: Option<String>,
-    }
-
-    #[test]
-    fn state_travels_as_a_serde_type_and_reads_in_a_later_shape() {
-        let (old, new) = channel::pair().unwrap();
-        let mut rx = HandedOff::claim(recv::start(new).unwrap());
-        let tx = Handoff::start(old, 1, Instant::now() + Duration::from_secs(30)).unwrap();
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let _c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let s = l.accept().unwrap().0;
-        let taker = std::thread::spawn(move || rx.recv_blocking().unwrap().unwrap());
-        let state = V1 {
-            user: "ada".into(),
-            seq: 41,
-        };
-        let fut = tx.send_serde(s, Vec::new(), &state);
-        let conn = taker.join().unwrap();
-        assert_eq!(conn.state_as::<V1>().unwrap(), state);
-        assert_eq!(
-            conn.state_as::<V2>().unwrap(),
-            V2 {
-                user: "ada".into(),
-                seq: 41,
-                room: None
-            }
-        );
-        let e = conn.state_as::<u64>().unwrap_err();
-        assert!(e.to_string().contains("cannot read the state"), "{e}");
-        drop(fut);
-    }
-}
-
-#[cfg(test)]
-mod broken_peer_tests {
-    use super::*;
-    use std::net::{TcpListener, TcpStream};
-
-    /// Garbage from the new side is skipped, not taken as an answer: the connection it was
-    /// sent stays unanswered (no second owner) until the new side answers it or closes.
-    #[test]
-    fn garbage_from_the_new_side_is_not_an_answer() {
-        let (old, new) = channel::pair().unwrap();
-        let tx = Handoff::start(old, 9, Instant::now() + Duration::from_secs(30)).unwrap();
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let _c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let s = l.accept().unwrap().0;
-        let sender = std::thread::spawn(move || tx.send_blocking(s, b"u".to_vec(), Vec::new()));
-        // Act as a broken new side: read the CONN, answer garbage, then close.
-        let got = match channel::recv(new.as_fd(), false).unwrap() {
-            channel::Received::Message { bytes, .. } => bytes,
-            channel::Received::Eof => panic!("closed"),
-        };
-        let rec = wire::decode(&got, 1).unwrap();
-        assert_eq!(rec.kind, Kind::Conn);
-        channel::send(new.as_fd(), b"not a record at all", None, false).unwrap();
-        channel::send(
-            new.as_fd(),
-            &wire::encode(Kind::Ack, 999, b"", b""),
-            None,
-            false,
-        )
-        .unwrap();
-        // The old side shut the channel for writing: EOF here.
-        assert!(matches!(
-            channel::recv(new.as_fd(), false).unwrap(),
-            channel::Received::Eof
-        ));
-        assert!(!sender.is_finished(), "garbage was taken as an answer");
-        // Closing without answering (as a dead new side would): it comes back whole.
-        drop(new);
-        let back = sender.join().unwrap().unwrap_err();
-        assert_eq!(back.unread, b"u");
-        assert!(matches!(back.error, HandoffError::Closed(_)), "{back:?}");
-    }
-}
+mod tests;

@@ -7,94 +7,101 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use super::channel::{self, Family, Received};
-use super::send::HandoffError;
+use super::connection::Connection;
+use super::error::HandoffError;
 use super::wire::{self, Kind};
 
-/// A connection handed over by the previous generation, now this generation's: resume serving
-/// it where the previous one stopped.
-pub struct Connection {
-    /// The connection's socket (`CLOEXEC`; blocking mode as the previous generation left it).
-    pub fd: OwnedFd,
-    /// What it is.
-    pub family: Family,
-    /// Bytes the previous generation had read from it but not processed: they come first.
-    pub unread: Vec<u8>,
-    /// The application's state for it, as the previous generation gave it.
-    pub state: Vec<u8>,
+/// Which handed-off connections a receiver takes ([`incoming_claiming`](super::incoming_claiming)):
+/// all of them, or those of one listener. A server that serves several protocols on several
+/// listeners takes each listener's connections to the code that speaks its protocol; what no
+/// receiver claims is refused after [`CLAIM_GRACE`] and stays with the previous generation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// Every connection (what [`incoming`](super::incoming) takes).
+    All,
+    /// TCP connections whose local port is this one: the port of the listener they came from.
+    TcpPort(u16),
+    /// Unix stream connections whose local address is this path: the listener's path.
+    UnixPath(PathBuf),
 }
 
-impl fmt::Debug for Connection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Connection")
-            .field("fd", &self.fd)
-            .field("family", &self.family)
-            .field("unread", &self.unread.len())
-            .field("state", &self.state.len())
-            .finish()
-    }
-}
-
-/// The state of a hand-off as a serde type (JSON, as [`Handoff::send_serde`] sends it).
-///
-/// [`Handoff::send_serde`]: super::Handoff::send_serde
-#[cfg(feature = "serde")]
-pub(crate) fn decode_state<T: serde::de::DeserializeOwned>(
-    state: &[u8],
-) -> Result<T, HandoffError> {
-    serde_json::from_slice(state).map_err(|e| {
-        HandoffError::State(format!(
-            "cannot read the state ({} bytes) as {}: {e}",
-            state.len(),
-            std::any::type_name::<T>()
-        ))
-    })
-}
-
-impl Connection {
-    /// The state as the serde type the previous generation sent with
-    /// [`Handoff::send_serde`](super::Handoff::send_serde) (feature `serde`).
-    #[cfg(feature = "serde")]
-    pub fn state_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, HandoffError> {
-        decode_state(&self.state)
-    }
-
-    /// The socket as a std `TcpStream`; `None` (the connection given back) if it is not TCP.
-    pub fn into_tcp(self) -> Result<(std::net::TcpStream, Vec<u8>, Vec<u8>), Connection> {
-        match self.family {
-            Family::Tcp => Ok((self.fd.into(), self.unread, self.state)),
-            Family::Unix => Err(self),
+impl Claim {
+    /// Whether `conn` is one this claim takes.
+    pub fn takes(&self, conn: &Connection) -> bool {
+        match self {
+            Claim::All => true,
+            Claim::TcpPort(p) => conn.family == Family::Tcp && conn.local_port() == Some(*p),
+            Claim::UnixPath(path) => {
+                conn.family == Family::Unix && conn.local_path().as_deref() == Some(path.as_path())
+            }
         }
     }
 
-    /// The socket as a `tokio::net::TcpStream` (made non-blocking); inside a tokio runtime.
-    #[cfg(feature = "tokio")]
-    pub fn into_tokio_tcp(self) -> std::io::Result<(tokio::net::TcpStream, Vec<u8>, Vec<u8>)> {
-        let (s, unread, state) = self.into_tcp().map_err(|c| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("handed-off connection is {:?}, not TCP", c.family),
-            )
-        })?;
-        s.set_nonblocking(true)?;
-        Ok((tokio::net::TcpStream::from_std(s)?, unread, state))
+    /// Whether two claims could take the same connection (only one may be held at a time).
+    fn overlaps(&self, other: &Claim) -> bool {
+        matches!((self, other), (Claim::All, _) | (_, Claim::All)) || self == other
     }
 }
 
-struct Inbox {
+/// One claimed stream of connections.
+struct Receiver {
+    claim: Claim,
     queue: VecDeque<Result<(u64, Connection), HandoffError>>,
-    /// No more records come (the channel ended); `queue` may still hold some.
-    ended: bool,
-    /// The application asked for the stream ([`super::incoming`]).
-    claimed: bool,
-    /// The application dropped its stream: refuse what comes.
+    /// Its `HandedOff` was dropped: what comes for it is refused.
     dropped: bool,
     waker: Option<Waker>,
+}
+
+struct Inbox {
+    /// Offers no receiver has claimed yet, in order, with when they came.
+    unclaimed: VecDeque<(Instant, u64, Connection)>,
+    /// The claimed streams; a `HandedOff` is an index here.
+    receivers: Vec<Receiver>,
+    /// No more records come (the channel ended); queues may still hold some.
+    ended: bool,
+    /// An offer already waited [`CLAIM_GRACE`] for a claim in vain: offers no receiver claims
+    /// are refused as they come, until the application claims again.
+    refusing_unclaimed: bool,
+}
+
+impl Inbox {
+    /// Queues `r` for receiver `i` and wakes whoever waits for it.
+    fn deliver(&mut self, i: usize, r: Result<(u64, Connection), HandoffError>) {
+        let rx = &mut self.receivers[i];
+        rx.queue.push_back(r);
+        if let Some(w) = rx.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// The live receiver that takes `conn`, if any; `Err(())`: only a dropped one would.
+    fn receiver_for(&self, conn: &Connection) -> Result<Option<usize>, ()> {
+        let mut dropped = false;
+        for (i, rx) in self.receivers.iter().enumerate() {
+            if rx.claim.takes(conn) {
+                if !rx.dropped {
+                    return Ok(Some(i));
+                }
+                dropped = true;
+            }
+        }
+        if dropped { Err(()) } else { Ok(None) }
+    }
+
+    fn wake_all(&mut self) {
+        for rx in &mut self.receivers {
+            if let Some(w) = rx.waker.take() {
+                w.wake();
+            }
+        }
+    }
 }
 
 pub(crate) struct Shared {
@@ -106,8 +113,11 @@ pub(crate) struct Shared {
     main_started: Instant,
 }
 
-/// How long after `main` started an application may take to call [`super::incoming`] before
-/// connections offered to it are refused (and so stay with the previous generation).
+/// How long an offer waits for a receiver that claims it ([`super::incoming`],
+/// [`super::incoming_claiming`]) before it is refused, and so stays with the previous
+/// generation: counted from when it came, and not before `main` started that long ago. Once one
+/// offer was refused so, the next that no receiver claims are refused as they come, until the
+/// application claims again: from then on it takes what comes.
 pub const CLAIM_GRACE: Duration = Duration::from_secs(2);
 
 impl Shared {
@@ -123,17 +133,23 @@ impl Shared {
 
 /// Starts reading the channel (from the runtime, as `main` starts).
 pub(crate) fn start(chan: OwnedFd) -> std::io::Result<Arc<Shared>> {
+    start_at(chan, Instant::now())
+}
+
+/// [`start`], for a `main` that started at `main_started` (tests go back in time with it).
+pub(crate) fn start_at(chan: OwnedFd, main_started: Instant) -> std::io::Result<Arc<Shared>> {
+    // This end is read here: records must be told from the end of the channel.
+    channel::tell_records_from_the_end(chan.as_fd())?;
     let shared = Arc::new(Shared {
         inbox: Mutex::new(Inbox {
-            queue: VecDeque::new(),
+            unclaimed: VecDeque::new(),
+            receivers: Vec::new(),
             ended: false,
-            claimed: false,
-            dropped: false,
-            waker: None,
+            refusing_unclaimed: false,
         }),
         cond: Condvar::new(),
         chan,
-        main_started: Instant::now(),
+        main_started,
     });
     let s = shared.clone();
     std::thread::Builder::new()
@@ -142,64 +158,76 @@ pub(crate) fn start(chan: OwnedFd) -> std::io::Result<Arc<Shared>> {
     Ok(shared)
 }
 
-/// Refuses what waits in the inbox of an application that has not asked for hand-offs within
-/// [`CLAIM_GRACE`]: those connections go back to the previous generation now, not at its
-/// deadline.
-fn refuse_unclaimed(s: &Shared) {
-    let mut inbox = s.inbox.lock().unwrap_or_else(|p| p.into_inner());
-    if inbox.claimed || inbox.dropped || s.main_started.elapsed() < CLAIM_GRACE {
-        return;
-    }
-    inbox.dropped = true;
-    let untaken: Vec<u64> = inbox
-        .queue
-        .drain(..)
-        .filter_map(|r| r.ok().map(|(id, _)| id))
-        .collect();
-    drop(inbox);
-    if !untaken.is_empty() {
-        tracing::warn!(
-            refused = untaken.len(),
-            "hand-off: this application did not call hotexec::handoff::incoming() within {CLAIM_GRACE:?} of main: connections offered go back to the previous generation"
-        );
-    }
-    for id in untaken {
-        s.answer(
-            Kind::Nak,
-            id,
-            "this generation does not take hand-offs (its application does not receive them)",
-        );
+/// The reason every refusal of an unclaimed offer gives.
+const NOT_RECEIVING: &str =
+    "this generation does not take hand-offs (its application does not receive them)";
+
+impl Shared {
+    /// When an offer that came at `at` has waited for a claim long enough.
+    fn claim_expires(&self, at: Instant) -> Instant {
+        at.max(self.main_started) + CLAIM_GRACE
     }
 }
 
+/// Refuses the offers that have waited [`CLAIM_GRACE`] for a receiver that claims them: those
+/// connections go back to the previous generation now, not at its deadline. Returns when the
+/// next offer still waiting expires, if one does.
+fn refuse_unclaimed(s: &Shared) -> Option<Instant> {
+    let mut inbox = s.inbox.lock().unwrap_or_else(|p| p.into_inner());
+    let now = Instant::now();
+    let mut expired = Vec::new();
+    let mut next = None;
+    inbox.unclaimed.retain(|(at, id, _)| {
+        let e = s.claim_expires(*at);
+        if e <= now {
+            expired.push(*id);
+            false
+        } else {
+            next = Some(next.map_or(e, |n: Instant| n.min(e)));
+            true
+        }
+    });
+    if expired.is_empty() {
+        return next;
+    }
+    inbox.refusing_unclaimed = true;
+    drop(inbox);
+    tracing::warn!(
+        refused = expired.len(),
+        "hand-off: no receiver (hotexec::handoff::incoming()) claimed connections {CLAIM_GRACE:?} after they were offered: they go back to the previous generation, and so do the next ones until one does"
+    );
+    for id in expired {
+        s.answer(Kind::Nak, id, NOT_RECEIVING);
+    }
+    next
+}
+
 fn receive(s: &Shared) {
+    // Refusals by reason: the first of each is logged, the count at the end (a thousand
+    // connections refused at the fd limit are one line and a total, not a thousand lines).
+    let mut refused: Vec<(String, usize)> = Vec::new();
     loop {
-        // Until the application claimed the stream (or the grace is over), wake up in time to
-        // refuse what it will not take.
-        let grace_left = CLAIM_GRACE.saturating_sub(s.main_started.elapsed());
-        let unclaimed = {
-            let inbox = s.inbox.lock().unwrap_or_else(|p| p.into_inner());
-            !inbox.claimed && !inbox.dropped
-        };
-        if unclaimed {
+        // While offers wait for a claim, wake up in time to refuse those that wait in vain.
+        if let Some(expires) = refuse_unclaimed(s) {
+            let left = expires.saturating_duration_since(Instant::now());
+            let ms = u16::try_from(left.as_millis() + 1).unwrap_or(u16::MAX);
             let mut fds = [nix::poll::PollFd::new(
                 s.chan.as_fd(),
                 nix::poll::PollFlags::POLLIN,
             )];
-            let ms = u16::try_from(grace_left.as_millis() + 1).unwrap_or(u16::MAX);
             let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms));
-            refuse_unclaimed(s);
             if !fds[0].any().unwrap_or(false) {
                 continue;
             }
         }
         let got = channel::recv(s.chan.as_fd(), false);
-        let (bytes, fds, trouble) = match got {
+        let (bytes, fds, trouble, out_of_fds) = match got {
             Ok(Received::Message {
                 bytes,
                 fds,
                 trouble,
-            }) => (bytes, fds, trouble),
+                out_of_fds,
+            }) => (bytes, fds, trouble, out_of_fds),
             Ok(Received::Eof) => break,
             Err(e) => {
                 tracing::error!(
@@ -209,8 +237,10 @@ fn receive(s: &Shared) {
             }
         };
         let decoded = match trouble {
+            // A readable CONN header names the one connection to refuse (its fd was dropped
+            // by the kernel, or was one of too many): the channel itself is fine.
             Some(t) => Err(wire::WireError {
-                id: None,
+                id: wire::conn_id(&bytes),
                 reason: t,
             }),
             None => wire::decode(&bytes, fds.len()),
@@ -224,12 +254,23 @@ fn receive(s: &Shared) {
             }
             Err(e) if e.id.is_some() => {
                 // The header was readable: refuse this connection and read on.
-                tracing::error!(
-                    "hand-off from the previous generation refused: {}; nothing adopted",
-                    e.reason
-                );
+                match refused.iter_mut().find(|(r, _)| *r == e.reason) {
+                    Some((_, n)) => *n += 1,
+                    None => {
+                        tracing::error!(
+                            "hand-off from the previous generation refused: {}; nothing adopted (further refusals for this reason are counted)",
+                            e.reason
+                        );
+                        refused.push((e.reason.clone(), 1));
+                    }
+                }
                 s.answer(Kind::Nak, e.id.unwrap_or(0), &e.reason);
-                push(s, Err(HandoffError::Protocol(e.reason)));
+                let err = if out_of_fds {
+                    HandoffError::Unreceivable(e.reason)
+                } else {
+                    HandoffError::Protocol(e.reason)
+                };
+                push(s, Err(err));
                 continue;
             }
             Err(e) => {
@@ -261,24 +302,30 @@ fn receive(s: &Shared) {
             state: rec.state,
         };
         let mut inbox = s.inbox.lock().unwrap_or_else(|p| p.into_inner());
-        let unclaimed = !inbox.claimed && s.main_started.elapsed() >= CLAIM_GRACE;
-        if inbox.dropped || unclaimed {
-            drop(inbox);
-            drop(conn);
-            s.answer(
-                Kind::Nak,
-                rec.id,
-                "this generation does not take hand-offs (its application does not receive them)",
-            );
-            continue;
-        }
-        inbox.queue.push_back(Ok((rec.id, conn)));
-        let w = inbox.waker.take();
+        let refusal = match inbox.receiver_for(&conn) {
+            Ok(Some(i)) => {
+                inbox.deliver(i, Ok((rec.id, conn)));
+                None
+            }
+            Err(()) => Some((conn, "the application dropped its HandedOff receiver")),
+            Ok(None) if inbox.refusing_unclaimed => Some((conn, NOT_RECEIVING)),
+            Ok(None) => {
+                inbox.unclaimed.push_back((Instant::now(), rec.id, conn));
+                None
+            }
+        };
         drop(inbox);
         s.cond.notify_all();
-        if let Some(w) = w {
-            w.wake();
+        if let Some((conn, why)) = refusal {
+            drop(conn);
+            s.answer(Kind::Nak, rec.id, why);
         }
+    }
+    for (why, n) in refused {
+        tracing::warn!(
+            refused = n,
+            "hand-off from the previous generation: {n} connection(s) refused: {why}"
+        );
     }
     // The previous generation is done (or gone): what the application has not taken yet goes
     // back, under the lock, so no acknowledgement can follow these refusals.
@@ -292,22 +339,22 @@ fn receive(s: &Shared) {
 fn give_back_untaken(s: &Shared, why: &str) {
     let mut inbox = s.inbox.lock().unwrap_or_else(|p| p.into_inner());
     inbox.ended = true;
-    let untaken: Vec<u64> = inbox
-        .queue
-        .iter()
-        .filter_map(|r| r.as_ref().ok().map(|(id, _)| *id))
-        .collect();
-    inbox.queue.retain(|r| r.is_err());
+    let mut untaken: Vec<u64> = inbox.unclaimed.drain(..).map(|(_, id, _)| id).collect();
+    for rx in &mut inbox.receivers {
+        untaken.extend(
+            rx.queue
+                .iter()
+                .filter_map(|r| r.as_ref().ok().map(|(id, _)| *id)),
+        );
+        rx.queue.retain(|r| r.is_err());
+    }
     for id in untaken {
         s.answer(Kind::Nak, id, why);
     }
     let _ = rustix::net::shutdown(&s.chan, rustix::net::Shutdown::Both);
-    let w = inbox.waker.take();
+    inbox.wake_all();
     drop(inbox);
     s.cond.notify_all();
-    if let Some(w) = w {
-        w.wake();
-    }
 }
 
 /// A record that cannot be answered (unreadable header, wrong kind): the channel is not a
@@ -322,26 +369,65 @@ fn refuse_all(s: &Shared, e: wire::WireError) {
     give_back_untaken(s, "the hand-off channel broke");
 }
 
+/// A refused record, for the receivers that take everything to see (it was logged).
 fn push(s: &Shared, r: Result<(u64, Connection), HandoffError>) {
+    let Err(e) = r else { return };
     let mut inbox = s.inbox.lock().unwrap_or_else(|p| p.into_inner());
-    inbox.queue.push_back(r);
-    let w = inbox.waker.take();
+    let all: Vec<usize> = (0..inbox.receivers.len())
+        .filter(|i| !inbox.receivers[*i].dropped && inbox.receivers[*i].claim == Claim::All)
+        .collect();
+    for i in all {
+        inbox.deliver(i, Err(e.clone()));
+    }
     drop(inbox);
     s.cond.notify_all();
-    if let Some(w) = w {
-        w.wake();
+}
+
+/// Claims the connections `claim` takes: `None` if a live receiver already claims some of them.
+pub(crate) fn claim(shared: &Arc<Shared>, claim: Claim) -> Option<HandedOff> {
+    let mut inbox = shared.inbox.lock().unwrap_or_else(|p| p.into_inner());
+    if inbox
+        .receivers
+        .iter()
+        .any(|rx| !rx.dropped && rx.claim.overlaps(&claim))
+    {
+        return None;
     }
+    let mut queue = VecDeque::new();
+    let mut rest = VecDeque::new();
+    for (at, id, conn) in inbox.unclaimed.drain(..) {
+        if claim.takes(&conn) {
+            queue.push_back(Ok((id, conn)));
+        } else {
+            rest.push_back((at, id, conn));
+        }
+    }
+    inbox.unclaimed = rest;
+    inbox.refusing_unclaimed = false;
+    inbox.receivers.push(Receiver {
+        claim,
+        queue,
+        dropped: false,
+        waker: None,
+    });
+    Some(HandedOff {
+        shared: shared.clone(),
+        rx: inbox.receivers.len() - 1,
+    })
 }
 
 /// The connections the previous generation hands to this one, in the order it sent them. Got
-/// from [`incoming`](super::incoming). Ends when the previous generation has finished handing
-/// off (or exited).
+/// from [`incoming`](super::incoming) (all of them) or
+/// [`incoming_claiming`](super::incoming_claiming) (one listener's). Ends when the previous
+/// generation has finished handing off (or exited).
 ///
 /// Each connection taken with [`recv`](Self::recv) or [`recv_blocking`](Self::recv_blocking)
 /// is acknowledged at that moment: from then on it is this generation's alone. Connections not
 /// taken stay the previous generation's; dropping `HandedOff` refuses them.
 pub struct HandedOff {
-    pub(crate) shared: Arc<Shared>,
+    shared: Arc<Shared>,
+    /// Its receiver in the inbox.
+    rx: usize,
 }
 
 impl fmt::Debug for HandedOff {
@@ -351,19 +437,10 @@ impl fmt::Debug for HandedOff {
 }
 
 impl HandedOff {
-    pub(crate) fn claim(shared: Arc<Shared>) -> HandedOff {
-        shared
-            .inbox
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .claimed = true;
-        HandedOff { shared }
-    }
-
     /// Takes the next one if any, acknowledging it. `Err`: a record that was refused (garbage
     /// or a bad fd; nothing was adopted from it). `None`: the hand-off is over.
     fn take(&self, inbox: &mut Inbox) -> Option<Option<Result<Connection, HandoffError>>> {
-        match inbox.queue.pop_front() {
+        match inbox.receivers[self.rx].queue.pop_front() {
             Some(Ok((id, conn))) => {
                 // Acknowledged under the lock: the end of the channel cannot refuse it meanwhile.
                 self.shared.answer(Kind::Ack, id, "");
@@ -399,8 +476,10 @@ impl HandedOff {
 impl Drop for HandedOff {
     fn drop(&mut self) {
         let mut inbox = self.shared.inbox.lock().unwrap_or_else(|p| p.into_inner());
-        inbox.dropped = true;
-        let untaken: Vec<u64> = inbox
+        let rx = &mut inbox.receivers[self.rx];
+        rx.dropped = true;
+        rx.waker = None;
+        let untaken: Vec<u64> = rx
             .queue
             .drain(..)
             .filter_map(|r| r.ok().map(|(id, _)| id))
@@ -429,7 +508,7 @@ impl Future for Next<'_> {
         match rx.take(&mut inbox) {
             Some(r) => Poll::Ready(r),
             None => {
-                inbox.waker = Some(cx.waker().clone());
+                inbox.receivers[rx.rx].waker = Some(cx.waker().clone());
                 Poll::Pending
             }
         }

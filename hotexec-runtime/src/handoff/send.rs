@@ -22,48 +22,8 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::channel::{self, Received};
+use super::error::HandoffError;
 use super::wire::{self, Kind};
-
-/// Why a hand-off did not happen. The connection is still this generation's.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum HandoffError {
-    /// The channel to the new generation is closed: it exited or was killed before it
-    /// acknowledged the connection, or this side finished the hand-off.
-    Closed(String),
-    /// The new generation refused the connection; its reason.
-    Refused(String),
-    /// The unread bytes or the state are over the limits ([`MAX_UNREAD`](super::MAX_UNREAD),
-    /// [`MAX_STATE`](super::MAX_STATE)).
-    TooLarge(String),
-    /// The hand-off deadline (half the drain timeout after the new generation reported ready)
-    /// passed before the new generation acknowledged it.
-    Deadline,
-    /// A record on the channel was garbage; nothing was adopted from it.
-    Protocol(String),
-    /// The state could not be serialized or deserialized (feature `serde`).
-    State(String),
-}
-
-impl fmt::Display for HandoffError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HandoffError::Closed(why) => write!(f, "hand-off channel closed: {why}"),
-            HandoffError::Refused(why) => {
-                write!(f, "the new generation refused the connection: {why}")
-            }
-            HandoffError::TooLarge(why) => write!(f, "cannot hand off {why}"),
-            HandoffError::Deadline => write!(
-                f,
-                "the hand-off deadline passed before the new generation acknowledged the connection"
-            ),
-            HandoffError::Protocol(why) => write!(f, "hand-off protocol error: {why}"),
-            HandoffError::State(why) => write!(f, "hand-off state: {why}"),
-        }
-    }
-}
-
-impl std::error::Error for HandoffError {}
 
 /// A connection that was not handed off, given back whole: serve it on (or drain it) as before.
 pub struct Returned {
@@ -100,7 +60,7 @@ impl Returned {
     /// The state as the serde type it was sent as (feature `serde`).
     #[cfg(feature = "serde")]
     pub fn state_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, HandoffError> {
-        super::recv::decode_state(&self.state)
+        super::error::decode_state(&self.state)
     }
 
     /// The socket as a std `TcpStream` (blocking mode as it was).
@@ -216,6 +176,16 @@ impl Handoff {
     /// Starts the sending thread on the old generation's end of the channel; `deadline` is when
     /// it gives up on what the new generation has not acknowledged.
     pub(crate) fn start(chan: OwnedFd, new_pid: u32, deadline: Instant) -> io::Result<Handoff> {
+        let (handoff, sender) = Handoff::parts(chan, new_pid, deadline)?;
+        std::thread::Builder::new()
+            .name("hotexec-handoff".into())
+            .spawn(move || sender.run())?;
+        Ok(handoff)
+    }
+
+    /// The handle and the sender that [`start`](Self::start) runs on a thread of its own (tests
+    /// drive the sender step by step instead).
+    fn parts(chan: OwnedFd, new_pid: u32, deadline: Instant) -> io::Result<(Handoff, Sender)> {
         let (wake_r, wake_w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
                 .map_err(|e| io::Error::other(format!("pipe2: {}", e.desc())))?;
@@ -232,20 +202,14 @@ impl Handoff {
             handed: AtomicU64::new(0),
             finished: AtomicBool::new(false),
         });
-        let s = shared.clone();
-        std::thread::Builder::new()
-            .name("hotexec-handoff".into())
-            .spawn(move || {
-                Sender {
-                    shared: s,
-                    chan,
-                    wake_r,
-                    deadline,
-                    shut: false,
-                }
-                .run()
-            })?;
-        Ok(Handoff { shared })
+        let sender = Sender {
+            shared: shared.clone(),
+            chan,
+            wake_r,
+            deadline,
+            shut: false,
+        };
+        Ok((Handoff { shared }, sender))
     }
 
     /// Pid of the generation connections go to.
@@ -388,57 +352,68 @@ struct Sender {
 impl Sender {
     fn run(mut self) {
         let why = loop {
-            let now = Instant::now();
-            if !self.shut && now >= self.deadline {
-                tracing::warn!(
-                    new_pid = self.shared.new_pid,
-                    "hand-off deadline: connections not yet acknowledged by the new generation come back to this one"
-                );
-                self.shut_down(HandoffError::Deadline);
-            }
-            let (want_out, finishing) = {
-                let q = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
-                (!q.out.is_empty(), q.finishing)
-            };
-            if !self.shut && finishing && !want_out {
-                self.shut_down(HandoffError::Closed("Handoff::finish was called".into()));
-            }
-            let mut ev = PollFlags::POLLIN;
-            if want_out && !self.shut {
-                ev |= PollFlags::POLLOUT;
-            }
-            let left = self.deadline.saturating_duration_since(now);
-            let timeout = if self.shut {
-                PollTimeout::NONE
-            } else {
-                PollTimeout::from(u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX))
-            };
-            let mut fds = [
-                PollFd::new(self.chan.as_fd(), ev),
-                PollFd::new(self.wake_r.as_fd(), PollFlags::POLLIN),
-            ];
-            match poll(&mut fds, timeout) {
-                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => {
-                    tracing::error!("hand-off poll failed: {}", e.desc());
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-            let mut buf = [0u8; 64];
-            while matches!(nix::unistd::read(&self.wake_r, &mut buf), Ok(n) if n > 0) {}
-            let revents = fds[0].revents().unwrap_or(PollFlags::empty());
-            if revents.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
-                if let Some(why) = self.read_answers() {
-                    break why;
-                }
-            }
-            if !self.shut {
-                if let Err(why) = self.send_queued() {
-                    break why;
-                }
+            if let Some(why) = self.step() {
+                break why;
             }
         };
-        // The channel is over: whatever was not acknowledged is this generation's again.
+        self.end(why);
+    }
+
+    /// One turn: waits (until the deadline at most) for answers, queued sends or a wake-up, and
+    /// handles what came. `Some(why)` once the channel is over.
+    fn step(&mut self) -> Option<HandoffError> {
+        let now = Instant::now();
+        if !self.shut && now >= self.deadline {
+            tracing::warn!(
+                new_pid = self.shared.new_pid,
+                "hand-off deadline: connections not yet acknowledged by the new generation come back to this one"
+            );
+            self.shut_down(HandoffError::Deadline);
+        }
+        let (want_out, finishing) = {
+            let q = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+            (!q.out.is_empty(), q.finishing)
+        };
+        if !self.shut && finishing && !want_out {
+            self.shut_down(HandoffError::Closed("Handoff::finish was called".into()));
+        }
+        let mut ev = PollFlags::POLLIN;
+        if want_out && !self.shut {
+            ev |= PollFlags::POLLOUT;
+        }
+        let left = self.deadline.saturating_duration_since(now);
+        let timeout = if self.shut {
+            PollTimeout::NONE
+        } else {
+            PollTimeout::from(u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX))
+        };
+        let mut fds = [
+            PollFd::new(self.chan.as_fd(), ev),
+            PollFd::new(self.wake_r.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                tracing::error!("hand-off poll failed: {}", e.desc());
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let mut buf = [0u8; 64];
+        while matches!(nix::unistd::read(&self.wake_r, &mut buf), Ok(n) if n > 0) {}
+        let revents = fds[0].revents().unwrap_or(PollFlags::empty());
+        if revents.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+            if let Some(why) = self.read_answers() {
+                return Some(why);
+            }
+        }
+        if !self.shut {
+            self.send_queued();
+        }
+        None
+    }
+
+    /// The channel is over: whatever was not acknowledged is this generation's again.
+    fn end(self, why: HandoffError) {
         let back: Vec<Item> = {
             let mut guard = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
             let q = &mut *guard;
@@ -485,12 +460,16 @@ impl Sender {
         }
     }
 
-    /// Sends queued connections until the channel would block.
-    fn send_queued(&mut self) -> Result<(), HandoffError> {
+    /// Sends queued connections until the channel would block. A send that fails for another
+    /// reason (EPIPE: the new generation shut the channel) gives back the one connection whose
+    /// record was not sent, and no more is sent; but the channel is not over: answers queued
+    /// before the failure are still to be read, and only the end of the channel says that none
+    /// follows (see [`read_answers`](Self::read_answers)).
+    fn send_queued(&mut self) {
         loop {
             let mut q = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
             let Some(item) = q.out.pop_front() else {
-                return Ok(());
+                return;
             };
             let record = wire::encode(Kind::Conn, item.id, &item.unread, &item.state);
             match channel::send(self.chan.as_fd(), &record, Some(item.fd.as_fd()), true) {
@@ -499,20 +478,35 @@ impl Sender {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     q.out.push_front(item);
-                    return Ok(());
+                    return;
                 }
                 Err(e) => {
-                    q.out.push_front(item);
-                    return Err(HandoffError::Closed(format!(
-                        "sending to the new generation failed: {e}"
-                    )));
+                    drop(q);
+                    let why =
+                        HandoffError::Closed(format!("sending to the new generation failed: {e}"));
+                    tracing::warn!(
+                        new_pid = self.shared.new_pid,
+                        "hand-off: {why}; nothing more is sent, the answers already queued are read to the end of the channel"
+                    );
+                    // SEQPACKET sends a record whole or not at all: this one was not sent.
+                    item.give_back(why.clone());
+                    self.shut_down(why);
+                    return;
                 }
             }
         }
     }
 
-    /// Reads every answer queued. `Some(why)` once the channel is over.
+    /// Reads every answer queued. `Some(why)` once the channel is over: at its end (EOF)
+    /// only, because every answer the new generation sent before it is read by then.
+    ///
+    /// A read error is not the end: when the new generation exits with records unread, Linux
+    /// reports ECONNRESET on the next read *before* the answers queued here (the error is
+    /// consumed by that read, and the answers follow). Giving everything back at that error
+    /// would give back connections the new generation acknowledged — two owners. So an error
+    /// stops the sending and the reading goes on.
     fn read_answers(&mut self) -> Option<HandoffError> {
+        let mut errors = 0;
         loop {
             let (bytes, fds, trouble) = match channel::recv(self.chan.as_fd(), true) {
                 Ok(Received::Eof) => {
@@ -524,14 +518,29 @@ impl Sender {
                     bytes,
                     fds,
                     trouble,
+                    ..
                 }) => (bytes, fds, trouble),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
                 Err(e) => {
-                    return Some(HandoffError::Closed(format!(
-                        "reading from the new generation failed: {e}"
-                    )));
+                    tracing::debug!(
+                        new_pid = self.shared.new_pid,
+                        "hand-off: reading from the new generation: {e}; answers queued behind it are read on"
+                    );
+                    if !self.shut {
+                        self.shut_down(HandoffError::Closed(format!(
+                            "reading from the new generation failed: {e}"
+                        )));
+                    }
+                    errors += 1;
+                    if errors >= 3 {
+                        // Not a pending error consumed by the read: wait for the next poll.
+                        std::thread::sleep(Duration::from_millis(10));
+                        return None;
+                    }
+                    continue;
                 }
             };
+            errors = 0;
             let decoded = match trouble {
                 Some(t) => Err(t),
                 None => wire::decode(&bytes, fds.len()).map_err(|e| e.reason),
@@ -593,3 +602,10 @@ impl Sender {
         }
     }
 }
+
+/// Finding 1 of issue 20: the old side must never give back a connection whose ACK is queued
+/// on the channel, whatever error the channel reports first. The sender is driven step by step,
+/// so each test is the one interleaving it names.
+#[cfg(test)]
+#[path = "send_tests.rs"]
+mod channel_error_tests;

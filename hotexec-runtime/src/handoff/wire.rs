@@ -97,11 +97,17 @@ impl fmt::Display for WireError {
 
 impl std::error::Error for WireError {}
 
-/// Encodes a record. Lengths over the limits are the caller's to refuse first ([`check_sizes`]).
+/// Encodes a record. Lengths over the limits are the caller's to refuse first (`check_sizes`).
 pub fn encode(kind: Kind, id: u64, unread: &[u8], state: &[u8]) -> Vec<u8> {
+    encode_as(VERSION, kind, id, unread, state)
+}
+
+/// [`encode`] in another protocol version's header: what a build speaking `version` would send
+/// (for test fixtures that play such a build).
+pub fn encode_as(version: u16, kind: Kind, id: u64, unread: &[u8], state: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + unread.len() + state.len());
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.push(kind.code());
     out.push(0);
     out.extend_from_slice(&id.to_le_bytes());
@@ -125,6 +131,17 @@ pub fn check_sizes(unread: usize, state: usize) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The connection id of `buf` if its header is readable as a CONN record of this version,
+/// whatever else is wrong with it (truncated, its fd lost): enough to refuse that one
+/// connection by name instead of giving up the channel.
+pub fn conn_id(buf: &[u8]) -> Option<u64> {
+    (buf.len() >= HEADER
+        && buf[0..4] == MAGIC
+        && u16::from_le_bytes([buf[4], buf[5]]) == VERSION
+        && Kind::from_code(buf[6]) == Some(Kind::Conn))
+    .then(|| u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes")))
 }
 
 /// Decodes one record of `buf` that arrived with `fds` fds. Pure, so it can be fuzzed.

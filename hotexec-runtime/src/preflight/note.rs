@@ -71,7 +71,7 @@ impl ElfNote {
         desc[0] = FORMAT;
         let min = HANDOVER_MIN.to_le_bytes();
         let max = HANDOVER_VERSION.to_le_bytes();
-        let wire = crate::handoff::wire::VERSION.to_le_bytes();
+        let wire = crate::handoff::VERSION.to_le_bytes();
         desc[2] = min[0];
         desc[3] = min[1];
         desc[4] = max[0];

@@ -547,12 +547,7 @@ impl Shell {
                     .and_then(|s| s.child.handoff.take());
                 if let Some(chan) = chan {
                     let h = crate::handoff::child_ready(chan, pid, self.setup.config.drain_timeout);
-                    *self
-                        .setup
-                        .generation
-                        .handoff
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()) = h;
+                    self.setup.generation.handoff.set(h);
                 }
                 None
             }
