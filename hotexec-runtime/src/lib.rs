@@ -7,7 +7,7 @@
 //! |---|---|
 //! | before `main` | `startup.rs` (the one constructor: every hand-over variable, read once), [`handover`] (the variables and their parser) |
 //! | at start | `start.rs` (the sequence), `config.rs` (options and their environment overrides), `inherit.rs` (checks every inherited fd), `activation.rs` (which socket serves which listener), `socket.rs`, `listeners.rs`, `generation.rs` (this generation as the app sees it: number, carried state, readiness holds) |
-//! | while serving | `supervisor/` (the thread: `machine.rs` decides, `mod.rs` does, `spawn_next.rs` starts the next generation), `signals.rs`, [`control`] (the control socket), `upgrade.rs` (`upgrade()`, `ready()`) |
+//! | while serving | `supervisor/` (the thread: `machine/` decides, `mod.rs` does, `spawn_next.rs` starts the next generation), `signals.rs`, [`control`] (the control socket), `upgrade.rs` (`upgrade()`, `ready()`) |
 //! | at an upgrade | `exe.rs` (what is executed), `limits.rs` (kernel limits), `spawn.rs` (clone/exec), `readiness.rs` (the readiness pipe, both ends), `link.rs` (the generation link: lineage, carried state, a stop passed on), [`handoff`] (established connections), `notify.rs` (`sd_notify`, both ways) |
 //! | every lifecycle event | `announce.rs` (log, pid file, service manager, keeper, previous generation: one place) |
 //! | draining and stopping | `shutdown.rs` (the app's `Shutdown`), `deadline.rs` (the drain deadline), `pidfile.rs` |

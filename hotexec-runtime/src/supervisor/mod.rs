@@ -1,11 +1,11 @@
 //! The supervisor: one thread per generation that turns what happens — signals, upgrade
 //! requests, what a new generation says on its readiness pipe and its generation link, a
-//! child's exit, time passing — into [`Event`]s for the state machine (`machine.rs`, where every
+//! child's exit, time passing — into [`Event`]s for the state machine (`machine/`, where every
 //! decision is), and does the [`Action`]s it returns: spawn, kill, announce (`announce.rs`),
 //! resolve the application's `Shutdown`, reply to requests.
 //!
 //! Files: `event.rs` (what goes in and out), `state.rs` (the states and their data),
-//! `machine.rs` (the rules), `spawn_next.rs` (how a new generation is started, with what), this
+//! `machine/` (the rules), `spawn_next.rs` (how a new generation is started, with what), this
 //! file (the thread and its loop).
 
 pub(crate) mod event;

@@ -1,4 +1,4 @@
-//! The supervisor's states, each with the data it has (see `machine.rs` for the rules).
+//! The supervisor's states, each with the data it has (see `machine/` for the rules).
 
 use std::time::{Duration, Instant};
 
