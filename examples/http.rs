@@ -58,9 +58,12 @@ mod admin {
     pub async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
         let (status, body) = match (req.method(), req.uri().path()) {
             (&Method::POST, "/upgrade") => {
-                // `upgrade()` blocks until the new generation is ready or has failed.
+                // `upgrade()` blocks until the new generation is committed or has failed.
                 match tokio::task::spawn_blocking(hotexec::upgrade).await {
-                    Ok(Ok(pid)) => (StatusCode::OK, format!("upgraded: new pid {pid}\n")),
+                    Ok(Ok(report)) => (
+                        StatusCode::OK,
+                        format!("upgraded: new pid {}\n", report.new_pid.unwrap_or_default()),
+                    ),
                     Ok(Err(e)) => (
                         StatusCode::INTERNAL_SERVER_ERROR,
                         format!("upgrade failed: {e}\n"),

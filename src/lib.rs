@@ -72,7 +72,7 @@ pub use serve::{serve, serve_hyper};
 
 pub use hotexec_macros::{listen, main};
 pub use hotexec_runtime::{
-    Carried, Listeners, ReadyHold, Shutdown, ShutdownReason, UpgradeError, ready,
+    Carried, Listeners, ReadyHold, Shutdown, ShutdownReason, UpgradeError, UpgradeFailed, ready,
     syntax::{ListenAddr, parse_duration},
     upgrade,
 };

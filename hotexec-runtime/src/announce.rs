@@ -86,7 +86,11 @@ impl Announcer {
                     k.upgrade_failed();
                 }
             }
-            Announcement::HandedOver { new_pid, rollback } => {
+            Announcement::HandedOver {
+                new_pid,
+                rollback,
+                judged,
+            } => {
                 self.serves(*new_pid);
                 // The generation before this one, if it is still in its probation, must not
                 // roll back.
@@ -110,7 +114,7 @@ impl Announcer {
                         elapsed_ms,
                         "upgrade: new generation is ready; this one stops accepting and drains"
                     );
-                    self.evidence.finished(Ok(*new_pid));
+                    self.evidence.handed_over(*new_pid, *judged);
                 }
             }
             Announcement::Verdict {

@@ -98,6 +98,7 @@ pub use crate::{
         ENV_LISTEN_PREFIX, ENV_PID_FILE, ENV_READY_TIMEOUT, ENV_UPGRADE_SIGNAL,
     },
     error::UpgradeError,
+    evidence::{UpgradeFailed, UpgradeReport},
     generation::{Carried, ReadyHold},
     listeners::Listeners,
     shutdown::{Shutdown, ShutdownReason},

@@ -9,6 +9,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::control::{Handler, Reply};
 use crate::error::UpgradeError;
+use crate::evidence::{UpgradeFailed, UpgradeReport};
 use crate::generation::Generation;
 use crate::supervisor::{Handle, Trigger};
 
@@ -26,13 +27,31 @@ pub(crate) fn set(current: Current) {
     let _ = CURRENT.set(current);
 }
 
-/// Triggers an upgrade, as the upgrade signal does, and waits for its outcome: the new pid, or
-/// why it failed (then this generation keeps serving). Blocks up to `ready_timeout`; from async
-/// code call it in `spawn_blocking`.
-pub fn upgrade() -> Result<u32, UpgradeError> {
-    match CURRENT.get() {
+/// Triggers an upgrade, as the upgrade signal does, and waits for its outcome: its evidence
+/// ([`UpgradeReport`]: the new pid, the phase times, what the kernel dropped, the health
+/// verdict; what `hotexec upgrade --json` prints), or why it failed, with its evidence too
+/// ([`UpgradeFailed`]; then this generation keeps serving). It returns once the upgrade is
+/// committed, after the health verdict where there is one. From async code call it in
+/// `spawn_blocking`.
+///
+/// ```no_run
+/// match hotexec::upgrade() {
+///     Ok(report) => println!("upgraded: pid {:?} serves now", report.new_pid),
+///     Err(failed) => eprintln!("upgrade failed: {failed}; still serving"),
+/// }
+/// ```
+pub fn upgrade() -> Result<UpgradeReport, UpgradeFailed> {
+    let outcome = match CURRENT.get() {
         Some(c) => c.supervisor.request_upgrade(Trigger::Api),
-        None => Err(UpgradeError::NotRunning),
+        None => (Err(UpgradeError::NotRunning), None),
+    };
+    let report = crate::evidence::report_of(&outcome, Trigger::Api);
+    match outcome.0 {
+        Ok(_) => Ok(report),
+        Err(error) => Err(UpgradeFailed {
+            error,
+            report: Box::new(report),
+        }),
     }
 }
 
@@ -90,10 +109,14 @@ pub(crate) fn control_handler(
     announcer: Arc<crate::announce::Announcer>,
 ) -> Handler {
     Arc::new(move |request| match request {
-        "upgrade" => Reply::from_upgrade(supervisor.request_upgrade(Trigger::Control)),
-        "upgrade v2" => crate::evidence::serve_upgrade(&announcer.evidence, || {
-            supervisor.request_upgrade(Trigger::Control)
-        }),
+        "upgrade" => Reply::from_upgrade(supervisor.request_upgrade(Trigger::Control).0),
+        "upgrade v2" => {
+            let outcome = supervisor.request_upgrade(Trigger::Control);
+            Reply::Report(Box::new(crate::evidence::report_of(
+                &outcome,
+                Trigger::Control,
+            )))
+        }
         "status v2" => crate::evidence::serve_status(&announcer.evidence),
         "check" => crate::preflight::control_reply(&announcer.exe),
         other => Reply::error(

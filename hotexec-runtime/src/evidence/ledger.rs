@@ -117,6 +117,16 @@ impl Ledger {
     /// The upgrade ended: the report, logged (in the `upgrade` span, where the announcer
     /// calls this), counted and kept.
     pub(crate) fn finished(&self, outcome: Result<u32, &UpgradeError>) -> Option<UpgradeReport> {
+        self.finish(outcome, true)
+    }
+
+    /// `new_pid` serves: the upgrade's report is made now; when a health verdict follows
+    /// (`judged`), it is counted in the metrics with the verdict's outcome, not as ok now.
+    pub(crate) fn handed_over(&self, new_pid: u32, judged: bool) {
+        self.finish(Ok(new_pid), !judged);
+    }
+
+    fn finish(&self, outcome: Result<u32, &UpgradeError>, count: bool) -> Option<UpgradeReport> {
         let mut st = self.state();
         let mut rec = st.recorder.take()?;
         if outcome.is_ok() {
@@ -125,7 +135,9 @@ impl Ledger {
         }
         let report = rec.finish(outcome);
         tracing::info!(report = %report.summary(), "upgrade report");
-        self.metrics.upgrade(&report);
+        if count {
+            self.metrics.upgrade(&report);
+        }
         st.last = Some(report.clone());
         Some(report)
     }
@@ -150,6 +162,9 @@ impl Ledger {
             last.kind = Some("unhealthy".into());
             last.reason = Some(reason.to_owned());
         }
+        // A judged upgrade is counted now, with its outcome (see `handed_over`).
+        self.metrics.verdict(error.is_none());
+        self.metrics.upgrade(last);
     }
 
     /// The last upgrade's report (this generation's, or the one that started it).
@@ -257,29 +272,6 @@ impl Ledger {
         });
         st.last = Some(report);
         true
-    }
-
-    /// The report of the upgrade a control request asked for at `asked_ms`, which ended with
-    /// `result`: the supervisor's own if it is that one, else one made from the outcome (an
-    /// upgrade refused as busy never started).
-    pub(crate) fn report_for(
-        &self,
-        asked_ms: u64,
-        result: &Result<u32, UpgradeError>,
-    ) -> UpgradeReport {
-        let last = self.state().last.clone();
-        let matches = last.as_ref().is_some_and(|r| {
-            r.started_at_ms + 1 >= asked_ms
-                && match result {
-                    Ok(pid) => r.is_ok() && r.new_pid == Some(*pid),
-                    Err(e) => !r.is_ok() && r.kind.as_deref() == Some(super::kind_of(e)),
-                }
-        });
-        match (matches, last) {
-            (true, Some(r)) => r,
-            _ => Recorder::start(Trigger::Control, std::process::id())
-                .finish(result.as_ref().copied()),
-        }
     }
 
     /// What serves now.
@@ -401,27 +393,69 @@ mod tests {
         assert_eq!(l.status().generation, Some(1));
     }
 
-    /// A control request's reply is the supervisor's report of that upgrade when it is that
-    /// one, and one made from the outcome otherwise (a busy refusal never started).
+    /// A judged upgrade is counted in the metrics with its verdict: an unhealthy build is an
+    /// upgrade that failed, never an ok one (it was counted ok at the hand-over before).
+    #[cfg(feature = "metrics")]
     #[test]
-    fn the_reply_of_a_control_request() {
+    fn a_judged_upgrade_is_counted_with_its_verdict() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let page = recorder.handle();
         let l = ledger();
-        // `hotexec::upgrade()`: the supervisor's "api" stays api.
-        l.started(Trigger::Api);
-        assert_eq!(l.finished(Ok(41)).unwrap().trigger, Trigger::Api);
-        let asked = now_ms();
+        metrics::with_local_recorder(&recorder, || {
+            l.started(Trigger::Signal);
+            l.spawned(42);
+            l.handed_over(42, true);
+            l.verdict(42, Some("5.0% of its requests got a bad answer"), &[]);
+            l.started(Trigger::Signal);
+            l.spawned(43);
+            l.handed_over(43, true);
+            l.verdict(43, None, &[]);
+        });
+        let text = page.render();
+        let count = |series: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+        };
+        assert_eq!(
+            count("hotexec_upgrades_total{result=\"error\"}"),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            count("hotexec_upgrades_total{result=\"ok\"}"),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            count("hotexec_health_verdicts_total{verdict=\"unhealthy\"}"),
+            Some(1.0),
+            "{text}"
+        );
+    }
+
+    /// The report a requester gets: the supervisor's own when an upgrade ran, one made from
+    /// the refusal when none started (busy), with the requester's trigger.
+    #[test]
+    fn the_report_a_requester_gets() {
+        let l = ledger();
         l.started(Trigger::Control);
         l.spawned(42);
         let made = l.finished(Ok(42)).unwrap();
         assert_eq!(made.trigger, Trigger::Control);
-        let r = l.report_for(asked, &Ok(42));
-        assert_eq!(r.ms_to_spawn, made.ms_to_spawn);
-        let busy = l.report_for(
-            asked,
-            &Err(UpgradeError::Busy("an upgrade is already running")),
+        let ran = super::super::report_of(
+            &(Ok(42), Some(made.clone())),
+            crate::supervisor::Trigger::Control,
+        );
+        assert_eq!(ran, made);
+        let busy = super::super::report_of(
+            &(
+                Err(UpgradeError::Busy("an upgrade is already running")),
+                None,
+            ),
+            crate::supervisor::Trigger::Api,
         );
         assert_eq!(busy.kind.as_deref(), Some("busy"));
-        assert_eq!(busy.trigger, Trigger::Control);
+        assert_eq!(busy.trigger, Trigger::Api);
         assert_eq!(busy.ms_to_spawn, None);
     }
 }

@@ -17,25 +17,25 @@ mod status;
 pub(crate) mod wire;
 
 pub use drain::DrainCount;
-pub use report::{DrainSummary, Trigger, UpgradeReport, UpgradeResult};
+pub use report::{DrainSummary, Trigger, UpgradeFailed, UpgradeReport, UpgradeResult};
 pub use status::{DrainingGeneration, ListenerStatus, Status};
 
 pub(crate) use ledger::{Ledger, trigger_of};
 pub(crate) use report::{Recorder, kind_of};
 
 use crate::control::Reply;
-use crate::error::UpgradeError;
 
-/// The control socket's `upgrade v2` request: runs `upgrade` and replies with its report.
-pub(crate) fn serve_upgrade(
-    ledger: &Ledger,
-    upgrade: impl FnOnce() -> Result<u32, UpgradeError>,
-) -> Reply {
-    let asked = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let result = upgrade();
-    Reply::Report(Box::new(ledger.report_for(asked, &result)))
+/// The evidence of an upgrade as its requester gets it: the supervisor's own report of the
+/// upgrade that ran, or, for a request refused before anything started (busy, not running),
+/// one made from the refusal.
+pub(crate) fn report_of(
+    outcome: &crate::supervisor::Outcome,
+    trigger: crate::supervisor::Trigger,
+) -> UpgradeReport {
+    let (result, report) = outcome;
+    report.clone().unwrap_or_else(|| {
+        Recorder::start(trigger_of(trigger), std::process::id()).finish(result.as_ref().copied())
+    })
 }
 
 /// The control socket's `status v2` request.

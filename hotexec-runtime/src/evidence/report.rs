@@ -117,6 +117,30 @@ impl DrainSummary {
     }
 }
 
+/// A failed upgrade, as [`hotexec::upgrade()`](crate::upgrade) returns it: why it failed
+/// (typed), and its evidence (the same report `hotexec upgrade --json` prints, `result`
+/// `error`). The running generation keeps serving.
+#[derive(Clone, Debug)]
+pub struct UpgradeFailed {
+    /// Why.
+    pub error: UpgradeError,
+    /// What the upgrade did until it failed (boxed: a report is a few hundred bytes, and an
+    /// `Err` travels by value).
+    pub report: Box<UpgradeReport>,
+}
+
+impl std::fmt::Display for UpgradeFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for UpgradeFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
 /// The evidence of one upgrade: the outcome, how long each phase took, what the kernel dropped
 /// meanwhile, what the health verdict decided on, and how the old generation's connections
 /// ended.

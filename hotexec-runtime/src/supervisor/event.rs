@@ -114,7 +114,12 @@ pub(crate) enum Announcement {
     /// An upgrade failed; this generation serves on.
     UpgradeFailed { error: UpgradeError },
     /// `new_pid` serves now (an upgrade, or a rollback to this generation's image).
-    HandedOver { new_pid: u32, rollback: bool },
+    HandedOver {
+        new_pid: u32,
+        rollback: bool,
+        /// Its health verdict follows (the upgrade is answered with it).
+        judged: bool,
+    },
     /// A final stop begins.
     Stopping { signal: Signal },
     /// The health verdict on `new_pid` (issue 18): `error` when it is not committed.

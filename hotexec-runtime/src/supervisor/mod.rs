@@ -38,7 +38,14 @@ use machine::{Machine, Timing};
 use spawn_next::Child;
 pub(crate) use spawn_next::Held;
 
-type Reply = mpsc::Sender<Result<u32, UpgradeError>>;
+/// An upgrade's outcome as its requester gets it: the result, and the upgrade's evidence when
+/// one ran (`None`: refused as busy, nothing started).
+pub(crate) type Outcome = (
+    Result<u32, UpgradeError>,
+    Option<crate::evidence::UpgradeReport>,
+);
+
+type Reply = mpsc::Sender<Outcome>;
 
 /// What other threads hand the supervisor: requests and news of the application.
 #[derive(Default)]
@@ -63,10 +70,10 @@ impl Handle {
     }
 
     /// Asks for an upgrade on behalf of `trigger` and waits for its outcome.
-    pub(crate) fn request_upgrade(&self, trigger: Trigger) -> Result<u32, UpgradeError> {
+    pub(crate) fn request_upgrade(&self, trigger: Trigger) -> Outcome {
         let (tx, rx) = mpsc::channel();
         self.push(|i| i.requests.push((trigger, tx)));
-        rx.recv().unwrap_or(Err(UpgradeError::NotRunning))
+        rx.recv().unwrap_or((Err(UpgradeError::NotRunning), None))
     }
 
     /// This generation reported ready.
@@ -587,9 +594,20 @@ impl Shell {
                 None
             }
             Action::Reply { waiters, result } => {
+                // The evidence of the upgrade that ran (the announcer recorded it before this
+                // reply): every outcome but a busy refusal, which started nothing.
+                let evidence = &self.setup.announcer.evidence;
+                let report = match &result {
+                    Err(UpgradeError::Busy(_)) => None,
+                    // A stop abandoned it: nothing announced its end, its record ends here.
+                    Err(e @ UpgradeError::Aborted) => {
+                        evidence.finished(Err(e)).or_else(|| evidence.last())
+                    }
+                    _ => evidence.last(),
+                };
                 for w in waiters {
                     if let Some(r) = self.replies.remove(&w) {
-                        let _ = r.send(result.clone());
+                        let _ = r.send((result.clone(), report.clone()));
                     }
                 }
                 None

@@ -96,7 +96,8 @@ fn judged(t0: Instant) -> Machine {
     let out = m.handle(t0, Event::ChildReady { pid: CHILD });
     assert!(out.contains(&Action::Announce(Announcement::HandedOver {
         new_pid: CHILD,
-        rollback: false
+        rollback: false,
+        judged: true,
     })));
     assert!(
         out.contains(&Action::TriggerShutdown(ShutdownReason::Upgrade {
@@ -199,7 +200,8 @@ fn an_unhealthy_generation_is_rolled_back_and_told_once_the_rollback_serves() {
     let out = m.handle(at + ms(30), Event::ChildReady { pid: ROLLBACK });
     assert!(out.contains(&Action::Announce(Announcement::HandedOver {
         new_pid: ROLLBACK,
-        rollback: true
+        rollback: true,
+        judged: false,
     })));
     let told = out.iter().find_map(|a| match a {
         Action::TellVerdict {

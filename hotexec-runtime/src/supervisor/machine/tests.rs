@@ -238,7 +238,8 @@ fn an_upgrade_from_signal_to_commit() {
             },
             Action::Announce(Announcement::HandedOver {
                 new_pid: CHILD,
-                rollback: false
+                rollback: false,
+                judged: false,
             }),
             Action::HandOffTo { pid: CHILD },
             Action::TriggerShutdown(reason),
@@ -409,7 +410,8 @@ fn a_crash_within_probation_rolls_back_once() {
     let out = m.handle(t0, Event::ChildReady { pid: ROLLBACK });
     assert!(out.contains(&Action::Announce(Announcement::HandedOver {
         new_pid: ROLLBACK,
-        rollback: true
+        rollback: true,
+        judged: false,
     })));
     // The application's shutdown resolved at the first hand-over, not again.
     assert!(!out.iter().any(|a| matches!(a, Action::TriggerShutdown(_))));

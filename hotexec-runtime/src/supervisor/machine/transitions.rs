@@ -105,6 +105,7 @@ impl Machine {
         out.push(Action::Announce(Announcement::HandedOver {
             new_pid: pid,
             rollback,
+            judged: judge.is_some() && !rollback,
         }));
         out.push(Action::HandOffTo { pid });
         if !rollback {
