@@ -66,6 +66,12 @@ pub const ALL: [&str; 10] = [
     LINK_FD,
 ];
 
+/// The hand-over protocol this build speaks (environment variables, fd layout, readiness pipe;
+/// this module). A binary whose note does not include it is refused before exec (`preflight/`).
+pub const HANDOVER_VERSION: u16 = 1;
+/// The oldest hand-over protocol a generation of this build can be started by.
+pub const HANDOVER_MIN: u16 = 1;
+
 /// First inherited fd, as in systemd.
 pub const FDS_START: RawFd = 3;
 /// More fds than this in `LISTEN_FDS` is refused as garbage (the default hard `RLIMIT_NOFILE`).

@@ -22,11 +22,7 @@
 use std::fmt;
 use std::ops::RangeInclusive;
 
-/// The hand-over protocol this build speaks (environment variables, fd layout, readiness pipe;
-/// see `protocol.rs`). A binary whose note does not include it is refused before exec.
-pub const HANDOVER_VERSION: u16 = 1;
-/// The oldest hand-over protocol a generation of this build can be started by.
-pub const HANDOVER_MIN: u16 = 1;
+pub use crate::handover::{HANDOVER_MIN, HANDOVER_VERSION};
 /// The owner name of the note.
 pub(crate) const OWNER: &[u8] = b"hotexec";
 /// The note's type.
