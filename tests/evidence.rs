@@ -223,3 +223,37 @@ fn usage_per_subcommand() {
     assert_eq!(help.code, 0, "{help:?}");
     assert!(help.stdout.contains("--json"), "{help:?}");
 }
+
+/// While the old generation drains, `status` says how many of its connections are still open
+/// (it tells the new generation every half second over the link); when it is done, its drain
+/// summary says what was drained, handed off and returned.
+#[test]
+fn status_counts_the_old_generations_connections_while_it_drains() {
+    let app = App::start("http", HTTP, &[("HOTEXEC_DRAIN_TIMEOUT", "30s")]);
+    let old = app.first_pid();
+    let addr = app.addr;
+    // One request the old generation keeps serving well past the health verdict.
+    let slow = std::thread::spawn(move || get(addr, "/slow?ms=6000", Duration::from_secs(20)));
+    app.wait_log("slow request in flight", 1, LIMIT);
+    let run = cli(&app, &["upgrade", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let new = json(&run)["new_pid"].as_u64().expect("new_pid") as u32;
+    app.track(new);
+    let draining = wait_for(LIMIT, "the old generation's open connections", || {
+        let s = json(&cli(&app, &["status", "--json"]));
+        let d = s["draining"].get(0)?.clone();
+        d["connections"].as_u64().map(|n| (n, d))
+    });
+    assert_eq!(draining.0, 1, "the slow request: {}", draining.1);
+    assert_eq!(draining.1["pid"], old, "{}", draining.1);
+    assert_eq!(slow.join().unwrap(), Outcome::Ok { pid: old });
+    let o = wait_for(LIMIT, "the drain summary", || {
+        let s = json(&cli(&app, &["status", "--json"]));
+        let o = s["last_upgrade"]["old_generation"].clone();
+        (!o.is_null()).then_some(o)
+    });
+    assert_eq!(o["cut"], 0, "{o}");
+    assert_eq!(o["handed_off"], 0, "{o}");
+    assert_eq!(o["returned"], 0, "{o}");
+    assert!(o["drained"].as_u64().is_some_and(|n| n >= 1), "{o}");
+}

@@ -20,6 +20,11 @@ use crate::link;
 pub(crate) const LINK_REPORT: u16 = link::FIRST_OTHER + 8;
 /// The link record kind of the old generation's drain summary, sent when it is done.
 pub(crate) const LINK_DRAINED: u16 = link::FIRST_OTHER + 9;
+/// The link record kind of the old generation's drain progress (connections still open),
+/// sent while it drains, for the new generation's `status`.
+pub(crate) const LINK_PROGRESS: u16 = link::FIRST_OTHER + 10;
+/// How often the draining generation says how many connections it still has.
+pub(crate) const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
 /// The key hotexec's metric totals are carried under (`Shutdown::carry`'s mechanism).
 const METRICS_KEY: &str = "hotexec.metrics";
 
@@ -195,6 +200,26 @@ impl Ledger {
 
     /// This generation, which handed over, is done (its `main` returned, or `drain_timeout`
     /// is cutting what is left): its drain summary goes to the new generation. Once.
+    /// While this generation drains after handing over: tells the new generation how many
+    /// connections are still open (its `status` shows them). False once there is nothing
+    /// more to tell: the drain summary went, or this generation counts nothing.
+    pub(crate) fn drain_progress(&self) -> bool {
+        let st = self.state();
+        let Some(link) = &st.successor_link else {
+            return false;
+        };
+        let Some((_, open)) = self.generation.drain_count.now() else {
+            return false;
+        };
+        let mut r = Record::new();
+        r.put("connections", open);
+        let record = link::Record::Other {
+            kind: LINK_PROGRESS,
+            bytes: r.encode().into_bytes(),
+        };
+        link::send(std::os::fd::AsFd::as_fd(link), &record).is_ok()
+    }
+
     pub(crate) fn drain_done(&self) {
         let (link, started) = {
             let mut st = self.state();
@@ -209,7 +234,7 @@ impl Ledger {
         let summary = super::DrainSummary {
             drained: counted.map(|c| c.0),
             handed_off: Some(handed_off),
-            returned: None,
+            returned: Some(self.generation.handoff.returned()),
             cut: counted.map(|c| c.1),
             ms_to_done: started.map(|s| now_ms().saturating_sub(s) as f64),
         };
@@ -235,13 +260,24 @@ impl Ledger {
 
     /// A record of kind `kind` from the previous generation; `true` if it was evidence.
     pub(crate) fn received(&self, kind: u16, bytes: &[u8]) -> bool {
-        if kind != LINK_REPORT && kind != LINK_DRAINED {
+        if kind != LINK_REPORT && kind != LINK_DRAINED && kind != LINK_PROGRESS {
             return false;
         }
         let Some(record) = std::str::from_utf8(bytes).ok().map(Record::decode) else {
             tracing::warn!("generation link: evidence that is not UTF-8, skipped");
             return true;
         };
+        if kind == LINK_PROGRESS {
+            match record.parse::<u64>("connections") {
+                Some(n) => {
+                    if let Some(d) = &mut self.state().draining {
+                        d.connections = Some(n);
+                    }
+                }
+                None => tracing::warn!("generation link: a malformed drain progress, skipped"),
+            }
+            return true;
+        }
         if kind == LINK_DRAINED {
             let Some(summary) = super::DrainSummary::from_record(&record) else {
                 tracing::warn!("generation link: a malformed drain summary, skipped");

@@ -20,7 +20,7 @@ pub use drain::DrainCount;
 pub use report::{DrainSummary, Trigger, UpgradeFailed, UpgradeReport, UpgradeResult};
 pub use status::{DrainingGeneration, ListenerStatus, Status};
 
-pub(crate) use ledger::{Ledger, trigger_of};
+pub(crate) use ledger::{Ledger, PROGRESS_INTERVAL, trigger_of};
 pub(crate) use report::{Recorder, kind_of};
 
 use crate::control::Reply;

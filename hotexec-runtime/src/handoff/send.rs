@@ -116,7 +116,9 @@ struct Item {
 }
 
 impl Item {
-    fn give_back(self, error: HandoffError) {
+    /// Gives the connection back, counted in `returned`.
+    fn give_back(self, error: HandoffError, returned: &AtomicU64) {
+        returned.fetch_add(1, Ordering::Relaxed);
         let Item {
             fd,
             unread,
@@ -150,6 +152,8 @@ struct Shared {
     next_id: AtomicU64,
     new_pid: u32,
     handed: AtomicU64,
+    /// Connections given back to this generation (refused, or the channel ended first).
+    returned: AtomicU64,
     finished: AtomicBool,
 }
 
@@ -200,6 +204,7 @@ impl Handoff {
             next_id: AtomicU64::new(1),
             new_pid,
             handed: AtomicU64::new(0),
+            returned: AtomicU64::new(0),
             finished: AtomicBool::new(false),
         });
         let sender = Sender {
@@ -220,6 +225,12 @@ impl Handoff {
     /// How many connections the new generation has acknowledged so far.
     pub fn handed_off(&self) -> u64 {
         self.shared.handed.load(Ordering::Relaxed)
+    }
+
+    /// How many connections came back (refused, or the channel ended before their
+    /// acknowledgement): still this generation's.
+    pub fn returned(&self) -> u64 {
+        self.shared.returned.load(Ordering::Relaxed)
     }
 
     /// Hands `conn` to the new generation with the bytes already read from it but not processed
@@ -302,16 +313,19 @@ impl Handoff {
             slot: slot.clone(),
         };
         if let Err(why) = wire::check_sizes(item.unread.len(), item.state.len()) {
-            item.give_back(HandoffError::TooLarge(why));
+            item.give_back(HandoffError::TooLarge(why), &self.shared.returned);
             return slot;
         }
         let mut q = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = q.closed.clone() {
             drop(q);
-            item.give_back(e);
+            item.give_back(e, &self.shared.returned);
         } else if q.finishing {
             drop(q);
-            item.give_back(HandoffError::Closed("Handoff::finish was called".into()));
+            item.give_back(
+                HandoffError::Closed("Handoff::finish was called".into()),
+                &self.shared.returned,
+            );
         } else {
             q.out.push_back(item);
             drop(q);
@@ -431,7 +445,7 @@ impl Sender {
             );
         }
         for item in back {
-            item.give_back(why.clone());
+            item.give_back(why.clone(), &self.shared.returned);
         }
     }
 
@@ -456,7 +470,7 @@ impl Sender {
             q.out.drain(..).collect()
         };
         for item in unsent {
-            item.give_back(why.clone());
+            item.give_back(why.clone(), &self.shared.returned);
         }
     }
 
@@ -489,7 +503,7 @@ impl Sender {
                         "hand-off: {why}; nothing more is sent, the answers already queued are read to the end of the channel"
                     );
                     // SEQPACKET sends a record whole or not at all: this one was not sent.
-                    item.give_back(why.clone());
+                    item.give_back(why.clone(), &self.shared.returned);
                     self.shut_down(why);
                     return;
                 }
@@ -573,7 +587,7 @@ impl Sender {
                 }
                 (Kind::Nak, Some(item)) => {
                     let why = String::from_utf8_lossy(&rec.state).into_owned();
-                    item.give_back(HandoffError::Refused(why));
+                    item.give_back(HandoffError::Refused(why), &self.shared.returned);
                 }
                 (kind, None) => {
                     tracing::error!(

@@ -71,6 +71,11 @@ impl Successor {
         self.lock().all.iter().map(Handoff::handed_off).sum()
     }
 
+    /// How many connections came back from every generation this one handed over to.
+    pub fn returned(&self) -> u64 {
+        self.lock().all.iter().map(Handoff::returned).sum()
+    }
+
     /// Resolves at the next change after this call: a new generation this one handed over to
     /// (a rollback's) is ready.
     pub fn changed(&self) -> Changed {

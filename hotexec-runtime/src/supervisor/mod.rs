@@ -149,6 +149,7 @@ pub(crate) fn start(setup: Setup) -> std::io::Result<Arc<Handle>> {
         successor: None,
         parent_link_open: setup.generation.parent_link.is_some(),
         told_ready: false,
+        next_progress: None,
         setup,
         span: None,
     };
@@ -180,6 +181,8 @@ struct Shell {
     parent_link_open: bool,
     /// The machine has heard that this generation reported ready.
     told_ready: bool,
+    /// When this draining generation next tells its successor how many connections it has.
+    next_progress: Option<Instant>,
     /// The span of the upgrade in progress (old pid, new pid, trigger).
     span: Option<tracing::Span>,
 }
@@ -193,12 +196,26 @@ impl Shell {
                 self.feed(now, event);
             }
             self.feed(Instant::now(), Event::Tick);
+            if self.next_progress.is_some_and(|t| Instant::now() >= t) {
+                // While this generation drains: how many connections are left, for the new
+                // generation's `status`. Evidence, not a decision: no machine event.
+                self.next_progress = self
+                    .setup
+                    .announcer
+                    .evidence
+                    .drain_progress()
+                    .then(|| Instant::now() + crate::evidence::PROGRESS_INTERVAL);
+            }
         }
     }
 
     /// Sleeps until something happens or the next deadline.
     fn wait(&self) {
-        let timeout = match self.machine.next_deadline() {
+        let next = match (self.machine.next_deadline(), self.next_progress) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let timeout = match next {
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
                 PollTimeout::from(u16::try_from(left.as_millis() + 1).unwrap_or(u16::MAX))
@@ -509,6 +526,8 @@ impl Shell {
                     if let (Some(r), Some(l)) = (evidence.last(), link) {
                         let _ = link::send(l.as_fd(), &evidence.link_record(&r));
                         evidence.handed_over_on(l.as_fd());
+                        self.next_progress =
+                            Some(Instant::now() + crate::evidence::PROGRESS_INTERVAL);
                     }
                 }
                 if ends {
