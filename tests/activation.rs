@@ -160,7 +160,7 @@ fn an_activated_socket_on_another_address_is_served_and_kept_across_upgrades() {
         get(activated, "/", Duration::from_secs(5)),
         Outcome::Ok { pid: p2 }
     );
-    app.wait_exit(p1, Duration::from_secs(15));
+    app.wait_exit(p1, Duration::from_secs(30));
 
     // A new build whose literal is another address. For the runtime a `HOTEXEC_LISTEN_HTTP`
     // override is the declared address (the literal is only its default), so the new build is
@@ -188,7 +188,7 @@ fn an_activated_socket_on_another_address_is_served_and_kept_across_upgrades() {
         Duration::from_secs(5),
     );
     assert!(!app.log_text().contains("closing the inherited socket"));
-    app.wait_exit(p2, Duration::from_secs(15));
+    app.wait_exit(p2, Duration::from_secs(30));
     // And the one after, started by that build, keeps it too.
     app.replace_binary(None);
     let p4 = upgrade_under_load(&app, activated, "upgrade back to the first build");
@@ -265,7 +265,7 @@ fn unnamed_activated_sockets_are_matched_by_address_dual_stack_and_kind() {
     }
 
     let p2 = upgrade_under_load(&app, addr(t), "upgrade of unnamed activated sockets");
-    app.wait_exit(p1, Duration::from_secs(15));
+    app.wait_exit(p1, Duration::from_secs(30));
     assert_eq!(
         get(addr(t), "/", Duration::from_secs(5)),
         Outcome::Ok { pid: p2 }
@@ -442,7 +442,7 @@ fn a_socket_hotexec_bound_moves_to_the_address_a_new_build_declares() {
         1,
         Duration::from_secs(5),
     );
-    app.wait_exit(p1, Duration::from_secs(15));
+    app.wait_exit(p1, Duration::from_secs(30));
     assert_not_listening(app.addr, "the old build's address, once it has drained");
 }
 
@@ -494,6 +494,6 @@ fn an_activated_udp_socket_answers_the_datagram_that_started_the_server() {
     assert!(log.contains("the only udp socket left, for the only udp listener left"));
 
     let (_, p2) = app.upgrade();
-    app.wait_exit(p1, Duration::from_secs(15));
+    app.wait_exit(p1, Duration::from_secs(30));
     assert_eq!(udp_echo(activated), Ok(p2));
 }

@@ -23,7 +23,7 @@ fn keepalive_clients_lose_no_request_across_upgrades() {
     }
     let results = load.finish();
     for (_, old, _) in &upgrades {
-        let st = app.wait_exit(*old, Duration::from_secs(15));
+        let st = app.wait_exit(*old, Duration::from_secs(30));
         assert!(
             matches!(st, nix::sys::wait::WaitStatus::Exited(_, 0 | -1)),
             "old generation {old} ended with {st:?}"

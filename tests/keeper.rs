@@ -90,7 +90,7 @@ fn keeper_pid_is_unchanged_across_upgrades_under_load() {
         &results,
     );
     // Every old generation was reaped by the keeper: no zombie, only the serving one is left.
-    wait_only_child(keeper, current, Duration::from_secs(15));
+    wait_only_child(keeper, current, Duration::from_secs(30));
     for old in &generations[..generations.len() - 1] {
         assert!(
             stat(*old).is_none(),
@@ -121,7 +121,7 @@ fn keeper_exits_with_the_status_of_the_last_generation() {
     let first = serving(&app);
     signal(keeper, Signal::SIGUSR2);
     let second = wait_new_generation(&app, first);
-    wait_only_child(keeper, second, Duration::from_secs(15));
+    wait_only_child(keeper, second, Duration::from_secs(30));
     // The serving generation dies: the keeper exits with its status, as a shell reports it.
     signal(second, Signal::SIGKILL);
     let st = app.wait_exit(keeper, Duration::from_secs(10));
@@ -252,7 +252,9 @@ fn ctrl_c_in_a_terminal_stops_the_serving_generation() {
             _ => None,
         }
     });
-    wait_for(Duration::from_secs(10), "generation 1 to exit", || {
+    // Generation 1 stays (not accepting) until generation 2's health verdict: with the one
+    // request of this test that is the whole `max_probation` (10 s by default), then the drain.
+    wait_for(Duration::from_secs(30), "generation 1 to exit", || {
         (!alive(first)).then_some(())
     });
     // The new generation writes to the same terminal.

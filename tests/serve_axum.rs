@@ -39,7 +39,7 @@ fn old_generations_exit_cleanly(app: &mut App, first: u32, news: &[u32]) {
     // The last new generation is the one serving now.
     let olds = std::iter::once(first).chain(news[..news.len() - 1].iter().copied());
     for old in olds {
-        let st = app.wait_exit(old, Duration::from_secs(15));
+        let st = app.wait_exit(old, Duration::from_secs(30));
         assert!(
             matches!(st, nix::sys::wait::WaitStatus::Exited(_, 0 | -1)),
             "old generation {old} ended with {st:?}"

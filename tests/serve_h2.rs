@@ -234,7 +234,7 @@ fn run(what: &str, one_shot: bool) {
         "{what}: {connections} connections opened by {CONNECTIONS} clients over {UPGRADES} upgrades; {retried} requests left unprocessed under a GOAWAY and sent again"
     );
     for old in std::iter::once(first).chain(news[..news.len() - 1].iter().copied()) {
-        let st = app.wait_exit(old, Duration::from_secs(15));
+        let st = app.wait_exit(old, Duration::from_secs(30));
         assert!(
             matches!(st, nix::sys::wait::WaitStatus::Exited(_, 0 | -1)),
             "old generation {old} ended with {st:?}"

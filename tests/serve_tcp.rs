@@ -103,7 +103,7 @@ fn new_connection_clients_lose_nothing_across_upgrades() {
         .flat_map(|t| t.join().unwrap())
         .collect();
     for old in std::iter::once(first).chain(news[..news.len() - 1].iter().copied()) {
-        let st = app.wait_exit(old, Duration::from_secs(15));
+        let st = app.wait_exit(old, Duration::from_secs(30));
         assert!(
             matches!(st, nix::sys::wait::WaitStatus::Exited(_, 0 | -1)),
             "old generation {old} ended with {st:?}"
@@ -161,7 +161,7 @@ fn connection_accepted_before_the_upgrade_is_served_after_it() {
         let mut rest = String::new();
         assert_eq!(c.read_line(&mut rest).unwrap_or(0), 0, "{rest:?}");
     }
-    let st = app.wait_exit(first, Duration::from_secs(15));
+    let st = app.wait_exit(first, Duration::from_secs(30));
     assert!(
         matches!(st, nix::sys::wait::WaitStatus::Exited(_, 0 | -1)),
         "{st:?}"

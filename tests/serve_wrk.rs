@@ -43,7 +43,7 @@ fn wrk_counts_no_error_across_upgrades() {
     eprintln!("{out}");
     let s = WrkSummary::parse(&out);
     for old in std::iter::once(first).chain(news[..news.len() - 1].iter().copied()) {
-        let st = app.wait_exit(old, Duration::from_secs(15));
+        let st = app.wait_exit(old, Duration::from_secs(30));
         assert!(
             matches!(st, nix::sys::wait::WaitStatus::Exited(_, 0 | -1)),
             "old generation {old} ended with {st:?}"

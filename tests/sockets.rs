@@ -132,8 +132,9 @@ fn unix_and_udp_sockets_are_passed_on_and_the_path_removed_only_on_a_final_stop(
     assert_eq!(lost, 0, "datagrams unanswered across the upgrade");
     assert!(by_old > 0 && by_new > 0, "{by_old} / {by_new}");
 
-    // The old generation drains and exits without touching the path.
-    app.wait_exit(p1, Duration::from_secs(10));
+    // The old generation drains and exits without touching the path (after the new one's
+    // verdict: up to `max_probation`, 10 s, when it serves little).
+    app.wait_exit(p1, Duration::from_secs(30));
     assert!(
         std::fs::symlink_metadata(&sock)
             .unwrap()

@@ -50,7 +50,7 @@ fn notify_sequence(n: NotifySocket) {
     assert_eq!(n.expect("MAINPID"), (format!("MAINPID={p2}\nREADY=1"), p1));
     // The new generation did not announce itself (it is not the main pid until systemd has read
     // the hand-over), and the old one, now draining, says nothing more.
-    app.wait_exit(p1, Duration::from_secs(15));
+    app.wait_exit(p1, Duration::from_secs(30));
 
     // A failed upgrade, from the new main pid: reloading, then ready again with no MAINPID.
     app.replace_binary(Some("#!/bin/sh\nexit 3\n"));
@@ -67,7 +67,7 @@ fn notify_sequence(n: NotifySocket) {
     // A final stop.
     kill(Pid::from_raw(p2 as i32), Signal::SIGTERM).unwrap();
     assert_eq!(n.expect("STOPPING=1"), ("STOPPING=1".to_string(), p2));
-    app.wait_exit(p2, Duration::from_secs(15));
+    app.wait_exit(p2, Duration::from_secs(30));
     assert_eq!(n.next(Duration::ZERO), None, "nothing after STOPPING=1");
 }
 
@@ -138,7 +138,7 @@ fn socket_activated_by_systemd_socket_activate_then_upgraded() {
     app.wait_log("adopted inherited listener", 2, Duration::from_secs(5));
     assert!(n.expect("RELOADING=1").0.starts_with("RELOADING=1"));
     assert_eq!(n.expect("MAINPID"), (format!("MAINPID={p2}\nREADY=1"), p1));
-    app.wait_exit(p1, Duration::from_secs(15));
+    app.wait_exit(p1, Duration::from_secs(30));
     answered_by(app.addr, p2, Duration::from_secs(5));
 }
 
@@ -185,7 +185,7 @@ fn a_listenfd_program_with_sd_notify_can_be_the_new_generation() {
     assert!(n.expect("RELOADING=1").0.starts_with("RELOADING=1"));
     assert_eq!(n.expect("MAINPID"), (format!("MAINPID={p2}\nREADY=1"), p1));
     // Its READY=1 went to the old generation's private socket, not to the service manager's.
-    app.wait_exit(p1, Duration::from_secs(15));
+    app.wait_exit(p1, Duration::from_secs(30));
     assert_eq!(n.next(Duration::ZERO), None);
     answered_by(app.addr, p2, Duration::from_secs(5));
 }

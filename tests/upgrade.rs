@@ -25,7 +25,7 @@ fn upgrades_under_load_lose_no_request() {
     let failed = failures(&results);
     let last = upgrades.last().unwrap().2;
     for (_, old, _) in &upgrades {
-        let st = app.wait_exit(*old, Duration::from_secs(15));
+        let st = app.wait_exit(*old, Duration::from_secs(30));
         assert!(
             matches!(st, nix::sys::wait::WaitStatus::Exited(_, 0 | -1)),
             "old generation {old} ended with {st:?}"
@@ -91,7 +91,7 @@ fn slow_request_finishes_on_the_old_process() {
     assert_eq!(slow.join().unwrap(), Outcome::Ok { pid: old });
     // It lives until the new generation's health verdict: with the few requests of this test
     // that is the longest probation (`max_probation`, 10 s), then it exits.
-    app.wait_exit(old, Duration::from_secs(15));
+    app.wait_exit(old, Duration::from_secs(30));
 }
 
 #[test]
