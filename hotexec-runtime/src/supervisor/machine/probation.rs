@@ -51,21 +51,14 @@ impl Machine {
                     judge: None,
                 },
                 Event::Tick,
-            ) => {
-                if now < until {
-                    State::Probation {
-                        successor,
-                        until,
-                        rolled_back,
-                        judge: None,
-                    }
-                } else {
-                    self.settle(
-                        "the new generation is past its probation: no rollback from now on",
-                        out,
-                    )
-                }
-            }
+            ) => self.unjudged_probation(
+                successor,
+                until,
+                rolled_back,
+                now,
+                "the new generation is past its probation",
+                out,
+            ),
             (
                 State::Probation {
                     successor, judge, ..

@@ -237,19 +237,14 @@ impl Machine {
                     waiters: judge.waiters,
                     result: Ok(successor),
                 });
-                if now < until {
-                    State::Probation {
-                        successor,
-                        until,
-                        rolled_back,
-                        judge: None,
-                    }
-                } else {
-                    self.settle(
-                        "the new generation is committed and past its probation",
-                        out,
-                    )
-                }
+                self.unjudged_probation(
+                    successor,
+                    until,
+                    rolled_back,
+                    now,
+                    "the new generation is committed and past its probation",
+                    out,
+                )
             }
             Verdict::Unhealthy { reason, numbers } => {
                 let reason = format!("{reason} ({numbers})");
@@ -361,6 +356,29 @@ impl Machine {
     }
 
     /// From now on this process starts nothing again.
+    /// A probation with no verdict pending: it goes on until `until`, then settles (`why` says
+    /// what ended it).
+    pub(super) fn unjudged_probation(
+        &mut self,
+        successor: u32,
+        until: Instant,
+        rolled_back: bool,
+        now: Instant,
+        why: &str,
+        out: &mut Vec<Action>,
+    ) -> State {
+        if now < until {
+            State::Probation {
+                successor,
+                until,
+                rolled_back,
+                judge: None,
+            }
+        } else {
+            self.settle(why, out)
+        }
+    }
+
     pub(super) fn settle(&mut self, why: &str, out: &mut Vec<Action>) -> State {
         if !self.settled {
             self.settled = true;
