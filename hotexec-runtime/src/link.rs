@@ -234,38 +234,50 @@ pub(crate) enum Received {
 
 /// Takes one record without blocking.
 pub(crate) fn recv(fd: BorrowedFd<'_>) -> Received {
-    // Zeroed when dropped: it may have held a carried key.
-    let mut buf = zeroize::Zeroizing::new(vec![0u8; MAX_RECORD + 1]);
+    let mut buf = vec![0u8; MAX_RECORD + 1];
+    let (received, filled) = recv_into(fd, &mut buf);
+    // Wiped before it is freed: it may have held a carried key. Only what the kernel wrote is
+    // wiped (the rest still holds the allocator's zeroes), not 64 KiB of volatile writes for
+    // every record of a new generation's start.
+    zeroize::Zeroize::zeroize(&mut buf[..filled]);
+    received
+}
+
+/// One `recv` into `buf`: what it was, and how many bytes of `buf` it wrote.
+fn recv_into(fd: BorrowedFd<'_>, buf: &mut [u8]) -> (Received, usize) {
     loop {
         // MSG_TRUNC: the real length is returned for a record longer than the buffer.
         match socket::recv(
             fd.as_raw_fd(),
-            &mut buf,
+            buf,
             MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC,
         ) {
             Ok(n) if n > buf.len() => {
-                return Received::Refused(format!(
-                    "a record of {n} bytes, larger than {MAX_RECORD}"
-                ));
+                return (
+                    Received::Refused(format!("a record of {n} bytes, larger than {MAX_RECORD}")),
+                    buf.len(),
+                );
             }
             Ok(0) => {
                 // An empty record and the end of the channel both read as 0 bytes: the end is
                 // the one where the peer has closed or shut down its end, which poll tells.
-                return if peer_gone(fd) {
+                let received = if peer_gone(fd) {
                     Received::Closed
                 } else {
                     Received::Refused("an empty record".into())
                 };
+                return (received, 0);
             }
             Ok(n) => {
-                return match Record::decode(&buf[..n]) {
+                let received = match Record::decode(&buf[..n]) {
                     Ok(r) => Received::Record(r),
                     Err(e) => Received::Refused(e),
                 };
+                return (received, n);
             }
             Err(Errno::EINTR) => continue,
-            Err(Errno::EAGAIN) => return Received::Empty,
-            Err(_) => return Received::Closed,
+            Err(Errno::EAGAIN) => return (Received::Empty, 0),
+            Err(_) => return (Received::Closed, 0),
         }
     }
 }
