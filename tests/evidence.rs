@@ -257,3 +257,46 @@ fn status_counts_the_old_generations_connections_while_it_drains() {
     assert_eq!(o["returned"], 0, "{o}");
     assert!(o["drained"].as_u64().is_some_and(|n| n >= 1), "{o}");
 }
+
+/// `status` tells a verdict still to come from one that came: during the new generation's
+/// probation its last upgrade says `"verdict": "pending"` (its `result` is the hand-over's);
+/// once the old generation has judged, `committed`, with the numbers it decided on and the
+/// time to the verdict. (Before, `status` said `ok` with an empty `health` throughout: the
+/// verdict never reached the generation that answers `status`.)
+#[test]
+fn status_shows_the_health_verdict_pending_then_committed() {
+    let app = App::start(
+        "http",
+        HTTP,
+        &[("HOTEXEC_PROBATION", "4s"), ("HOTEXEC_MAX_PROBATION", "4s")],
+    );
+    let (_, new) = app.upgrade();
+    // A few requests for the verdict to count.
+    for _ in 0..20 {
+        assert_eq!(
+            get(app.addr, "/", Duration::from_secs(5)),
+            Outcome::Ok { pid: new }
+        );
+    }
+    let pending = wait_for(LIMIT, "the new generation's status", || {
+        let s = json(&cli(&app, &["status", "--json"]));
+        (s["pid"] == new && !s["last_upgrade"].is_null()).then(|| s["last_upgrade"].clone())
+    });
+    assert_eq!(pending["verdict"], "pending", "{pending}");
+    assert_eq!(pending["result"], "ok", "{pending}");
+    assert!(pending["ms_to_verdict"].is_null(), "{pending}");
+    let judged = wait_for(LIMIT, "the verdict in the status", || {
+        let u = json(&cli(&app, &["status", "--json"]))["last_upgrade"].clone();
+        (u["verdict"] != "pending").then_some(u)
+    });
+    assert_eq!(judged["verdict"], "committed", "{judged}");
+    assert_eq!(judged["result"], "ok", "{judged}");
+    assert!(
+        judged["ms_to_verdict"].as_f64() >= Some(3900.0),
+        "the verdict after the 4 s probation: {judged}"
+    );
+    assert!(
+        judged["health"]["requests"].as_f64() >= Some(20.0),
+        "the numbers the verdict decided on: {judged}"
+    );
+}

@@ -23,6 +23,9 @@ pub(crate) const LINK_DRAINED: u16 = link::FIRST_OTHER + 9;
 /// The link record kind of the old generation's drain progress (connections still open),
 /// sent while it drains, for the new generation's `status`.
 pub(crate) const LINK_PROGRESS: u16 = link::FIRST_OTHER + 10;
+/// The link record kind of the health verdict on the new generation (the report with its
+/// verdict, numbers and time to it), for the new generation's `status`.
+pub(crate) const LINK_VERDICT: u16 = link::FIRST_OTHER + 11;
 /// How often the draining generation says how many connections it still has.
 pub(crate) const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
 /// The key hotexec's metric totals are carried under (`Shutdown::carry`'s mechanism).
@@ -53,8 +56,10 @@ struct State {
     /// latest.
     draining: Option<DrainingGeneration>,
     /// Our end of the link to the generation this one handed over to (a duplicate), for the
-    /// drain summary; taken when it is sent.
+    /// drain progress, the verdict and the drain summary.
     successor_link: Option<std::os::fd::OwnedFd>,
+    /// The drain summary went: nothing more about the drain is said.
+    drain_told: bool,
 }
 
 /// This generation's evidence.
@@ -129,6 +134,11 @@ impl Ledger {
     /// (`judged`), it is counted in the metrics with the verdict's outcome, not as ok now.
     pub(crate) fn handed_over(&self, new_pid: u32, judged: bool) {
         self.finish(Ok(new_pid), !judged);
+        if judged {
+            if let Some(last) = &mut self.state().last {
+                last.verdict = Some("pending".into());
+            }
+        }
     }
 
     fn finish(&self, outcome: Result<u32, &UpgradeError>, count: bool) -> Option<UpgradeReport> {
@@ -162,6 +172,14 @@ impl Ledger {
         };
         last.ms_to_verdict = Some(now_ms().saturating_sub(last.started_at_ms) as f64);
         last.health = figures.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+        last.verdict = Some(
+            if error.is_some() {
+                "unhealthy"
+            } else {
+                "committed"
+            }
+            .into(),
+        );
         if let Some(reason) = error {
             last.result = super::UpgradeResult::Error;
             last.kind = Some("unhealthy".into());
@@ -170,6 +188,16 @@ impl Ledger {
         // A judged upgrade is counted now, with its outcome (see `handed_over`).
         self.metrics.verdict(error.is_none());
         self.metrics.upgrade(last);
+        // The new generation answers `status` from now on: it gets the verdict too.
+        let record = link::Record::Other {
+            kind: LINK_VERDICT,
+            bytes: last.to_record().encode().into_bytes(),
+        };
+        if let Some(link) = &st.successor_link {
+            if let Err(e) = link::send(std::os::fd::AsFd::as_fd(link), &record) {
+                tracing::debug!("verdict not sent to the new generation's status: {e}");
+            }
+        }
     }
 
     /// The last upgrade's report (this generation's, or the one that started it).
@@ -205,7 +233,7 @@ impl Ledger {
     /// more to tell: the drain summary went, or this generation counts nothing.
     pub(crate) fn drain_progress(&self) -> bool {
         let st = self.state();
-        let Some(link) = &st.successor_link else {
+        let Some(link) = st.successor_link.as_ref().filter(|_| !st.drain_told) else {
             return false;
         };
         let Some((_, open)) = self.generation.drain_count.now() else {
@@ -223,10 +251,13 @@ impl Ledger {
     pub(crate) fn drain_done(&self) {
         let (link, started) = {
             let mut st = self.state();
-            (
-                st.successor_link.take(),
-                st.last.as_ref().map(|r| r.started_at_ms),
-            )
+            if st.drain_told {
+                return;
+            }
+            st.drain_told = true;
+            // A duplicate: the link stays for the verdict, which may come after the drain.
+            let link = st.successor_link.as_ref().and_then(|l| l.try_clone().ok());
+            (link, st.last.as_ref().map(|r| r.started_at_ms))
         };
         let Some(link) = link else { return };
         let counted = self.generation.drain_count.now();
@@ -260,7 +291,7 @@ impl Ledger {
 
     /// A record of kind `kind` from the previous generation; `true` if it was evidence.
     pub(crate) fn received(&self, kind: u16, bytes: &[u8]) -> bool {
-        if kind != LINK_REPORT && kind != LINK_DRAINED && kind != LINK_PROGRESS {
+        if ![LINK_REPORT, LINK_DRAINED, LINK_PROGRESS, LINK_VERDICT].contains(&kind) {
             return false;
         }
         let Some(record) = std::str::from_utf8(bytes).ok().map(Record::decode) else {
@@ -297,6 +328,23 @@ impl Ledger {
             tracing::warn!("generation link: a malformed report, skipped");
             return true;
         };
+        if kind == LINK_VERDICT {
+            // The verdict on the upgrade that started this generation: its outcome, numbers
+            // and time (counted in the metrics by the generation that judged).
+            let mut st = self.state();
+            match st.last.as_mut().filter(|l| l.new_pid == report.new_pid) {
+                Some(last) => {
+                    last.result = report.result;
+                    last.kind = report.kind;
+                    last.reason = report.reason;
+                    last.ms_to_verdict = report.ms_to_verdict;
+                    last.health = report.health;
+                    last.verdict = report.verdict;
+                }
+                None => tracing::warn!("generation link: a verdict on another upgrade, skipped"),
+            }
+            return true;
+        }
         // The upgrade that started this generation: counted here, where the exporter is
         // scraped from now on (the old generation's totals were carried before it ended).
         self.metrics.upgrade(&report);

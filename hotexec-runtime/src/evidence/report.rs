@@ -192,6 +192,10 @@ pub struct UpgradeReport {
     /// The numbers the health verdict decided on (error rate, requests seen, …); empty where
     /// there was no verdict.
     pub health: BTreeMap<String, f64>,
+    /// The health gate's verdict on the new generation: `pending` while it is on probation
+    /// (`result` is then the hand-over's), `committed` or `unhealthy` once judged; `None` where
+    /// no health gate judged the upgrade (it failed before, or the gate is off).
+    pub verdict: Option<String>,
     /// How the old generation's connections ended; `None` until it is done.
     pub old_generation: Option<DrainSummary>,
 }
@@ -235,6 +239,7 @@ impl UpgradeReport {
             health.put(k.clone(), v);
         }
         r.put_sub("health", health);
+        r.put_opt("verdict", self.verdict.as_ref());
         if let Some(d) = &self.old_generation {
             r.put_sub("old_generation", d.to_record());
         }
@@ -266,6 +271,7 @@ impl UpgradeReport {
             listen_overflows: r.parse("listen_overflows"),
             listen_drops: r.parse("listen_drops"),
             health: r.sub("health").numbers(),
+            verdict: r.get("verdict").map(str::to_owned),
             old_generation,
         })
     }
@@ -430,6 +436,7 @@ mod tests {
             listen_overflows: Some(0),
             listen_drops: Some(0),
             health,
+            verdict: Some("committed".into()),
             old_generation: Some(DrainSummary {
                 drained: Some(7),
                 handed_off: Some(3),
