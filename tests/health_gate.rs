@@ -85,6 +85,18 @@ fn rolled_back(app: &App, old: u32, old_image: (u64, u64), bad: u32) -> u32 {
         "the rollback runs the old build's image"
     );
     answered_by_after_the_bad_build(app.addr, rollback);
+    // `status`, answered by the rollback generation, says what happened: the last upgrade
+    // failed as unhealthy, and which pid was refused.
+    let pid_file = app.pid_file.to_str().unwrap();
+    let last = wait_for(Duration::from_secs(15), "the rollback's status", || {
+        let run = hotexec_cli(&["status", "--json", "--pid-file", pid_file], LIMIT);
+        let s: serde_json::Value = serde_json::from_str(run.stdout.trim()).ok()?;
+        (s["pid"] == rollback && !s["last_upgrade"].is_null()).then(|| s["last_upgrade"].clone())
+    });
+    assert_eq!(last["result"], "error", "{last}");
+    assert_eq!(last["kind"], "unhealthy", "{last}");
+    assert_eq!(last["verdict"], "unhealthy", "{last}");
+    assert_eq!(last["new_pid"], bad, "{last}");
     wait_for(
         Duration::from_secs(15),
         "the rejected generation to exit",

@@ -206,9 +206,14 @@ impl Ledger {
     }
 
     /// The record the new generation gets over the link once this one has handed over: the
-    /// report, and when this generation exits at the latest.
-    pub(crate) fn link_record(&self, report: &UpgradeReport) -> link::Record {
+    /// report, and when this generation exits at the latest. `counted`: the report is already
+    /// in the metric totals the new generation was started with (a rollback's: the verdict
+    /// counted it before the rollback was spawned), so it must not count it again.
+    pub(crate) fn link_record(&self, report: &UpgradeReport, counted: bool) -> link::Record {
         let mut r = report.to_record();
+        if counted {
+            r.put("counted", 1);
+        }
         if let Some(d) = self.state().drain_timeout {
             r.put("drain_deadline_ms", now_ms() + d.as_millis() as u64);
         }
@@ -346,8 +351,11 @@ impl Ledger {
             return true;
         }
         // The upgrade that started this generation: counted here, where the exporter is
-        // scraped from now on (the old generation's totals were carried before it ended).
-        self.metrics.upgrade(&report);
+        // scraped from now on (the old generation's totals were carried before it ended),
+        // unless those totals have it already (a rollback's report).
+        if record.parse::<u8>("counted") != Some(1) {
+            self.metrics.upgrade(&report);
+        }
         let mut st = self.state();
         st.draining = Some(DrainingGeneration {
             pid: report.old_pid,
@@ -459,7 +467,7 @@ mod tests {
             new_pid: Some(2),
             ..UpgradeReport::default()
         };
-        let link::Record::Other { kind, bytes } = l.link_record(&report) else {
+        let link::Record::Other { kind, bytes } = l.link_record(&report, false) else {
             panic!("not a module record");
         };
         assert_eq!(kind, LINK_REPORT);

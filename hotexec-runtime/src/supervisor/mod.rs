@@ -297,15 +297,13 @@ impl Shell {
                     }
                 }
                 self.setup.announcer.announce(&a);
-                if let Announcement::HandedOver {
-                    rollback: false, ..
-                } = a
-                {
-                    // Its evidence, for the new generation's `status` (issue 19).
+                if let Announcement::HandedOver { rollback, .. } = a {
+                    // Its evidence, for the new generation's `status` (issue 19); a rollback
+                    // gets the report of the upgrade it undoes (failed, unhealthy).
                     let evidence = &self.setup.announcer.evidence;
                     let link = self.successor.as_ref().and_then(|s| s.child.link.as_ref());
                     if let (Some(r), Some(l)) = (evidence.last(), link) {
-                        let _ = link::send(l.as_fd(), &evidence.link_record(&r));
+                        let _ = link::send(l.as_fd(), &evidence.link_record(&r, rollback));
                         evidence.handed_over_on(l.as_fd());
                         self.next_progress =
                             Some(Instant::now() + crate::evidence::PROGRESS_INTERVAL);
