@@ -403,19 +403,12 @@ impl MainArgs {
                 self.worker_threads = Some((n, span));
             }
             MainKey::Health => {
-                self.health.enabled = Some(match value {
-                    Expr::Lit(ExprLit {
-                        lit: Lit::Bool(b), ..
-                    }) => b.value,
-                    _ => {
-                        return Err(syn::Error::new_spanned(
-                            value,
-                            "`health` expects `true` or `false`: with `health = false` a new \
-                             generation is committed once it survived the probation, whatever it \
-                             answered",
-                        ));
-                    }
-                });
+                self.health.enabled = Some(lit_bool(
+                    name,
+                    value,
+                    ": with `health = false` a new generation is committed once it survived the \
+                     probation, whatever it answered",
+                )?);
             }
             MainKey::Probation => {
                 self.health.probation_ms = Some((duration_ms(name, value)?, span));
@@ -456,19 +449,12 @@ impl MainArgs {
                 self.health.min_sample = Some(n);
             }
             MainKey::Keeper => {
-                self.keeper = match value {
-                    Expr::Lit(ExprLit {
-                        lit: Lit::Bool(b), ..
-                    }) => b.value,
-                    _ => {
-                        return Err(syn::Error::new_spanned(
-                            value,
-                            "`keeper` expects `true` or `false`: with `keeper = true` the started \
-                             process stays as a keeper of the serving generation, so its pid never \
-                             changes",
-                        ));
-                    }
-                };
+                self.keeper = lit_bool(
+                    name,
+                    value,
+                    ": with `keeper = true` the started process stays as a keeper of the serving \
+                     generation, so its pid never changes",
+                )?;
             }
         }
         Ok(())
@@ -552,14 +538,15 @@ fn lit_int(key: &str, value: &Expr, example: &str) -> syn::Result<LitInt> {
     }
 }
 
-fn lit_bool(key: &str, value: &Expr) -> syn::Result<bool> {
+/// `why` follows the message (empty, or `": …"` saying what the option does).
+fn lit_bool(key: &str, value: &Expr, why: &str) -> syn::Result<bool> {
     match value {
         Expr::Lit(ExprLit {
             lit: Lit::Bool(b), ..
         }) => Ok(b.value),
         _ => Err(syn::Error::new_spanned(
             value,
-            format!("`{key}` expects `true` or `false`"),
+            format!("`{key}` expects `true` or `false`{why}"),
         )),
     }
 }
@@ -739,7 +726,7 @@ impl Parse for ListenArgs {
                         }));
                 }
                 ListenKey::V6Only => {
-                    let checked = lit_bool("v6only", &value).and_then(|b| match &parsed_addr {
+                    let checked = lit_bool("v6only", &value, "").and_then(|b| match &parsed_addr {
                         Some(syntax::ListenAddr::Tcp(sa) | syntax::ListenAddr::Udp(sa))
                             if sa.is_ipv4() =>
                         {
@@ -760,7 +747,7 @@ impl Parse for ListenArgs {
                     v6only = errors.ok(checked);
                 }
                 ListenKey::ReusePort => {
-                    let checked = lit_bool("reuseport", &value).and_then(|b| match &parsed_addr {
+                    let checked = lit_bool("reuseport", &value, "").and_then(|b| match &parsed_addr {
                         Some(syntax::ListenAddr::Unix(_)) => Err(syn::Error::new_spanned(
                             &value,
                             "`reuseport` (SO_REUSEPORT) applies to TCP and UDP sockets, not to a Unix socket",

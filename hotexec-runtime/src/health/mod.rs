@@ -343,6 +343,25 @@ pub struct Report {
 }
 
 #[cfg(test)]
+impl Report {
+    /// For the verdict's and the supervisor's tests: a counting generation that answered `ok`
+    /// 200s and `bad` 500s, one connection per request, over `uptime`.
+    pub(crate) fn served(ok: u64, bad: u64, uptime: Duration) -> Report {
+        Report {
+            counts: Counts {
+                success: ok,
+                server_error: bad,
+                connections: ok + bad,
+                ..Counts::default()
+            },
+            uptime,
+            counting: true,
+            veto: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -8,17 +8,7 @@ fn ms(n: u64) -> Duration {
 
 /// A counting generation's report: `ok` 200s, `bad` 500s, one connection per request.
 fn served(ok: u64, bad: u64) -> Report {
-    Report {
-        counts: Counts {
-            success: ok,
-            server_error: bad,
-            connections: ok + bad,
-            ..Counts::default()
-        },
-        uptime: ms(1000),
-        counting: true,
-        veto: None,
-    }
+    Report::served(ok, bad, ms(1000))
 }
 
 fn policy() -> HealthPolicy {
