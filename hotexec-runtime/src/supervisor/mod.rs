@@ -259,8 +259,12 @@ impl Shell {
                 }
             }
             Action::Kill { pid } => {
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-                let _ = waitpid(Pid::from_raw(pid as i32), None);
+                // A child already reaped in this wake-up (it failed to exec, then exited) is
+                // not signalled: its pid may be another process's by now.
+                if !self.reaped(pid) {
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    let _ = waitpid(Pid::from_raw(pid as i32), None);
+                }
                 if self.child.as_ref().is_some_and(|c| c.pid == pid) {
                     self.child = None;
                 }
@@ -380,7 +384,7 @@ impl Shell {
                     .filter(|s| s.child.pid == pid)
                     .and_then(|s| s.child.link.as_ref())
                     .is_some_and(|l| link::send(l.as_fd(), &Record::Stop).is_ok());
-                if !passed {
+                if !passed && !self.reaped(pid) {
                     // Not a hotexec build (no link), or the link is gone: the signal itself.
                     let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
                 }
@@ -419,6 +423,17 @@ impl Shell {
 }
 
 /// How a wait status reads in the log: `exit status 1`, `killed by SIGSEGV`.
+impl Shell {
+    /// Whether `pid` is a child of ours (being started, or the successor) that was reaped.
+    fn reaped(&self, pid: u32) -> bool {
+        let successor = self.successor.as_ref().map(|s| &s.child);
+        self.child
+            .iter()
+            .chain(successor)
+            .any(|c| c.pid == pid && c.reaped)
+    }
+}
+
 fn describe(status: WaitStatus) -> String {
     match status {
         WaitStatus::Exited(_, code) => format!("exit status {code}"),

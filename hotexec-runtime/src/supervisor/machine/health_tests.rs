@@ -11,9 +11,9 @@ use nix::sys::signal::Signal;
 use super::super::event::{Action, Announcement, Event, Exit, Target, Trigger};
 use super::{Machine, Timing};
 use crate::error::UpgradeError;
+use crate::health::Report;
 use crate::health::link::Verdict as Told;
 use crate::health::policy::HealthPolicy;
-use crate::health::{Counts, Report};
 use crate::shutdown::ShutdownReason;
 
 const CHILD: u32 = 100;
@@ -38,17 +38,7 @@ fn ms(n: u64) -> Duration {
 }
 
 fn served(ok: u64, bad: u64) -> Report {
-    Report {
-        counts: Counts {
-            success: ok,
-            server_error: bad,
-            connections: ok + bad,
-            ..Counts::default()
-        },
-        uptime: ms(1),
-        counting: true,
-        veto: None,
-    }
+    Report::served(ok, bad, ms(1))
 }
 
 /// A serving generation whose upgrade (asked for by request WAITER) has spawned CHILD, which
@@ -271,6 +261,38 @@ fn if_the_rollback_fails_the_unhealthy_generation_serves_on() {
         reason.contains("database")
             && reason.contains("rolling back failed")
             && reason.contains("serves on"),
+        "{reason}"
+    );
+}
+
+/// The rollback cannot even be spawned (no fd, no process left): the upgrade's requester is
+/// still answered — `unhealthy`, the bad generation serving on — not left waiting forever.
+#[test]
+fn if_the_rollback_cannot_be_spawned_the_requester_is_answered() {
+    let t0 = Instant::now();
+    let mut m = judged(t0);
+    let mut vetoed = served(10, 0);
+    vetoed.veto = Some("check \"database\" failed: no answer".into());
+    let out = m.handle(
+        t0 + ms(100),
+        Event::HealthReport {
+            pid: CHILD,
+            report: vetoed,
+        },
+    );
+    assert_eq!(
+        verdict_announced(out, false),
+        vec![Action::Spawn(Target::Rollback)]
+    );
+    let out = m.handle(
+        t0 + ms(100),
+        Event::SpawnFailed(UpgradeError::Spawn("clone: EAGAIN".into())),
+    );
+    let Some(Err(UpgradeError::Unhealthy { pid: CHILD, reason })) = replies(&out).pop() else {
+        panic!("the requester is answered: {out:?}")
+    };
+    assert!(
+        reason.contains("rolling back failed") && reason.contains("serves on"),
         "{reason}"
     );
 }

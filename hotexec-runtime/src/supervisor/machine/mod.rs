@@ -275,13 +275,11 @@ impl Machine {
                     report: None,
                 },
             },
-            (State::Spawning { target, upgrade }, Event::SpawnFailed(error)) => match target {
-                Target::Deploy => self.failed(upgrade, error, out),
-                Target::Rollback => {
-                    tracing::error!("rollback failed: {error}; nothing is serving new connections");
-                    self.settle("the rollback could not start", out)
-                }
-            },
+            // A rollback that cannot start is a failed rollback like one that exits: `failed`
+            // answers its requesters (the unhealthy generation serves on).
+            (State::Spawning { upgrade, .. }, Event::SpawnFailed(error)) => {
+                self.failed(upgrade, error, out)
+            }
 
             (state @ State::WaitingReady { .. }, event) => {
                 self.step_waiting(state, now, event, out)

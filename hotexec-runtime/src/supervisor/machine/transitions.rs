@@ -60,6 +60,10 @@ impl Machine {
                 return self.settle("the rollback failed", out);
             }
             tracing::error!("rollback failed ({error}): nothing is serving new connections");
+            out.push(Action::Reply {
+                waiters: upgrade.waiters,
+                result: Err(error),
+            });
             return self.settle("the rollback failed", out);
         }
         out.push(Action::Announce(Announcement::UpgradeFailed {
@@ -326,6 +330,10 @@ impl Machine {
         if upgrade.rollback {
             // A rollback in progress: this generation is already draining.
             tracing::error!(signal = %sig, "rollback failed (stop signal {sig} during the rollback): nothing is serving new connections");
+            out.push(Action::Reply {
+                waiters: upgrade.waiters,
+                result: Err(UpgradeError::Aborted),
+            });
             self.stop_requested = true;
             return self.settle("this generation was told to stop", out);
         }
