@@ -30,6 +30,7 @@ fn app() -> Router {
                 ""
             }),
         )
+        .route("/big", get(|| async { "x".repeat(512 * 1024) }))
         .route(
             "/slow",
             get(|| async {
@@ -152,4 +153,24 @@ fn a_service_error_fails_the_probe() {
     let e = failure(&rt, server);
     assert!(e.contains("probe GET /healthz no response"), "{e}");
     assert!(e.contains("backend unreachable"), "{e}");
+}
+
+/// A health endpoint that answers 200 with a body larger than the probe reads (512 KiB): the
+/// probe passes on the status line and the server serves. (Before, the probe's server end was
+/// left writing into a full pipe the probe no longer read, and `serve` never started.)
+#[test]
+fn a_passing_probe_with_a_large_body_serves() {
+    let rt = runtime();
+    let (addr, shutdown, server) = serve_with(&rt, "GET /big");
+    assert_eq!(
+        hotexec_testkit::client::get(addr, "/", Duration::from_secs(10)),
+        Outcome::Ok {
+            pid: std::process::id()
+        }
+    );
+    shutdown.resolve(hotexec::ShutdownReason::Stop { signal: 15 });
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), server).await })
+        .expect("serve to return within 10 s")
+        .unwrap()
+        .unwrap();
 }

@@ -231,9 +231,15 @@ impl Probe {
                 server.abort();
                 return Err(failed(format!("no answer within {:?}", self.timeout)));
             }
-            Ok(Err(e)) => return Err(failed(format!("the exchange failed: {e}"))),
+            Ok(Err(e)) => {
+                server.abort();
+                return Err(failed(format!("the exchange failed: {e}")));
+            }
             Ok(Ok(r)) => r,
         };
+        // The client's end goes first: a response cut at MAX_RESPONSE leaves the server writing
+        // into a full pipe, which only the end of its peer ends.
+        drop(client);
         let served = server.await;
         let text = String::from_utf8_lossy(&response);
         let Some((head, body)) = text.split_once("\r\n\r\n") else {
