@@ -290,7 +290,8 @@ impl Shell {
                 );
                 if let Announcement::HandedOver { new_pid, .. } = a {
                     // The child serves now: what it says from here on is a successor's news.
-                    if let Some(child) = self.child.take().filter(|c| c.pid == new_pid) {
+                    if let Some(mut child) = self.child.take().filter(|c| c.pid == new_pid) {
+                        child.serves();
                         // A successor it replaces (a rollback after an unhealthy one) is only
                         // told it was not committed, and reaped.
                         if let Some(previous) = self.successor.replace(Successor { child }) {

@@ -64,6 +64,13 @@ impl Child {
         }
     }
 
+    /// It serves now (it becomes the successor): its notify socket, which only ever said
+    /// READY, is closed: nothing reads it from here on, and a message it sent later
+    /// (`WATCHDOG=1`, `STATUS=`) would keep `poll` awake for good.
+    pub(crate) fn serves(&mut self) {
+        self.notify = None;
+    }
+
     /// Whether it sent `READY=1` on its private notify socket.
     pub(crate) fn notify_ready(&self) -> bool {
         self.notify
