@@ -90,6 +90,13 @@ fn counters_never_go_backwards_across_upgrades() {
             }
         }
     }
+    // The draining gauge is published by the serving generation as its predecessor drains,
+    // and is back at 0 once that one is done.
+    wait_for(
+        Duration::from_secs(30),
+        "hotexec_draining_connections at 0",
+        || (scrape().get("hotexec_draining_connections") == Some(&0.0)).then_some(()),
+    );
     let last = scrape();
     assert_eq!(last.get("hotexec_generation"), Some(&4.0), "{last:?}");
     assert_eq!(

@@ -309,6 +309,7 @@ impl Ledger {
                     if let Some(d) = &mut self.state().draining {
                         d.connections = Some(n);
                     }
+                    self.metrics.draining_connections(n);
                 }
                 None => tracing::warn!("generation link: a malformed drain progress, skipped"),
             }
@@ -321,6 +322,7 @@ impl Ledger {
             };
             tracing::info!(summary = %summary.to_record().encode(), "the previous generation is done");
             self.metrics.drained(&summary);
+            self.metrics.draining_connections(0);
             let mut st = self.state();
             st.draining = None;
             if let Some(last) = &mut st.last {

@@ -20,10 +20,6 @@
 //! (install it in `init = …` to have the totals from the first scrape). The upgrade duration
 //! is a gauge, not a histogram: a histogram's `_count` would restart in every generation.
 
-// Called by the supervisor once it announces upgrades (issue 19, phase 2); until then only the
-// tests do.
-#![allow(dead_code)]
-
 #[cfg(feature = "metrics")]
 use std::collections::BTreeMap;
 #[cfg(feature = "metrics")]
