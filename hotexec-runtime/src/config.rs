@@ -72,8 +72,6 @@ pub struct Config {
     /// Warnings to log once logging is possible (unknown override variables).
     pub warnings: Vec<String>,
     /// The health gate (issue 18); its `probation` is `probation` above.
-    #[allow(dead_code)]
-    // read by the supervisor's probation, wired in the second step of issue 18
     pub health: crate::health::policy::HealthPolicy,
 }
 

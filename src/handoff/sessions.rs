@@ -279,7 +279,6 @@ impl Sessions {
 
     /// A [`Relay`] for a session this generation serves on a connection of its own making (a
     /// WebSocket its HTTP server upgraded).
-    #[cfg_attr(not(feature = "axum-websocket"), allow(dead_code))]
     pub(crate) fn relay(&self) -> Relay {
         Relay {
             sessions: self.inner.clone(),
@@ -318,10 +317,7 @@ impl<S> Session<S> {
             unread,
             state,
             resumed,
-            relay: Relay {
-                sessions: s.inner.clone(),
-                tried: Vec::new(),
-            },
+            relay: s.relay(),
         }
     }
 }

@@ -307,16 +307,12 @@ pub(crate) fn kind_of(e: &UpgradeError) -> &'static str {
 /// Reading the kernel's counters costs one read of `/proc/net/netstat` (tens of µs) at the
 /// start and one at the end, outside the critical path between spawn and ready.
 #[derive(Debug)]
-// The phase marks are the supervisor's to call (issue 17's announcer); until it does, only the
-// control request's own measurement (`serve_upgrade`) uses the recorder.
-#[allow(dead_code)]
 pub(crate) struct Recorder {
     started: Instant,
     counters: Option<ListenCounters>,
     report: UpgradeReport,
 }
 
-#[allow(dead_code)]
 impl Recorder {
     /// The upgrade starts now: `trigger` asked for it, `old_pid` serves.
     pub(crate) fn start(trigger: Trigger, old_pid: u32) -> Recorder {
@@ -371,13 +367,8 @@ impl Recorder {
         self.report.generation = Some(generation);
     }
 
-    /// The health verdict was given, on these numbers.
-    pub(crate) fn verdict(&mut self, at: Instant, numbers: BTreeMap<String, f64>) {
-        self.report.ms_to_verdict = self.ms_at(at);
-        self.report.health = numbers;
-    }
-
     /// The old generation accepted its last connection.
+    #[cfg(test)]
     pub(crate) fn last_accept(&mut self, at: Instant) {
         self.report.ms_to_last_accept = self.ms_at(at);
     }

@@ -212,10 +212,12 @@ impl Health {
 
     /// A report without running the checks (the old generation's baseline).
     pub fn snapshot(&self) -> Report {
+        // One sum of the stripes serves both (`is_counting` would sum them again).
+        let counts = self.counts();
         Report {
-            counts: self.counts(),
+            counts,
             uptime: self.inner.started.elapsed(),
-            counting: self.is_counting(),
+            counting: self.inner.counting.load(Ordering::Relaxed) || counts != Counts::default(),
             veto: None,
         }
     }
