@@ -3,7 +3,7 @@
 //! signals, a real pseudo-terminal for Ctrl-C.
 
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -130,27 +130,16 @@ fn keeper_exits_with_the_status_of_the_last_generation() {
     // Generation 1 cannot start (its port is taken): the keeper exits with its status 1.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dir = Scratch::new("keeper-fail");
-    let mut child = Command::new(example("http"))
-        .env(HTTP, taken.local_addr().unwrap().to_string())
+    let mut cmd = Command::new(example("http"));
+    cmd.env(HTTP, taken.local_addr().unwrap().to_string())
         .env("HOTEXEC_LISTEN_ADMIN", "127.0.0.1:0")
         .env("HOTEXEC_KEEPER", "1")
-        .env("HOTEXEC_PID_FILE", dir.0.join("app.pid"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let st = wait_for(Duration::from_secs(10), "the keeper to exit", || {
-        child.try_wait().unwrap()
-    });
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert_eq!(st.code(), Some(1), "{err}");
+        .env("HOTEXEC_PID_FILE", dir.0.join("app.pid"));
+    // Killed and reaped if it outlives the limit.
+    let run =
+        hotexec_testkit::cli::run(cmd, "a keeper whose port is taken", Duration::from_secs(10));
+    let err = run.stderr;
+    assert_eq!(run.code, 1, "{err}");
     assert!(err.contains("cannot listen"), "{err}");
 }
 

@@ -49,14 +49,15 @@ fn examples_carry_the_note_and_others_do_not() {
     let dir = Scratch::new("preflight");
     let stripped = dir.0.join("axum-stripped");
     if let Some(strip) = tool("strip") {
-        let ok = std::process::Command::new(strip)
-            .arg("-o")
-            .arg(&stripped)
-            .arg(&axum)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
+        // Panics if strip fails or outlives the limit.
+        hotexec_testkit::tools::run(
+            std::process::Command::new(strip)
+                .arg("-o")
+                .arg(&stripped)
+                .arg(&axum),
+            "binutils",
+            Duration::from_secs(60),
+        );
         let s = preflight(&stripped).unwrap();
         assert_eq!(s.note, p.note, "the note after strip");
     }

@@ -70,7 +70,12 @@ fn started_as_dot_slash_app_upgrades_to_the_renamed_binary() {
             "{:?}",
             String::from_utf8_lossy(&cmdline)
         );
-        let st = child.wait().unwrap();
+        // Past the new generation's verdict (up to `max_probation`, 10 s, with one request).
+        let st = wait_for(
+            Duration::from_secs(30),
+            "the old generation to exit",
+            || child.try_wait().unwrap(),
+        );
         assert!(st.success(), "old generation ended with {st}");
     }));
     for p in &pids {

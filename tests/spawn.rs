@@ -123,15 +123,19 @@ fn clone_spawn_reports_exec_errors() {
 #[test]
 fn bad_spawn_method_is_a_clear_error_at_start() {
     let dir = Scratch::new("spawn-bad");
-    let out = std::process::Command::new(example("http"))
-        .env("HOTEXEC_SPAWN", "vfork")
+    let mut cmd = std::process::Command::new(example("http"));
+    cmd.env("HOTEXEC_SPAWN", "vfork")
         .env(HTTP, format!("127.0.0.1:{}", free_port()))
         .env("HOTEXEC_LISTEN_ADMIN", format!("127.0.0.1:{}", free_port()))
-        .env("HOTEXEC_PID_FILE", dir.0.join("pid"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+        .env("HOTEXEC_PID_FILE", dir.0.join("pid"));
+    // Bounded: were the check gone, the server would start and serve on.
+    let out = hotexec_testkit::cli::run(
+        cmd,
+        "http with HOTEXEC_SPAWN=vfork",
+        Duration::from_secs(10),
+    );
+    let err = out.stderr;
+    assert!(out.code != 0, "{err}");
     assert!(
         err.contains("HOTEXEC_SPAWN=\"vfork\": expected `clone` (the default) or `fork`"),
         "{err}"

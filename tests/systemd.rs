@@ -205,17 +205,15 @@ fn example_unit_files_pass_systemd_analyze_verify() {
         let text = text.replace("/usr/local/bin/hotexec-http", bin.to_str().unwrap());
         std::fs::write(dir.0.join(unit), text).unwrap();
     }
-    let out = std::process::Command::new(analyze)
-        .arg("verify")
-        .arg(dir.0.join("hotexec-http.socket"))
-        .arg(dir.0.join("hotexec-http.service"))
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    // Panics, with the output, if verify fails or outlives the limit.
+    let text = hotexec_testkit::tools::run(
+        std::process::Command::new(analyze)
+            .arg("verify")
+            .arg(dir.0.join("hotexec-http.socket"))
+            .arg(dir.0.join("hotexec-http.service")),
+        "systemd",
+        Duration::from_secs(60),
     );
     // verify exits 0 on unknown keys and bad values too, with a warning: none is allowed.
-    assert!(out.status.success() && text.trim().is_empty(), "{text}");
+    assert!(text.trim().is_empty(), "{text}");
 }
