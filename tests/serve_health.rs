@@ -133,7 +133,9 @@ fn serve_counts_every_response_by_class_and_survives_a_panic() {
     assert_eq!(c.connections_failed, 0, "a client closing is not a failure");
 
     assert!(shutdown.resolve(hotexec::ShutdownReason::Stop { signal: 15 }));
-    rt.block_on(server).unwrap().unwrap();
+    block_within(&rt, Duration::from_secs(30), "the server", server)
+        .unwrap()
+        .unwrap();
 }
 
 /// A hyper service whose handler fails (no answer: the connection is closed under the request)
@@ -197,7 +199,9 @@ fn serve_hyper_counts_service_errors_and_failed_connections() {
     assert_eq!((c.success, c.errors, c.panics), (2, 1, 0), "{c}");
 
     assert!(shutdown.resolve(hotexec::ShutdownReason::Stop { signal: 15 }));
-    rt.block_on(server).unwrap().unwrap();
+    block_within(&rt, Duration::from_secs(30), "the server", server)
+        .unwrap()
+        .unwrap();
 }
 
 /// `serve::connection`, for apps that accept themselves: the same counting through the
@@ -239,7 +243,10 @@ fn serve_connection_counts_into_the_shutdown_it_drains_with() {
     assert_eq!(shutdown.health().counts().connections_failed, 0);
 
     assert!(shutdown.resolve(hotexec::ShutdownReason::Stop { signal: 15 }));
-    assert_eq!(rt.block_on(server).unwrap(), 0);
+    assert_eq!(
+        block_within(&rt, Duration::from_secs(30), "the server", server).unwrap(),
+        0
+    );
 }
 
 /// A server of its own (not on the facade) reports through the same handle, and a check of
@@ -289,5 +296,8 @@ fn own_servers_record_outcomes_and_checks_veto() {
         "{report:?}"
     );
     shutdown.resolve(hotexec::ShutdownReason::Stop { signal: 15 });
+    wait_for(Duration::from_secs(30), "the server thread to end", || {
+        server.is_finished().then_some(())
+    });
     server.join().unwrap();
 }

@@ -88,7 +88,9 @@ fn a_passing_probe_serves_and_is_not_counted() {
         "the probe is not counted: {c}"
     );
     shutdown.resolve(hotexec::ShutdownReason::Stop { signal: 15 });
-    rt.block_on(server).unwrap().unwrap();
+    block_within(&rt, Duration::from_secs(30), "the server", server)
+        .unwrap()
+        .unwrap();
 }
 
 #[test]

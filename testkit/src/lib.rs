@@ -71,7 +71,7 @@ pub mod prelude {
     };
     pub use crate::pty::openpty;
     pub use crate::reap::{kill_and_reap, subreaper, wait_only_child};
-    pub use crate::rt::runtime;
+    pub use crate::rt::{block_within, runtime};
     pub use crate::scratch::Scratch;
     pub use crate::spawn::{Started, copy_exe, example, script, spawn_retrying};
     pub use crate::tools::tool;
