@@ -95,9 +95,6 @@ impl Shell {
         while matches!(nix::unistd::read(&self.wake_r, &mut buf), Ok(n) if n > 0) {}
         let inbox =
             std::mem::take(&mut *self.handle.inbox.lock().unwrap_or_else(|p| p.into_inner()));
-        if inbox.ready {
-            events.push(Event::SelfReady);
-        }
         if inbox.main_returned {
             events.push(Event::MainReturned);
         }

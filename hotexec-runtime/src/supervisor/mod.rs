@@ -51,7 +51,6 @@ type Reply = mpsc::Sender<Outcome>;
 #[derive(Default)]
 struct Inbox {
     requests: Vec<(Trigger, Reply)>,
-    ready: bool,
     main_returned: bool,
 }
 
@@ -76,9 +75,10 @@ impl Handle {
         rx.recv().unwrap_or((Err(UpgradeError::NotRunning), None))
     }
 
-    /// This generation reported ready.
+    /// This generation reported ready: the supervisor wakes and reads it from the readiness
+    /// flag (set before the READY byte is written), its one source.
     pub(crate) fn self_ready(&self) {
-        self.push(|i| i.ready = true);
+        self.push(|_| {});
     }
 
     /// The application's `main` returned: waits until the process may exit (a half-started
