@@ -254,29 +254,28 @@ impl Ledger {
     }
 
     pub(crate) fn drain_done(&self) {
-        let (link, started) = {
-            let mut st = self.state();
-            if st.drain_told {
-                return;
-            }
-            st.drain_told = true;
-            // A duplicate: the link stays for the verdict, which may come after the drain.
-            let link = st.successor_link.as_ref().and_then(|l| l.try_clone().ok());
-            (link, st.last.as_ref().map(|r| r.started_at_ms))
+        // Under the lock: sent once, on our end of the link, which stays for the verdict (it
+        // may come after the drain); sending never blocks (`link::send` is non-blocking).
+        let mut st = self.state();
+        if st.drain_told {
+            return;
+        }
+        st.drain_told = true;
+        let started = st.last.as_ref().map(|r| r.started_at_ms);
+        let Some(link) = &st.successor_link else {
+            return;
         };
-        let Some(link) = link else { return };
         let counted = self.generation.drain_count.now();
-        let handed_off = self.generation.handoff.handed_off();
         let summary = super::DrainSummary {
             drained: counted.map(|c| c.0),
-            handed_off: Some(handed_off),
+            handed_off: Some(self.generation.handoff.handed_off()),
             returned: Some(self.generation.handoff.returned()),
             cut: counted.map(|c| c.1),
             ms_to_done: started.map(|s| now_ms().saturating_sub(s) as f64),
         };
-        tracing::info!(summary = %summary.to_record().encode(), "drain summary");
-        self.metrics.drained(&summary);
         let mut r = summary.to_record();
+        tracing::info!(summary = %r.encode(), "drain summary");
+        self.metrics.drained(&summary);
         // The old generation's last accept, after the trigger (the report's
         // `ms_to_last_accept`); only this generation knows it.
         let last_accept = self.generation.drain_count.last_accept_ms();
@@ -289,7 +288,7 @@ impl Ledger {
             kind: LINK_DRAINED,
             bytes: r.encode().into_bytes(),
         };
-        if let Err(e) = link::send(std::os::fd::AsFd::as_fd(&link), &record) {
+        if let Err(e) = link::send(std::os::fd::AsFd::as_fd(link), &record) {
             tracing::debug!("drain summary not sent: {e}");
         }
     }
