@@ -425,7 +425,11 @@ where
         let app = app.clone();
         let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
             let mut req = req.map(Body::new);
-            req.extensions_mut().insert(accepted.clone());
+            // Only the WebSocket extractor reads it, and only on a request with `Upgrade`:
+            // the others are spared an allocation each.
+            if req.headers().contains_key(hyper::header::UPGRADE) {
+                req.extensions_mut().insert(accepted.clone());
+            }
             call(app.clone(), req)
         });
         let (s, b) = (sessions.clone(), builder.clone());

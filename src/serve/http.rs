@@ -241,7 +241,7 @@ where
             // before it reports ready, so that the previous generation judges it.
             shutdown.health().mark_counting();
             // Readiness waits for the probe.
-            let hold = readiness::hold_ready(&shutdown);
+            let hold = shutdown.hold_ready();
             if let Some(probe) = probe {
                 let probe = match probe {
                     Ok(p) => p,
@@ -252,7 +252,7 @@ where
                 };
                 match probe.run(service.clone()).await {
                     Ok((status, took)) => tracing::info!(
-                        probe = %format!("{} {}", probe.method(), probe.path()),
+                        probe = %probe.describe(),
                         %status,
                         took_ms = took.as_secs_f64() * 1e3,
                         "probe passed"

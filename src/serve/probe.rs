@@ -159,7 +159,7 @@ impl Probe {
     }
 
     /// `GET /healthz`, for messages.
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         format!("{} {}", self.method, self.path)
     }
 

@@ -9,11 +9,6 @@ use hotexec_runtime::ReadyHold;
 
 use crate::Shutdown;
 
-/// Holds this generation's readiness until the returned guard is dropped.
-pub(crate) fn hold_ready(shutdown: &Shutdown) -> ReadyHold {
-    shutdown.hold_ready()
-}
-
 /// This generation must not report ready: `reason` says why. Under the runtime the process
 /// ends here (before ready); with a detached `Shutdown` this returns, and the caller returns
 /// the reason as `main`'s error.

@@ -214,7 +214,10 @@ impl<T: Transport> WebSocket<T> {
                 return ws.next().await;
             };
             let at_boundary = ws.get_ref().at_boundary();
-            if at_boundary && relay.is_due() {
+            // Asked once per message (it takes the shutdown's lock); if it turns due after
+            // this, `relay.due()` below wakes the loop.
+            let due_now = relay.is_due();
+            if at_boundary && due_now {
                 match self.hand_off().await {
                     Ok(true) => return None,
                     Ok(false) => continue,
@@ -222,7 +225,6 @@ impl<T: Transport> WebSocket<T> {
                 }
             }
             let relay = self.relay.as_ref()?;
-            let due_now = relay.is_due();
             let closing = relay.closing();
             let close_now = !self.close_sent && !due_now;
             let ws = self.ws.as_mut()?;
