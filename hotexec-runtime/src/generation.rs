@@ -125,6 +125,13 @@ impl Generation {
         if !self.readiness.started_by_upgrade() || self.readiness.reported() {
             return;
         }
+        self.send_health_report();
+    }
+
+    /// This generation's health (its counts, and the outcome of its checks, run now) to the
+    /// previous generation, which judges it: before READY, then periodically during the
+    /// probation (the supervisor's `SendReport`).
+    pub(crate) fn send_health_report(&self) {
         if let Some(l) = &self.parent_link {
             let record = crate::health::link::HealthRecord::Report(self.health.report());
             if let Err(e) = link::send(l.as_fd(), &record.to_record()) {

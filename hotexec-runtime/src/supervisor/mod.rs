@@ -339,13 +339,8 @@ impl Shell {
                 None
             }
             Action::SendReport => {
-                if let (true, Some(l)) = (self.parent_link_open, &self.setup.generation.parent_link)
-                {
-                    let report = self.setup.generation.health.report();
-                    if let Err(e) = link::send(l.as_fd(), &HealthRecord::Report(report).to_record())
-                    {
-                        tracing::debug!("generation link: health report not sent: {e}");
-                    }
+                if self.parent_link_open {
+                    self.setup.generation.send_health_report();
                 }
                 None
             }

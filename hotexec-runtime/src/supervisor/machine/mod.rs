@@ -285,19 +285,12 @@ impl Machine {
                 self.step_waiting(state, now, event, out)
             }
             (state @ State::Probation { .. }, event) => self.step_probation(state, now, event, out),
-            (state, event) => self.step_rest(state, now, event, out),
+            (state, event) => self.step_rest(state, event, out),
         }
     }
 
     /// Draining and exiting, and what no state handles itself.
-    fn step_rest(
-        &mut self,
-        state: State,
-        now: Instant,
-        event: Event,
-        out: &mut Vec<Action>,
-    ) -> State {
-        let _ = now;
+    fn step_rest(&mut self, state: State, event: Event, out: &mut Vec<Action>) -> State {
         match (state, event) {
             // ---- Draining -----------------------------------------------------------------
             (State::Draining { reason }, Event::StopSignal(sig)) => {

@@ -130,7 +130,7 @@ impl Machine {
                 state
             }
 
-            (state, event) => self.step_rest(state, now, event, out),
+            (state, event) => self.step_rest(state, event, out),
         }
     }
 }

@@ -171,7 +171,7 @@ impl Machine {
                 self.failed(upgrade, UpgradeError::Aborted, out)
             }
 
-            (state, event) => self.step_rest(state, now, event, out),
+            (state, event) => self.step_rest(state, event, out),
         }
     }
 }
