@@ -18,9 +18,7 @@ pub struct DrainCount {
 impl DrainCount {
     /// A connection was accepted (for the report's `ms_to_last_accept`).
     pub fn accepted(&self) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now = super::unix_ms(std::time::SystemTime::now());
         self.last_accept_ms.store(now, Ordering::Relaxed);
     }
 

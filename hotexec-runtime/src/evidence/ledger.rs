@@ -5,7 +5,7 @@
 use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::metrics::Metrics;
 use super::status::{DrainingGeneration, ListenerId, StatusInput, gather};
@@ -32,9 +32,7 @@ pub(crate) const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
 const METRICS_KEY: &str = "hotexec.metrics";
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    super::unix_ms(SystemTime::now())
 }
 
 /// What the supervisor calls the trigger, as the report says it.

@@ -25,6 +25,12 @@ pub(crate) use report::{Recorder, kind_of};
 
 use crate::control::Reply;
 
+/// `t` in milliseconds since the Unix epoch (0 for a time before it).
+pub(crate) fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// The evidence of an upgrade as its requester gets it: the supervisor's own report of the
 /// upgrade that ran, or, for a request refused before anything started (busy, not running),
 /// one made from the refusal.

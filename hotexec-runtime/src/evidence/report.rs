@@ -2,7 +2,7 @@
 //! supervisor feeds as the upgrade goes through its phases.
 
 use std::collections::BTreeMap;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
 use super::wire::Record;
 use crate::error::UpgradeError;
@@ -332,9 +332,7 @@ impl Recorder {
             report: UpgradeReport {
                 trigger,
                 old_pid,
-                started_at_ms: wall
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64),
+                started_at_ms: super::unix_ms(wall),
                 ..UpgradeReport::default()
             },
         }
@@ -479,10 +477,7 @@ mod tests {
         assert_eq!(r.generation, Some(2));
         // The namespace's counters were read at both ends (deltas, not totals).
         assert!(r.listen_drops.is_some() && r.listen_overflows.is_some());
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
+        let now_ms = crate::evidence::unix_ms(SystemTime::now());
         assert!(now_ms.abs_diff(r.started_at_ms) < 60_000, "{r:?}");
         let s = r.summary();
         assert!(
