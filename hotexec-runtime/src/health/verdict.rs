@@ -215,33 +215,36 @@ fn pct(r: f64) -> String {
     }
 }
 
-/// The lower bound of the Wilson score interval of `bad` in `total` at `z`: the rate the true
-/// one is above with the confidence `z` stands for. Sound for small samples and for rates near
-/// 0 or 1, where the normal approximation is not. 0 for an empty sample.
+/// The Wilson score interval of `bad` in `total` at `z` (`total` > 0), as (centre, half-width,
+/// the divisor `1 + z²/n` both bounds share).
+fn wilson(bad: u64, total: u64, z: f64) -> (f64, f64, f64) {
+    let n = total as f64;
+    let p = (bad.min(total)) as f64 / n;
+    let z2 = z * z;
+    let center = p + z2 / (2.0 * n);
+    let margin = z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    (center, margin, 1.0 + z2 / n)
+}
+
 /// The upper bound of the Wilson score interval (see [`wilson_lower`]); 1 for an empty sample.
 pub(crate) fn wilson_upper(bad: u64, total: u64, z: f64) -> f64 {
     if total == 0 {
         return 1.0;
     }
-    let n = total as f64;
-    let p = (bad.min(total)) as f64 / n;
-    let z2 = z * z;
-    let center = p + z2 / (2.0 * n);
-    let margin = z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
-    ((center + margin) / (1.0 + z2 / n)).clamp(0.0, 1.0)
+    let (center, margin, scale) = wilson(bad, total, z);
+    ((center + margin) / scale).clamp(0.0, 1.0)
 }
 
+/// The lower bound of the Wilson score interval of `bad` in `total` at `z`: the rate the true
+/// one is above with the confidence `z` stands for. Sound for small samples and for rates near
+/// 0 or 1, where the normal approximation is not. 0 for an empty sample.
 pub(crate) fn wilson_lower(bad: u64, total: u64, z: f64) -> f64 {
     if total == 0 || bad == 0 {
         // Exactly 0 (the formula gives it up to rounding).
         return 0.0;
     }
-    let n = total as f64;
-    let p = (bad.min(total)) as f64 / n;
-    let z2 = z * z;
-    let center = p + z2 / (2.0 * n);
-    let margin = z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
-    ((center - margin) / (1.0 + z2 / n)).clamp(0.0, 1.0)
+    let (center, margin, scale) = wilson(bad, total, z);
+    ((center - margin) / scale).clamp(0.0, 1.0)
 }
 
 /// Compares `new` (the new generation's report, `elapsed` after it took over) with `old` (the
