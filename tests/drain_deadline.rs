@@ -90,14 +90,13 @@ fn deadline_holds_with_blocked_stderr_and_exits_with_status_124() {
     drop(slow);
 }
 
-/// Kills (SIGKILL) the pid when the test fails before it exited; the subreaper reaps it.
+/// Kills (SIGKILL) the pid when the test fails before it exited, and reaps it.
 struct KillOnDrop(u32);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            // SAFETY: signalling a child this test started.
-            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+            kill_and_reap(&[self.0], None);
         }
     }
 }

@@ -295,12 +295,15 @@ fn ctrl_c_in_a_terminal_stops_the_serving_generation() {
     guard.0 = 0;
 }
 
-/// Kills the keeper and the generations' group if the test fails midway.
+/// Kills the keeper and the generations' group if the test fails midway, and reaps them (this
+/// test is their subreaper once the keeper is gone).
 struct Guard(u32, Option<KillGroup>);
 impl Drop for Guard {
     fn drop(&mut self) {
         if self.0 > 0 {
-            let _ = kill(Pid::from_raw(self.0 as i32), Signal::SIGKILL);
+            let mut pids: Vec<u32> = descendants(self.0).into_iter().map(|(p, _)| p).collect();
+            pids.push(self.0);
+            kill_and_reap(&pids, None);
         }
     }
 }
