@@ -645,15 +645,21 @@ fn a_websocket_handshake_answered_while_draining_is_still_an_upgrade() {
             Duration::from_secs(10),
         );
         let url = format!("ws://{}/ws", app.addr);
-        let r = rt.block_on(async {
-            tcp.set_nonblocking(true).unwrap();
-            let tcp = tokio::net::TcpStream::from_std(tcp).unwrap();
-            let (mut ws, resp) = tokio_tungstenite::client_async(url, tcp).await?;
-            let conn = resp.headers().get("connection").cloned();
-            ws.send(Message::text("hi")).await?;
-            let answer = tokio::time::timeout(Duration::from_secs(30), ws.next()).await;
-            Ok::<_, WsError>((conn, answer))
-        });
+        // The whole exchange is bounded: the handshake and the send too, not only the answer.
+        let r = block_within(
+            &rt,
+            Duration::from_secs(60),
+            "the WebSocket exchange",
+            async {
+                tcp.set_nonblocking(true).unwrap();
+                let tcp = tokio::net::TcpStream::from_std(tcp).unwrap();
+                let (mut ws, resp) = tokio_tungstenite::client_async(url, tcp).await?;
+                let conn = resp.headers().get("connection").cloned();
+                ws.send(Message::text("hi")).await?;
+                let answer = tokio::time::timeout(Duration::from_secs(30), ws.next()).await;
+                Ok::<_, WsError>((conn, answer))
+            },
+        );
         match r {
             Ok((conn, Ok(Some(Ok(Message::Text(t)))))) => {
                 println!(
