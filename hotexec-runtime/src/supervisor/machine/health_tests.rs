@@ -217,9 +217,9 @@ fn an_unhealthy_generation_is_rolled_back_and_told_once_the_rollback_serves() {
     assert_eq!(m.state_name(), "probation");
 }
 
-#[test]
-fn if_the_rollback_fails_the_unhealthy_generation_serves_on() {
-    let t0 = Instant::now();
+/// A judged generation whose check "database" vetoed it at 100 ms: the rollback is being
+/// spawned.
+fn vetoed(t0: Instant) -> Machine {
     let mut m = judged(t0);
     let mut vetoed = served(10, 0);
     vetoed.veto = Some("check \"database\" failed: no answer".into());
@@ -236,6 +236,13 @@ fn if_the_rollback_fails_the_unhealthy_generation_serves_on() {
         vec![Action::Spawn(Target::Rollback)],
         "a veto rolls back at once"
     );
+    m
+}
+
+#[test]
+fn if_the_rollback_fails_the_unhealthy_generation_serves_on() {
+    let t0 = Instant::now();
+    let mut m = vetoed(t0);
     m.handle(t0 + ms(100), Event::Spawned { pid: ROLLBACK });
     let exit = Exit {
         clean: false,
@@ -270,20 +277,7 @@ fn if_the_rollback_fails_the_unhealthy_generation_serves_on() {
 #[test]
 fn if_the_rollback_cannot_be_spawned_the_requester_is_answered() {
     let t0 = Instant::now();
-    let mut m = judged(t0);
-    let mut vetoed = served(10, 0);
-    vetoed.veto = Some("check \"database\" failed: no answer".into());
-    let out = m.handle(
-        t0 + ms(100),
-        Event::HealthReport {
-            pid: CHILD,
-            report: vetoed,
-        },
-    );
-    assert_eq!(
-        verdict_announced(out, false),
-        vec![Action::Spawn(Target::Rollback)]
-    );
+    let mut m = vetoed(t0);
     let out = m.handle(
         t0 + ms(100),
         Event::SpawnFailed(UpgradeError::Spawn("clone: EAGAIN".into())),
